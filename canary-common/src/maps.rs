@@ -1,0 +1,327 @@
+//! Map names, sizes and the key/value layouts shared by the XDP program and
+//! user space. Every struct is `#[repr(C)]` with explicit padding so both
+//! sides agree on every byte (the kernel compares hash keys bytewise).
+
+/// Map names: the same strings in the ELF object, the pin directory and
+/// user space.
+pub mod names {
+    pub const VIPS: &str = "VIPS";
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const FLOWS: &str = "FLOWS";
+    pub const OVERRIDES: &str = "OVERRIDES";
+    pub const REVERSE_NAT: &str = "REVERSE_NAT";
+    pub const VERSION_STATS: &str = "VERSION_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const DATAPATH_STATS: &str = "DATAPATH_STATS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    /// Every map, for pinning and cleanup.
+    pub const ALL: [&str; 11] = [
+        VIPS,
+        SERVICES,
+        BACKENDS,
+        MAGLEV,
+        FLOWS,
+        OVERRIDES,
+        REVERSE_NAT,
+        VERSION_STATS,
+        BACKEND_STATS,
+        DATAPATH_STATS,
+        TX_PORTS,
+    ];
+}
+
+/// Services (VIPs) one data plane serves.
+pub const MAX_SERVICES: u32 = 64;
+/// Backends across all services and pools (ids index `BACKENDS`).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Maglev lookup table size per (service, version, generation). Prime, and
+/// large against the pool sizes we expect (the paper wants M >> N; with
+/// M = 16381 a pool of 100 backends gets ~164 slots each).
+pub const MAGLEV_TABLE_SIZE: u32 = 16381;
+/// Two generations per pool: user space fills the idle one, then flips
+/// `ServiceState::live_gen` in a single 4-byte write.
+pub const MAGLEV_GENERATIONS: u32 = 2;
+/// Flow table entries unless the config says otherwise.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// Source-prefix override entries.
+pub const MAX_OVERRIDES: u32 = 16_384;
+/// Interfaces the program may redirect to.
+pub const MAX_TX_PORTS: u32 = 64;
+
+/// Versions. Index 0 is stable, 1 is canary, everywhere.
+pub const VERSION_STABLE: u32 = 0;
+pub const VERSION_CANARY: u32 = 1;
+pub const NUM_VERSIONS: u32 = 2;
+
+/// `VipInfo::affinity`.
+pub const AFFINITY_SOURCE_IP: u32 = 0;
+pub const AFFINITY_FLOW: u32 = 1;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// A `MAGLEV` slot with no backend (empty pool).
+pub const BACKEND_NONE: u32 = u32::MAX;
+
+/// `VIPS` key: the destination a client addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    /// Network-order bytes read as a native u16.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `VIPS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    pub service_id: u32,
+    pub affinity: u32,
+}
+
+/// `SERVICES` value, indexed by service id. User space always writes the
+/// whole struct; each field is an aligned 4-byte word, so the kernel never
+/// sees a torn weight or generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// Canary share of new flows in basis points, 0..=10000.
+    pub weight_bp: u32,
+    /// Seed of the split and backend hashes (shared by a fleet).
+    pub seed: u32,
+    /// Live Maglev generation per version (0 or 1).
+    pub live_gen: [u32; 2],
+    /// Backends per version (0 means the pool is empty).
+    pub pool_size: [u32; 2],
+    /// Non-zero when the service is configured (an array slot always exists).
+    pub active: u32,
+    pub _pad: u32,
+}
+
+/// `BACKENDS` value, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub addr: [u32; 4],
+    pub family: u32,
+    pub service_id: u32,
+    pub version: u32,
+    pub _pad: u32,
+}
+
+/// `FLOWS` key and the key of every per-connection decision: the packet's
+/// 5-tuple as the client sent it (destination = the VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `FLOWS` value: where this connection went, fixed at its first packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub backend_id: u32,
+    pub version: u32,
+    pub service_id: u32,
+    pub _pad: u32,
+}
+
+/// `OVERRIDES` LPM key data: the service id (big-endian, so it is matched
+/// as the first 32 bits) followed by the client address in IPv6 form (IPv4 as
+/// `::ffff:a.b.c.d`). Prefix length = 32 + 96 + v4 prefix, or 32 + v6 prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverrideKeyData {
+    pub service_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+/// Bits of the `OVERRIDES` key data before the address starts.
+pub const OVERRIDE_SERVICE_BITS: u32 = 32;
+/// IPv4-mapped IPv6 prefix length (`::ffff:0:0/96`).
+pub const OVERRIDE_V4_MAPPED_BITS: u32 = 96;
+
+/// `OVERRIDES` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverrideValue {
+    pub version: u32,
+}
+
+/// `REVERSE_NAT` key: a backend as it appears in the source of a reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BackendAddrKey {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// `REVERSE_NAT` value: the VIP to put back as the reply's source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseNat {
+    pub vip: [u32; 4],
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub version: u32,
+    pub _pad: u32,
+}
+
+/// `VERSION_STATS` (per-CPU array, index `service_id * 2 + version`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionStats {
+    /// Client -> VIP packets forwarded to this version.
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flow-table misses decided for this version.
+    pub new_flows: u64,
+    /// Backend -> client replies rewritten for this version.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// `BACKEND_STATS` (per-CPU array, index backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+}
+
+/// `DATAPATH_STATS` (per-CPU array of u64, index = reason). What the program
+/// did with packets it did not (or could not) split. Policy for each shape:
+/// anything not addressed to a VIP is passed untouched; a packet addressed to
+/// a VIP that cannot be split safely is dropped (the host's stack does not own
+/// the VIP, so passing it would only bounce an ICMP error or leak it).
+pub mod reason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): passed.
+    pub const PASS_NOT_IP: u32 = 0;
+    /// IP, but not a VIP and not a backend reply: passed.
+    pub const PASS_NOT_VIP: u32 = 1;
+    /// Headers too short or inconsistent to tell where it goes: passed, so
+    /// the kernel's own validation drops or handles it.
+    pub const PASS_MALFORMED: u32 = 2;
+    /// Forwarded packet whose route needs the kernel (neighbour not
+    /// resolved, VLAN, TTL expiring, no redirect port): rewritten, then passed.
+    pub const PASS_TO_STACK: u32 = 3;
+    /// Rewritten and redirected out of another interface.
+    pub const FWD_REDIRECT: u32 = 4;
+    /// To a VIP, but an IPv4 fragment: dropped (no ports to hash).
+    pub const DROP_FRAGMENT: u32 = 5;
+    /// To a VIP with IPv4 options: dropped.
+    pub const DROP_IP_OPTIONS: u32 = 6;
+    /// To a VIP behind an IPv6 extension header: dropped.
+    pub const DROP_IPV6_EXT: u32 = 7;
+    /// To a VIP, but the L4 header is truncated or lengths disagree: dropped.
+    pub const DROP_MALFORMED: u32 = 8;
+    /// To a VIP whose chosen pool has no backend: dropped.
+    pub const DROP_NO_BACKEND: u32 = 9;
+    /// Route lookup said blackhole/unreachable/prohibited: dropped.
+    pub const DROP_UNROUTABLE: u32 = 10;
+    /// Decisions made by a source-prefix override (also counted as forwarded).
+    pub const OVERRIDE_HIT: u32 = 11;
+    /// Flow-table hits (established packets).
+    pub const FLOW_HIT: u32 = 12;
+    /// Flow-table insert failed (decision still applied, not remembered).
+    pub const FLOW_INSERT_FAILED: u32 = 13;
+    pub const COUNT: u32 = 14;
+
+    /// Names for logs and metrics, indexed by reason.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass_not_ip",
+        "pass_not_vip",
+        "pass_malformed",
+        "pass_to_stack",
+        "fwd_redirect",
+        "drop_fragment",
+        "drop_ip_options",
+        "drop_ipv6_ext",
+        "drop_malformed",
+        "drop_no_backend",
+        "drop_unroutable",
+        "override_hit",
+        "flow_hit",
+        "flow_insert_failed",
+    ];
+}
+
+/// Index of a (service, version) in `VERSION_STATS`.
+#[inline(always)]
+pub fn version_stats_index(service_id: u32, version: u32) -> u32 {
+    service_id * NUM_VERSIONS + version
+}
+
+/// Index of the first slot of a Maglev table in the flat `MAGLEV` array.
+#[inline(always)]
+pub fn maglev_base(service_id: u32, version: u32, generation: u32) -> u32 {
+    ((service_id * NUM_VERSIONS + version) * MAGLEV_GENERATIONS + generation) * MAGLEV_TABLE_SIZE
+}
+
+/// Entries of the flat `MAGLEV` array.
+pub const MAGLEV_ENTRIES: u32 = MAX_SERVICES * NUM_VERSIONS * MAGLEV_GENERATIONS * MAGLEV_TABLE_SIZE;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, made only of integers and
+    // integer arrays, with explicit padding fields (no implicit padding).
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for ServiceState {}
+    unsafe impl aya::Pod for BackendInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for OverrideKeyData {}
+    unsafe impl aya::Pod for OverrideValue {}
+    unsafe impl aya::Pod for BackendAddrKey {}
+    unsafe impl aya::Pod for ReverseNat {}
+    unsafe impl aya::Pod for VersionStats {}
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<VipKey>(), 20);
+        assert_eq!(size_of::<VipInfo>(), 8);
+        assert_eq!(size_of::<ServiceState>(), 32);
+        assert_eq!(size_of::<BackendInfo>(), 32);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<OverrideKeyData>(), 20);
+        assert_eq!(size_of::<BackendAddrKey>(), 20);
+        assert_eq!(size_of::<ReverseNat>(), 32);
+        assert_eq!(size_of::<VersionStats>(), 40);
+    }
+
+    #[test]
+    fn maglev_tables_do_not_overlap() {
+        let last = maglev_base(MAX_SERVICES - 1, 1, 1) + MAGLEV_TABLE_SIZE;
+        assert_eq!(last, MAGLEV_ENTRIES);
+        assert_eq!(maglev_base(0, 0, 1), MAGLEV_TABLE_SIZE);
+        assert_eq!(maglev_base(0, 1, 0), 2 * MAGLEV_TABLE_SIZE);
+    }
+}
