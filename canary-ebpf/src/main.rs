@@ -1,7 +1,452 @@
+//! canary's XDP data plane: parse, decide, rewrite, forward, count. No policy
+//! lives here: weights, pools, overrides and Maglev tables are written by
+//! `canaryd`; the decision functions come from `canary-common`, shared with
+//! user space.
+//!
+//! What each packet shape gets (every outcome is counted in DATAPATH_STATS):
+//! - not IPv4/IPv6 (ARP, LLDP, ...): XDP_PASS (`pass_not_ip`).
+//! - headers too short or inconsistent to tell the destination (truncated
+//!   Ethernet/VLAN/IP header, bad IP version, IHL < 5): XDP_PASS
+//!   (`pass_malformed`); the kernel's own validation deals with it.
+//! - IP not addressed to a VIP and not a backend's reply: XDP_PASS, untouched
+//!   (`pass_not_vip`). So is a packet to a VIP address on a port or protocol
+//!   that is not configured (ICMP echo, say).
+//! - to a VIP address, but not splittable: IPv4 with options
+//!   (`drop_ip_options`), IPv4 fragments (`drop_fragment`: later fragments
+//!   carry no ports, so no consistent decision is possible), IPv6 with an
+//!   extension header before TCP/UDP (`drop_ipv6_ext`), a truncated L4 header or
+//!   an IP length larger than the frame (`drop_malformed`): XDP_DROP. The host
+//!   does not own the VIP, so passing these would only bounce an ICMP error.
+//! - to a configured VIP: flow-table hit keeps the connection's backend;
+//!   a miss is decided (source-prefix override, else hash bucket vs weight),
+//!   a backend picked from the pool's live Maglev table and remembered. The
+//!   destination is rewritten (DNAT) with incremental checksum updates.
+//! - from a backend's service port (a reply): the source is rewritten back
+//!   to the VIP.
+//! - rewritten packets are routed with `bpf_fib_lookup` and redirected out of
+//!   the egress interface (TTL decremented, MACs set) when that interface is
+//!   in TX_PORTS; otherwise, and when the kernel must resolve a neighbour,
+//!   handle a VLAN, or send an ICMP (TTL expiring, fragmentation needed), they
+//!   go to the stack already rewritten (`pass_to_stack`). Unroutable:
+//!   XDP_DROP (`drop_unroutable`).
 #![no_std]
 #![no_main]
+
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+mod stats;
+
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use canary_common::{
+    backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey,
+    FlowState, OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6,
+    OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
+};
+use aya_ebpf::maps::lpm_trie::Key as LpmKey;
+use aya_log_ebpf::warn;
+use network_types::{
+    eth::{EthHdr, EtherType},
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+    vlan::VlanHdr,
+};
+
+use maps::{BACKENDS, FLOWS, MAGLEV, OVERRIDES, REVERSE_NAT, SERVICES, VIPS};
+use parse::{ptr_at, words16, words4};
+use stats::{count, drop, pass};
+
+/// The splitter. Attach to the client-facing interface and to the
+/// backend-facing interfaces (replies come back there).
 #[xdp]
-pub fn canary(_ctx: XdpContext) -> u32 { xdp_action::XDP_PASS }
+pub fn canary(ctx: XdpContext) -> u32 {
+    process(&ctx)
+}
+
+/// Does nothing: the per-packet floor for benchmarks, and a way to switch on
+/// a veth peer's NAPI so XDP-redirected frames are delivered.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+const ETH_LEN: usize = EthHdr::LEN;
+const VLAN_L3: usize = EthHdr::LEN + VlanHdr::LEN;
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return pass(reason::PASS_MALFORMED);
+    };
+    let ether_type = unsafe { (*eth).ether_type };
+    if ether_type == EtherType::Ieee8021q as u16 {
+        let Some(vlan) = ptr_at::<VlanHdr>(ctx, ETH_LEN) else {
+            return pass(reason::PASS_MALFORMED);
+        };
+        let inner = unsafe { (*vlan).ether_type };
+        // Monomorphised per L3 offset: every packet offset the verifier sees
+        // is a constant.
+        return dispatch::<VLAN_L3>(ctx, inner);
+    }
+    dispatch::<ETH_LEN>(ctx, ether_type)
+}
+
+#[inline(always)]
+fn dispatch<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> u32 {
+    if ether_type == EtherType::Ipv4 as u16 {
+        ipv4::<L3>(ctx)
+    } else if ether_type == EtherType::Ipv6 as u16 {
+        ipv6::<L3>(ctx)
+    } else {
+        pass(reason::PASS_NOT_IP)
+    }
+}
+
+/// Is `addr` one of our VIP addresses (any port)?
+#[inline(always)]
+fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
+    let marker = VipKey {
+        addr,
+        port: 0,
+        proto: 0,
+        family,
+    };
+    unsafe { VIPS.get(&marker) }.is_some()
+}
+
+/// The ports of a TCP or UDP header at `l4`, if the frame holds the header.
+#[inline(always)]
+fn ports(ctx: &XdpContext, l4: usize, proto: u8) -> Option<(u16, u16)> {
+    if proto == PROTO_TCP {
+        let tcp = ptr_at::<TcpHdr>(ctx, l4)?;
+        unsafe { Some((u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest))) }
+    } else {
+        let udp = ptr_at::<UdpHdr>(ctx, l4)?;
+        unsafe { Some((u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst))) }
+    }
+}
+
+#[inline(always)]
+fn l4_header_len(proto: u8) -> usize {
+    if proto == PROTO_TCP {
+        TcpHdr::LEN
+    } else {
+        UdpHdr::LEN
+    }
+}
+
+/// Where a client -> VIP packet goes.
+struct Target {
+    service_id: u32,
+    version: u32,
+    backend_id: u32,
+    addr: [u32; 4],
+    new_flow: bool,
+}
+
+/// The version forced on this client by a source-prefix override, if any.
+#[inline(always)]
+fn override_version(service_id: u32, flow: &FlowKey) -> Option<u32> {
+    let mut addr = [0u8; 16];
+    if flow.family == FAMILY_V4 {
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        let a = flow.src[0].to_ne_bytes();
+        addr[12] = a[0];
+        addr[13] = a[1];
+        addr[14] = a[2];
+        addr[15] = a[3];
+    } else {
+        addr = parse::bytes16(&flow.src);
+    }
+    let key = LpmKey::new(
+        OVERRIDE_SERVICE_BITS + 128,
+        OverrideKeyData {
+            service_be: service_id.to_be_bytes(),
+            addr,
+        },
+    );
+    OVERRIDES.get(&key).map(|v| v.version & 1)
+}
+
+/// Flow table first; on a miss, override or hash bucket vs weight, then the
+/// live Maglev table of the chosen pool.
+#[inline(always)]
+fn decide(ctx: &XdpContext, flow: &FlowKey, vip: &VipInfo) -> Result<Target, u32> {
+    let service_id = vip.service_id;
+    let svc = SERVICES.get(service_id).ok_or(reason::DROP_NO_BACKEND)?;
+    let (backend_id, version, new_flow) = match unsafe { FLOWS.get(flow) } {
+        Some(f) => {
+            count(reason::FLOW_HIT);
+            (f.backend_id, f.version & 1, false)
+        }
+        None => {
+            let version = match override_version(service_id, flow) {
+                Some(v) => {
+                    count(reason::OVERRIDE_HIT);
+                    v
+                }
+                None => choose_version(split_hash(flow, vip.affinity, svc.seed), svc.weight_bp),
+            } & 1;
+            if svc.pool_size[version as usize] == 0 {
+                return Err(reason::DROP_NO_BACKEND);
+            }
+            let generation = svc.live_gen[version as usize] & 1;
+            let slot = maglev_slot(backend_hash(flow, vip.affinity, svc.seed));
+            let idx = maglev_base(service_id, version, generation) + slot;
+            let backend_id = *MAGLEV.get(idx).ok_or(reason::DROP_NO_BACKEND)?;
+            if backend_id == BACKEND_NONE {
+                return Err(reason::DROP_NO_BACKEND);
+            }
+            let state = FlowState {
+                backend_id,
+                version,
+                service_id,
+                _pad: 0,
+            };
+            if FLOWS.insert(flow, &state, 0).is_err() {
+                // Rare (the LRU evicts instead of failing): worth a log line.
+                count(reason::FLOW_INSERT_FAILED);
+                warn!(ctx, "flow table insert failed for service {}", service_id);
+            }
+            (backend_id, version, true)
+        }
+    };
+    let backend = BACKENDS.get(backend_id).ok_or(reason::DROP_NO_BACKEND)?;
+    Ok(Target {
+        service_id,
+        version,
+        backend_id,
+        addr: backend.addr,
+        new_flow,
+    })
+}
+
+#[inline(always)]
+fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, L3) else {
+        return pass(reason::PASS_MALFORMED);
+    };
+    let (vihl, tot_len, frags, proto, src, dst) = unsafe {
+        (
+            (*ip).vihl,
+            u16::from_be_bytes((*ip).tot_len) as usize,
+            u16::from_be_bytes((*ip).frags),
+            (*ip).proto,
+            words4(&(*ip).src_addr),
+            words4(&(*ip).dst_addr),
+        )
+    };
+    let ihl = (vihl & 0x0f) as usize;
+    if vihl >> 4 != 4 || ihl < 5 {
+        return pass(reason::PASS_MALFORMED);
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    let l4_proto = proto == PROTO_TCP || proto == PROTO_UDP;
+    // More-fragments flag or a non-zero offset.
+    let fragment = frags & 0x3fff != 0;
+    let l4 = L3 + Ipv4Hdr::LEN;
+    let lengths_ok = tot_len >= ihl * 4 + l4_header_len(proto) && L3 + tot_len <= frame_len;
+
+    if !is_vip_addr([dst, 0, 0, 0], FAMILY_V4) {
+        if ihl == 5 && !fragment && l4_proto && lengths_ok {
+            if let Some(action) = reply_v4::<L3>(ctx, ip, proto, src) {
+                return action;
+            }
+        }
+        return pass(reason::PASS_NOT_VIP);
+    }
+    if ihl != 5 {
+        return drop(reason::DROP_IP_OPTIONS);
+    }
+    if fragment {
+        return drop(reason::DROP_FRAGMENT);
+    }
+    if !l4_proto {
+        return pass(reason::PASS_NOT_VIP);
+    }
+    if !lengths_ok {
+        return drop(reason::DROP_MALFORMED);
+    }
+    let Some((sport, dport)) = ports(ctx, l4, proto) else {
+        return drop(reason::DROP_MALFORMED);
+    };
+    let flow = FlowKey {
+        src: [src, 0, 0, 0],
+        dst: [dst, 0, 0, 0],
+        sport,
+        dport,
+        proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    let vip_key = VipKey {
+        addr: flow.dst,
+        port: dport,
+        proto,
+        family: FAMILY_V4,
+    };
+    let Some(vip) = (unsafe { VIPS.get(&vip_key) }) else {
+        return pass(reason::PASS_NOT_VIP);
+    };
+    let target = match decide(ctx, &flow, vip) {
+        Ok(t) => t,
+        Err(r) => return drop(r),
+    };
+    if nat::dnat_v4(ctx, ip, l4, proto, dst, target.addr[0]).is_none() {
+        return drop(reason::DROP_MALFORMED);
+    }
+    let action = forward::route_v4::<L3>(ctx, ip, proto, sport, dport);
+    if action != xdp_action::XDP_DROP {
+        stats::count_forward(
+            target.service_id,
+            target.version,
+            target.backend_id,
+            frame_len as u64,
+            target.new_flow,
+        );
+    }
+    action
+}
+
+/// A reply from a backend's service port: put the VIP back as its source.
+#[inline(always)]
+fn reply_v4<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv4Hdr, proto: u8, src: u32) -> Option<u32> {
+    let l4 = L3 + Ipv4Hdr::LEN;
+    let (sport, dport) = ports(ctx, l4, proto)?;
+    let key = canary_common::BackendAddrKey {
+        addr: [src, 0, 0, 0],
+        port: sport,
+        proto,
+        family: FAMILY_V4,
+    };
+    let rev = unsafe { REVERSE_NAT.get(&key) }?;
+    let (service_id, version, backend_id, vip) = (rev.service_id, rev.version, rev.backend_id, rev.vip[0]);
+    nat::snat_v4(ctx, ip, l4, proto, src, vip)?;
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let action = forward::route_v4::<L3>(ctx, ip, proto, sport, dport);
+    if action != xdp_action::XDP_DROP {
+        stats::count_reply(service_id, version & 1, backend_id, frame_len);
+    }
+    Some(action)
+}
+
+#[inline(always)]
+fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, L3) else {
+        return pass(reason::PASS_MALFORMED);
+    };
+    let (vcf0, payload_len, next_hdr, src, dst) = unsafe {
+        (
+            (*ip).vcf[0],
+            u16::from_be_bytes((*ip).payload_len) as usize,
+            (*ip).next_hdr,
+            words16(&(*ip).src_addr),
+            words16(&(*ip).dst_addr),
+        )
+    };
+    if vcf0 >> 4 != 6 {
+        return pass(reason::PASS_MALFORMED);
+    }
+    let frame_len = ctx.data_end() - ctx.data();
+    let l4 = L3 + Ipv6Hdr::LEN;
+    let l4_proto = next_hdr == PROTO_TCP || next_hdr == PROTO_UDP;
+    let lengths_ok = payload_len >= l4_header_len(next_hdr) && l4 + payload_len <= frame_len;
+
+    if !is_vip_addr(dst, FAMILY_V6) {
+        if l4_proto && lengths_ok {
+            if let Some(action) = reply_v6::<L3>(ctx, ip, next_hdr, src) {
+                return action;
+            }
+        }
+        return pass(reason::PASS_NOT_VIP);
+    }
+    if !l4_proto {
+        // ICMPv6 to the VIP is passed; any other next header is an
+        // extension header (or a protocol we do not split).
+        if next_hdr == 58 {
+            return pass(reason::PASS_NOT_VIP);
+        }
+        return drop(reason::DROP_IPV6_EXT);
+    }
+    if !lengths_ok {
+        return drop(reason::DROP_MALFORMED);
+    }
+    let Some((sport, dport)) = ports(ctx, l4, next_hdr) else {
+        return drop(reason::DROP_MALFORMED);
+    };
+    let flow = FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: next_hdr,
+        family: FAMILY_V6,
+        _pad: [0; 2],
+    };
+    let vip_key = VipKey {
+        addr: dst,
+        port: dport,
+        proto: next_hdr,
+        family: FAMILY_V6,
+    };
+    let Some(vip) = (unsafe { VIPS.get(&vip_key) }) else {
+        return pass(reason::PASS_NOT_VIP);
+    };
+    let target = match decide(ctx, &flow, vip) {
+        Ok(t) => t,
+        Err(r) => return drop(r),
+    };
+    if nat::dnat_v6(ctx, ip, l4, next_hdr, &dst, &target.addr).is_none() {
+        return drop(reason::DROP_MALFORMED);
+    }
+    let action = forward::route_v6::<L3>(ctx, ip, next_hdr, sport, dport);
+    if action != xdp_action::XDP_DROP {
+        stats::count_forward(
+            target.service_id,
+            target.version,
+            target.backend_id,
+            frame_len as u64,
+            target.new_flow,
+        );
+    }
+    action
+}
+
+#[inline(always)]
+fn reply_v6<const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut Ipv6Hdr,
+    proto: u8,
+    src: [u32; 4],
+) -> Option<u32> {
+    let l4 = L3 + Ipv6Hdr::LEN;
+    let (sport, dport) = ports(ctx, l4, proto)?;
+    let key = canary_common::BackendAddrKey {
+        addr: src,
+        port: sport,
+        proto,
+        family: FAMILY_V6,
+    };
+    let rev = unsafe { REVERSE_NAT.get(&key) }?;
+    let (service_id, version, backend_id, vip) = (rev.service_id, rev.version, rev.backend_id, rev.vip);
+    nat::snat_v6(ctx, ip, l4, proto, &src, &vip)?;
+    let frame_len = (ctx.data_end() - ctx.data()) as u64;
+    let action = forward::route_v6::<L3>(ctx, ip, proto, sport, dport);
+    if action != xdp_action::XDP_DROP {
+        stats::count_reply(service_id, version & 1, backend_id, frame_len);
+    }
+    Some(action)
+}
+
+#[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! { loop {} }
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

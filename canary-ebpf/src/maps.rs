@@ -1,0 +1,53 @@
+//! The data plane's maps. State maps are pinned by name, so a restarted
+//! `canaryd` adopts them (weights, pools and open flows survive it).
+//! Layouts and names come from `canary_common::maps`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use canary_common::{
+    BackendAddrKey, BackendInfo, BackendStats, FlowKey, FlowState, OverrideKeyData,
+    OverrideValue, ReverseNat, ServiceState, VersionStats, VipInfo, VipKey, DEFAULT_FLOW_TABLE_SIZE,
+    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_OVERRIDES, MAX_SERVICES, MAX_TX_PORTS, NUM_VERSIONS,
+};
+
+/// VIP (addr, port, proto) -> service. An entry with port 0 and proto 0 marks
+/// the address itself as a VIP, so packets we cannot split (fragments,
+/// options) are recognised as addressed to a VIP before their ports are read.
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_SERVICES * 2, 0);
+
+#[map(name = "SERVICES")]
+pub static SERVICES: Array<ServiceState> = Array::pinned(MAX_SERVICES, 0);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
+
+/// Flat array of Maglev tables, see `canary_common::maglev_base`.
+#[map(name = "MAGLEV")]
+pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_ENTRIES, 0);
+
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
+
+#[map(name = "OVERRIDES")]
+pub static OVERRIDES: LpmTrie<OverrideKeyData, OverrideValue> = LpmTrie::pinned(MAX_OVERRIDES, 0);
+
+#[map(name = "REVERSE_NAT")]
+pub static REVERSE_NAT: HashMap<BackendAddrKey, ReverseNat> = HashMap::pinned(MAX_BACKENDS, 0);
+
+#[map(name = "VERSION_STATS")]
+pub static VERSION_STATS: PerCpuArray<VersionStats> =
+    PerCpuArray::pinned(MAX_SERVICES * NUM_VERSIONS, 0);
+
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+#[map(name = "DATAPATH_STATS")]
+pub static DATAPATH_STATS: PerCpuArray<u64> =
+    PerCpuArray::pinned(canary_common::reason::COUNT, 0);
+
+/// Interfaces the program may redirect to, keyed by ifindex.
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);

@@ -1,0 +1,499 @@
+//! Loading, attaching and configuring the XDP data plane. `apply` turns a
+//! validated `Config` into map contents, make-before-break: backends, reverse
+//! NAT and Maglev tables first, the service entry (weight, live generation)
+//! next, the VIP last, and removals in the opposite order.
+
+use crate::config::{Affinity, Config, Protocol, ServiceConfig, Version};
+use crate::maglev;
+use crate::maps::{pin_dir, Maps};
+use anyhow::{bail, Context, Result};
+use aya::maps::lpm_trie::Key as LpmKey;
+use aya::programs::{xdp::XdpLinkId, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use canary_common::addr::{family, override_key, port_to_map, to_words};
+use canary_common::{
+    maglev_base, BackendAddrKey, BackendInfo, OverrideValue, ReverseNat, ServiceState, VipInfo,
+    VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP, DEFAULT_FLOW_TABLE_SIZE, MAGLEV_TABLE_SIZE,
+    MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+};
+use log::{info, warn};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The XDP object, embedded at build time (see build.rs).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/canary.bpf.o"));
+
+pub const PROGRAM: &str = "canary";
+
+pub fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    }
+}
+
+pub fn vip_key(s: &ServiceConfig) -> VipKey {
+    VipKey {
+        addr: to_words(s.vip),
+        port: port_to_map(s.port),
+        proto: proto_number(s.protocol),
+        family: family(s.vip),
+    }
+}
+
+/// The key marking an address as a VIP address (any port).
+fn vip_marker(addr: IpAddr) -> VipKey {
+    VipKey {
+        addr: to_words(addr),
+        port: 0,
+        proto: 0,
+        family: family(addr),
+    }
+}
+
+fn backend_addr_key(s: &ServiceConfig, b: IpAddr) -> BackendAddrKey {
+    BackendAddrKey {
+        addr: to_words(b),
+        port: port_to_map(s.port),
+        proto: proto_number(s.protocol),
+        family: family(b),
+    }
+}
+
+/// Stable ids: a service keeps its id across reloads (flows and counters are
+/// keyed by it), a backend keeps its id while it stays in its service.
+#[derive(Debug, Clone, Default)]
+pub struct Ids {
+    pub services: BTreeMap<String, u32>,
+    pub backends: HashMap<(u32, IpAddr), u32>,
+    next_backend: u32,
+    free_backends: Vec<u32>,
+}
+
+impl Ids {
+    fn service(&mut self, name: &str) -> Result<u32> {
+        if let Some(id) = self.services.get(name) {
+            return Ok(*id);
+        }
+        let used: HashSet<u32> = self.services.values().copied().collect();
+        let id = (0..MAX_SERVICES)
+            .find(|i| !used.contains(i))
+            .context("no free service id")?;
+        self.services.insert(name.to_string(), id);
+        Ok(id)
+    }
+
+    fn backend(&mut self, service_id: u32, addr: IpAddr) -> Result<u32> {
+        if let Some(id) = self.backends.get(&(service_id, addr)) {
+            return Ok(*id);
+        }
+        // Fresh ids first: an id released a moment ago may still be named by
+        // open flows until they end.
+        let id = if self.next_backend < MAX_BACKENDS {
+            self.next_backend += 1;
+            self.next_backend - 1
+        } else if !self.free_backends.is_empty() {
+            self.free_backends.remove(0)
+        } else {
+            bail!("no free backend id");
+        };
+        self.backends.insert((service_id, addr), id);
+        Ok(id)
+    }
+
+    /// Drops every id not in `keep`, returning the released backend ids.
+    fn retain(&mut self, services: &HashSet<String>, backends: &HashSet<(u32, IpAddr)>) -> Vec<u32> {
+        self.services.retain(|name, _| services.contains(name));
+        let mut released = Vec::new();
+        self.backends.retain(|k, id| {
+            let keep = backends.contains(k);
+            if !keep {
+                released.push(*id);
+            }
+            keep
+        });
+        self.free_backends.extend(&released);
+        released
+    }
+}
+
+/// What one `apply` changed, for the log.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub lines: Vec<String>,
+}
+
+pub struct DataPlane {
+    ebpf: Ebpf,
+    pub maps: Maps,
+    pub instance: String,
+    pin_dir: PathBuf,
+    attached: BTreeMap<String, XdpLinkId>,
+    ids: Ids,
+    applied: Option<Config>,
+    /// The live Maglev table per (service, version) and its generation.
+    maglev_live: HashMap<(u32, u32), (u32, Vec<u32>)>,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl DataPlane {
+    /// Loads the embedded object with its maps pinned under
+    /// /sys/fs/bpf/canary/<instance>/.
+    pub fn load(instance: &str, flow_table_size: Option<u32>) -> Result<DataPlane> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this canaryd was built without its XDP object; build it with `cargo xtask build`"
+            );
+        }
+        crate::maps::ensure_bpffs()?;
+        let dir = pin_dir(instance);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating pin directory {} (is bpffs mounted?)", dir.display()))?;
+        let flows = flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_SIZE);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .map_max_entries(canary_common::names::FLOWS, flows)
+            .load(EBPF_OBJECT)
+            .context("loading the XDP object")?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                warn!("eBPF log records unavailable: {e}");
+                None
+            }
+        };
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM)
+            .context("the XDP object has no program `canary`")?
+            .try_into()?;
+        program.load().context("loading the XDP program into the kernel (verifier)")?;
+        let maps = Maps::from_ebpf(&mut ebpf)?;
+        Ok(DataPlane {
+            ebpf,
+            maps,
+            instance: instance.to_string(),
+            pin_dir: dir,
+            attached: BTreeMap::new(),
+            ids: Ids::default(),
+            applied: None,
+            maglev_live: HashMap::new(),
+            logger,
+        })
+    }
+
+    /// The aya-log reader, to be polled by the daemon's event loop.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    /// The loaded XDP program (for `BPF_PROG_TEST_RUN` and inspection).
+    pub fn program(&self) -> Result<&Xdp> {
+        Ok(self.ebpf.program(PROGRAM).context("program")?.try_into()?)
+    }
+
+    pub fn ids(&self) -> &Ids {
+        &self.ids
+    }
+
+    pub fn applied(&self) -> Option<&Config> {
+        self.applied.as_ref()
+    }
+
+    /// Makes the maps and attachments match `config` (already validated).
+    /// Everything that can be checked without writing is checked first, so a
+    /// config that cannot be applied changes nothing.
+    pub fn apply(&mut self, config: &Config) -> Result<ApplyReport> {
+        config.validate()?;
+        let mut ifindexes = BTreeMap::new();
+        for iface in config.interfaces() {
+            ifindexes.insert(iface.clone(), ifindex(&iface)?);
+        }
+        if let Some(prev) = &self.applied {
+            if prev.flow_table_size != config.flow_table_size {
+                bail!("flow_table_size: changing the flow table size needs a restart of canaryd");
+            }
+        }
+        let mut ids = self.ids.clone();
+        let mut plan = Vec::new();
+        for s in &config.services {
+            let sid = ids.service(&s.name)?;
+            let mut members = Vec::new();
+            for v in [Version::Stable, Version::Canary] {
+                for b in s.pool(v) {
+                    members.push((v, *b, ids.backend(sid, *b)?));
+                }
+            }
+            plan.push((s, sid, members));
+        }
+        let keep_services: HashSet<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        let keep_backends: HashSet<(u32, IpAddr)> = plan
+            .iter()
+            .flat_map(|(_, sid, m)| m.iter().map(move |(_, b, _)| (*sid, *b)))
+            .collect();
+        let removed_services: Vec<(String, u32)> = ids
+            .services
+            .iter()
+            .filter(|(n, _)| !keep_services.contains(*n))
+            .map(|(n, id)| (n.clone(), *id))
+            .collect();
+
+        let mut report = ApplyReport::default();
+        let prev = self.applied.clone();
+        let prev_service = |name: &str| prev.as_ref().and_then(|c| c.services.iter().find(|s| s.name == name));
+
+        // 1. Removed services: VIP first, so no new packet reaches them.
+        for (name, sid) in &removed_services {
+            if let Some(old) = prev_service(name) {
+                let _ = self.maps.vips.remove(&vip_key(old));
+                self.remove_overrides(*sid, &old.overrides);
+                for b in old.stable.iter().chain(&old.canary) {
+                    let _ = self.maps.reverse_nat.remove(&backend_addr_key(old, *b));
+                }
+            }
+            self.maps.services.set(*sid, ServiceState::default(), 0)?;
+            self.maglev_live.remove(&(*sid, 0));
+            self.maglev_live.remove(&(*sid, 1));
+            report.lines.push(format!("service {name}: removed"));
+        }
+
+        // 2. Services in the config.
+        for (s, sid, members) in &plan {
+            let old = prev_service(&s.name).cloned();
+            for (v, b, bid) in members {
+                self.maps.backends.set(
+                    *bid,
+                    BackendInfo {
+                        addr: to_words(*b),
+                        family: family(*b) as u32,
+                        service_id: *sid,
+                        version: v.index(),
+                        _pad: 0,
+                    },
+                    0,
+                )?;
+                self.maps.reverse_nat.insert(
+                    backend_addr_key(s, *b),
+                    ReverseNat {
+                        vip: to_words(s.vip),
+                        service_id: *sid,
+                        backend_id: *bid,
+                        version: v.index(),
+                        _pad: 0,
+                    },
+                    0,
+                )?;
+            }
+            // Backends that left this service (or whose VIP port changed).
+            if let Some(old) = &old {
+                let now: HashSet<BackendAddrKey> =
+                    members.iter().map(|(_, b, _)| backend_addr_key(s, *b)).collect();
+                for b in old.stable.iter().chain(&old.canary) {
+                    let k = backend_addr_key(old, *b);
+                    if !now.contains(&k) {
+                        let _ = self.maps.reverse_nat.remove(&k);
+                    }
+                }
+            }
+            let mut state = self.maps.services.get(sid, 0).unwrap_or_default();
+            for v in [Version::Stable, Version::Canary] {
+                let pool: Vec<(IpAddr, u32)> = members
+                    .iter()
+                    .filter(|(mv, _, _)| *mv == v)
+                    .map(|(_, b, id)| (*b, *id))
+                    .collect();
+                let table = maglev::build_table(&pool, MAGLEV_TABLE_SIZE);
+                let vi = v.index();
+                let live = self.maglev_live.get(&(*sid, vi));
+                let generation = match live {
+                    Some((g, t)) if *t == table => *g,
+                    Some((g, t)) => {
+                        let next = 1 - *g;
+                        let moved = maglev::moved_fraction(t, &table);
+                        self.write_maglev(*sid, vi, next, &table)?;
+                        report.lines.push(format!(
+                            "service {}: {} pool now {} backends, {:.1}% of table slots moved",
+                            s.name,
+                            v.name(),
+                            pool.len(),
+                            moved * 100.0
+                        ));
+                        next
+                    }
+                    None => {
+                        let next = if state.active != 0 { 1 - (state.live_gen[vi as usize] & 1) } else { 0 };
+                        self.write_maglev(*sid, vi, next, &table)?;
+                        next
+                    }
+                };
+                state.live_gen[vi as usize] = generation;
+                state.pool_size[vi as usize] = pool.len() as u32;
+                self.maglev_live.insert((*sid, vi), (generation, table));
+            }
+            // Overrides: add the new ones, then drop the stale ones.
+            for o in &s.overrides {
+                let (bits, data) = override_key(*sid, o.cidr.addr(), o.cidr.prefix_len());
+                self.maps.overrides.insert(
+                    &LpmKey::new(bits, data),
+                    OverrideValue {
+                        version: o.version.index(),
+                    },
+                    0,
+                )?;
+            }
+            if let Some(old) = &old {
+                let stale: Vec<_> = old
+                    .overrides
+                    .iter()
+                    .filter(|o| !s.overrides.iter().any(|n| n.cidr == o.cidr))
+                    .cloned()
+                    .collect();
+                self.remove_overrides(*sid, &stale);
+            }
+            let old_weight = old.as_ref().map(|o| o.weight_bp());
+            state.weight_bp = s.weight_bp();
+            state.seed = s.seed();
+            state.active = 1;
+            self.maps.services.set(*sid, state, 0)?;
+            match old_weight {
+                Some(w) if w != state.weight_bp => report.lines.push(format!(
+                    "service {}: canary weight {}% -> {}% (config)",
+                    s.name,
+                    w as f64 / 100.0,
+                    s.canary_weight
+                )),
+                None => report.lines.push(format!(
+                    "service {} (id {sid}): {}:{} {:?}, canary weight {}%, {} stable + {} canary backends",
+                    s.name,
+                    s.vip,
+                    s.port,
+                    s.protocol,
+                    s.canary_weight,
+                    s.stable.len(),
+                    s.canary.len()
+                )),
+                _ => {}
+            }
+            // The VIP last: the service is complete before a packet sees it.
+            if let Some(old) = &old {
+                if vip_key(old) != vip_key(s) {
+                    let _ = self.maps.vips.remove(&vip_key(old));
+                }
+            }
+            let affinity = match s.affinity {
+                Affinity::SourceIp => AFFINITY_SOURCE_IP,
+                Affinity::Flow => AFFINITY_FLOW,
+            };
+            let info = VipInfo {
+                service_id: *sid,
+                affinity,
+            };
+            self.maps.vips.insert(vip_marker(s.vip), VipInfo { service_id: *sid, affinity }, 0)?;
+            self.maps.vips.insert(vip_key(s), info, 0)?;
+        }
+
+        // 3. VIP address markers no service uses any more.
+        let vip_addrs: HashSet<VipKey> = config.services.iter().map(|s| vip_marker(s.vip)).collect();
+        if let Some(prev) = &prev {
+            for s in &prev.services {
+                let m = vip_marker(s.vip);
+                if !vip_addrs.contains(&m) {
+                    let _ = self.maps.vips.remove(&m);
+                }
+            }
+        }
+
+        // 4. Interfaces: redirect ports, then attachments.
+        let wanted: HashSet<u32> = ifindexes.values().copied().collect();
+        for idx in ifindexes.values() {
+            self.maps.tx_ports.insert(*idx, *idx, None, 0)?;
+        }
+        let stale_ports: Vec<u32> = self
+            .maps
+            .tx_ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for k in stale_ports {
+            let _ = self.maps.tx_ports.remove(k);
+        }
+        self.attach_interfaces(&ifindexes, &mut report)?;
+
+        ids.retain(&keep_services, &keep_backends);
+        self.ids = ids;
+        self.applied = Some(config.clone());
+        Ok(report)
+    }
+
+    fn write_maglev(&mut self, sid: u32, version: u32, generation: u32, table: &[u32]) -> Result<()> {
+        let base = maglev_base(sid, version, generation);
+        for (i, id) in table.iter().enumerate() {
+            self.maps.maglev.set(base + i as u32, id, 0)?;
+        }
+        Ok(())
+    }
+
+    fn remove_overrides(&mut self, sid: u32, overrides: &[crate::config::OverrideConfig]) {
+        for o in overrides {
+            let (bits, data) = override_key(sid, o.cidr.addr(), o.cidr.prefix_len());
+            let _ = self.maps.overrides.remove(&LpmKey::new(bits, data));
+        }
+    }
+
+    fn attach_interfaces(&mut self, wanted: &BTreeMap<String, u32>, report: &mut ApplyReport) -> Result<()> {
+        let program: &mut Xdp = self.ebpf.program_mut(PROGRAM).context("program")?.try_into()?;
+        for iface in wanted.keys() {
+            if self.attached.contains_key(iface) {
+                continue;
+            }
+            let link = program
+                .attach(iface, XdpMode::default())
+                .with_context(|| format!("attaching XDP to {iface}"))?;
+            self.attached.insert(iface.clone(), link);
+            report.lines.push(format!("attached to {iface}"));
+        }
+        let stale: Vec<String> = self.attached.keys().filter(|i| !wanted.contains_key(*i)).cloned().collect();
+        for iface in stale {
+            if let Some(link) = self.attached.remove(&iface) {
+                program.detach(link)?;
+                report.lines.push(format!("detached from {iface}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches from every interface and removes the pins: the data plane is
+    /// gone once this returns.
+    pub fn teardown(mut self) -> Result<()> {
+        if let Ok(program) = <&mut Xdp>::try_from(self.ebpf.program_mut(PROGRAM).unwrap()) {
+            for (iface, link) in std::mem::take(&mut self.attached) {
+                if let Err(e) = program.detach(link) {
+                    warn!("detaching from {iface}: {e}");
+                }
+            }
+        }
+        for name in canary_common::names::ALL {
+            let path = self.pin_dir.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
+            }
+        }
+        let _ = std::fs::remove_dir(&self.pin_dir);
+        // The shared parent goes too once the last instance has left it.
+        if let Some(parent) = self.pin_dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        info!("detached and removed {}", self.pin_dir.display());
+        Ok(())
+    }
+}
+
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name")?;
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("interface {name}: no such interface in this network namespace");
+    }
+    Ok(idx)
+}

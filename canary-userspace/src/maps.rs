@@ -1,0 +1,158 @@
+//! Typed handles on the data plane's maps, the same struct whether taken from
+//! a freshly loaded object (the daemon) or opened from the pins (tests,
+//! inspection tools).
+
+use anyhow::{anyhow, Context, Result};
+use aya::maps::{
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues,
+};
+use aya::Ebpf;
+use canary_common::{
+    names, reason, version_stats_index, BackendAddrKey, BackendInfo, BackendStats, FlowKey,
+    FlowState, OverrideKeyData, OverrideValue, ReverseNat, ServiceState, VersionStats, VipInfo,
+    VipKey,
+};
+use std::path::{Path, PathBuf};
+
+/// The BPF filesystem every pin lives in.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Where an instance pins its maps (and, later, links).
+pub fn pin_dir(instance: &str) -> PathBuf {
+    PathBuf::from(BPFFS).join("canary").join(instance)
+}
+
+/// Mounts the BPF filesystem at /sys/fs/bpf unless it is there already
+/// (systemd mounts it on most distributions; minimal hosts and containers
+/// often do not). Pins must outlive canaryd, so they cannot live elsewhere.
+pub fn ensure_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let st = nix::sys::statfs::statfs(BPFFS).with_context(|| format!("statfs {BPFFS}"))?;
+    if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    log::info!("mounting the BPF filesystem at {BPFFS}");
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=0700"),
+    )
+    .with_context(|| format!("mounting bpffs at {BPFFS}"))?;
+    Ok(())
+}
+
+pub struct Maps {
+    pub vips: HashMap<MapData, VipKey, VipInfo>,
+    pub services: Array<MapData, ServiceState>,
+    pub backends: Array<MapData, BackendInfo>,
+    pub maglev: Array<MapData, u32>,
+    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub overrides: LpmTrie<MapData, OverrideKeyData, OverrideValue>,
+    pub reverse_nat: HashMap<MapData, BackendAddrKey, ReverseNat>,
+    pub version_stats: PerCpuArray<MapData, VersionStats>,
+    pub backend_stats: PerCpuArray<MapData, BackendStats>,
+    pub datapath_stats: PerCpuArray<MapData, u64>,
+    pub tx_ports: DevMapHash<MapData>,
+}
+
+fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object.
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Maps> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+        };
+        Maps::from_fn(&mut take)
+    }
+
+    /// Opens the maps an instance pinned.
+    pub fn from_pins(dir: &Path) -> Result<Maps> {
+        let mut open = |name: &str| -> Result<Map> {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(Map::from_map_data(data)?)
+        };
+        Maps::from_fn(&mut open)
+    }
+
+    fn from_fn(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Maps> {
+        Ok(Maps {
+            vips: typed(get(names::VIPS)?, names::VIPS)?,
+            services: typed(get(names::SERVICES)?, names::SERVICES)?,
+            backends: typed(get(names::BACKENDS)?, names::BACKENDS)?,
+            maglev: typed(get(names::MAGLEV)?, names::MAGLEV)?,
+            flows: typed(get(names::FLOWS)?, names::FLOWS)?,
+            overrides: typed(get(names::OVERRIDES)?, names::OVERRIDES)?,
+            reverse_nat: typed(get(names::REVERSE_NAT)?, names::REVERSE_NAT)?,
+            version_stats: typed(get(names::VERSION_STATS)?, names::VERSION_STATS)?,
+            backend_stats: typed(get(names::BACKEND_STATS)?, names::BACKEND_STATS)?,
+            datapath_stats: typed(get(names::DATAPATH_STATS)?, names::DATAPATH_STATS)?,
+            tx_ports: typed(get(names::TX_PORTS)?, names::TX_PORTS)?,
+        })
+    }
+
+    /// Per-version counters of a service, summed over CPUs.
+    pub fn version_stats(&self, service_id: u32, version: u32) -> Result<VersionStats> {
+        let per_cpu = self
+            .version_stats
+            .get(&version_stats_index(service_id, version), 0)?;
+        Ok(sum_version(&per_cpu))
+    }
+
+    pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
+        let per_cpu = self.backend_stats.get(&backend_id, 0)?;
+        let mut t = BackendStats::default();
+        for s in per_cpu.iter() {
+            t.packets += s.packets;
+            t.bytes += s.bytes;
+            t.new_flows += s.new_flows;
+            t.reply_packets += s.reply_packets;
+        }
+        Ok(t)
+    }
+
+    /// Data-path outcome counters, indexed by `canary_common::reason`.
+    pub fn datapath_stats(&self) -> Result<[u64; reason::COUNT as usize]> {
+        let mut out = [0u64; reason::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.datapath_stats.get(&(i as u32), 0)?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The service id serving a VIP, as the kernel sees it.
+    pub fn service_of_vip(&self, key: &VipKey) -> Result<u32> {
+        Ok(self.vips.get(key, 0)?.service_id)
+    }
+
+    /// Every backend id whose `BACKENDS` entry belongs to `service_id`
+    /// (live or drained) with its address info.
+    pub fn backends_of(&self, service_id: u32) -> Vec<(u32, BackendInfo)> {
+        self.backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.ok().map(|b| (i as u32, b)))
+            .filter(|(_, b)| b.family != 0 && b.service_id == service_id)
+            .collect()
+    }
+}
+
+fn sum_version(per_cpu: &PerCpuValues<VersionStats>) -> VersionStats {
+    let mut t = VersionStats::default();
+    for s in per_cpu.iter() {
+        t.packets += s.packets;
+        t.bytes += s.bytes;
+        t.new_flows += s.new_flows;
+        t.reply_packets += s.reply_packets;
+        t.reply_bytes += s.reply_bytes;
+    }
+    t
+}
