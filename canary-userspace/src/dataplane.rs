@@ -25,6 +25,13 @@ use std::path::PathBuf;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/canary.bpf.o"));
 
 pub const PROGRAM: &str = "canary";
+/// The do-nothing program in the same object: the per-packet floor.
+pub const PASS_PROGRAM: &str = "xdp_pass";
+
+/// The embedded object (empty when built without `cargo xtask build-ebpf`).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
 
 pub fn proto_number(p: Protocol) -> u8 {
     match p {
