@@ -145,7 +145,7 @@ pub struct FlowState {
 /// as the first 32 bits) followed by the client address in IPv6 form (IPv4 as
 /// `::ffff:a.b.c.d`). Prefix length = 32 + 96 + v4 prefix, or 32 + v6 prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct OverrideKeyData {
     pub service_be: [u8; 4],
     pub addr: [u8; 16],

@@ -8,6 +8,7 @@ use crate::maglev;
 use crate::maps::{pin_dir, Maps};
 use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
+use aya::maps::PerCpuValues;
 use aya::programs::{xdp::XdpLinkId, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use canary_common::addr::{family, override_key, port_to_map, to_words};
@@ -79,13 +80,15 @@ pub struct Ids {
 }
 
 impl Ids {
-    fn service(&mut self, name: &str) -> Result<u32> {
+    /// The id of service `name`; a new one avoids ids in use and slots the
+    /// kernel still has active (adopted, about to be removed).
+    fn service(&mut self, name: &str, active_slots: &HashSet<u32>) -> Result<u32> {
         if let Some(id) = self.services.get(name) {
             return Ok(*id);
         }
         let used: HashSet<u32> = self.services.values().copied().collect();
         let id = (0..MAX_SERVICES)
-            .find(|i| !used.contains(i))
+            .find(|i| !used.contains(i) && !active_slots.contains(i))
             .context("no free service id")?;
         self.services.insert(name.to_string(), id);
         Ok(id)
@@ -207,9 +210,11 @@ impl DataPlane {
         self.applied.as_ref()
     }
 
-    /// Makes the maps and attachments match `config` (already validated).
-    /// Everything that can be checked without writing is checked first, so a
-    /// config that cannot be applied changes nothing.
+    /// Makes the maps and attachments match `config`: a reconciliation of
+    /// what the maps hold against what the config wants, so it is the same
+    /// code for the first apply, a reload, and a restarted daemon adopting
+    /// pinned maps. Everything that can be checked without writing is checked
+    /// first, so a config that cannot be applied changes nothing.
     pub fn apply(&mut self, config: &Config) -> Result<ApplyReport> {
         config.validate()?;
         let mut ifindexes = BTreeMap::new();
@@ -221,52 +226,102 @@ impl DataPlane {
                 bail!("flow_table_size: changing the flow table size needs a restart of canaryd");
             }
         }
+        let prev = self.applied.clone();
+        let prev_service = |name: &str| {
+            prev.as_ref()
+                .and_then(|c| c.services.iter().find(|s| s.name == name))
+                .cloned()
+        };
+
+        // Ids: kept for known services and backends, fresh ones for new.
         let mut ids = self.ids.clone();
+        let active_slots: HashSet<u32> = (0..MAX_SERVICES)
+            .filter(|i| self.maps.services.get(i, 0).map(|s| s.active != 0).unwrap_or(false))
+            .collect();
         let mut plan = Vec::new();
+        let mut fresh_services = Vec::new();
+        let mut fresh_backends = Vec::new();
         for s in &config.services {
-            let sid = ids.service(&s.name)?;
+            let known = ids.services.contains_key(&s.name);
+            let sid = ids.service(&s.name, &active_slots)?;
+            if !known {
+                fresh_services.push(sid);
+            }
             let mut members = Vec::new();
             for v in [Version::Stable, Version::Canary] {
                 for b in s.pool(v) {
-                    members.push((v, *b, ids.backend(sid, *b)?));
+                    let known = ids.backends.contains_key(&(sid, *b));
+                    let bid = ids.backend(sid, *b)?;
+                    if !known {
+                        fresh_backends.push(bid);
+                    }
+                    members.push((v, *b, bid));
                 }
             }
             plan.push((s, sid, members));
         }
-        let keep_services: HashSet<String> = config.services.iter().map(|s| s.name.clone()).collect();
-        let keep_backends: HashSet<(u32, IpAddr)> = plan
-            .iter()
-            .flat_map(|(_, sid, m)| m.iter().map(move |(_, b, _)| (*sid, *b)))
-            .collect();
-        let removed_services: Vec<(String, u32)> = ids
-            .services
-            .iter()
-            .filter(|(n, _)| !keep_services.contains(*n))
-            .map(|(n, id)| (n.clone(), *id))
-            .collect();
+        let planned_sids: HashSet<u32> = plan.iter().map(|(_, sid, _)| *sid).collect();
 
-        let mut report = ApplyReport::default();
-        let prev = self.applied.clone();
-        let prev_service = |name: &str| prev.as_ref().and_then(|c| c.services.iter().find(|s| s.name == name));
-
-        // 1. Removed services: VIP first, so no new packet reaches them.
-        for (name, sid) in &removed_services {
-            if let Some(old) = prev_service(name) {
-                let _ = self.maps.vips.remove(&vip_key(old));
-                self.remove_overrides(*sid, &old.overrides);
-                for b in old.stable.iter().chain(&old.canary) {
-                    let _ = self.maps.reverse_nat.remove(&backend_addr_key(old, *b));
-                }
+        // The desired contents of the keyed maps.
+        let mut want_vips: HashMap<VipKey, VipInfo> = HashMap::new();
+        let mut want_rev: HashMap<BackendAddrKey, ReverseNat> = HashMap::new();
+        let mut want_overrides = HashSet::new();
+        for (s, sid, members) in &plan {
+            let info = VipInfo {
+                service_id: *sid,
+                affinity: match s.affinity {
+                    Affinity::SourceIp => AFFINITY_SOURCE_IP,
+                    Affinity::Flow => AFFINITY_FLOW,
+                },
+            };
+            want_vips.insert(vip_key(s), info);
+            want_vips.insert(vip_marker(s.vip), info);
+            for (v, b, bid) in members {
+                want_rev.insert(
+                    backend_addr_key(s, *b),
+                    ReverseNat {
+                        vip: to_words(s.vip),
+                        service_id: *sid,
+                        backend_id: *bid,
+                        version: v.index(),
+                        _pad: 0,
+                    },
+                );
             }
-            self.maps.services.set(*sid, ServiceState::default(), 0)?;
-            self.maglev_live.remove(&(*sid, 0));
-            self.maglev_live.remove(&(*sid, 1));
-            report.lines.push(format!("service {name}: removed"));
+            for o in &s.overrides {
+                want_overrides.insert(override_key(*sid, o.cidr.addr(), o.cidr.prefix_len()));
+            }
         }
 
-        // 2. Services in the config.
+        let mut report = ApplyReport::default();
+
+        // 1. VIPs nobody wants any more go first, so no new packet reaches a
+        //    service while it is being dismantled.
+        let stale_vips: Vec<VipKey> = self
+            .maps
+            .vips
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want_vips.contains_key(k))
+            .collect();
+        for k in &stale_vips {
+            let _ = self.maps.vips.remove(k);
+        }
+
+        // 2. Counters of ids handed out afresh start from zero.
+        for sid in &fresh_services {
+            for v in 0..canary_common::NUM_VERSIONS {
+                self.zero_version_stats(*sid, v)?;
+            }
+        }
+        for bid in &fresh_backends {
+            self.zero_backend_stats(*bid)?;
+        }
+
+        // 3. Every configured service: backends, reverse NAT, Maglev tables,
+        //    overrides, the service entry, and its VIP last.
         for (s, sid, members) in &plan {
-            let old = prev_service(&s.name).cloned();
+            let old = prev_service(&s.name);
             for (v, b, bid) in members {
                 self.maps.backends.set(
                     *bid,
@@ -279,28 +334,7 @@ impl DataPlane {
                     },
                     0,
                 )?;
-                self.maps.reverse_nat.insert(
-                    backend_addr_key(s, *b),
-                    ReverseNat {
-                        vip: to_words(s.vip),
-                        service_id: *sid,
-                        backend_id: *bid,
-                        version: v.index(),
-                        _pad: 0,
-                    },
-                    0,
-                )?;
-            }
-            // Backends that left this service (or whose VIP port changed).
-            if let Some(old) = &old {
-                let now: HashSet<BackendAddrKey> =
-                    members.iter().map(|(_, b, _)| backend_addr_key(s, *b)).collect();
-                for b in old.stable.iter().chain(&old.canary) {
-                    let k = backend_addr_key(old, *b);
-                    if !now.contains(&k) {
-                        let _ = self.maps.reverse_nat.remove(&k);
-                    }
-                }
+                self.maps.reverse_nat.insert(backend_addr_key(s, *b), want_rev[&backend_addr_key(s, *b)], 0)?;
             }
             let mut state = self.maps.services.get(sid, 0).unwrap_or_default();
             for v in [Version::Stable, Version::Canary] {
@@ -311,33 +345,37 @@ impl DataPlane {
                     .collect();
                 let table = maglev::build_table(&pool, MAGLEV_TABLE_SIZE);
                 let vi = v.index();
-                let live = self.maglev_live.get(&(*sid, vi));
+                let live_gen = state.live_gen[vi as usize] & 1;
+                let live = match self.maglev_live.remove(&(*sid, vi)) {
+                    Some(cached) => Some(cached),
+                    // Adopted maps: read what the kernel is using now.
+                    None if state.active != 0 => Some((live_gen, self.read_maglev(*sid, vi, live_gen)?)),
+                    None => None,
+                };
                 let generation = match live {
-                    Some((g, t)) if *t == table => *g,
+                    Some((g, t)) if t == table => g,
                     Some((g, t)) => {
-                        let next = 1 - *g;
-                        let moved = maglev::moved_fraction(t, &table);
+                        let next = 1 - g;
                         self.write_maglev(*sid, vi, next, &table)?;
                         report.lines.push(format!(
-                            "service {}: {} pool now {} backends, {:.1}% of table slots moved",
+                            "service {}: {} pool now {} backends ({}), {:.1}% of Maglev slots moved",
                             s.name,
                             v.name(),
                             pool.len(),
-                            moved * 100.0
+                            pool.iter().map(|(a, _)| a.to_string()).collect::<Vec<_>>().join(", "),
+                            maglev::moved_fraction(&t, &table) * 100.0
                         ));
                         next
                     }
                     None => {
-                        let next = if state.active != 0 { 1 - (state.live_gen[vi as usize] & 1) } else { 0 };
-                        self.write_maglev(*sid, vi, next, &table)?;
-                        next
+                        self.write_maglev(*sid, vi, 0, &table)?;
+                        0
                     }
                 };
                 state.live_gen[vi as usize] = generation;
                 state.pool_size[vi as usize] = pool.len() as u32;
                 self.maglev_live.insert((*sid, vi), (generation, table));
             }
-            // Overrides: add the new ones, then drop the stale ones.
             for o in &s.overrides {
                 let (bits, data) = override_key(*sid, o.cidr.addr(), o.cidr.prefix_len());
                 self.maps.overrides.insert(
@@ -348,69 +386,72 @@ impl DataPlane {
                     0,
                 )?;
             }
-            if let Some(old) = &old {
-                let stale: Vec<_> = old
-                    .overrides
-                    .iter()
-                    .filter(|o| !s.overrides.iter().any(|n| n.cidr == o.cidr))
-                    .cloned()
-                    .collect();
-                self.remove_overrides(*sid, &stale);
-            }
-            let old_weight = old.as_ref().map(|o| o.weight_bp());
+            let old_weight = if state.active != 0 { Some(state.weight_bp) } else { None };
             state.weight_bp = s.weight_bp();
             state.seed = s.seed();
             state.active = 1;
+            // One write: weight, seed and the live generations switch together.
             self.maps.services.set(*sid, state, 0)?;
-            match old_weight {
-                Some(w) if w != state.weight_bp => report.lines.push(format!(
-                    "service {}: canary weight {}% -> {}% (config)",
+            match (old_weight, &old) {
+                (Some(w), _) if w != state.weight_bp => report.lines.push(format!(
+                    "service {}: canary weight {:.2}% -> {:.2}% (config)",
                     s.name,
                     w as f64 / 100.0,
-                    s.canary_weight
+                    state.weight_bp as f64 / 100.0
                 )),
-                None => report.lines.push(format!(
-                    "service {} (id {sid}): {}:{} {:?}, canary weight {}%, {} stable + {} canary backends",
+                (None, _) | (_, None) => report.lines.push(format!(
+                    "service {} (id {sid}): {}:{} {:?}, canary weight {:.2}%, {} stable + {} canary backends",
                     s.name,
                     s.vip,
                     s.port,
                     s.protocol,
-                    s.canary_weight,
+                    state.weight_bp as f64 / 100.0,
                     s.stable.len(),
                     s.canary.len()
                 )),
                 _ => {}
             }
-            // The VIP last: the service is complete before a packet sees it.
-            if let Some(old) = &old {
-                if vip_key(old) != vip_key(s) {
-                    let _ = self.maps.vips.remove(&vip_key(old));
-                }
-            }
-            let affinity = match s.affinity {
-                Affinity::SourceIp => AFFINITY_SOURCE_IP,
-                Affinity::Flow => AFFINITY_FLOW,
-            };
-            let info = VipInfo {
-                service_id: *sid,
-                affinity,
-            };
-            self.maps.vips.insert(vip_marker(s.vip), VipInfo { service_id: *sid, affinity }, 0)?;
-            self.maps.vips.insert(vip_key(s), info, 0)?;
+            self.maps.vips.insert(vip_marker(s.vip), want_vips[&vip_marker(s.vip)], 0)?;
+            self.maps.vips.insert(vip_key(s), want_vips[&vip_key(s)], 0)?;
         }
 
-        // 3. VIP address markers no service uses any more.
-        let vip_addrs: HashSet<VipKey> = config.services.iter().map(|s| vip_marker(s.vip)).collect();
-        if let Some(prev) = &prev {
-            for s in &prev.services {
-                let m = vip_marker(s.vip);
-                if !vip_addrs.contains(&m) {
-                    let _ = self.maps.vips.remove(&m);
-                }
-            }
+        // 4. Leftovers: reverse NAT and overrides nobody wants, service slots
+        //    no longer configured.
+        let stale_rev: Vec<BackendAddrKey> = self
+            .maps
+            .reverse_nat
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want_rev.contains_key(k))
+            .collect();
+        for k in stale_rev {
+            let _ = self.maps.reverse_nat.remove(&k);
+        }
+        let stale_overrides: Vec<LpmKey<canary_common::OverrideKeyData>> = self
+            .maps
+            .overrides
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want_overrides.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale_overrides {
+            let _ = self.maps.overrides.remove(&k);
+        }
+        for sid in active_slots.difference(&planned_sids) {
+            self.maps.services.set(*sid, ServiceState::default(), 0)?;
+            self.maglev_live.remove(&(*sid, 0));
+            self.maglev_live.remove(&(*sid, 1));
+            let name = self
+                .ids
+                .services
+                .iter()
+                .find(|(_, id)| *id == sid)
+                .map(|(n, _)| n.clone())
+                .unwrap_or_else(|| format!("id {sid}"));
+            report.lines.push(format!("service {name}: removed"));
         }
 
-        // 4. Interfaces: redirect ports, then attachments.
+        // 5. Interfaces: redirect ports, then attachments.
         let wanted: HashSet<u32> = ifindexes.values().copied().collect();
         for idx in ifindexes.values() {
             self.maps.tx_ports.insert(*idx, *idx, None, 0)?;
@@ -427,10 +468,38 @@ impl DataPlane {
         }
         self.attach_interfaces(&ifindexes, &mut report)?;
 
+        let keep_services: HashSet<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        let keep_backends: HashSet<(u32, IpAddr)> = plan
+            .iter()
+            .flat_map(|(_, sid, m)| m.iter().map(move |(_, b, _)| (*sid, *b)))
+            .collect();
         ids.retain(&keep_services, &keep_backends);
         self.ids = ids;
         self.applied = Some(config.clone());
         Ok(report)
+    }
+
+    fn read_maglev(&self, sid: u32, version: u32, generation: u32) -> Result<Vec<u32>> {
+        let base = maglev_base(sid, version, generation);
+        (0..MAGLEV_TABLE_SIZE)
+            .map(|i| Ok(self.maps.maglev.get(&(base + i), 0)?))
+            .collect()
+    }
+
+    fn zero_version_stats(&mut self, sid: u32, version: u32) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = PerCpuValues::try_from(vec![canary_common::VersionStats::default(); n])?;
+        self.maps
+            .version_stats
+            .set(canary_common::version_stats_index(sid, version), zeros, 0)?;
+        Ok(())
+    }
+
+    fn zero_backend_stats(&mut self, bid: u32) -> Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = PerCpuValues::try_from(vec![canary_common::BackendStats::default(); n])?;
+        self.maps.backend_stats.set(bid, zeros, 0)?;
+        Ok(())
     }
 
     fn write_maglev(&mut self, sid: u32, version: u32, generation: u32, table: &[u32]) -> Result<()> {
@@ -439,13 +508,6 @@ impl DataPlane {
             self.maps.maglev.set(base + i as u32, id, 0)?;
         }
         Ok(())
-    }
-
-    fn remove_overrides(&mut self, sid: u32, overrides: &[crate::config::OverrideConfig]) {
-        for o in overrides {
-            let (bits, data) = override_key(sid, o.cidr.addr(), o.cidr.prefix_len());
-            let _ = self.maps.overrides.remove(&LpmKey::new(bits, data));
-        }
     }
 
     fn attach_interfaces(&mut self, wanted: &BTreeMap<String, u32>, report: &mut ApplyReport) -> Result<()> {
