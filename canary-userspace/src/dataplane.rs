@@ -9,7 +9,8 @@ use crate::maps::{pin_dir, Maps};
 use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::PerCpuValues;
-use aya::programs::{xdp::XdpLinkId, Xdp, XdpMode};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{xdp::XdpLink, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use canary_common::addr::{family, override_key, port_to_map, to_words};
 use canary_common::{
@@ -112,6 +113,27 @@ impl Ids {
         Ok(id)
     }
 
+    /// Ids as a previous canaryd left them in the pinned maps: services by
+    /// their VIP, backends by their BACKENDS entry.
+    fn adopt(maps: &Maps, config: &Config) -> Ids {
+        let mut ids = Ids::default();
+        for s in &config.services {
+            if let Ok(info) = maps.vips.get(&vip_key(s), 0) {
+                ids.services.insert(s.name.clone(), info.service_id);
+            }
+        }
+        for (i, b) in maps.backends.iter().enumerate() {
+            let Ok(b) = b else { continue };
+            if b.family == 0 {
+                continue;
+            }
+            let addr = canary_common::addr::from_words(b.addr, b.family as u8);
+            ids.backends.insert((b.service_id, addr), i as u32);
+            ids.next_backend = ids.next_backend.max(i as u32 + 1);
+        }
+        ids
+    }
+
     /// Drops every id not in `keep`, returning the released backend ids.
     fn retain(&mut self, services: &HashSet<String>, backends: &HashSet<(u32, IpAddr)>) -> Vec<u32> {
         self.services.retain(|name, _| services.contains(name));
@@ -139,7 +161,12 @@ pub struct DataPlane {
     pub maps: Maps,
     pub instance: String,
     pin_dir: PathBuf,
-    attached: BTreeMap<String, XdpLinkId>,
+    /// XDP links by interface; each is pinned under `links/`, so it outlives
+    /// this process.
+    links: BTreeMap<String, FdLink>,
+    /// Maps came from a previous canaryd's pins (ids are rebuilt from them
+    /// on the first apply).
+    adopted: bool,
     ids: Ids,
     applied: Option<Config>,
     /// The live Maglev table per (service, version) and its generation.
@@ -158,9 +185,14 @@ impl DataPlane {
         }
         crate::maps::ensure_bpffs()?;
         let dir = pin_dir(instance);
-        std::fs::create_dir_all(&dir)
+        std::fs::create_dir_all(dir.join("links"))
             .with_context(|| format!("creating pin directory {} (is bpffs mounted?)", dir.display()))?;
         let flows = flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_SIZE);
+        let adopted = dir.join(canary_common::names::SERVICES).exists();
+        if adopted {
+            crate::maps::check_pinned_layout(&dir, flows)?;
+            info!("adopting the pinned data plane in {}", dir.display());
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .map_max_entries(canary_common::names::FLOWS, flows)
@@ -184,7 +216,8 @@ impl DataPlane {
             maps,
             instance: instance.to_string(),
             pin_dir: dir,
-            attached: BTreeMap::new(),
+            links: BTreeMap::new(),
+            adopted,
             ids: Ids::default(),
             applied: None,
             maglev_live: HashMap::new(),
@@ -200,6 +233,11 @@ impl DataPlane {
     /// The loaded XDP program (for `BPF_PROG_TEST_RUN` and inspection).
     pub fn program(&self) -> Result<&Xdp> {
         Ok(self.ebpf.program(PROGRAM).context("program")?.try_into()?)
+    }
+
+    /// True when the maps were taken over from an earlier canaryd's pins.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     pub fn ids(&self) -> &Ids {
@@ -234,7 +272,11 @@ impl DataPlane {
         };
 
         // Ids: kept for known services and backends, fresh ones for new.
-        let mut ids = self.ids.clone();
+        let mut ids = if self.adopted && self.applied.is_none() {
+            Ids::adopt(&self.maps, config)
+        } else {
+            self.ids.clone()
+        };
         let active_slots: HashSet<u32> = (0..MAX_SERVICES)
             .filter(|i| self.maps.services.get(i, 0).map(|s| s.active != 0).unwrap_or(false))
             .collect();
@@ -510,52 +552,108 @@ impl DataPlane {
         Ok(())
     }
 
+    fn link_pin(&self, iface: &str) -> PathBuf {
+        self.pin_dir.join("links").join(iface)
+    }
+
+    /// Attaches to every wanted interface: a link pinned by an earlier
+    /// canaryd is taken over by swapping our program into it (atomic, no
+    /// packet sees no program); otherwise a new link is created and pinned.
+    /// Links of interfaces no longer wanted are removed.
     fn attach_interfaces(&mut self, wanted: &BTreeMap<String, u32>, report: &mut ApplyReport) -> Result<()> {
-        let program: &mut Xdp = self.ebpf.program_mut(PROGRAM).context("program")?.try_into()?;
         for iface in wanted.keys() {
-            if self.attached.contains_key(iface) {
+            if self.links.contains_key(iface) {
                 continue;
             }
-            let link = program
-                .attach(iface, XdpMode::default())
-                .with_context(|| format!("attaching XDP to {iface}"))?;
-            self.attached.insert(iface.clone(), link);
-            report.lines.push(format!("attached to {iface}"));
-        }
-        let stale: Vec<String> = self.attached.keys().filter(|i| !wanted.contains_key(*i)).cloned().collect();
-        for iface in stale {
-            if let Some(link) = self.attached.remove(&iface) {
-                program.detach(link)?;
-                report.lines.push(format!("detached from {iface}"));
+            let pin = self.link_pin(iface);
+            let program: &mut Xdp = self.ebpf.program_mut(PROGRAM).context("program")?.try_into()?;
+            let mut adopted = None;
+            if pin.exists() {
+                let swap = PinnedLink::from_pin(&pin)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|p| Ok(XdpLink::try_from(FdLink::from(p))?))
+                    .and_then(|l| Ok(program.attach_to_link(l)?));
+                match swap {
+                    Ok(id) => adopted = Some(id),
+                    Err(e) => {
+                        warn!("pinned link on {iface} is stale ({e:#}); attaching afresh");
+                        let _ = std::fs::remove_file(&pin);
+                    }
+                }
             }
+            let link_id = match adopted {
+                Some(id) => {
+                    report.lines.push(format!("took over the XDP link on {iface}"));
+                    id
+                }
+                None => {
+                    let id = program
+                        .attach(iface, XdpMode::default())
+                        .with_context(|| format!("attaching XDP to {iface}"))?;
+                    report.lines.push(format!("attached to {iface}"));
+                    id
+                }
+            };
+            let fd_link = FdLink::try_from(program.take_link(link_id)?)?;
+            let fd_link = if pin.exists() {
+                fd_link
+            } else {
+                FdLink::from(fd_link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?)
+            };
+            self.links.insert(iface.clone(), fd_link);
+        }
+        // Interfaces dropped from the config, including links an earlier
+        // canaryd pinned for interfaces this config does not name.
+        let mut stale: Vec<String> = self.links.keys().filter(|i| !wanted.contains_key(*i)).cloned().collect();
+        if let Ok(entries) = std::fs::read_dir(self.pin_dir.join("links")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if !wanted.contains_key(&name) && !stale.contains(&name) {
+                    stale.push(name);
+                }
+            }
+        }
+        for iface in stale {
+            let _ = std::fs::remove_file(self.link_pin(&iface));
+            self.links.remove(&iface);
+            report.lines.push(format!("detached from {iface}"));
         }
         Ok(())
     }
 
     /// Detaches from every interface and removes the pins: the data plane is
-    /// gone once this returns.
+    /// gone once this returns (and the flow table with it).
     pub fn teardown(mut self) -> Result<()> {
-        if let Ok(program) = <&mut Xdp>::try_from(self.ebpf.program_mut(PROGRAM).unwrap()) {
-            for (iface, link) in std::mem::take(&mut self.attached) {
-                if let Err(e) = program.detach(link) {
-                    warn!("detaching from {iface}: {e}");
-                }
-            }
+        for iface in std::mem::take(&mut self.links).into_keys() {
+            let _ = std::fs::remove_file(self.link_pin(&iface));
         }
-        for name in canary_common::names::ALL {
-            let path = self.pin_dir.join(name);
-            if path.exists() {
-                std::fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pin_dir);
-        // The shared parent goes too once the last instance has left it.
-        if let Some(parent) = self.pin_dir.parent() {
-            let _ = std::fs::remove_dir(parent);
-        }
+        remove_pins(&self.pin_dir)?;
         info!("detached and removed {}", self.pin_dir.display());
         Ok(())
     }
+}
+
+/// Removes an instance's pins (links first, so the program detaches, then
+/// maps) and its directory.
+pub fn remove_pins(dir: &std::path::Path) -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(dir.join("links")) {
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+        }
+    }
+    let _ = std::fs::remove_dir(dir.join("links"));
+    for name in canary_common::names::ALL {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+    // The shared parent goes too once the last instance has left it.
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
+    Ok(())
 }
 
 pub fn ifindex(name: &str) -> Result<u32> {

@@ -287,12 +287,40 @@ mod tests {
     }
 
     #[test]
+    fn step_walks_a_full_cycle() {
+        for m in [2usize, 3, 7, 13] {
+            for skip in 1..m {
+                for start in 0..m {
+                    let mut seen = vec![false; m];
+                    let mut c = start;
+                    for _ in 0..m {
+                        assert!(!seen[c], "m = {m}, skip = {skip}: {c} twice");
+                        seen[c] = true;
+                        let next = step(c, skip, m);
+                        assert_eq!(next, (c + skip) % m);
+                        c = next;
+                    }
+                    assert_eq!(c, start);
+                }
+            }
+        }
+        // No overflow next to the largest sizes.
+        let m = u32::MAX as usize;
+        assert_eq!(step(m - 1, m - 1, m), m - 2);
+    }
+
+    #[test]
     fn permutation_is_in_range() {
+        // A zero `skip` would make the population spin forever on a taken
+        // slot; small sizes make one likely if the formula is wrong.
         let mut rng = Rng(2);
-        for (addr, _) in random_pool(&mut rng, 200, false) {
-            let (offset, skip) = permutation(addr, M);
-            assert!(offset < M);
-            assert!((1..M).contains(&skip));
+        let pool = random_pool(&mut rng, 200, false);
+        for m in [2, 3, 5, 7, M] {
+            for &(addr, _) in &pool {
+                let (offset, skip) = permutation(addr, m);
+                assert!(offset < m, "m = {m}: offset {offset}");
+                assert!((1..m).contains(&skip), "m = {m}: skip {skip}");
+            }
         }
     }
 
@@ -478,7 +506,7 @@ mod tests {
         let size = pool_len as f64;
         let survivors = d.others_changed as f64 / d.others as f64;
         println!(
-            "{what}, N = {n}: moved {:.3} / N, survivors changed {:.3} / N",
+            "{what}, N = {n} (pool {pool_len}): moved {:.3}, survivors changed {:.3} (x 1/pool)",
             d.moved * size,
             survivors * size
         );

@@ -43,6 +43,56 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
+/// What a pinned map must look like to be adopted: (name, key size, value
+/// size, max entries). aya reuses a pin by name without checking, so a pin
+/// left by an incompatible canaryd must be caught here.
+pub fn expected_layout(flow_table_size: u32) -> Vec<(&'static str, u32, u32, u32)> {
+    use canary_common::*;
+    use std::mem::size_of;
+    let sz = |n: usize| n as u32;
+    vec![
+        (names::VIPS, sz(size_of::<VipKey>()), sz(size_of::<VipInfo>()), MAX_SERVICES * 2),
+        (names::SERVICES, 4, sz(size_of::<ServiceState>()), MAX_SERVICES),
+        (names::BACKENDS, 4, sz(size_of::<BackendInfo>()), MAX_BACKENDS),
+        (names::MAGLEV, 4, 4, MAGLEV_ENTRIES),
+        (names::FLOWS, sz(size_of::<FlowKey>()), sz(size_of::<FlowState>()), flow_table_size),
+        (
+            names::OVERRIDES,
+            4 + sz(size_of::<OverrideKeyData>()),
+            sz(size_of::<OverrideValue>()),
+            MAX_OVERRIDES,
+        ),
+        (names::REVERSE_NAT, sz(size_of::<BackendAddrKey>()), sz(size_of::<ReverseNat>()), MAX_BACKENDS),
+        (names::VERSION_STATS, 4, sz(size_of::<VersionStats>()), MAX_SERVICES * NUM_VERSIONS),
+        (names::BACKEND_STATS, 4, sz(size_of::<BackendStats>()), MAX_BACKENDS),
+        (names::DATAPATH_STATS, 4, 8, reason::COUNT),
+    ]
+}
+
+/// Checks the pins in `dir` against [`expected_layout`]; a clear error
+/// names the first map that differs.
+pub fn check_pinned_layout(dir: &Path, flow_table_size: u32) -> Result<()> {
+    for (name, key, value, max) in expected_layout(flow_table_size) {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading pinned map {}", path.display()))?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        if found != (key, value, max) {
+            anyhow::bail!(
+                "pinned map {} has key/value size and entries {found:?}, this canaryd needs {:?}{}; \
+                 remove the old data plane first (`canaryctl teardown`, or canaryd --on-exit teardown)",
+                path.display(),
+                (key, value, max),
+                if name == names::FLOWS { " (was flow_table_size changed?)" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
 pub struct Maps {
     pub vips: HashMap<MapData, VipKey, VipInfo>,
     pub services: Array<MapData, ServiceState>,

@@ -27,9 +27,20 @@ struct Args {
     /// Instance name: maps are pinned under /sys/fs/bpf/canary/<instance>/.
     #[arg(long, default_value = "default")]
     instance: String,
+    /// What SIGTERM/SIGINT do to the data plane: `keep` leaves it forwarding
+    /// with its last weights and flow table (a restarted canaryd takes it
+    /// over without a gap); `teardown` detaches and removes everything.
+    #[arg(long, value_enum, default_value_t = OnExit::Keep)]
+    on_exit: OnExit,
     /// Seconds between counter log lines (0: never).
     #[arg(long, default_value_t = 10)]
     stats_interval: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnExit {
+    Keep,
+    Teardown,
 }
 
 fn say(line: &str) {
@@ -70,7 +81,13 @@ async fn run(args: Args) -> Result<()> {
     let report = match applied {
         Ok(r) => r,
         Err(e) => {
-            let _ = dp.teardown();
+            // A data plane this process created is removed again; one taken
+            // over from an earlier canaryd keeps forwarding as it was.
+            if dp.adopted() {
+                error!("the pinned data plane is left running as it was");
+            } else {
+                let _ = dp.teardown();
+            }
             return Err(e.context("applying the config"));
         }
     };
@@ -123,11 +140,23 @@ async fn run(args: Args) -> Result<()> {
             }
         }
     }
-    info!("stopping: detaching the data plane");
     if let Ok(snap) = report::snapshot(&dp) {
         for line in snap.lines() {
             info!("final: {line}");
         }
     }
-    dp.teardown()
+    match args.on_exit {
+        OnExit::Teardown => {
+            info!("stopping: detaching the data plane");
+            dp.teardown()
+        }
+        OnExit::Keep => {
+            info!(
+                "stopping: the data plane keeps forwarding with its last state (pinned under {}); \
+                 start canaryd again to take it over, or `canaryctl teardown` to remove it",
+                canary_userspace::maps::pin_dir(&args.instance).display()
+            );
+            Ok(())
+        }
+    }
 }
