@@ -14,7 +14,8 @@
 //! - to a VIP address, but not splittable: IPv4 with options
 //!   (`drop_ip_options`), IPv4 fragments (`drop_fragment`: later fragments
 //!   carry no ports, so no consistent decision is possible), IPv6 with an
-//!   extension header before TCP/UDP (`drop_ipv6_ext`), a truncated L4 header or
+//!   extension header (hop-by-hop, routing, fragment, ESP, AH, destination
+//!   options, ...: `drop_ipv6_ext`), a truncated L4 header or
 //!   an IP length larger than the frame (`drop_malformed`): XDP_DROP. The host
 //!   does not own the VIP, so passing these would only bounce an ICMP error.
 //! - to a configured VIP: flow-table hit keeps the connection's backend;
@@ -22,7 +23,10 @@
 //!   a backend picked from the pool's live Maglev table and remembered. The
 //!   destination is rewritten (DNAT) with incremental checksum updates.
 //! - from a backend's service port (a reply): the source is rewritten back
-//!   to the VIP.
+//!   to the VIP. A reply the backend fragments (or sends with IPv4 options or
+//!   IPv6 extension headers) is passed untouched (`pass_not_vip`): keep the
+//!   backends' path MTU at or above the client side's so replies are not
+//!   fragmented.
 //! - rewritten packets are routed with `bpf_fib_lookup` and redirected out of
 //!   the egress interface (TTL decremented, MACs set) when that interface is
 //!   in TX_PORTS; otherwise, and when the kernel must resolve a neighbour,
@@ -364,12 +368,13 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
         return pass(reason::PASS_NOT_VIP);
     }
     if !l4_proto {
-        // ICMPv6 to the VIP is passed; any other next header is an
-        // extension header (or a protocol we do not split).
-        if next_hdr == 58 {
-            return pass(reason::PASS_NOT_VIP);
+        // An extension header may hide TCP/UDP to the VIP behind it: drop.
+        // Any other protocol (ICMPv6, GRE, SCTP, ...) is not split: pass, as
+        // for IPv4.
+        if is_ipv6_extension_header(next_hdr) {
+            return drop(reason::DROP_IPV6_EXT);
         }
-        return drop(reason::DROP_IPV6_EXT);
+        return pass(reason::PASS_NOT_VIP);
     }
     if !lengths_ok {
         return drop(reason::DROP_MALFORMED);
@@ -413,6 +418,14 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
         );
     }
     action
+}
+
+/// IPv6 extension header numbers (RFC 8200 section 4, and the IANA list):
+/// hop-by-hop, routing, fragment, ESP, AH, destination options, mobility,
+/// HIP, shim6.
+#[inline(always)]
+fn is_ipv6_extension_header(next_hdr: u8) -> bool {
+    matches!(next_hdr, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140)
 }
 
 #[inline(always)]
