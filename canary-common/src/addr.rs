@@ -49,7 +49,11 @@ pub fn port_from_map(port: u16) -> u16 {
 
 /// The `OVERRIDES` key (prefix length, data) for `service_id` and a client
 /// prefix.
-pub fn override_key(service_id: u32, net: IpAddr, prefix_len: u8) -> (u32, crate::maps::OverrideKeyData) {
+pub fn override_key(
+    service_id: u32,
+    net: IpAddr,
+    prefix_len: u8,
+) -> (u32, crate::maps::OverrideKeyData) {
     let (addr, bits) = match net {
         IpAddr::V4(a) => (
             a.to_ipv6_mapped().octets(),

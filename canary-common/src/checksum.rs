@@ -89,9 +89,8 @@ mod tests {
 
     #[test]
     fn ttl_decrement() {
-        let mut hdr: Vec<u8> = std::vec![
-            0x45, 0, 0, 60, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 2, 198, 18, 1, 2,
-        ];
+        let mut hdr: Vec<u8> =
+            std::vec![0x45, 0, 0, 60, 0, 1, 0, 0, 64, 17, 0, 0, 198, 18, 0, 2, 198, 18, 1, 2,];
         let c = full_checksum(&hdr);
         hdr[10..12].copy_from_slice(&c.to_be_bytes());
         let old = u16::from_ne_bytes([hdr[8], hdr[9]]);

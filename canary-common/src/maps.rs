@@ -277,7 +277,8 @@ pub fn maglev_base(service_id: u32, version: u32, generation: u32) -> u32 {
 }
 
 /// Entries of the flat `MAGLEV` array.
-pub const MAGLEV_ENTRIES: u32 = MAX_SERVICES * NUM_VERSIONS * MAGLEV_GENERATIONS * MAGLEV_TABLE_SIZE;
+pub const MAGLEV_ENTRIES: u32 =
+    MAX_SERVICES * NUM_VERSIONS * MAGLEV_GENERATIONS * MAGLEV_TABLE_SIZE;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -113,7 +113,10 @@ mod tests {
             split_hash(&a, AFFINITY_SOURCE_IP, 1),
             split_hash(&b, AFFINITY_SOURCE_IP, 1)
         );
-        assert_ne!(split_hash(&a, AFFINITY_FLOW, 1), split_hash(&b, AFFINITY_FLOW, 1));
+        assert_ne!(
+            split_hash(&a, AFFINITY_FLOW, 1),
+            split_hash(&b, AFFINITY_FLOW, 1)
+        );
     }
 
     /// Over n = 40,000 clients at 10 %, the canary count is Binomial(n, p)
@@ -131,7 +134,11 @@ mod tests {
                 .count() as f64;
             let mean = n as f64 * p;
             let sd = (n as f64 * p * (1.0 - p)).sqrt();
-            assert!((canary - mean).abs() <= 4.0 * sd, "w={w}: {canary} vs {mean}±{}", 4.0 * sd);
+            assert!(
+                (canary - mean).abs() <= 4.0 * sd,
+                "w={w}: {canary} vs {mean}±{}",
+                4.0 * sd
+            );
         }
     }
 }

@@ -42,14 +42,14 @@ mod nat;
 mod parse;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use canary_common::{
-    backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey,
-    FlowState, OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6,
-    OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
-};
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
+use canary_common::{
+    backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey, FlowState,
+    OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6, OVERRIDE_SERVICE_BITS,
+    PROTO_TCP, PROTO_UDP,
+};
 use network_types::{
     eth::{EthHdr, EtherType},
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -125,10 +125,20 @@ fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
 fn ports(ctx: &XdpContext, l4: usize, proto: u8) -> Option<(u16, u16)> {
     if proto == PROTO_TCP {
         let tcp = ptr_at::<TcpHdr>(ctx, l4)?;
-        unsafe { Some((u16::from_ne_bytes((*tcp).source), u16::from_ne_bytes((*tcp).dest))) }
+        unsafe {
+            Some((
+                u16::from_ne_bytes((*tcp).source),
+                u16::from_ne_bytes((*tcp).dest),
+            ))
+        }
     } else {
         let udp = ptr_at::<UdpHdr>(ctx, l4)?;
-        unsafe { Some((u16::from_ne_bytes((*udp).src), u16::from_ne_bytes((*udp).dst))) }
+        unsafe {
+            Some((
+                u16::from_ne_bytes((*udp).src),
+                u16::from_ne_bytes((*udp).dst),
+            ))
+        }
     }
 }
 
@@ -317,7 +327,12 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
 
 /// A reply from a backend's service port: put the VIP back as its source.
 #[inline(always)]
-fn reply_v4<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv4Hdr, proto: u8, src: u32) -> Option<u32> {
+fn reply_v4<const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut Ipv4Hdr,
+    proto: u8,
+    src: u32,
+) -> Option<u32> {
     let l4 = L3 + Ipv4Hdr::LEN;
     let (sport, dport) = ports(ctx, l4, proto)?;
     let key = canary_common::BackendAddrKey {
@@ -327,7 +342,8 @@ fn reply_v4<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv4Hdr, proto: u8, src:
         family: FAMILY_V4,
     };
     let rev = unsafe { REVERSE_NAT.get(&key) }?;
-    let (service_id, version, backend_id, vip) = (rev.service_id, rev.version, rev.backend_id, rev.vip[0]);
+    let (service_id, version, backend_id, vip) =
+        (rev.service_id, rev.version, rev.backend_id, rev.vip[0]);
     nat::snat_v4(ctx, ip, l4, proto, src, vip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let action = forward::route_v4::<L3>(ctx, ip, proto, sport, dport);
@@ -444,7 +460,8 @@ fn reply_v6<const L3: usize>(
         family: FAMILY_V6,
     };
     let rev = unsafe { REVERSE_NAT.get(&key) }?;
-    let (service_id, version, backend_id, vip) = (rev.service_id, rev.version, rev.backend_id, rev.vip);
+    let (service_id, version, backend_id, vip) =
+        (rev.service_id, rev.version, rev.backend_id, rev.vip);
     nat::snat_v6(ctx, ip, l4, proto, &src, &vip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let action = forward::route_v6::<L3>(ctx, ip, proto, sport, dport);

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use canary_common::{
-    BackendAddrKey, BackendInfo, BackendStats, FlowKey, FlowState, OverrideKeyData,
-    OverrideValue, ReverseNat, ServiceState, VersionStats, VipInfo, VipKey, DEFAULT_FLOW_TABLE_SIZE,
+    BackendAddrKey, BackendInfo, BackendStats, FlowKey, FlowState, OverrideKeyData, OverrideValue,
+    ReverseNat, ServiceState, VersionStats, VipInfo, VipKey, DEFAULT_FLOW_TABLE_SIZE,
     MAGLEV_ENTRIES, MAX_BACKENDS, MAX_OVERRIDES, MAX_SERVICES, MAX_TX_PORTS, NUM_VERSIONS,
 };
 
@@ -45,8 +45,7 @@ pub static VERSION_STATS: PerCpuArray<VersionStats> =
 pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
 #[map(name = "DATAPATH_STATS")]
-pub static DATAPATH_STATS: PerCpuArray<u64> =
-    PerCpuArray::pinned(canary_common::reason::COUNT, 0);
+pub static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(canary_common::reason::COUNT, 0);
 
 /// Interfaces the program may redirect to, keyed by ifindex.
 #[map(name = "TX_PORTS")]

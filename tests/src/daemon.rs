@@ -1,0 +1,142 @@
+//! canaryd as a child process of a test, in the topology's LB namespace.
+
+use crate::topology::{bin_path, Topology};
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    pub config_path: Option<PathBuf>,
+    pub log_path: PathBuf,
+}
+
+/// SIGTERM by pid, up to 3 s, then SIGKILL; always reaped.
+pub fn stop_child(child: &mut Child) -> Option<std::process::ExitStatus> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+impl Daemon {
+    /// `extra` args go to canaryd (e.g. `--on-exit teardown`).
+    pub fn spawn(topo: &Topology, config_yaml: Option<&str>, extra: &[&str]) -> Result<Daemon> {
+        let bin = bin_path("canaryd")?;
+        let config_path = match config_yaml {
+            Some(y) => {
+                let p = std::env::temp_dir().join(format!("{}-canaryd.yaml", topo.id));
+                std::fs::write(&p, y)?;
+                Some(p)
+            }
+            None => None,
+        };
+        let log_path = std::env::temp_dir().join(format!("{}-canaryd.log", topo.id));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let mut cmd = topo.lb.command(bin.to_str().unwrap());
+        cmd.args(["--instance", topo.instance(), "--stats-interval", "0"])
+            .arg("--control-socket")
+            .arg(topo.socket())
+            .arg("--state-dir")
+            .arg(topo.state_dir())
+            .args(extra);
+        if let Some(p) = &config_path {
+            cmd.arg("--config").arg(p);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting canaryd")?;
+        let (tx, rx) = channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut d = Daemon {
+            child: Some(child),
+            lines: rx,
+            config_path,
+            log_path,
+        };
+        d.wait_for(|l| l == "canaryd ready", Duration::from_secs(20))
+            .with_context(|| format!("canaryd did not become ready; its log:\n{}", d.log()))?;
+        Ok(d)
+    }
+
+    fn wait_for(&mut self, want: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return Ok(l),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => bail!("timed out"),
+                Err(RecvTimeoutError::Disconnected) => bail!("canaryd exited"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Writes a new config file and sends SIGHUP: Ok(Ok) applied,
+    /// Ok(Err(reason)) refused.
+    pub fn reload(&mut self, yaml: &str) -> Result<std::result::Result<(), String>> {
+        let path = self.config_path.clone().context("canaryd runs without a config file")?;
+        std::fs::write(&path, yaml)?;
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)?;
+        let line = self.wait_for(
+            |l| l == "canaryd applied config" || l.starts_with("canaryd reload rejected"),
+            Duration::from_secs(10),
+        )?;
+        Ok(match line.strip_prefix("canaryd reload rejected: ") {
+            Some(reason) => Err(reason.to_string()),
+            None => Ok(()),
+        })
+    }
+
+    /// SIGTERM and wait; the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(stop_child).inspect(|_| {
+            self.child = None;
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            stop_child(c);
+        }
+        if std::thread::panicking() {
+            eprintln!("--- canaryd log ({}) ---\n{}", self.log_path.display(), self.log());
+        }
+        let _ = std::fs::remove_file(&self.log_path);
+        if let Some(p) = &self.config_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The test topology: a client namespace, a load-balancer namespace and N
+//! backend namespaces, joined by veth links, with the addresses below. The
+//! embedded default config of canaryd targets exactly this layout.
+//!
+//! ```text
+//!  client eth0 198.18.0.2 ── lb-client 198.18.0.1 [LB] lb-bI 198.18.I.1 ── eth0 198.18.I.2 backend bI
+//!         2001:db8::2             2001:db8::1          2001:db8:I::1       2001:db8:I::2
+//! ```
+//! The client may use any source in 198.18.16.0/20 and 2001:db8:1000::/64
+//! (local routes plus non-local bind). VIPs are routed to the LB by default.
+
+use crate::cleanup;
+use crate::daemon::Daemon;
+use crate::netns::Netns;
+use anyhow::{Context, Result};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+
+/// Distinct client source addresses (i < 4096).
+pub fn client_v4(i: u32) -> IpAddr {
+    assert!(i < 4096);
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 16, 0)) + i))
+}
+
+pub fn client_v6(i: u32) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, (i >> 16) as u16, (i & 0xffff) as u16 + 1))
+}
+
+pub struct Backend {
+    pub name: String,
+    pub ns: Netns,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+}
+
+pub struct Topology {
+    pub id: String,
+    // Field order is drop order: processes first, then namespaces.
+    servers: Vec<Child>,
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<Backend>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Where a harness binary (canaryd, canaryctl, canary-testsrv) lives:
+/// CANARY_BIN_DIR, else next to the running executable (test binaries run
+/// from target/<profile>/deps, the bins sit in target/<profile>).
+pub fn bin_path(name: &str) -> Result<PathBuf> {
+    let dir = match std::env::var_os("CANARY_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe()?;
+            let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let p = dir.join(name);
+    anyhow::ensure!(p.exists(), "{} is missing: run `cargo xtask build` first", p.display());
+    Ok(p)
+}
+
+impl Topology {
+    pub fn new(backends: usize) -> Result<Topology> {
+        cleanup::leftovers();
+        let id = format!("cnry-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let client = Netns::create(&format!("{id}-client"))?;
+        let lb = Netns::create(&format!("{id}-lb"))?;
+        let mut topo = Topology {
+            id: id.clone(),
+            servers: Vec::new(),
+            client,
+            lb,
+            backends: Vec::new(),
+        };
+        for i in 1..=backends {
+            let ns = Netns::create(&format!("{id}-b{i}"))?;
+            topo.backends.push(Backend {
+                name: format!("b{i}"),
+                ns,
+                v4: format!("198.18.{i}.2").parse()?,
+                v6: format!("2001:db8:{i}::2").parse()?,
+            });
+        }
+        topo.wire()?;
+        Ok(topo)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let (c, lb) = (&self.client, &self.lb);
+        for ns in std::iter::once(c).chain(std::iter::once(lb)).chain(self.backends.iter().map(|b| &b.ns)) {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0")?;
+            ns.sysctl("net.ipv6.conf.all.accept_ra", "0")?;
+            ns.sysctl("net.ipv6.conf.default.accept_ra", "0")?;
+        }
+        veth(c, "eth0", lb, "lb-client")?;
+        c.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"])?;
+        c.ip(&["addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad"])?;
+        c.ip(&["link", "set", "eth0", "up"])?;
+        c.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
+        c.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"])?;
+        c.ip(&["route", "add", "local", "198.18.16.0/20", "dev", "lo"])?;
+        c.ip(&["-6", "route", "add", "local", "2001:db8:1000::/64", "dev", "lo"])?;
+        c.sysctl("net.ipv4.ip_nonlocal_bind", "1")?;
+        c.sysctl("net.ipv6.ip_nonlocal_bind", "1")?;
+        // Full checksums like frames off a wire (the XDP program updates
+        // them incrementally), and NAPI on so XDP-redirected frames arrive.
+        c.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"])?;
+
+        lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "lb-client"])?;
+        lb.ip(&["addr", "add", "2001:db8::1/64", "dev", "lb-client", "nodad"])?;
+        lb.ip(&["link", "set", "lb-client", "up"])?;
+        lb.exec(&["ethtool", "-K", "lb-client", "tx", "off"])?;
+        lb.sysctl("net.ipv4.ip_forward", "1")?;
+        lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        lb.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        lb.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        lb.ip(&["route", "add", "198.18.16.0/20", "via", "198.18.0.2"])?;
+        lb.ip(&["-6", "route", "add", "2001:db8:1000::/64", "via", "2001:db8::2"])?;
+
+        for (i, b) in self.backends.iter().enumerate() {
+            let i = i + 1;
+            let lbif = format!("lb-b{i}");
+            veth(&b.ns, "eth0", lb, &lbif)?;
+            lb.ip(&["addr", "add", &format!("198.18.{i}.1/24"), "dev", &lbif])?;
+            lb.ip(&["addr", "add", &format!("2001:db8:{i}::1/64"), "dev", &lbif, "nodad"])?;
+            lb.ip(&["link", "set", &lbif, "up"])?;
+            lb.exec(&["ethtool", "-K", &lbif, "tx", "off"])?;
+            lb.sysctl(&format!("net.ipv4.conf.{lbif}.rp_filter"), "0")?;
+            b.ns.ip(&["addr", "add", &format!("198.18.{i}.2/24"), "dev", "eth0"])?;
+            b.ns.ip(&["addr", "add", &format!("2001:db8:{i}::2/64"), "dev", "eth0", "nodad"])?;
+            b.ns.ip(&["link", "set", "eth0", "up"])?;
+            b.ns.ip(&["route", "add", "default", "via", &format!("198.18.{i}.1")])?;
+            b.ns.ip(&["-6", "route", "add", "default", "via", &format!("2001:db8:{i}::1")])?;
+            b.ns.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"])?;
+        }
+        Ok(())
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.id
+    }
+
+    pub fn pin_dir(&self) -> PathBuf {
+        canary_userspace::maps::pin_dir(&self.id)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(format!("/run/canary/{}.sock", self.id))
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-state", self.id))
+    }
+
+    /// Starts `canary-testsrv` (TCP and UDP, answering with the backend's
+    /// name) on `port` in every backend namespace.
+    pub fn start_servers(&mut self, port: u16) -> Result<()> {
+        let bin = bin_path("canary-testsrv")?;
+        for b in &self.backends {
+            let mut child = b
+                .ns
+                .command(bin.to_str().unwrap())
+                .args(["--name", &b.name, "--port", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?;
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut line,
+            )?;
+            anyhow::ensure!(line.starts_with("listening"), "testsrv on {}: {line:?}", b.name);
+            self.servers.push(child);
+        }
+        Ok(())
+    }
+
+    /// Starts canaryd in the LB namespace (instance = this topology's id,
+    /// its own control socket and state dir). Without a config it runs its
+    /// built-in one.
+    pub fn spawn_canaryd(&self, config_yaml: Option<&str>) -> Result<Daemon> {
+        Daemon::spawn(self, config_yaml, &[])
+    }
+
+    /// Runs `canaryctl --socket <ours> args...` (as root, or as `as_user`
+    /// through setpriv) and returns its output whatever the exit status.
+    pub fn canaryctl(&self, args: &[&str], as_user: Option<&str>) -> Result<std::process::Output> {
+        let bin = bin_path("canaryctl")?;
+        let mut cmd = match as_user {
+            Some(user) => {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid", user, "--regid", user, "--clear-groups"]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.arg("--socket").arg(self.socket()).args(args);
+        Ok(cmd.stdin(Stdio::null()).output()?)
+    }
+}
+
+fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
+    crate::netns::run(Command::new("ip").args([
+        "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name,
+    ]))?;
+    Ok(())
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            crate::daemon::stop_child(child);
+        }
+        // Pins first: removing the link pins detaches the program.
+        let _ = canary_userspace::dataplane::remove_pins(&self.pin_dir());
+        let _ = std::fs::remove_dir_all(self.state_dir());
+        let _ = std::fs::remove_file(self.socket());
+        // Namespaces go when the fields drop.
+    }
+}
