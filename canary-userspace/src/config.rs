@@ -6,8 +6,8 @@ use canary_common::{MAX_BACKENDS, MAX_OVERRIDES, MAX_SERVICES, WEIGHT_SCALE_BP};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 /// The configuration compiled into canaryd, used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
@@ -24,6 +24,17 @@ pub struct Config {
     /// Entries of the flow table (connection affinity). Fixed at load time.
     #[serde(default)]
     pub flow_table_size: Option<u32>,
+    /// The control API's Unix socket (root only, mode 0600). Default
+    /// /run/canary/canaryd.sock.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Address of the read-only Prometheus endpoint; none when absent.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// Where canaryd keeps what must survive a restart (weights set with
+    /// canaryctl, rollout progress). Default /var/lib/canary.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
     pub services: Vec<ServiceConfig>,
 }
 
@@ -121,7 +132,9 @@ pub fn bp_to_percent(bp: u32) -> f64 {
 
 /// Default seed: FNV-1a of the service name, so every host derives the same.
 pub fn default_seed(name: &str) -> u32 {
-    name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 impl ServiceConfig {
@@ -173,6 +186,16 @@ impl Config {
                 bail!("backend_interfaces[{i}]: empty interface name");
             }
         }
+        if let Some(p) = &self.control_socket {
+            if !p.is_absolute() {
+                bail!("control_socket: {} must be an absolute path", p.display());
+            }
+        }
+        if let Some(p) = &self.state_dir {
+            if !p.is_absolute() {
+                bail!("state_dir: {} must be an absolute path", p.display());
+            }
+        }
         if let Some(size) = self.flow_table_size {
             if !(1024..=16_777_216).contains(&size) {
                 bail!("flow_table_size: {size} is out of range (1024 to 16777216)");
@@ -199,9 +222,14 @@ impl Config {
             let at = format!("services[{i}]");
             let valid_name = !s.name.is_empty()
                 && s.name.len() <= 64
-                && s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !valid_name {
-                bail!("{at}.name: {:?} must be 1 to 64 letters, digits, '-' or '_'", s.name);
+                bail!(
+                    "{at}.name: {:?} must be 1 to 64 letters, digits, '-' or '_'",
+                    s.name
+                );
             }
             let at = format!("services[{i}] ({})", s.name);
             if !names.insert(s.name.as_str()) {
@@ -237,7 +265,10 @@ impl Config {
                 for (j, b) in s.pool(v).iter().enumerate() {
                     let field = format!("{at}.{}[{j}]", v.name());
                     if b.is_ipv4() != s.vip.is_ipv4() {
-                        bail!("{field}: {b} is not the same address family as the VIP {}", s.vip);
+                        bail!(
+                            "{field}: {b} is not the same address family as the VIP {}",
+                            s.vip
+                        );
                     }
                     if b.is_unspecified() || b.is_multicast() {
                         bail!("{field}: {b} is not a usable unicast address");
@@ -294,7 +325,10 @@ impl Config {
         if total_backends > MAX_BACKENDS as usize / 2 {
             // Half the id space, so a reload can add a whole new set before
             // the old ids are released.
-            bail!("services: {total_backends} backends in all, at most {} are supported", MAX_BACKENDS / 2);
+            bail!(
+                "services: {total_backends} backends in all, at most {} are supported",
+                MAX_BACKENDS / 2
+            );
         }
         if total_overrides > MAX_OVERRIDES as usize {
             bail!("services: {total_overrides} overrides in all, at most {MAX_OVERRIDES}");
@@ -356,17 +390,38 @@ services:
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (GOOD.replace("canary_weight: 10", "canary_weight: 150"), "services[0] (shop).canary_weight"),
+            (
+                GOOD.replace("canary_weight: 10", "canary_weight: 150"),
+                "services[0] (shop).canary_weight",
+            ),
             (GOOD.replace("protocol: tcp", "protocol: sctp"), "protocol"),
-            (GOOD.replace("affinity: source-ip", "affinity: sticky"), "affinity"),
+            (
+                GOOD.replace("affinity: source-ip", "affinity: sticky"),
+                "affinity",
+            ),
             (GOOD.replace("198.18.2.2", "198.18.2.x"), "stable"),
-            (GOOD.replace("    port: 80\n", "    port: 80\n    colour: blue\n"), "colour"),
-            (GOOD.replace("198.18.24.0/24", "198.18.24.1/24"), "overrides[0].cidr"),
-            (GOOD.replace("198.18.24.0/24", "2001:db8::/64"), "overrides[0].cidr"),
-            (GOOD.replace("canary: [198.18.3.2]", "canary: []"), "canary_weight"),
+            (
+                GOOD.replace("    port: 80\n", "    port: 80\n    colour: blue\n"),
+                "colour",
+            ),
+            (
+                GOOD.replace("198.18.24.0/24", "198.18.24.1/24"),
+                "overrides[0].cidr",
+            ),
+            (
+                GOOD.replace("198.18.24.0/24", "2001:db8::/64"),
+                "overrides[0].cidr",
+            ),
+            (
+                GOOD.replace("canary: [198.18.3.2]", "canary: []"),
+                "canary_weight",
+            ),
             (GOOD.replace("198.18.2.2", "198.18.1.2"), "appears twice"),
             (GOOD.replace("198.18.2.2", "2001:db8::2"), "address family"),
-            (GOOD.replace("interface: lb-client", "interface: ''"), "interface"),
+            (
+                GOOD.replace("interface: lb-client", "interface: ''"),
+                "interface",
+            ),
             (GOOD.replace("port: 80", "port: 0"), "port"),
             (GOOD.replace("port: 80", "port: 70000"), "port"),
             ("services: [\n".to_string(), ""),
@@ -389,9 +444,19 @@ services:
 "#
         );
         assert!(err_of(&two).contains("overlaps service shop"));
-        let shared = two.replace("vip: 198.18.100.1\n    port: 80\n    protocol: tcp\n    stable: [198.18.5.2]", "vip: 198.18.100.2\n    port: 80\n    protocol: tcp\n    stable: [198.18.1.2]");
-        assert!(err_of(&shared).contains("already a backend of service shop"), "{}", err_of(&shared));
-        let dup = two.replace("name: shop2", "name: shop").replace("vip: 198.18.100.1\n    port: 80\n    protocol: tcp\n    stable: [198.18.5.2]", "vip: 198.18.100.9\n    port: 80\n    protocol: tcp\n    stable: [198.18.5.2]");
+        let shared = two.replace(
+            "vip: 198.18.100.1\n    port: 80\n    protocol: tcp\n    stable: [198.18.5.2]",
+            "vip: 198.18.100.2\n    port: 80\n    protocol: tcp\n    stable: [198.18.1.2]",
+        );
+        assert!(
+            err_of(&shared).contains("already a backend of service shop"),
+            "{}",
+            err_of(&shared)
+        );
+        let dup = two.replace("name: shop2", "name: shop").replace(
+            "vip: 198.18.100.1\n    port: 80\n    protocol: tcp\n    stable: [198.18.5.2]",
+            "vip: 198.18.100.9\n    port: 80\n    protocol: tcp\n    stable: [198.18.5.2]",
+        );
         assert!(err_of(&dup).contains("duplicate service name"));
     }
 

@@ -135,7 +135,11 @@ impl Ids {
     }
 
     /// Drops every id not in `keep`, returning the released backend ids.
-    fn retain(&mut self, services: &HashSet<String>, backends: &HashSet<(u32, IpAddr)>) -> Vec<u32> {
+    fn retain(
+        &mut self,
+        services: &HashSet<String>,
+        backends: &HashSet<(u32, IpAddr)>,
+    ) -> Vec<u32> {
         self.services.retain(|name, _| services.contains(name));
         let mut released = Vec::new();
         self.backends.retain(|k, id| {
@@ -185,8 +189,12 @@ impl DataPlane {
         }
         crate::maps::ensure_bpffs()?;
         let dir = pin_dir(instance);
-        std::fs::create_dir_all(dir.join("links"))
-            .with_context(|| format!("creating pin directory {} (is bpffs mounted?)", dir.display()))?;
+        std::fs::create_dir_all(dir.join("links")).with_context(|| {
+            format!(
+                "creating pin directory {} (is bpffs mounted?)",
+                dir.display()
+            )
+        })?;
         let flows = flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_SIZE);
         let adopted = dir.join(canary_common::names::SERVICES).exists();
         if adopted {
@@ -209,7 +217,9 @@ impl DataPlane {
             .program_mut(PROGRAM)
             .context("the XDP object has no program `canary`")?
             .try_into()?;
-        program.load().context("loading the XDP program into the kernel (verifier)")?;
+        program
+            .load()
+            .context("loading the XDP program into the kernel (verifier)")?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
         Ok(DataPlane {
             ebpf,
@@ -278,7 +288,13 @@ impl DataPlane {
             self.ids.clone()
         };
         let active_slots: HashSet<u32> = (0..MAX_SERVICES)
-            .filter(|i| self.maps.services.get(i, 0).map(|s| s.active != 0).unwrap_or(false))
+            .filter(|i| {
+                self.maps
+                    .services
+                    .get(i, 0)
+                    .map(|s| s.active != 0)
+                    .unwrap_or(false)
+            })
             .collect();
         let mut plan = Vec::new();
         let mut fresh_services = Vec::new();
@@ -376,7 +392,11 @@ impl DataPlane {
                     },
                     0,
                 )?;
-                self.maps.reverse_nat.insert(backend_addr_key(s, *b), want_rev[&backend_addr_key(s, *b)], 0)?;
+                self.maps.reverse_nat.insert(
+                    backend_addr_key(s, *b),
+                    want_rev[&backend_addr_key(s, *b)],
+                    0,
+                )?;
             }
             let mut state = self.maps.services.get(sid, 0).unwrap_or_default();
             for v in [Version::Stable, Version::Canary] {
@@ -391,7 +411,9 @@ impl DataPlane {
                 let live = match self.maglev_live.remove(&(*sid, vi)) {
                     Some(cached) => Some(cached),
                     // Adopted maps: read what the kernel is using now.
-                    None if state.active != 0 => Some((live_gen, self.read_maglev(*sid, vi, live_gen)?)),
+                    None if state.active != 0 => {
+                        Some((live_gen, self.read_maglev(*sid, vi, live_gen)?))
+                    }
                     None => None,
                 };
                 let generation = match live {
@@ -428,7 +450,11 @@ impl DataPlane {
                     0,
                 )?;
             }
-            let old_weight = if state.active != 0 { Some(state.weight_bp) } else { None };
+            let old_weight = if state.active != 0 {
+                Some(state.weight_bp)
+            } else {
+                None
+            };
             state.weight_bp = s.weight_bp();
             state.seed = s.seed();
             state.active = 1;
@@ -453,8 +479,12 @@ impl DataPlane {
                 )),
                 _ => {}
             }
-            self.maps.vips.insert(vip_marker(s.vip), want_vips[&vip_marker(s.vip)], 0)?;
-            self.maps.vips.insert(vip_key(s), want_vips[&vip_key(s)], 0)?;
+            self.maps
+                .vips
+                .insert(vip_marker(s.vip), want_vips[&vip_marker(s.vip)], 0)?;
+            self.maps
+                .vips
+                .insert(vip_key(s), want_vips[&vip_key(s)], 0)?;
         }
 
         // 4. Leftovers: reverse NAT and overrides nobody wants, service slots
@@ -510,7 +540,8 @@ impl DataPlane {
         }
         self.attach_interfaces(&ifindexes, &mut report)?;
 
-        let keep_services: HashSet<String> = config.services.iter().map(|s| s.name.clone()).collect();
+        let keep_services: HashSet<String> =
+            config.services.iter().map(|s| s.name.clone()).collect();
         let keep_backends: HashSet<(u32, IpAddr)> = plan
             .iter()
             .flat_map(|(_, sid, m)| m.iter().map(move |(_, b, _)| (*sid, *b)))
@@ -544,7 +575,13 @@ impl DataPlane {
         Ok(())
     }
 
-    fn write_maglev(&mut self, sid: u32, version: u32, generation: u32, table: &[u32]) -> Result<()> {
+    fn write_maglev(
+        &mut self,
+        sid: u32,
+        version: u32,
+        generation: u32,
+        table: &[u32],
+    ) -> Result<()> {
         let base = maglev_base(sid, version, generation);
         for (i, id) in table.iter().enumerate() {
             self.maps.maglev.set(base + i as u32, id, 0)?;
@@ -560,13 +597,21 @@ impl DataPlane {
     /// canaryd is taken over by swapping our program into it (atomic, no
     /// packet sees no program); otherwise a new link is created and pinned.
     /// Links of interfaces no longer wanted are removed.
-    fn attach_interfaces(&mut self, wanted: &BTreeMap<String, u32>, report: &mut ApplyReport) -> Result<()> {
+    fn attach_interfaces(
+        &mut self,
+        wanted: &BTreeMap<String, u32>,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
         for iface in wanted.keys() {
             if self.links.contains_key(iface) {
                 continue;
             }
             let pin = self.link_pin(iface);
-            let program: &mut Xdp = self.ebpf.program_mut(PROGRAM).context("program")?.try_into()?;
+            let program: &mut Xdp = self
+                .ebpf
+                .program_mut(PROGRAM)
+                .context("program")?
+                .try_into()?;
             let mut adopted = None;
             if pin.exists() {
                 let swap = PinnedLink::from_pin(&pin)
@@ -583,7 +628,9 @@ impl DataPlane {
             }
             let link_id = match adopted {
                 Some(id) => {
-                    report.lines.push(format!("took over the XDP link on {iface}"));
+                    report
+                        .lines
+                        .push(format!("took over the XDP link on {iface}"));
                     id
                 }
                 None => {
@@ -598,13 +645,22 @@ impl DataPlane {
             let fd_link = if pin.exists() {
                 fd_link
             } else {
-                FdLink::from(fd_link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?)
+                FdLink::from(
+                    fd_link
+                        .pin(&pin)
+                        .with_context(|| format!("pinning {}", pin.display()))?,
+                )
             };
             self.links.insert(iface.clone(), fd_link);
         }
         // Interfaces dropped from the config, including links an earlier
         // canaryd pinned for interfaces this config does not name.
-        let mut stale: Vec<String> = self.links.keys().filter(|i| !wanted.contains_key(*i)).cloned().collect();
+        let mut stale: Vec<String> = self
+            .links
+            .keys()
+            .filter(|i| !wanted.contains_key(*i))
+            .cloned()
+            .collect();
         if let Ok(entries) = std::fs::read_dir(self.pin_dir.join("links")) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
@@ -623,7 +679,7 @@ impl DataPlane {
 
     /// Detaches from every interface and removes the pins: the data plane is
     /// gone once this returns (and the flow table with it).
-    pub fn teardown(mut self) -> Result<()> {
+    pub fn teardown(&mut self) -> Result<()> {
         for iface in std::mem::take(&mut self.links).into_keys() {
             let _ = std::fs::remove_file(self.link_pin(&iface));
         }
@@ -638,14 +694,16 @@ impl DataPlane {
 pub fn remove_pins(dir: &std::path::Path) -> Result<()> {
     if let Ok(entries) = std::fs::read_dir(dir.join("links")) {
         for e in entries.flatten() {
-            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
         }
     }
     let _ = std::fs::remove_dir(dir.join("links"));
     for name in canary_common::names::ALL {
         let path = dir.join(name);
         if path.exists() {
-            std::fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing pin {}", path.display()))?;
         }
     }
     let _ = std::fs::remove_dir(dir);

@@ -3,8 +3,14 @@
 //! binaries over this library; the integration tests use it too.
 
 pub mod api;
+pub mod client;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod explain;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod report;
+pub mod state;

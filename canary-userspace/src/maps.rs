@@ -3,9 +3,7 @@
 //! inspection tools).
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{
-    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues,
-};
+use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::Ebpf;
 use canary_common::{
     names, reason, version_stats_index, BackendAddrKey, BackendInfo, BackendStats, FlowKey,
@@ -36,7 +34,9 @@ pub fn ensure_bpffs() -> Result<()> {
         Some("bpf"),
         BPFFS,
         Some("bpf"),
-        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
         Some("mode=0700"),
     )
     .with_context(|| format!("mounting bpffs at {BPFFS}"))?;
@@ -51,20 +51,55 @@ pub fn expected_layout(flow_table_size: u32) -> Vec<(&'static str, u32, u32, u32
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
     vec![
-        (names::VIPS, sz(size_of::<VipKey>()), sz(size_of::<VipInfo>()), MAX_SERVICES * 2),
-        (names::SERVICES, 4, sz(size_of::<ServiceState>()), MAX_SERVICES),
-        (names::BACKENDS, 4, sz(size_of::<BackendInfo>()), MAX_BACKENDS),
+        (
+            names::VIPS,
+            sz(size_of::<VipKey>()),
+            sz(size_of::<VipInfo>()),
+            MAX_SERVICES * 2,
+        ),
+        (
+            names::SERVICES,
+            4,
+            sz(size_of::<ServiceState>()),
+            MAX_SERVICES,
+        ),
+        (
+            names::BACKENDS,
+            4,
+            sz(size_of::<BackendInfo>()),
+            MAX_BACKENDS,
+        ),
         (names::MAGLEV, 4, 4, MAGLEV_ENTRIES),
-        (names::FLOWS, sz(size_of::<FlowKey>()), sz(size_of::<FlowState>()), flow_table_size),
+        (
+            names::FLOWS,
+            sz(size_of::<FlowKey>()),
+            sz(size_of::<FlowState>()),
+            flow_table_size,
+        ),
         (
             names::OVERRIDES,
             4 + sz(size_of::<OverrideKeyData>()),
             sz(size_of::<OverrideValue>()),
             MAX_OVERRIDES,
         ),
-        (names::REVERSE_NAT, sz(size_of::<BackendAddrKey>()), sz(size_of::<ReverseNat>()), MAX_BACKENDS),
-        (names::VERSION_STATS, 4, sz(size_of::<VersionStats>()), MAX_SERVICES * NUM_VERSIONS),
-        (names::BACKEND_STATS, 4, sz(size_of::<BackendStats>()), MAX_BACKENDS),
+        (
+            names::REVERSE_NAT,
+            sz(size_of::<BackendAddrKey>()),
+            sz(size_of::<ReverseNat>()),
+            MAX_BACKENDS,
+        ),
+        (
+            names::VERSION_STATS,
+            4,
+            sz(size_of::<VersionStats>()),
+            MAX_SERVICES * NUM_VERSIONS,
+        ),
+        (
+            names::BACKEND_STATS,
+            4,
+            sz(size_of::<BackendStats>()),
+            MAX_BACKENDS,
+        ),
         (names::DATAPATH_STATS, 4, 8, reason::COUNT),
     ]
 }

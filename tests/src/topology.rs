@@ -101,6 +101,13 @@ impl Topology {
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0")?;
             ns.sysctl("net.ipv6.conf.all.accept_ra", "0")?;
             ns.sysctl("net.ipv6.conf.default.accept_ra", "0")?;
+            // No duplicate address detection, on link-local addresses too:
+            // a tentative fe80:: address stalls neighbour discovery for a
+            // second or two after link-up. Set before the links exist.
+            for scope in ["all", "default"] {
+                ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0")?;
+                ns.sysctl(&format!("net.ipv6.conf.{scope}.dad_transmits"), "0")?;
+            }
         }
         veth(c, "eth0", lb, "lb-client")?;
         c.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"])?;

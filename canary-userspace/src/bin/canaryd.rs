@@ -1,19 +1,22 @@
-//! canaryd: owns the XDP data plane of one load-balancer host. Loads and
-//! attaches the program, applies the config, reloads it on SIGHUP, logs the
-//! per-version counters, and tears the data plane down on SIGTERM/SIGINT.
+//! canaryd: owns the XDP data plane of one load-balancer host. Loads (or takes
+//! over) and attaches the program, applies the config, serves the control API
+//! on a root-only Unix socket and, if configured, read-only Prometheus
+//! metrics; reloads on SIGHUP; on SIGTERM/SIGINT leaves the data plane
+//! forwarding (default) or removes it.
 //!
 //! Lines on stdout are for supervisors and tests (`canaryd ready`,
 //! `canaryd applied config`, `canaryd reload rejected: ...`); the log goes to
 //! stderr.
 
 use anyhow::{Context, Result};
-use canary_userspace::config::{Config, DEFAULT_CONFIG};
-use canary_userspace::dataplane::DataPlane;
+use canary_userspace::control;
+use canary_userspace::daemon::{read_config, Daemon};
 use canary_userspace::report;
 use clap::Parser;
 use log::{error, info};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,9 +27,16 @@ struct Args {
     /// YAML config file. Without it, the built-in demo config is used.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Instance name: maps are pinned under /sys/fs/bpf/canary/<instance>/.
+    /// Instance name: maps and links are pinned under
+    /// /sys/fs/bpf/canary/<instance>/.
     #[arg(long, default_value = "default")]
     instance: String,
+    /// Control socket (overrides `control_socket:` of the config).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+    /// State directory (overrides `state_dir:` of the config).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// What SIGTERM/SIGINT do to the data plane: `keep` leaves it forwarding
     /// with its last weights and flow table (a restarted canaryd takes it
     /// over without a gap); `teardown` detaches and removes everything.
@@ -49,13 +59,6 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-fn read_config(args: &Args) -> Result<Config> {
-    match &args.config {
-        Some(path) => Config::load(path),
-        None => Config::parse(DEFAULT_CONFIG).context("built-in config"),
-    }
-}
-
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
@@ -70,29 +73,50 @@ fn main() {
     }
 }
 
+fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+    d.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 async fn run(args: Args) -> Result<()> {
-    let config = read_config(&args)?;
+    let file = read_config(args.config.as_deref())?;
     if args.config.is_none() {
         info!("no --config given: using the built-in demo config");
     }
-    let mut dp = DataPlane::load(&args.instance, config.flow_table_size)?;
-    let logger = dp.take_logger();
-    let applied = dp.apply(&config);
-    let report = match applied {
-        Ok(r) => r,
+    let socket = control::socket_path(args.control_socket.clone(), &file);
+    // Everything that can fail on the environment is bound before the data
+    // plane is touched.
+    let listener = control::bind(&socket)?;
+    let metrics = match file.metrics {
+        Some(addr) => Some((addr, canary_userspace::metrics::bind(addr).await?)),
+        None => None,
+    };
+    let mut daemon = match Daemon::start(
+        &args.instance,
+        args.config.clone(),
+        file,
+        args.state_dir.clone(),
+    ) {
+        Ok(d) => d,
         Err(e) => {
-            // A data plane this process created is removed again; one taken
-            // over from an earlier canaryd keeps forwarding as it was.
-            if dp.adopted() {
-                error!("the pinned data plane is left running as it was");
-            } else {
-                let _ = dp.teardown();
-            }
-            return Err(e.context("applying the config"));
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
         }
     };
-    for line in report.lines {
-        info!("{line}");
+    let logger = daemon.dp.take_logger();
+    let daemon = Arc::new(Mutex::new(daemon));
+
+    let (teardown_tx, mut teardown_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(control::serve(listener, daemon.clone(), teardown_tx));
+    info!("control API on {} (root only)", socket.display());
+    if let Some((addr, listener)) = metrics {
+        let d = daemon.clone();
+        let source = Arc::new(move || lock(&d).status());
+        tokio::spawn(async move {
+            if let Err(e) = canary_userspace::metrics::serve_on(listener, source).await {
+                error!("metrics endpoint: {e:#}");
+            }
+        });
+        info!("metrics on http://{addr}/metrics (read-only)");
     }
     say("canaryd applied config");
     say("canaryd ready");
@@ -100,37 +124,47 @@ async fn run(args: Args) -> Result<()> {
     let mut logger = match logger {
         // SAFETY: the logger owns its ring-buffer fd and keeps it open for as
         // long as the AsyncFd owns the logger.
-        Some(l) => Some(unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE)? }),
+        Some(l) => {
+            Some(unsafe { AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE)? })
+        }
         None => None,
     };
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let period = Duration::from_secs(args.stats_interval.max(1));
-    let mut tick = tokio::time::interval(period);
-    tick.tick().await;
+    let mut sample = tokio::time::interval(Duration::from_secs(1));
+    let stats_every = args.stats_interval;
+    let mut seconds = 0u64;
+    let mut teardown = args.on_exit == OnExit::Teardown;
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                match read_config(&args).and_then(|c| dp.apply(&c)) {
-                    Ok(report) => {
-                        for line in report.lines {
-                            info!("reload: {line}");
-                        }
-                        say("canaryd applied config");
-                    }
+                match lock(&daemon).reload("SIGHUP") {
+                    Ok(_) => say("canaryd applied config"),
                     Err(e) => {
-                        error!("reload rejected, running config unchanged: {e:#}");
-                        say(&format!("canaryd reload rejected: {e:#}"));
+                        error!("reload rejected, running config unchanged: {}", e.message);
+                        say(&format!("canaryd reload rejected: {}", e.message));
                     }
                 }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = tick.tick(), if args.stats_interval > 0 => {
-                match report::snapshot(&dp) {
-                    Ok(snap) => for line in snap.lines() { info!("{line}") },
-                    Err(e) => error!("reading counters: {e:#}"),
+            _ = teardown_rx.recv() => {
+                teardown = true;
+                break;
+            }
+            _ = sample.tick() => {
+                let mut d = lock(&daemon);
+                if let Err(e) = d.sample() {
+                    error!("reading counters: {e:#}");
+                }
+                seconds += 1;
+                if stats_every > 0 && seconds % stats_every == 0 {
+                    if let Ok(snap) = report::snapshot(&d.dp) {
+                        for line in snap.lines() {
+                            info!("{line}");
+                        }
+                    }
                 }
             }
             guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
@@ -140,23 +174,22 @@ async fn run(args: Args) -> Result<()> {
             }
         }
     }
-    if let Ok(snap) = report::snapshot(&dp) {
+    let _ = std::fs::remove_file(&socket);
+    let mut daemon = lock(&daemon);
+    if let Ok(snap) = report::snapshot(&daemon.dp) {
         for line in snap.lines() {
             info!("final: {line}");
         }
     }
-    match args.on_exit {
-        OnExit::Teardown => {
-            info!("stopping: detaching the data plane");
-            dp.teardown()
-        }
-        OnExit::Keep => {
-            info!(
-                "stopping: the data plane keeps forwarding with its last state (pinned under {}); \
-                 start canaryd again to take it over, or `canaryctl teardown` to remove it",
-                canary_userspace::maps::pin_dir(&args.instance).display()
-            );
-            Ok(())
-        }
+    if teardown {
+        info!("stopping: detaching the data plane");
+        daemon.teardown().context("teardown")
+    } else {
+        info!(
+            "stopping: the data plane keeps forwarding with its last state (pinned under {}); \
+             start canaryd again to take it over, or `canaryctl teardown --yes` to remove it",
+            canary_userspace::maps::pin_dir(&args.instance).display()
+        );
+        Ok(())
     }
 }
