@@ -1,0 +1,187 @@
+//! `canaryctl explain`: which version and backend a client gets now, and why,
+//! computed from the maps the kernel reads with the decision functions the
+//! kernel runs (`canary_common::split`), in the kernel's order: flow table,
+//! then source-prefix override, then hash bucket against the weight.
+
+use crate::api::Explain;
+use crate::config::{Affinity, ServiceConfig, Version};
+use crate::dataplane::proto_number;
+use crate::maps::Maps;
+use anyhow::{bail, Context, Result};
+use aya::maps::lpm_trie::Key as LpmKey;
+use canary_common::addr::{family, from_words, override_key, port_to_map, to_words};
+use canary_common::{
+    backend_hash, bucket, choose_version, maglev_base, maglev_slot, split_hash, FlowKey,
+    AFFINITY_FLOW, AFFINITY_SOURCE_IP, BACKEND_NONE,
+};
+use std::net::IpAddr;
+
+/// Parses `IP`, `IPv4:PORT` or `[IPv6]:PORT`.
+pub fn parse_client(text: &str) -> Result<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Ok(sa) = text.parse::<std::net::SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    bail!("malformed client address {text:?} (expected IP, IPv4:PORT or [IPv6]:PORT)")
+}
+
+pub fn explain(
+    maps: &Maps,
+    service_id: u32,
+    s: &ServiceConfig,
+    client: IpAddr,
+    port: Option<u16>,
+) -> Result<Explain> {
+    if client.is_ipv4() != s.vip.is_ipv4() {
+        bail!(
+            "client {client} is not the same address family as the VIP {}",
+            s.vip
+        );
+    }
+    let affinity = match s.affinity {
+        Affinity::SourceIp => AFFINITY_SOURCE_IP,
+        Affinity::Flow => AFFINITY_FLOW,
+    };
+    if affinity == AFFINITY_FLOW && port.is_none() {
+        bail!(
+            "service {} splits per connection (affinity: flow): give CLIENT_IP:PORT",
+            s.name
+        );
+    }
+    let state = maps
+        .services
+        .get(&service_id, 0)
+        .context("reading SERVICES")?;
+    let flow = FlowKey {
+        src: to_words(client),
+        dst: to_words(s.vip),
+        sport: port_to_map(port.unwrap_or(0)),
+        dport: port_to_map(s.port),
+        proto: proto_number(s.protocol),
+        family: family(client),
+        _pad: [0; 2],
+    };
+    let h = split_hash(&flow, affinity, state.seed);
+    let b = bucket(h);
+
+    let backend_addr = |id: u32| -> Result<IpAddr> {
+        let info = maps.backends.get(&id, 0).context("reading BACKENDS")?;
+        Ok(from_words(info.addr, info.family as u8))
+    };
+    let base = |version: Version, decided_by: &str, reason: String, cidr: Option<String>| Explain {
+        service: s.name.clone(),
+        client,
+        client_port: port,
+        version,
+        backend: client,
+        decided_by: decided_by.to_string(),
+        reason,
+        bucket: b,
+        weight_bp: state.weight_bp,
+        override_cidr: cidr,
+    };
+
+    // 1. An open connection keeps its backend.
+    if port.is_some() {
+        if let Ok(f) = maps.flows.get(&flow, 0) {
+            let version = Version::from_index(f.version);
+            let backend = backend_addr(f.backend_id)?;
+            return Ok(Explain {
+                backend,
+                ..base(
+                    version,
+                    "flow-table",
+                    format!(
+                        "open connection in the flow table: stays on {} backend {backend} whatever the weight",
+                        version.name()
+                    ),
+                    None,
+                )
+            });
+        }
+    }
+
+    // 2. Source-prefix override (the kernel's LPM lookup), else 3. the hash.
+    let (bits, data) = override_key(service_id, client, if client.is_ipv4() { 32 } else { 128 });
+    let (version, decided_by, reason, cidr) = match maps.overrides.get(&LpmKey::new(bits, data), 0)
+    {
+        Ok(v) => {
+            let version = Version::from_index(v.version);
+            let cidr = s
+                .overrides
+                .iter()
+                .filter(|o| o.cidr.contains(&client))
+                .max_by_key(|o| o.cidr.prefix_len())
+                .map(|o| o.cidr.to_string());
+            let reason = format!(
+                "source-prefix override {} forces {}",
+                cidr.as_deref().unwrap_or("(set at run time)"),
+                version.name()
+            );
+            (version, "override", reason, cidr)
+        }
+        Err(_) => {
+            let version = Version::from_index(choose_version(h, state.weight_bp));
+            let cmp = if version == Version::Canary {
+                "<"
+            } else {
+                ">="
+            };
+            let key = if affinity == AFFINITY_FLOW {
+                "connection"
+            } else {
+                "client address"
+            };
+            let reason = format!(
+                "hash bucket of the {key} is {b} {cmp} weight {} ({:.2}%): {}",
+                state.weight_bp,
+                state.weight_bp as f64 / 100.0,
+                version.name()
+            );
+            (version, "hash", reason, None)
+        }
+    };
+    let vi = version.index() as usize;
+    if state.pool_size[vi] == 0 {
+        bail!(
+            "the {} pool of {} is empty: new connections would be dropped",
+            version.name(),
+            s.name
+        );
+    }
+    let slot = maglev_slot(backend_hash(&flow, affinity, state.seed));
+    let idx = maglev_base(service_id, version.index(), state.live_gen[vi] & 1) + slot;
+    let id = maps.maglev.get(&idx, 0).context("reading MAGLEV")?;
+    if id == BACKEND_NONE {
+        bail!(
+            "the {} pool of {} has no backend in its live table",
+            version.name(),
+            s.name
+        );
+    }
+    let backend = backend_addr(id)?;
+    Ok(Explain {
+        backend,
+        ..base(version, decided_by, reason, cidr)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_forms() {
+        assert_eq!(
+            parse_client("198.18.16.5").unwrap(),
+            ("198.18.16.5".parse().unwrap(), None)
+        );
+        assert_eq!(parse_client("198.18.16.5:4000").unwrap().1, Some(4000));
+        assert_eq!(parse_client("2001:db8::5").unwrap().1, None);
+        assert_eq!(parse_client("[2001:db8::5]:80").unwrap().1, Some(80));
+        assert!(parse_client("198.18.16").is_err());
+        assert!(parse_client("shop").is_err());
+    }
+}
