@@ -12,8 +12,9 @@ use crate::cmd::{probe, Cmd, TOOLCHAIN_ENV};
 
 /// Debian packages the integration tests and the demo always need:
 /// `ip` (netns, veth), `nft` (the comparison split), `ethtool` (veth offloads),
-/// `bpftool` (inspecting loaded programs and maps).
-pub const ALWAYS_DEBS: &[&str] = &["iproute2", "nftables", "ethtool", "bpftool"];
+/// `bpftool` (inspecting loaded programs and maps), `curl` (scraping the
+/// metrics endpoint like a Prometheus server would).
+pub const ALWAYS_DEBS: &[&str] = &["iproute2", "nftables", "ethtool", "bpftool", "curl"];
 
 /// Debian packages for the Debian eBPF toolchain: rustc 1.96 and cargo at
 /// /usr/bin, the prebuilt `core` for `bpfel-unknown-none`, and the LLVM 22
@@ -369,7 +370,7 @@ mod tests {
     fn debs_per_toolchain() {
         assert_eq!(
             needed_debs(EbpfToolchain::Nightly),
-            ["iproute2", "nftables", "ethtool", "bpftool"]
+            ["iproute2", "nftables", "ethtool", "bpftool", "curl"]
         );
         assert_eq!(
             needed_debs(EbpfToolchain::Debian),
@@ -378,6 +379,7 @@ mod tests {
                 "nftables",
                 "ethtool",
                 "bpftool",
+                "curl",
                 "rustc-web",
                 "cargo-web",
                 "libstd-rust-web-dev-bpf",
