@@ -2,6 +2,7 @@
 //! Maglev tables and counter reports. `canaryd` and `canaryctl` are thin
 //! binaries over this library; the integration tests use it too.
 
+pub mod analysis;
 pub mod api;
 pub mod client;
 pub mod config;
