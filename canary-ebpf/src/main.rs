@@ -190,13 +190,14 @@ fn override_version(service_id: u32, flow: &FlowKey) -> Option<u32> {
 #[inline(always)]
 fn decide(ctx: &XdpContext, flow: &FlowKey, vip: &VipInfo) -> Result<Target, u32> {
     let service_id = vip.service_id;
-    let svc = SERVICES.get(service_id).ok_or(reason::DROP_NO_BACKEND)?;
     let (backend_id, version, new_flow) = match unsafe { FLOWS.get(flow) } {
         Some(f) => {
             count(reason::FLOW_HIT);
             (f.backend_id, f.version & 1, false)
         }
         None => {
+            // The service entry matters only to a new decision.
+            let svc = SERVICES.get(service_id).ok_or(reason::DROP_NO_BACKEND)?;
             let version = match override_version(service_id, flow) {
                 Some(v) => {
                     count(reason::OVERRIDE_HIT);
@@ -264,27 +265,42 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
     let l4 = L3 + Ipv4Hdr::LEN;
     let lengths_ok = tot_len >= ihl * 4 + l4_header_len(proto) && L3 + tot_len <= frame_len;
 
-    if !is_vip_addr([dst, 0, 0, 0], FAMILY_V4) {
-        if ihl == 5 && !fragment && l4_proto && lengths_ok {
+    // The common case first: a well-formed TCP/UDP packet is looked up as
+    // (dst, port, proto) straight away; the address-only VIP check is needed
+    // only to tell what to do with packets that cannot be split.
+    let simple = ihl == 5 && !fragment && l4_proto && lengths_ok;
+    let ports = if simple { ports(ctx, l4, proto) } else { None };
+    let vip = match ports {
+        Some((_, dport)) => {
+            let key = VipKey {
+                addr: [dst, 0, 0, 0],
+                port: dport,
+                proto,
+                family: FAMILY_V4,
+            };
+            unsafe { VIPS.get(&key) }
+        }
+        None => None,
+    };
+    let (Some(vip), Some((sport, dport))) = (vip, ports) else {
+        if ports.is_some() {
             if let Some(action) = reply_v4::<L3>(ctx, ip, proto, src) {
                 return action;
             }
         }
-        return pass(reason::PASS_NOT_VIP);
-    }
-    if ihl != 5 {
-        return drop(reason::DROP_IP_OPTIONS);
-    }
-    if fragment {
-        return drop(reason::DROP_FRAGMENT);
-    }
-    if !l4_proto {
-        return pass(reason::PASS_NOT_VIP);
-    }
-    if !lengths_ok {
-        return drop(reason::DROP_MALFORMED);
-    }
-    let Some((sport, dport)) = ports(ctx, l4, proto) else {
+        if ports.is_some() || !is_vip_addr([dst, 0, 0, 0], FAMILY_V4) {
+            return pass(reason::PASS_NOT_VIP);
+        }
+        // Addressed to a VIP but not splittable.
+        if ihl != 5 {
+            return drop(reason::DROP_IP_OPTIONS);
+        }
+        if fragment {
+            return drop(reason::DROP_FRAGMENT);
+        }
+        if !l4_proto {
+            return pass(reason::PASS_NOT_VIP);
+        }
         return drop(reason::DROP_MALFORMED);
     };
     let flow = FlowKey {
@@ -295,15 +311,6 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
         proto,
         family: FAMILY_V4,
         _pad: [0; 2],
-    };
-    let vip_key = VipKey {
-        addr: flow.dst,
-        port: dport,
-        proto,
-        family: FAMILY_V4,
-    };
-    let Some(vip) = (unsafe { VIPS.get(&vip_key) }) else {
-        return pass(reason::PASS_NOT_VIP);
     };
     let target = match decide(ctx, &flow, vip) {
         Ok(t) => t,
@@ -375,27 +382,42 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
     let l4_proto = next_hdr == PROTO_TCP || next_hdr == PROTO_UDP;
     let lengths_ok = payload_len >= l4_header_len(next_hdr) && l4 + payload_len <= frame_len;
 
-    if !is_vip_addr(dst, FAMILY_V6) {
-        if l4_proto && lengths_ok {
+    let simple = l4_proto && lengths_ok;
+    let ports = if simple {
+        ports(ctx, l4, next_hdr)
+    } else {
+        None
+    };
+    let vip = match ports {
+        Some((_, dport)) => {
+            let key = VipKey {
+                addr: dst,
+                port: dport,
+                proto: next_hdr,
+                family: FAMILY_V6,
+            };
+            unsafe { VIPS.get(&key) }
+        }
+        None => None,
+    };
+    let (Some(vip), Some((sport, dport))) = (vip, ports) else {
+        if ports.is_some() {
             if let Some(action) = reply_v6::<L3>(ctx, ip, next_hdr, src) {
                 return action;
             }
         }
-        return pass(reason::PASS_NOT_VIP);
-    }
-    if !l4_proto {
-        // An extension header may hide TCP/UDP to the VIP behind it: drop.
-        // Any other protocol (ICMPv6, GRE, SCTP, ...) is not split: pass, as
-        // for IPv4.
-        if is_ipv6_extension_header(next_hdr) {
-            return drop(reason::DROP_IPV6_EXT);
+        if ports.is_some() || !is_vip_addr(dst, FAMILY_V6) {
+            return pass(reason::PASS_NOT_VIP);
         }
-        return pass(reason::PASS_NOT_VIP);
-    }
-    if !lengths_ok {
-        return drop(reason::DROP_MALFORMED);
-    }
-    let Some((sport, dport)) = ports(ctx, l4, next_hdr) else {
+        // Addressed to a VIP but not splittable. An extension header may
+        // hide TCP/UDP to the VIP behind it: drop. Any other protocol
+        // (ICMPv6, GRE, SCTP, ...) is not split: pass, as for IPv4.
+        if !l4_proto {
+            if is_ipv6_extension_header(next_hdr) {
+                return drop(reason::DROP_IPV6_EXT);
+            }
+            return pass(reason::PASS_NOT_VIP);
+        }
         return drop(reason::DROP_MALFORMED);
     };
     let flow = FlowKey {
@@ -406,15 +428,6 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
         proto: next_hdr,
         family: FAMILY_V6,
         _pad: [0; 2],
-    };
-    let vip_key = VipKey {
-        addr: dst,
-        port: dport,
-        proto: next_hdr,
-        family: FAMILY_V6,
-    };
-    let Some(vip) = (unsafe { VIPS.get(&vip_key) }) else {
-        return pass(reason::PASS_NOT_VIP);
     };
     let target = match decide(ctx, &flow, vip) {
         Ok(t) => t,
