@@ -5,7 +5,9 @@
 //! - `build [--release]`: the eBPF object, then the workspace binaries.
 //! - `test [-- ARGS]`: setup, build, and the whole test suite (root).
 //! - `demo [-- ARGS]`: setup, build, and run the demo (root).
+//! - `bench [-- ARGS]`: setup, release build, and run the benchmark (root).
 
+mod bench;
 mod cmd;
 mod ebpf;
 mod setup;
@@ -72,6 +74,16 @@ enum Task {
         #[arg(last = true, value_name = "DEMO_ARGS")]
         args: Vec<String>,
     },
+    /// Set up, build (release), and run the benchmark (needs root)
+    ///
+    /// Runs target/release/canary-bench: per-packet cost (BPF_PROG_TEST_RUN),
+    /// scaling, end to end against plain routing, nftables DNAT and HAProxy,
+    /// control-plane latency. Writes target/bench/results.json and
+    /// results.svg. Arguments after `--` go to canary-bench (`--smoke`).
+    Bench {
+        #[arg(last = true, value_name = "BENCH_ARGS")]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +95,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build(&root, release).map(|()| ExitCode::SUCCESS),
         Task::Test { args } => test(&root, &args),
         Task::Demo { args } => demo(&root, &args),
+        Task::Bench { args } => bench::run(&root, &args),
     };
     match result {
         Ok(code) => code,

@@ -13,8 +13,9 @@ use crate::cmd::{probe, Cmd, TOOLCHAIN_ENV};
 /// Debian packages the integration tests and the demo always need:
 /// `ip` (netns, veth), `nft` (the comparison split), `ethtool` (veth offloads),
 /// `bpftool` (inspecting loaded programs and maps), `curl` (scraping the
-/// metrics endpoint like a Prometheus server would).
-pub const ALWAYS_DEBS: &[&str] = &["iproute2", "nftables", "ethtool", "bpftool", "curl"];
+/// metrics endpoint like a Prometheus server would), `haproxy` (the
+/// user-space proxy the benchmark compares with; its smoke run is a test).
+pub const ALWAYS_DEBS: &[&str] = &["iproute2", "nftables", "ethtool", "bpftool", "curl", "haproxy"];
 
 /// Debian packages for the Debian eBPF toolchain: rustc 1.96 and cargo at
 /// /usr/bin, the prebuilt `core` for `bpfel-unknown-none`, and the LLVM 22
@@ -370,7 +371,7 @@ mod tests {
     fn debs_per_toolchain() {
         assert_eq!(
             needed_debs(EbpfToolchain::Nightly),
-            ["iproute2", "nftables", "ethtool", "bpftool", "curl"]
+            ["iproute2", "nftables", "ethtool", "bpftool", "curl", "haproxy"]
         );
         assert_eq!(
             needed_debs(EbpfToolchain::Debian),
@@ -380,6 +381,7 @@ mod tests {
                 "ethtool",
                 "bpftool",
                 "curl",
+                "haproxy",
                 "rustc-web",
                 "cargo-web",
                 "libstd-rust-web-dev-bpf",
