@@ -24,7 +24,9 @@ pub fn tcp_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<Co
     stream.set_write_timeout(Some(timeout))?;
     let mut stream = BufReader::new(stream);
     let mut name = String::new();
-    stream.read_line(&mut name).with_context(|| format!("reading the banner {src} -> {dst}"))?;
+    stream
+        .read_line(&mut name)
+        .with_context(|| format!("reading the banner {src} -> {dst}"))?;
     if name.is_empty() {
         bail!("{src} -> {dst}: closed before the banner");
     }
@@ -37,7 +39,9 @@ pub fn tcp_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<Co
 impl Conn {
     /// Sends a line and checks it comes back.
     pub fn ping(&mut self, msg: &str) -> Result<()> {
-        self.stream.get_mut().write_all(format!("{msg}\n").as_bytes())?;
+        self.stream
+            .get_mut()
+            .write_all(format!("{msg}\n").as_bytes())?;
         let mut back = String::new();
         self.stream.read_line(&mut back)?;
         if back.trim_end() != msg {
@@ -48,7 +52,12 @@ impl Conn {
 }
 
 /// One datagram from `src` to `dst`; the backend's name from the reply.
-pub fn udp_request(src: IpAddr, dst: SocketAddr, payload: &str, timeout: Duration) -> Result<String> {
+pub fn udp_request(
+    src: IpAddr,
+    dst: SocketAddr,
+    payload: &str,
+    timeout: Duration,
+) -> Result<String> {
     let sock = UdpSocket::bind(SocketAddr::new(src, 0))?;
     sock.set_read_timeout(Some(timeout))?;
     sock.send_to(payload.as_bytes(), dst)?;
@@ -67,12 +76,19 @@ pub fn udp_request(src: IpAddr, dst: SocketAddr, payload: &str, timeout: Duratio
 
 /// Opens `sources.len()` short connections in turn (connect, banner, one
 /// ping, close), bounded by `deadline`. Per connection: (source, backend).
-pub fn burst(sources: &[IpAddr], dst: SocketAddr, deadline: Duration) -> Result<Vec<(IpAddr, String)>> {
+pub fn burst(
+    sources: &[IpAddr],
+    dst: SocketAddr,
+    deadline: Duration,
+) -> Result<Vec<(IpAddr, String)>> {
     let end = Instant::now() + deadline;
     let mut out = Vec::with_capacity(sources.len());
     for (i, src) in sources.iter().enumerate() {
         if Instant::now() > end {
-            bail!("burst ran out of time after {i} of {} connections", sources.len());
+            bail!(
+                "burst ran out of time after {i} of {} connections",
+                sources.len()
+            );
         }
         let mut c = tcp_connect(*src, dst, Duration::from_secs(3))?;
         c.ping("hello")?;

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -34,16 +35,23 @@ impl Daemon {
     /// `extra` args go to canaryd (e.g. `--on-exit teardown`).
     pub fn spawn(topo: &Topology, config_yaml: Option<&str>, extra: &[&str]) -> Result<Daemon> {
         let bin = bin_path("canaryd")?;
+        // Per-spawn file names: a restarted daemon's files must not be the
+        // ones its predecessor's Drop removes.
+        static SPAWNS: AtomicU32 = AtomicU32::new(0);
+        let n = SPAWNS.fetch_add(1, Ordering::SeqCst);
         let config_path = match config_yaml {
             Some(y) => {
-                let p = std::env::temp_dir().join(format!("{}-canaryd.yaml", topo.id));
+                let p = std::env::temp_dir().join(format!("{}-canaryd-{n}.yaml", topo.id));
                 std::fs::write(&p, y)?;
                 Some(p)
             }
             None => None,
         };
-        let log_path = std::env::temp_dir().join(format!("{}-canaryd.log", topo.id));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log_path = std::env::temp_dir().join(format!("{}-canaryd-{n}.log", topo.id));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let mut cmd = topo.lb.command(bin.to_str().unwrap());
         cmd.args(["--instance", topo.instance(), "--stats-interval", "0"])
             .arg("--control-socket")
@@ -100,7 +108,10 @@ impl Daemon {
     /// Writes a new config file and sends SIGHUP: Ok(Ok) applied,
     /// Ok(Err(reason)) refused.
     pub fn reload(&mut self, yaml: &str) -> Result<std::result::Result<(), String>> {
-        let path = self.config_path.clone().context("canaryd runs without a config file")?;
+        let path = self
+            .config_path
+            .clone()
+            .context("canaryd runs without a config file")?;
         std::fs::write(&path, yaml)?;
         let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)?;
@@ -132,7 +143,11 @@ impl Drop for Daemon {
             stop_child(c);
         }
         if std::thread::panicking() {
-            eprintln!("--- canaryd log ({}) ---\n{}", self.log_path.display(), self.log());
+            eprintln!(
+                "--- canaryd log ({}) ---\n{}",
+                self.log_path.display(),
+                self.log()
+            );
         }
         let _ = std::fs::remove_file(&self.log_path);
         if let Some(p) = &self.config_path {

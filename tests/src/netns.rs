@@ -11,9 +11,7 @@ pub struct Netns {
 
 /// Runs a command; an error carries its stderr.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}",
@@ -75,8 +73,7 @@ impl Netns {
         std::thread::scope(|s| {
             s.spawn(move || {
                 let file = std::fs::File::open(&path).expect("open netns");
-                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns");
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
                 f()
             })
             .join()

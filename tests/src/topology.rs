@@ -28,7 +28,16 @@ pub fn client_v4(i: u32) -> IpAddr {
 }
 
 pub fn client_v6(i: u32) -> IpAddr {
-    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x1000, 0, 0, 0, (i >> 16) as u16, (i & 0xffff) as u16 + 1))
+    IpAddr::V6(Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0x1000,
+        0,
+        0,
+        0,
+        (i >> 16) as u16,
+        (i & 0xffff) as u16 + 1,
+    ))
 }
 
 pub struct Backend {
@@ -65,14 +74,22 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
         }
     };
     let p = dir.join(name);
-    anyhow::ensure!(p.exists(), "{} is missing: run `cargo xtask build` first", p.display());
+    anyhow::ensure!(
+        p.exists(),
+        "{} is missing: run `cargo xtask build` first",
+        p.display()
+    );
     Ok(p)
 }
 
 impl Topology {
     pub fn new(backends: usize) -> Result<Topology> {
         cleanup::leftovers();
-        let id = format!("cnry-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let id = format!(
+            "cnry-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let client = Netns::create(&format!("{id}-client"))?;
         let lb = Netns::create(&format!("{id}-lb"))?;
         let mut topo = Topology {
@@ -97,7 +114,10 @@ impl Topology {
 
     fn wire(&self) -> Result<()> {
         let (c, lb) = (&self.client, &self.lb);
-        for ns in std::iter::once(c).chain(std::iter::once(lb)).chain(self.backends.iter().map(|b| &b.ns)) {
+        for ns in std::iter::once(c)
+            .chain(std::iter::once(lb))
+            .chain(self.backends.iter().map(|b| &b.ns))
+        {
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "0")?;
             ns.sysctl("net.ipv6.conf.all.accept_ra", "0")?;
             ns.sysctl("net.ipv6.conf.default.accept_ra", "0")?;
@@ -116,7 +136,15 @@ impl Topology {
         c.ip(&["route", "add", "default", "via", "198.18.0.1"])?;
         c.ip(&["-6", "route", "add", "default", "via", "2001:db8::1"])?;
         c.ip(&["route", "add", "local", "198.18.16.0/20", "dev", "lo"])?;
-        c.ip(&["-6", "route", "add", "local", "2001:db8:1000::/64", "dev", "lo"])?;
+        c.ip(&[
+            "-6",
+            "route",
+            "add",
+            "local",
+            "2001:db8:1000::/64",
+            "dev",
+            "lo",
+        ])?;
         c.sysctl("net.ipv4.ip_nonlocal_bind", "1")?;
         c.sysctl("net.ipv6.ip_nonlocal_bind", "1")?;
         // Full checksums like frames off a wire (the XDP program updates
@@ -132,22 +160,50 @@ impl Topology {
         lb.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
         lb.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
         lb.ip(&["route", "add", "198.18.16.0/20", "via", "198.18.0.2"])?;
-        lb.ip(&["-6", "route", "add", "2001:db8:1000::/64", "via", "2001:db8::2"])?;
+        lb.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:1000::/64",
+            "via",
+            "2001:db8::2",
+        ])?;
 
         for (i, b) in self.backends.iter().enumerate() {
             let i = i + 1;
             let lbif = format!("lb-b{i}");
             veth(&b.ns, "eth0", lb, &lbif)?;
             lb.ip(&["addr", "add", &format!("198.18.{i}.1/24"), "dev", &lbif])?;
-            lb.ip(&["addr", "add", &format!("2001:db8:{i}::1/64"), "dev", &lbif, "nodad"])?;
+            lb.ip(&[
+                "addr",
+                "add",
+                &format!("2001:db8:{i}::1/64"),
+                "dev",
+                &lbif,
+                "nodad",
+            ])?;
             lb.ip(&["link", "set", &lbif, "up"])?;
             lb.exec(&["ethtool", "-K", &lbif, "tx", "off"])?;
             lb.sysctl(&format!("net.ipv4.conf.{lbif}.rp_filter"), "0")?;
             b.ns.ip(&["addr", "add", &format!("198.18.{i}.2/24"), "dev", "eth0"])?;
-            b.ns.ip(&["addr", "add", &format!("2001:db8:{i}::2/64"), "dev", "eth0", "nodad"])?;
+            b.ns.ip(&[
+                "addr",
+                "add",
+                &format!("2001:db8:{i}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
             b.ns.ip(&["link", "set", "eth0", "up"])?;
             b.ns.ip(&["route", "add", "default", "via", &format!("198.18.{i}.1")])?;
-            b.ns.ip(&["-6", "route", "add", "default", "via", &format!("2001:db8:{i}::1")])?;
+            b.ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:{i}::1"),
+            ])?;
             b.ns.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"])?;
         }
         Ok(())
@@ -174,20 +230,23 @@ impl Topology {
     pub fn start_servers(&mut self, port: u16) -> Result<()> {
         let bin = bin_path("canary-testsrv")?;
         for b in &self.backends {
-            let mut child = b
-                .ns
-                .command(bin.to_str().unwrap())
-                .args(["--name", &b.name, "--port", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()?;
+            let mut child =
+                b.ns.command(bin.to_str().unwrap())
+                    .args(["--name", &b.name, "--port", &port.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .spawn()?;
             let mut line = String::new();
             std::io::BufRead::read_line(
                 &mut std::io::BufReader::new(child.stdout.take().unwrap()),
                 &mut line,
             )?;
-            anyhow::ensure!(line.starts_with("listening"), "testsrv on {}: {line:?}", b.name);
+            anyhow::ensure!(
+                line.starts_with("listening"),
+                "testsrv on {}: {line:?}",
+                b.name
+            );
             self.servers.push(child);
         }
         Ok(())
@@ -200,14 +259,17 @@ impl Topology {
         Daemon::spawn(self, config_yaml, &[])
     }
 
-    /// Runs `canaryctl --socket <ours> args...` (as root, or as `as_user`
-    /// through setpriv) and returns its output whatever the exit status.
-    pub fn canaryctl(&self, args: &[&str], as_user: Option<&str>) -> Result<std::process::Output> {
+    /// Runs `canaryctl --socket <ours> args...` (as root, or as the numeric
+    /// `as_uid` (and gid) through setpriv) and returns its output whatever
+    /// the exit status.
+    pub fn canaryctl(&self, args: &[&str], as_uid: Option<u32>) -> Result<std::process::Output> {
         let bin = bin_path("canaryctl")?;
-        let mut cmd = match as_user {
-            Some(user) => {
+        let mut cmd = match as_uid {
+            Some(uid) => {
+                let id = uid.to_string();
                 let mut c = Command::new("setpriv");
-                c.args(["--reuid", user, "--regid", user, "--clear-groups"]).arg(&bin);
+                c.args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+                    .arg(&bin);
                 c
             }
             None => Command::new(&bin),
@@ -219,7 +281,8 @@ impl Topology {
 
 fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
     crate::netns::run(Command::new("ip").args([
-        "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns", &b.name,
+        "link", "add", a_name, "netns", &a.name, "type", "veth", "peer", "name", b_name, "netns",
+        &b.name,
     ]))?;
     Ok(())
 }

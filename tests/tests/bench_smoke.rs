@@ -14,12 +14,25 @@ fn bench_smoke_runs_every_contender() {
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run canary-bench");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&out_dir);
     assert!(out.status.success(), "canary-bench --smoke failed:\n{text}");
-    for contender in ["xdp_pass", "plain routing", "canary (XDP", "nftables", "HAProxy"] {
+    for contender in [
+        "xdp_pass",
+        "plain routing",
+        "canary (XDP",
+        "nftables",
+        "HAProxy",
+    ] {
         assert!(text.contains(contender), "no {contender:?} row in:\n{text}");
     }
     // setup installs nft and haproxy: every contender really ran.
-    assert!(!text.contains("is not installed"), "a contender was skipped:\n{text}");
+    assert!(
+        !text.contains("is not installed"),
+        "a contender was skipped:\n{text}"
+    );
 }

@@ -4,7 +4,9 @@
 
 use anyhow::Result;
 use canary_common::{VERSION_CANARY, VERSION_STABLE};
-use canary_tests::{burst, client_v4, client_v6, tcp_connect, udp_request, NftCounters, Topology, VIP_V4, VIP_V6};
+use canary_tests::{
+    burst, client_v4, client_v6, tcp_connect, udp_request, NftCounters, Topology, VIP_V4, VIP_V6,
+};
 use canary_userspace::config::Config;
 use canary_userspace::dataplane::vip_key;
 use canary_userspace::maps::Maps;
@@ -85,7 +87,10 @@ fn vip_packet_counter_equals_what_clients_sent() -> Result<()> {
     topo.start_servers(80)?;
     let yaml = config(10.0, "");
     let _d = topo.spawn_canaryd(Some(&yaml))?;
-    let client_nft = NftCounters::install(&topo.client, &[("output", "ip daddr 198.18.100.1 tcp dport 80", "to_vip")])?;
+    let client_nft = NftCounters::install(
+        &topo.client,
+        &[("output", "ip daddr 198.18.100.1 tcp dport 80", "to_vip")],
+    )?;
     let backend_nft: Vec<_> = topo
         .backends
         .iter()
@@ -94,7 +99,9 @@ fn vip_packet_counter_equals_what_clients_sent() -> Result<()> {
 
     let sources: Vec<IpAddr> = (0..200).map(|i| client_v4(i % 100)).collect();
     let vip = SocketAddr::new(VIP_V4.into(), 80);
-    let got = topo.client.run(|| burst(&sources, vip, Duration::from_secs(60)))?;
+    let got = topo
+        .client
+        .run(|| burst(&sources, vip, Duration::from_secs(60)))?;
     assert_eq!(got.len(), 200);
 
     let maps = Maps::from_pins(&topo.pin_dir())?;
@@ -108,7 +115,10 @@ fn vip_packet_counter_equals_what_clients_sent() -> Result<()> {
     let (counted, new_flows) = settled(read_map);
     let received: u64 = backend_nft.iter().map(|n| n.read("in").unwrap().0).sum();
     println!("client sent {sent} packets to the VIP, map counted {counted}, backends received {received}");
-    assert!(sent >= 200 * 5, "at least SYN, ACK, data, ACK, FIN per connection: {sent}");
+    assert!(
+        sent >= 200 * 5,
+        "at least SYN, ACK, data, ACK, FIN per connection: {sent}"
+    );
     assert_eq!(counted, sent, "BPF map vs client nft counter");
     assert_eq!(received, sent, "backends' nft counters vs client's");
     assert_eq!(new_flows, 200, "one new flow per connection");
@@ -125,22 +135,36 @@ fn split_of_real_connections_is_binomial_and_sticky() -> Result<()> {
     let _d = topo.spawn_canaryd(Some(&yaml))?;
     let clients = 500u32;
     let per_client = 4;
-    let sources: Vec<IpAddr> = (0..clients * per_client).map(|i| client_v4(i % clients)).collect();
+    let sources: Vec<IpAddr> = (0..clients * per_client)
+        .map(|i| client_v4(i % clients))
+        .collect();
     let vip = SocketAddr::new(VIP_V4.into(), 80);
-    let got = topo.client.run(|| burst(&sources, vip, Duration::from_secs(240)))?;
+    let got = topo
+        .client
+        .run(|| burst(&sources, vip, Duration::from_secs(240)))?;
 
     let mut by_client: HashMap<IpAddr, HashSet<bool>> = HashMap::new();
     for (src, backend) in &got {
-        by_client.entry(*src).or_default().insert(is_canary(backend));
+        by_client
+            .entry(*src)
+            .or_default()
+            .insert(is_canary(backend));
     }
-    assert!(by_client.values().all(|v| v.len() == 1), "a client changed version");
+    assert!(
+        by_client.values().all(|v| v.len() == 1),
+        "a client changed version"
+    );
     let canary_clients = by_client.values().filter(|v| v.contains(&true)).count() as f64;
     // With source-ip affinity the unit of the split is the client: the
     // canary clients are Binomial(500, 0.1), sd = sqrt(500 * 0.1 * 0.9) = 6.7;
     // 4 sd = 26.8 around 50 (a false failure has probability < 1e-4).
     let (n, p) = (clients as f64, 0.10);
     let sd = (n * p * (1.0 - p)).sqrt();
-    println!("canary clients: {canary_clients} of {clients} (expect {} ± {:.1})", n * p, 4.0 * sd);
+    println!(
+        "canary clients: {canary_clients} of {clients} (expect {} ± {:.1})",
+        n * p,
+        4.0 * sd
+    );
     assert!((canary_clients - n * p).abs() <= 4.0 * sd);
 
     let canary_conns = got.iter().filter(|(_, b)| is_canary(b)).count() as u64;
@@ -179,13 +203,21 @@ fn open_connections_survive_weight_changes() -> Result<()> {
             c.ping(&format!("step {step} conn {i}"))?;
         }
         // New clients follow the new weight at the extremes.
-        let fresh: Vec<IpAddr> = (0..20).map(|i| client_v4(2000 + 20 * step as u32 + i)).collect();
+        let fresh: Vec<IpAddr> = (0..20)
+            .map(|i| client_v4(2000 + 20 * step as u32 + i))
+            .collect();
         let got = client.run(|| burst(&fresh, vip, Duration::from_secs(30)))?;
         if weight == 0.0 {
-            assert!(got.iter().all(|(_, b)| !is_canary(b)), "weight 0 sent a new connection to canary");
+            assert!(
+                got.iter().all(|(_, b)| !is_canary(b)),
+                "weight 0 sent a new connection to canary"
+            );
         }
         if weight == 100.0 {
-            assert!(got.iter().all(|(_, b)| is_canary(b)), "weight 100 sent a new connection to stable");
+            assert!(
+                got.iter().all(|(_, b)| is_canary(b)),
+                "weight 100 sent a new connection to stable"
+            );
         }
     }
     // Each connection is still served by the backend that took it.
@@ -206,27 +238,48 @@ fn overrides_ipv6_and_udp() -> Result<()> {
     let vip = SocketAddr::new(VIP_V4.into(), 80);
     let forced_canary: Vec<IpAddr> = (0..30).map(|i| client_v4(14 * 256 + i)).collect(); // 198.18.30.x
     let forced_stable: Vec<IpAddr> = (0..30).map(|i| client_v4(15 * 256 + i)).collect(); // 198.18.31.x
-    let got = topo.client.run(|| burst(&forced_canary, vip, Duration::from_secs(30)))?;
-    assert!(got.iter().all(|(_, b)| is_canary(b)), "override to canary at weight 0: {got:?}");
+    let got = topo
+        .client
+        .run(|| burst(&forced_canary, vip, Duration::from_secs(30)))?;
+    assert!(
+        got.iter().all(|(_, b)| is_canary(b)),
+        "override to canary at weight 0: {got:?}"
+    );
     d.reload(&config(100.0, "")).unwrap().expect("reload");
-    let got = topo.client.run(|| burst(&forced_stable, vip, Duration::from_secs(30)))?;
-    assert!(got.iter().all(|(_, b)| !is_canary(b)), "override to stable at weight 100: {got:?}");
+    let got = topo
+        .client
+        .run(|| burst(&forced_stable, vip, Duration::from_secs(30)))?;
+    assert!(
+        got.iter().all(|(_, b)| !is_canary(b)),
+        "override to stable at weight 100: {got:?}"
+    );
 
     // IPv6 at 100 %: all canary; at 0 %: all stable.
     let vip6 = SocketAddr::new(VIP_V6.into(), 80);
     let v6: Vec<IpAddr> = (0..40).map(client_v6).collect();
-    let got = topo.client.run(|| burst(&v6, vip6, Duration::from_secs(30)))?;
+    let got = topo
+        .client
+        .run(|| burst(&v6, vip6, Duration::from_secs(30)))?;
     assert!(got.iter().all(|(_, b)| is_canary(b)));
     d.reload(&config(0.0, "")).unwrap().expect("reload");
     let v6: Vec<IpAddr> = (100..140).map(client_v6).collect();
-    let got = topo.client.run(|| burst(&v6, vip6, Duration::from_secs(30)))?;
+    let got = topo
+        .client
+        .run(|| burst(&v6, vip6, Duration::from_secs(30)))?;
     assert!(got.iter().all(|(_, b)| !is_canary(b)));
 
     // UDP through its VIP, both ways rewritten (the reply comes from the VIP).
     let dns = SocketAddr::new("198.18.100.2".parse()?, 53);
     let names = topo.client.run(|| {
         (0..20)
-            .map(|i| udp_request(client_v4(3000 + i), dns, &format!("q{i}"), Duration::from_secs(2)))
+            .map(|i| {
+                udp_request(
+                    client_v4(3000 + i),
+                    dns,
+                    &format!("q{i}"),
+                    Duration::from_secs(2),
+                )
+            })
             .collect::<Result<Vec<_>>>()
     })?;
     assert!(names.iter().all(|n| !is_canary(n)));

@@ -1063,7 +1063,6 @@ fn expiring_ttl_and_oversize_are_left_to_the_stack() {
 
 // Measurement ---------------------------------------------------------------
 
-
 #[test]
 fn checksum_verifier_catches_corruption() {
     let frames = [

@@ -15,7 +15,9 @@ use crate::cmd::{probe, Cmd, TOOLCHAIN_ENV};
 /// `bpftool` (inspecting loaded programs and maps), `curl` (scraping the
 /// metrics endpoint like a Prometheus server would), `haproxy` (the
 /// user-space proxy the benchmark compares with; its smoke run is a test).
-pub const ALWAYS_DEBS: &[&str] = &["iproute2", "nftables", "ethtool", "bpftool", "curl", "haproxy"];
+pub const ALWAYS_DEBS: &[&str] = &[
+    "iproute2", "nftables", "ethtool", "bpftool", "curl", "haproxy",
+];
 
 /// Debian packages for the Debian eBPF toolchain: rustc 1.96 and cargo at
 /// /usr/bin, the prebuilt `core` for `bpfel-unknown-none`, and the LLVM 22

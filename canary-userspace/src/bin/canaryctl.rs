@@ -1,1 +1,274 @@
-fn main() {}
+//! canaryctl: the operator's command line for canaryd. Talks to the
+//! daemon's root-only control socket; input is checked here first, so a
+//! typo is answered without touching the daemon, and again by the daemon.
+//! Errors are one line on stderr (`canaryctl: ...`) and exit status 1.
+
+use anyhow::{bail, Result};
+use canary_userspace::api::{Change, ServiceStatus, Status, VersionStatus, DEFAULT_SOCKET};
+use canary_userspace::client::Client;
+use canary_userspace::config::{percent_to_bp, Version};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Control canaryd: weights, backends, status, explain")]
+struct Args {
+    /// canaryd's control socket.
+    #[arg(long, env = "CANARY_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    socket: PathBuf,
+    /// Print the daemon's JSON answer instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Weights, counters, rates and backends of every service (or one).
+    Status {
+        service: Option<String>,
+        /// Repeat every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Set the canary weight of a service, in percent (0 to 100, two
+    /// decimals). Applies to new connections; open ones keep their backend.
+    SetWeight { service: String, percent: String },
+    /// Canary weight 0: every new connection goes to stable.
+    Rollback { service: String },
+    /// Canary weight 100: every new connection goes to canary.
+    Promote { service: String },
+    /// Add or remove a backend of a pool (run-time; kept across restarts
+    /// until the config file changes that pool).
+    Backends {
+        #[arg(value_enum)]
+        action: BackendAction,
+        service: String,
+        #[arg(value_enum)]
+        pool: Pool,
+        addr: String,
+    },
+    /// Which version and backend a client gets, and why.
+    Explain {
+        service: String,
+        /// Client address, optionally with its source port (IP:PORT,
+        /// [IPv6]:PORT).
+        client: String,
+    },
+    /// Re-read the config file; a config that fails validation changes
+    /// nothing and the reason is printed.
+    Reload,
+    /// Detach the data plane, remove its pins and stop canaryd. Every
+    /// connection through the VIPs breaks.
+    Teardown {
+        /// Required: this interrupts all traffic to the VIPs.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum BackendAction {
+    Add,
+    Remove,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum Pool {
+    Stable,
+    Canary,
+}
+
+fn main() {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(run(args)) {
+        // One line: the chain joined, newlines flattened.
+        let msg = format!("{e:#}").replace('\n', " ");
+        eprintln!("canaryctl: {msg}");
+        std::process::exit(1);
+    }
+}
+
+/// Local check of a weight, with the daemon's rules (same function).
+fn parse_percent(text: &str) -> Result<f64> {
+    let text = text.trim().trim_end_matches('%');
+    let percent: f64 = text
+        .parse()
+        .map_err(|_| anyhow::anyhow!("weight {text:?} is not a number (percent, 0 to 100)"))?;
+    percent_to_bp(percent)?;
+    Ok(percent)
+}
+
+fn parse_addr(text: &str) -> Result<IpAddr> {
+    text.parse().map_err(|_| {
+        anyhow::anyhow!("malformed address {text:?}: expected an IPv4 or IPv6 address")
+    })
+}
+
+async fn run(args: Args) -> Result<()> {
+    let client = Client::new(&args.socket);
+    let json = args.json;
+    match args.command {
+        Command::Status { service, watch } => loop {
+            let status = client.status().await?;
+            let shown = select(status, service.as_deref())?;
+            if watch && !json {
+                // Clear the screen, as `watch` does.
+                print!("\x1b[H\x1b[2J");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                print!("{}", render_status(&shown, service.is_none()));
+            }
+            if !watch {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        },
+        Command::SetWeight { service, percent } => {
+            let percent = parse_percent(&percent)?;
+            done(client.set_weight(&service, percent).await?, json)
+        }
+        Command::Rollback { service } => done(client.rollback(&service).await?, json),
+        Command::Promote { service } => done(client.promote(&service).await?, json),
+        Command::Backends {
+            action,
+            service,
+            pool,
+            addr,
+        } => {
+            let addr = parse_addr(&addr)?;
+            let pool = match pool {
+                Pool::Stable => Version::Stable,
+                Pool::Canary => Version::Canary,
+            };
+            let add = matches!(action, BackendAction::Add);
+            done(
+                client.change_backend(&service, add, pool, addr).await?,
+                json,
+            )
+        }
+        Command::Explain {
+            service,
+            client: who,
+        } => {
+            canary_userspace::explain::parse_client(&who)?;
+            let e = client.explain(&service, &who).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!(
+                    "{} -> {} {} ({})",
+                    who,
+                    e.version.name(),
+                    e.backend,
+                    e.decided_by
+                );
+                println!("{}", e.reason);
+            }
+            Ok(())
+        }
+        Command::Reload => done(client.reload().await?, json),
+        Command::Teardown { yes } => {
+            if !yes {
+                bail!("teardown stops all forwarding through the VIPs; add --yes to do it");
+            }
+            done(client.teardown().await?, json)
+        }
+    }
+}
+
+fn done(change: Change, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&change)?);
+    } else if change.changes.is_empty() {
+        println!("no change");
+    } else {
+        for line in &change.changes {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// The whole status, or one service of it (an unknown name is an error).
+fn select(mut status: Status, service: Option<&str>) -> Result<Status> {
+    if let Some(name) = service {
+        status.services.retain(|s| s.name == name);
+        if status.services.is_empty() {
+            bail!("unknown service: {name}");
+        }
+    }
+    Ok(status)
+}
+
+fn share(x: Option<f64>) -> String {
+    x.map(|s| format!("{:.1}%", s * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn render_status(status: &Status, with_datapath: bool) -> String {
+    let mut out = String::new();
+    for s in &status.services {
+        render_service(&mut out, s);
+    }
+    if with_datapath && !status.datapath.is_empty() {
+        out.push_str("data path:");
+        for (reason, n) in &status.datapath {
+            if *n > 0 {
+                out.push_str(&format!(" {reason}={n}"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn render_service(out: &mut String, s: &ServiceStatus) {
+    let addr = match s.vip {
+        IpAddr::V6(v6) => format!("[{v6}]:{}", s.port),
+        IpAddr::V4(v4) => format!("{v4}:{}", s.port),
+    };
+    out.push_str(&format!(
+        "{}  {addr}/{}  affinity {}  canary weight {:.2}% (set by {})\n",
+        s.name, s.protocol, s.affinity, s.weight_percent, s.weight_source
+    ));
+    out.push_str(&format!(
+        "  {:<8} {:>12} {:>10} {:>14} {:>10} {:>14}\n",
+        "version", "new flows", "flows/s", "packets", "pkts/s", "reply packets"
+    ));
+    let row = |out: &mut String, name: &str, v: &VersionStatus| {
+        out.push_str(&format!(
+            "  {:<8} {:>12} {:>10.1} {:>14} {:>10.1} {:>14}\n",
+            name, v.new_flows, v.new_flows_per_sec, v.packets, v.packets_per_sec, v.reply_packets
+        ));
+    };
+    row(out, "stable", &s.stable);
+    row(out, "canary", &s.canary);
+    out.push_str(&format!(
+        "  canary share of new connections: last second {}, since configured {}\n",
+        share(s.observed_canary_share),
+        share(s.observed_canary_share_total)
+    ));
+    for b in &s.backends {
+        out.push_str(&format!(
+            "    {:<6} {:<39} new flows {:>10}  packets {:>12}  flows/s {:>8.1}\n",
+            b.version.name(),
+            b.addr.to_string(),
+            b.new_flows,
+            b.packets,
+            b.new_flows_per_sec
+        ));
+    }
+}

@@ -159,7 +159,7 @@ async fn run(args: Args) -> Result<()> {
                     error!("reading counters: {e:#}");
                 }
                 seconds += 1;
-                if stats_every > 0 && seconds % stats_every == 0 {
+                if stats_every > 0 && seconds.is_multiple_of(stats_every) {
                     if let Ok(snap) = report::snapshot(&d.dp) {
                         for line in snap.lines() {
                             info!("{line}");

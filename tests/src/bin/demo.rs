@@ -44,14 +44,19 @@ fn ctl(topo: &Topology, args: &[&str]) -> Result<String> {
 }
 
 fn run() -> Result<()> {
-    heading("building the topology: client, load balancer, backends b1 b2 (stable) and b3 (canary)");
+    heading(
+        "building the topology: client, load balancer, backends b1 b2 (stable) and b3 (canary)",
+    );
     let mut topo = Topology::new(3)?;
     println!("  namespaces {}-{{client,lb,b1,b2,b3}}", topo.id);
     topo.start_servers(80)?;
 
     heading("starting canaryd with its built-in config (shop: 198.18.100.1:80, canary weight 10%)");
     let mut daemon = topo.spawn_canaryd(None)?;
-    println!("  canaryd pid {} attached to lb-client and lb-b1..3", daemon.pid());
+    println!(
+        "  canaryd pid {} attached to lb-client and lb-b1..3",
+        daemon.pid()
+    );
 
     let vip = SocketAddr::new(VIP_V4.into(), 80);
     let sources: Vec<IpAddr> = (0..300).map(|i| client_v4(i % 150)).collect();
@@ -93,7 +98,10 @@ fn run() -> Result<()> {
     heading("stopping canaryd and tearing the topology down");
     daemon.stop();
     let log = daemon.log();
-    for line in log.lines().filter(|l| l.contains("canary weight") || l.contains("final")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("canary weight") || l.contains("final"))
+    {
         println!("  log: {line}");
     }
     drop(daemon);

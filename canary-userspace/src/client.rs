@@ -1,0 +1,183 @@
+//! The control API's client (used by `canaryctl`): HTTP/1.1 + JSON over the
+//! Unix socket with hyper. Every failure becomes one line an operator can
+//! act on: no daemon, not root, unknown service, the daemon's refusal.
+
+use crate::api::{ApiError, BackendChange, Change, Explain, SetWeight, Status};
+use crate::config::Version;
+use anyhow::{anyhow, bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{header, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::ErrorKind;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use tokio::net::UnixStream;
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: impl Into<PathBuf>) -> Client {
+        Client {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> Result<UnixStream> {
+        let path = self.socket.display();
+        UnixStream::connect(&self.socket).await.map_err(|e| match e.kind() {
+            ErrorKind::NotFound => anyhow!(
+                "no control socket at {path}: is canaryd running? (--socket or CANARY_SOCKET names another)"
+            ),
+            ErrorKind::PermissionDenied => {
+                anyhow!("permission denied: {path} is root-only (run canaryctl as root)")
+            }
+            ErrorKind::ConnectionRefused => {
+                anyhow!("canaryd is not running ({path} is left from an earlier one)")
+            }
+            _ => anyhow!("connecting to {path}: {e}"),
+        })
+    }
+
+    /// One request on its own connection (canaryctl makes one or a few).
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T> {
+        let io = TokioIo::new(self.connect().await?);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .context("control socket handshake")?;
+        tokio::spawn(conn);
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::HOST, "canaryd")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("canaryd closed the connection")?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .context("reading canaryd's answer")?
+            .to_bytes();
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .with_context(|| format!("canaryd's answer to {uri} does not parse"));
+        }
+        let said = serde_json::from_slice::<ApiError>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
+        match status {
+            StatusCode::FORBIDDEN => bail!("permission denied: {said}"),
+            _ if said.is_empty() => bail!("canaryd answered {status}"),
+            _ => bail!("{said}"),
+        }
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, uri: &str, body: &B) -> Result<T> {
+        self.call(Method::POST, uri, Some(serde_json::to_vec(body)?))
+            .await
+    }
+
+    pub async fn status(&self) -> Result<Status> {
+        self.call(Method::GET, "/v1/status", None).await
+    }
+
+    pub async fn set_weight(&self, service: &str, percent: f64) -> Result<Change> {
+        self.post(&service_uri(service, "weight")?, &SetWeight { percent })
+            .await
+    }
+
+    pub async fn rollback(&self, service: &str) -> Result<Change> {
+        self.post(&service_uri(service, "rollback")?, &()).await
+    }
+
+    pub async fn promote(&self, service: &str) -> Result<Change> {
+        self.post(&service_uri(service, "promote")?, &()).await
+    }
+
+    pub async fn change_backend(
+        &self,
+        service: &str,
+        add: bool,
+        pool: Version,
+        addr: IpAddr,
+    ) -> Result<Change> {
+        let what = if add {
+            "backends/add"
+        } else {
+            "backends/remove"
+        };
+        self.post(&service_uri(service, what)?, &BackendChange { pool, addr })
+            .await
+    }
+
+    pub async fn explain(&self, service: &str, client: &str) -> Result<Explain> {
+        let query = serde_urlencoded::to_string([("client", client)])?;
+        let uri = format!("{}?{query}", service_uri(service, "explain")?);
+        self.call(Method::GET, &uri, None).await
+    }
+
+    pub async fn reload(&self) -> Result<Change> {
+        self.post("/v1/reload", &()).await
+    }
+
+    pub async fn teardown(&self) -> Result<Change> {
+        self.post("/v1/teardown", &()).await
+    }
+}
+
+/// Service names are config names (letters, digits, `-`, `_`, `.`); anything
+/// else cannot name a service and would not make a valid path.
+fn service_uri(service: &str, what: &str) -> Result<String> {
+    let ok = !service.is_empty()
+        && service
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!("unknown service: {service:?} is not a service name");
+    }
+    Ok(format!("/v1/services/{service}/{what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_become_paths_or_errors() {
+        assert_eq!(
+            service_uri("shop-v6", "weight").unwrap(),
+            "/v1/services/shop-v6/weight"
+        );
+        for bad in ["", "a/b", "shop?x=1", "sh op"] {
+            assert!(service_uri(bad, "weight").is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_socket_says_so() {
+        let c = Client::new("/nonexistent/canary-test.sock");
+        let e = c.status().await.unwrap_err().to_string();
+        assert!(
+            e.contains("no control socket at /nonexistent/canary-test.sock"),
+            "{e}"
+        );
+    }
+}

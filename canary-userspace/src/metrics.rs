@@ -1,0 +1,262 @@
+//! The read-only metrics endpoint: `GET /metrics` in the OpenMetrics text
+//! format (prometheus-client encodes it), built on each scrape from the same
+//! `Status` the control API serves, so the two never disagree. It listens
+//! only where the config's `metrics:` says; any other method gets 405, any
+//! other path 404, and nothing here can change the data plane.
+
+use crate::api::Status;
+use anyhow::{Context, Result};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Where a scrape's figures come from (the daemon's `status()`).
+pub type Source = Arc<dyn Fn() -> Result<Status> + Send + Sync>;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+type Counters = Family<Labels, Counter<u64>>;
+type Gauges = Family<Labels, Gauge<f64, AtomicU64>>;
+
+fn counters(registry: &mut Registry, name: &str, help: &str) -> Counters {
+    let family = Counters::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauges(registry: &mut Registry, name: &str, help: &str) -> Gauges {
+    let family = Gauges::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The exposition of one status snapshot. Counter names get `_total`
+/// appended by the encoder: `canary_version_packets_total{service,version}`.
+pub fn encode_status(status: &Status) -> Result<String> {
+    let mut r = Registry::with_prefix("canary");
+    let weight = gauges(
+        &mut r,
+        "weight_percent",
+        "Canary weight the data plane applies to new connections, in percent",
+    );
+    let observed = gauges(
+        &mut r,
+        "observed_canary_share",
+        "Canary share of the new connections of the last sampling interval (absent when there were none)",
+    );
+    let v_packets = counters(
+        &mut r,
+        "version_packets",
+        "Client packets forwarded to a version",
+    );
+    let v_bytes = counters(
+        &mut r,
+        "version_bytes",
+        "Client bytes forwarded to a version",
+    );
+    let v_flows = counters(
+        &mut r,
+        "version_new_flows",
+        "New connections sent to a version",
+    );
+    let v_reply_packets = counters(
+        &mut r,
+        "version_reply_packets",
+        "Reply packets from a version's backends",
+    );
+    let v_reply_bytes = counters(
+        &mut r,
+        "version_reply_bytes",
+        "Reply bytes from a version's backends",
+    );
+    let b_packets = counters(
+        &mut r,
+        "backend_packets",
+        "Client packets forwarded to a backend",
+    );
+    let b_bytes = counters(
+        &mut r,
+        "backend_bytes",
+        "Client bytes forwarded to a backend",
+    );
+    let b_flows = counters(
+        &mut r,
+        "backend_new_flows",
+        "New connections sent to a backend",
+    );
+    let b_reply = counters(
+        &mut r,
+        "backend_reply_packets",
+        "Reply packets from a backend",
+    );
+    let datapath = counters(
+        &mut r,
+        "datapath_packets",
+        "Packets the XDP programs handled, by outcome (see README: data plane)",
+    );
+
+    for s in &status.services {
+        let svc = || vec![("service", s.name.clone())];
+        weight.get_or_create(&svc()).set(s.weight_percent);
+        if let Some(share) = s.observed_canary_share {
+            observed.get_or_create(&svc()).set(share);
+        }
+        for (version, v) in [("stable", &s.stable), ("canary", &s.canary)] {
+            let l = vec![
+                ("service", s.name.clone()),
+                ("version", version.to_string()),
+            ];
+            v_packets.get_or_create(&l).inc_by(v.packets);
+            v_bytes.get_or_create(&l).inc_by(v.bytes);
+            v_flows.get_or_create(&l).inc_by(v.new_flows);
+            v_reply_packets.get_or_create(&l).inc_by(v.reply_packets);
+            v_reply_bytes.get_or_create(&l).inc_by(v.reply_bytes);
+        }
+        for b in &s.backends {
+            let l = vec![
+                ("service", s.name.clone()),
+                ("version", b.version.name().to_string()),
+                ("backend", b.addr.to_string()),
+            ];
+            b_packets.get_or_create(&l).inc_by(b.packets);
+            b_bytes.get_or_create(&l).inc_by(b.bytes);
+            b_flows.get_or_create(&l).inc_by(b.new_flows);
+            b_reply.get_or_create(&l).inc_by(b.reply_packets);
+        }
+    }
+    for (reason, n) in &status.datapath {
+        datapath
+            .get_or_create(&vec![("reason", reason.clone())])
+            .inc_by(*n);
+    }
+    let mut out = String::new();
+    encode(&mut out, &r).context("encoding metrics")?;
+    Ok(out)
+}
+
+/// Binds the metrics listener (before the data plane is touched, so a busy
+/// port fails the start cleanly).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {addr}"))
+}
+
+pub async fn serve_on(listener: TcpListener, source: Source) -> Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(source);
+    axum::serve(listener, app).await.context("metrics endpoint")
+}
+
+async fn scrape(axum::extract::State(source): axum::extract::State<Source>) -> Response {
+    match source().and_then(|s| encode_status(&s)) {
+        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackendStatus, ServiceStatus, VersionStatus};
+    use crate::config::Version;
+
+    fn status() -> Status {
+        let v = |p: u64| VersionStatus {
+            packets: p,
+            bytes: p * 100,
+            new_flows: p / 10,
+            ..Default::default()
+        };
+        Status {
+            instance: "t".into(),
+            services: vec![ServiceStatus {
+                name: "shop".into(),
+                vip: "198.18.100.1".parse().unwrap(),
+                port: 80,
+                protocol: "tcp".into(),
+                affinity: "source-ip".into(),
+                weight_percent: 12.5,
+                weight_source: "config".into(),
+                stable: v(900),
+                canary: v(120),
+                observed_canary_share: Some(0.125),
+                observed_canary_share_total: None,
+                backends: vec![BackendStatus {
+                    addr: "198.18.3.2".parse().unwrap(),
+                    version: Version::Canary,
+                    packets: 120,
+                    bytes: 12000,
+                    new_flows: 12,
+                    reply_packets: 7,
+                    packets_per_sec: 0.0,
+                    new_flows_per_sec: 0.0,
+                }],
+            }],
+            datapath: [("forwarded".to_string(), 1020u64)].into(),
+        }
+    }
+
+    /// Every sample line parses as `series value`, the figures are the
+    /// status's, and the exposition ends with `# EOF`.
+    #[test]
+    fn exposition_carries_the_status() {
+        let text = encode_status(&status()).unwrap();
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+        let sample = |series: &str| -> f64 {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .find_map(|l| {
+                    let (s, v) = l.rsplit_once(' ').unwrap();
+                    (s == series).then(|| v.parse().unwrap())
+                })
+                .unwrap_or_else(|| panic!("missing {series} in\n{text}"))
+        };
+        assert_eq!(sample("canary_weight_percent{service=\"shop\"}"), 12.5);
+        assert_eq!(
+            sample("canary_version_packets_total{service=\"shop\",version=\"stable\"}"),
+            900.0
+        );
+        assert_eq!(
+            sample("canary_version_new_flows_total{service=\"shop\",version=\"canary\"}"),
+            12.0
+        );
+        assert_eq!(
+            sample("canary_backend_reply_packets_total{service=\"shop\",version=\"canary\",backend=\"198.18.3.2\"}"),
+            7.0
+        );
+        assert_eq!(
+            sample("canary_observed_canary_share{service=\"shop\"}"),
+            0.125
+        );
+        assert_eq!(
+            sample("canary_datapath_packets_total{reason=\"forwarded\"}"),
+            1020.0
+        );
+        assert!(
+            text.contains("# TYPE canary_version_packets counter"),
+            "{text}"
+        );
+    }
+
+    /// No connections in the last interval: the share is absent, not 0.
+    #[test]
+    fn unknown_share_is_absent() {
+        let mut s = status();
+        s.services[0].observed_canary_share = None;
+        let text = encode_status(&s).unwrap();
+        assert!(!text.contains("canary_observed_canary_share{"), "{text}");
+    }
+}
