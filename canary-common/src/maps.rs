@@ -16,8 +16,10 @@ pub mod names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const DATAPATH_STATS: &str = "DATAPATH_STATS";
     pub const TX_PORTS: &str = "TX_PORTS";
+    pub const HANDSHAKES: &str = "HANDSHAKES";
+    pub const HEALTH_STATS: &str = "HEALTH_STATS";
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         VIPS,
         SERVICES,
         BACKENDS,
@@ -29,6 +31,8 @@ pub mod names {
         BACKEND_STATS,
         DATAPATH_STATS,
         TX_PORTS,
+        HANDSHAKES,
+        HEALTH_STATS,
     ];
 }
 
@@ -49,6 +53,12 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
 pub const MAX_OVERRIDES: u32 = 16_384;
 /// Interfaces the program may redirect to.
 pub const MAX_TX_PORTS: u32 = 64;
+/// TCP handshakes in flight (SYN forwarded, no SYN-ACK yet). An LRU: under a
+/// SYN flood the oldest are forgotten rather than new ones refused.
+pub const MAX_HANDSHAKES: u32 = 65_536;
+/// Buckets of the SYN -> SYN-ACK histogram: bucket `i` counts times in
+/// `[2^i, 2^(i+1))` microseconds (bucket 0 also takes anything below 1 us).
+pub const HISTOGRAM_BUCKETS: usize = 32;
 
 /// Versions. Index 0 is stable, 1 is canary, everywhere.
 pub const VERSION_STABLE: u32 = 0;
@@ -207,6 +217,59 @@ pub struct BackendStats {
     pub reply_packets: u64,
 }
 
+/// `HANDSHAKES` value (key: the connection's `FlowKey`): a SYN forwarded to
+/// a backend that has not answered yet. The SYN-ACK removes it and records
+/// the time taken; `canaryd` removes the ones older than its handshake
+/// timeout and counts them as failed connections.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingHandshake {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the SYN was forwarded.
+    pub syn_ns: u64,
+    pub service_id: u32,
+    pub version: u32,
+}
+
+/// `HEALTH_STATS` (per-CPU array, index `service_id * 2 + version`, like
+/// `VERSION_STATS`): passive health signals seen on the backend side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthStats {
+    /// First SYN-ACK of a connection whose SYN we forwarded.
+    pub syn_acks: u64,
+    /// RSTs sent by the version's backends on connections we forwarded.
+    pub rsts: u64,
+    /// SYN -> SYN-ACK time, log2 buckets in microseconds.
+    pub handshake_us_log2: [u64; HISTOGRAM_BUCKETS],
+}
+
+impl Default for HealthStats {
+    fn default() -> Self {
+        HealthStats {
+            syn_acks: 0,
+            rsts: 0,
+            handshake_us_log2: [0; HISTOGRAM_BUCKETS],
+        }
+    }
+}
+
+/// The histogram bucket of a handshake that took `ns` nanoseconds:
+/// `floor(log2(us))`, clamped to the last bucket (BPF has no count-leading-
+/// zeros instruction; LLVM expands it into a fixed sequence of shifts).
+#[inline(always)]
+pub fn handshake_bucket(ns: u64) -> u32 {
+    let us = ns / 1000;
+    if us == 0 {
+        return 0;
+    }
+    let log2 = 63 - us.leading_zeros();
+    if log2 >= HISTOGRAM_BUCKETS as u32 {
+        HISTOGRAM_BUCKETS as u32 - 1
+    } else {
+        log2
+    }
+}
+
 /// `DATAPATH_STATS` (per-CPU array of u64, index = reason). What the program
 /// did with packets it did not (or could not) split. Policy for each shape:
 /// anything not addressed to a VIP is passed untouched; a packet addressed to
@@ -243,7 +306,10 @@ pub mod reason {
     pub const FLOW_HIT: u32 = 12;
     /// Flow-table insert failed (decision still applied, not remembered).
     pub const FLOW_INSERT_FAILED: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// From a backend's service address and port, but not a connection we
+    /// forwarded (a health probe from this host, say): passed untouched.
+    pub const PASS_REPLY_NO_FLOW: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// Names for logs and metrics, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -261,6 +327,7 @@ pub mod reason {
         "override_hit",
         "flow_hit",
         "flow_insert_failed",
+        "pass_reply_no_flow",
     ];
 }
 
@@ -297,6 +364,8 @@ mod pod {
     unsafe impl aya::Pod for ReverseNat {}
     unsafe impl aya::Pod for VersionStats {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for PendingHandshake {}
+    unsafe impl aya::Pod for HealthStats {}
 }
 
 #[cfg(test)]
@@ -316,6 +385,19 @@ mod tests {
         assert_eq!(size_of::<BackendAddrKey>(), 20);
         assert_eq!(size_of::<ReverseNat>(), 32);
         assert_eq!(size_of::<VersionStats>(), 40);
+        assert_eq!(size_of::<PendingHandshake>(), 16);
+        assert_eq!(size_of::<HealthStats>(), 16 + 8 * HISTOGRAM_BUCKETS);
+    }
+
+    #[test]
+    fn handshake_buckets_are_log2_microseconds() {
+        assert_eq!(handshake_bucket(0), 0);
+        assert_eq!(handshake_bucket(999), 0);
+        assert_eq!(handshake_bucket(1_000), 0);
+        assert_eq!(handshake_bucket(1_999), 0);
+        assert_eq!(handshake_bucket(2_000), 1);
+        assert_eq!(handshake_bucket(1_000_000), 19); // 1 s = 2^19.93 us
+        assert_eq!(handshake_bucket(u64::MAX), HISTOGRAM_BUCKETS as u32 - 1);
     }
 
     #[test]

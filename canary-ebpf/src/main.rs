@@ -22,8 +22,11 @@
 //!   a miss is decided (source-prefix override, else hash bucket vs weight),
 //!   a backend picked from the pool's live Maglev table and remembered. The
 //!   destination is rewritten (DNAT) with incremental checksum updates.
-//! - from a backend's service port (a reply): the source is rewritten back
-//!   to the VIP. A reply the backend fragments (or sends with IPv4 options or
+//! - from a backend's service port (a reply) on a connection in the flow
+//!   table: the source is rewritten back to the VIP; a SYN-ACK or RST is
+//!   also a health signal (handshake time, resets). From a backend's service
+//!   port but not on a forwarded connection (this host's own health probes):
+//!   passed untouched (`pass_reply_no_flow`). A reply the backend fragments (or sends with IPv4 options or
 //!   IPv6 extension headers) is passed untouched (`pass_not_vip`): keep the
 //!   backends' path MTU at or above the client side's so replies are not
 //!   fragmented.
@@ -59,6 +62,7 @@ use network_types::{
 };
 
 use maps::{BACKENDS, FLOWS, MAGLEV, OVERRIDES, REVERSE_NAT, SERVICES, VIPS};
+use stats::{backend_signal, handshake_started};
 use parse::{ptr_at, words16, words4};
 use stats::{count, drop, pass};
 
@@ -148,6 +152,38 @@ fn l4_header_len(proto: u8) -> usize {
         TcpHdr::LEN
     } else {
         UdpHdr::LEN
+    }
+}
+
+/// TCP flags that matter to health signals.
+struct TcpFlags {
+    syn: bool,
+    ack: bool,
+    rst: bool,
+}
+
+#[inline(always)]
+fn tcp_flags(ctx: &XdpContext, l4: usize) -> Option<TcpFlags> {
+    let tcp = ptr_at::<TcpHdr>(ctx, l4)?;
+    unsafe {
+        Some(TcpFlags {
+            syn: (*tcp).syn() != 0,
+            ack: (*tcp).ack() != 0,
+            rst: (*tcp).rst() != 0,
+        })
+    }
+}
+
+/// A client's SYN (not a SYN-ACK) starts a handshake the backend must answer.
+#[inline(always)]
+fn note_syn(ctx: &XdpContext, l4: usize, flow: &FlowKey, target: &Target) {
+    if flow.proto != PROTO_TCP {
+        return;
+    }
+    if let Some(f) = tcp_flags(ctx, l4) {
+        if f.syn && !f.ack {
+            handshake_started(flow, target.service_id, target.version);
+        }
     }
 }
 
@@ -284,7 +320,7 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
     };
     let (Some(vip), Some((sport, dport))) = (vip, ports) else {
         if ports.is_some() {
-            if let Some(action) = reply_v4::<L3>(ctx, ip, proto, src) {
+            if let Some(action) = reply_v4::<L3>(ctx, ip, proto, src, dst) {
                 return action;
             }
         }
@@ -316,6 +352,7 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
         Ok(t) => t,
         Err(r) => return drop(r),
     };
+    note_syn(ctx, l4, &flow, &target);
     if nat::dnat_v4(ctx, ip, l4, proto, dst, target.addr[0]).is_none() {
         return drop(reason::DROP_MALFORMED);
     }
@@ -332,6 +369,25 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
     action
 }
 
+/// Is this backend packet part of a connection we forwarded? Only those are
+/// rewritten: the host's own connections to a backend (health probes) share
+/// its address and port but are not ours to translate. A backend's SYN-ACK
+/// or RST is a health signal for its version.
+#[inline(always)]
+fn reply_flow(ctx: &XdpContext, l4: usize, flow: &FlowKey, service_id: u32, version: u32) -> bool {
+    if unsafe { FLOWS.get(flow) }.is_none() {
+        return false;
+    }
+    if flow.proto == PROTO_TCP {
+        if let Some(f) = tcp_flags(ctx, l4) {
+            if f.rst || (f.syn && f.ack) {
+                backend_signal(flow, service_id, version, f.syn && f.ack, f.rst);
+            }
+        }
+    }
+    true
+}
+
 /// A reply from a backend's service port: put the VIP back as its source.
 #[inline(always)]
 fn reply_v4<const L3: usize>(
@@ -339,6 +395,7 @@ fn reply_v4<const L3: usize>(
     ip: *mut Ipv4Hdr,
     proto: u8,
     src: u32,
+    dst: u32,
 ) -> Option<u32> {
     let l4 = L3 + Ipv4Hdr::LEN;
     let (sport, dport) = ports(ctx, l4, proto)?;
@@ -350,12 +407,25 @@ fn reply_v4<const L3: usize>(
     };
     let rev = unsafe { REVERSE_NAT.get(&key) }?;
     let (service_id, version, backend_id, vip) =
-        (rev.service_id, rev.version, rev.backend_id, rev.vip[0]);
+        (rev.service_id, rev.version & 1, rev.backend_id, rev.vip[0]);
+    // The connection as the client sent it: client -> VIP.
+    let flow = FlowKey {
+        src: [dst, 0, 0, 0],
+        dst: [vip, 0, 0, 0],
+        sport: dport,
+        dport: sport,
+        proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    };
+    if !reply_flow(ctx, l4, &flow, service_id, version) {
+        return Some(pass(reason::PASS_REPLY_NO_FLOW));
+    }
     nat::snat_v4(ctx, ip, l4, proto, src, vip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let action = forward::route_v4::<L3>(ctx, ip, proto, sport, dport);
     if action != xdp_action::XDP_DROP {
-        stats::count_reply(service_id, version & 1, backend_id, frame_len);
+        stats::count_reply(service_id, version, backend_id, frame_len);
     }
     Some(action)
 }
@@ -402,7 +472,7 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
     };
     let (Some(vip), Some((sport, dport))) = (vip, ports) else {
         if ports.is_some() {
-            if let Some(action) = reply_v6::<L3>(ctx, ip, next_hdr, src) {
+            if let Some(action) = reply_v6::<L3>(ctx, ip, next_hdr, src, dst) {
                 return action;
             }
         }
@@ -433,6 +503,7 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
         Ok(t) => t,
         Err(r) => return drop(r),
     };
+    note_syn(ctx, l4, &flow, &target);
     if nat::dnat_v6(ctx, ip, l4, next_hdr, &dst, &target.addr).is_none() {
         return drop(reason::DROP_MALFORMED);
     }
@@ -463,6 +534,7 @@ fn reply_v6<const L3: usize>(
     ip: *mut Ipv6Hdr,
     proto: u8,
     src: [u32; 4],
+    dst: [u32; 4],
 ) -> Option<u32> {
     let l4 = L3 + Ipv6Hdr::LEN;
     let (sport, dport) = ports(ctx, l4, proto)?;
@@ -474,12 +546,24 @@ fn reply_v6<const L3: usize>(
     };
     let rev = unsafe { REVERSE_NAT.get(&key) }?;
     let (service_id, version, backend_id, vip) =
-        (rev.service_id, rev.version, rev.backend_id, rev.vip);
+        (rev.service_id, rev.version & 1, rev.backend_id, rev.vip);
+    let flow = FlowKey {
+        src: dst,
+        dst: vip,
+        sport: dport,
+        dport: sport,
+        proto,
+        family: FAMILY_V6,
+        _pad: [0; 2],
+    };
+    if !reply_flow(ctx, l4, &flow, service_id, version) {
+        return Some(pass(reason::PASS_REPLY_NO_FLOW));
+    }
     nat::snat_v6(ctx, ip, l4, proto, &src, &vip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let action = forward::route_v6::<L3>(ctx, ip, proto, sport, dport);
     if action != xdp_action::XDP_DROP {
-        stats::count_reply(service_id, version & 1, backend_id, frame_len);
+        stats::count_reply(service_id, version, backend_id, frame_len);
     }
     Some(action)
 }

@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use canary_common::{
-    BackendAddrKey, BackendInfo, BackendStats, FlowKey, FlowState, OverrideKeyData, OverrideValue,
-    ReverseNat, ServiceState, VersionStats, VipInfo, VipKey, DEFAULT_FLOW_TABLE_SIZE,
-    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_OVERRIDES, MAX_SERVICES, MAX_TX_PORTS, NUM_VERSIONS,
+    BackendAddrKey, BackendInfo, BackendStats, FlowKey, FlowState, HealthStats, OverrideKeyData,
+    OverrideValue, PendingHandshake, ReverseNat, ServiceState, VersionStats, VipInfo, VipKey,
+    DEFAULT_FLOW_TABLE_SIZE, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_HANDSHAKES, MAX_OVERRIDES,
+    MAX_SERVICES, MAX_TX_PORTS, NUM_VERSIONS,
 };
 
 /// VIP (addr, port, proto) -> service. An entry with port 0 and proto 0 marks
@@ -50,3 +51,13 @@ pub static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(canary_common:
 /// Interfaces the program may redirect to, keyed by ifindex.
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
+
+/// TCP handshakes in flight: SYN forwarded, no SYN-ACK seen yet.
+#[map(name = "HANDSHAKES")]
+pub static HANDSHAKES: LruHashMap<FlowKey, PendingHandshake> =
+    LruHashMap::pinned(MAX_HANDSHAKES, 0);
+
+/// Passive health signals per (service, version).
+#[map(name = "HEALTH_STATS")]
+pub static HEALTH_STATS: PerCpuArray<HealthStats> =
+    PerCpuArray::pinned(MAX_SERVICES * NUM_VERSIONS, 0);

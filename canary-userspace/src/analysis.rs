@@ -79,7 +79,7 @@
 //! 26 canary failures against none on stable at alpha_check = 8e-4). Sample
 //! sizes are capped at [`MAX_REQUIRED_SAMPLE`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Floor on the stable error rate used for sizing a step (not for testing).
 pub const P0_FLOOR: f64 = 0.005;
@@ -88,7 +88,7 @@ pub const P0_FLOOR: f64 = 0.005;
 pub const MAX_REQUIRED_SAMPLE: u64 = 1_000_000;
 
 /// Handshake histogram buckets: bucket `i` holds `[2^i, 2^(i+1))` µs.
-pub const HISTOGRAM_BUCKETS: usize = 32;
+pub use canary_common::HISTOGRAM_BUCKETS;
 
 /// Fewest recorded handshakes for which a p99 is read at all.
 pub const MIN_HANDSHAKES_FOR_P99: u64 = 100;
@@ -380,7 +380,7 @@ pub fn histogram_quantile(h: &[u64; HISTOGRAM_BUCKETS], q: f64) -> Option<f64> {
 // ---------------------------------------------------------------------------
 
 /// One version's counters over the window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionCounts {
     /// Connections attempted (SYNs forwarded to the version).
     pub attempts: u64,
@@ -408,7 +408,7 @@ impl VersionCounts {
 }
 
 /// Both versions over the same window.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowCounts {
     pub stable: VersionCounts,
     pub canary: VersionCounts,
@@ -449,7 +449,7 @@ impl Default for Limits {
 }
 
 /// What a step should do now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     /// The canary has the sample the step needs and no check failed.
@@ -461,7 +461,7 @@ pub enum Verdict {
 }
 
 /// A verdict with the figures behind it, for status and the decision log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analysis {
     pub verdict: Verdict,
     pub canary_attempts: u64,

@@ -10,6 +10,8 @@
 //! | POST | /v1/services/{name}/backends/add | `BackendChange` | `Change` |
 //! | POST | /v1/services/{name}/backends/remove | `BackendChange` | `Change` |
 //! | GET | /v1/services/{name}/explain?client=IP[:PORT] | | `Explain` |
+//! | POST | /v1/services/{name}/rollout/{start,pause,resume,abort} | | `Change` |
+//! | GET | /v1/events?after=SEQ&wait_ms=MS | | `[Event]` (long poll) |
 //! | POST | /v1/reload | | `Change` |
 //! | POST | /v1/teardown | | `Change` |
 //!
@@ -52,6 +54,54 @@ pub struct BackendStatus {
     pub reply_packets: u64,
     pub packets_per_sec: f64,
     pub new_flows_per_sec: f64,
+    /// Probe verdict; None when the service has no `health:`.
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    /// The last probe outcome that changed the verdict.
+    #[serde(default)]
+    pub health_detail: Option<String>,
+}
+
+/// Passive health signals of one version, since canaryd started (the
+/// counters live in the data plane; timeouts are counted by canaryd).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VersionSignals {
+    pub syn_acks: u64,
+    pub resets: u64,
+    pub handshake_timeouts: u64,
+    pub handshake_p50_ms: Option<f64>,
+    pub handshake_p99_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Signals {
+    pub stable: VersionSignals,
+    pub canary: VersionSignals,
+}
+
+/// Where a rollout is, for status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RolloutStatus {
+    /// "running", "paused", "promoted" or "aborted".
+    pub phase: String,
+    /// 1-based step number and the plan.
+    pub step: usize,
+    pub steps: Vec<f64>,
+    pub step_elapsed_s: f64,
+    pub step_interval_s: f64,
+    /// Until the step's interval ends (it also waits for its sample).
+    pub time_left_s: f64,
+    pub canary_connections: u64,
+    pub canary_failures: u64,
+    pub stable_connections: u64,
+    pub stable_failures: u64,
+    /// Canary connections the step needs before it can pass.
+    pub required_canary_connections: Option<u64>,
+    /// The last analysis' verdict in words.
+    pub verdict: String,
+    pub analysis: Option<crate::analysis::Analysis>,
+    pub reason: Option<String>,
+    pub history: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -75,6 +125,13 @@ pub struct ServiceStatus {
     /// The same since the service was configured.
     pub observed_canary_share_total: Option<f64>,
     pub backends: Vec<BackendStatus>,
+    #[serde(default)]
+    pub signals: Signals,
+    #[serde(default)]
+    pub rollout: Option<RolloutStatus>,
+    /// Rollbacks of this service so far (kept across restarts).
+    #[serde(default)]
+    pub rollbacks: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

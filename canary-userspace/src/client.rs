@@ -134,6 +134,22 @@ impl Client {
         self.call(Method::GET, &uri, None).await
     }
 
+    /// `verb`: start, pause, resume or abort.
+    pub async fn rollout(&self, service: &str, verb: &str) -> Result<Change> {
+        self.post(&service_uri(service, &format!("rollout/{verb}"))?, &())
+            .await
+    }
+
+    /// Events after `after`, waiting up to `wait_ms` for one.
+    pub async fn events(&self, after: u64, wait_ms: u64) -> Result<Vec<crate::events::Event>> {
+        self.call(
+            Method::GET,
+            &format!("/v1/events?after={after}&wait_ms={wait_ms}"),
+            None,
+        )
+        .await
+    }
+
     pub async fn reload(&self) -> Result<Change> {
         self.post("/v1/reload", &()).await
     }

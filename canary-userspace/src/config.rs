@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The configuration compiled into canaryd, used when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.yaml");
@@ -112,6 +113,172 @@ pub struct ServiceConfig {
     /// from the service name.
     #[serde(default)]
     pub seed: Option<u32>,
+    /// Active health probes of every backend; none when absent.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// The step-wise rollout plan `canaryctl rollout start` runs.
+    #[serde(default)]
+    pub rollout: Option<RolloutConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// A TCP connect within the timeout.
+    #[default]
+    Tcp,
+    /// An HTTP/1.1 GET of `path` answered with `expect_status` within the
+    /// timeout (and within `max_latency`, if set).
+    Http,
+}
+
+fn default_probe_path() -> String {
+    "/".into()
+}
+fn default_expect_status() -> u16 {
+    200
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_unhealthy_after() -> u32 {
+    3
+}
+fn default_healthy_after() -> u32 {
+    2
+}
+
+/// Active probes: a backend that fails `unhealthy_after` probes in a row
+/// leaves its pool's Maglev table (open connections stay), and returns after
+/// `healthy_after` successes in a row. A pool whose every backend is unhealthy
+/// keeps them all (failing open); for the canary pool that also rolls the
+/// canary back (weight 0).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default)]
+    pub probe: ProbeKind,
+    /// Port probed; default the service port (required for UDP services).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// An HTTP answer slower than this counts as a failure.
+    #[serde(default, with = "humantime_serde")]
+    pub max_latency: Option<Duration>,
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRollback {
+    /// Canary connections already open are left to finish.
+    #[default]
+    Keep,
+    /// Canary connections are forgotten by the flow table at once, so their
+    /// next packets are split again (they break: the new backend has no
+    /// such connection).
+    Reset,
+}
+
+fn default_alpha() -> f64 {
+    0.01
+}
+fn default_power() -> f64 {
+    0.9
+}
+fn default_min_canary_connections() -> u64 {
+    100
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+/// Limits of each step's analysis (see `analysis.rs` for the statistics).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// Ceiling on the canary's connection error ratio (RSTs and handshake
+    /// timeouts over connections), 0..1.
+    #[serde(default)]
+    pub max_error_ratio: Option<f64>,
+    /// Ceiling on the canary's p99 SYN -> SYN-ACK time, milliseconds.
+    #[serde(default)]
+    pub max_p99_handshake_ms: Option<f64>,
+    /// The canary's error ratio may be at most this multiple of stable's in
+    /// the same window (> 1); each step is sized to detect this regression.
+    #[serde(default)]
+    pub max_canary_vs_stable_ratio: Option<f64>,
+    /// Probability that a rollout of a canary as good as stable is rolled
+    /// back anyway (split over steps and checks).
+    #[serde(default = "default_alpha")]
+    pub false_alarm_rate: f64,
+    /// Probability of catching a canary exactly at the ratio limit.
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// No step passes with fewer canary connections than this.
+    #[serde(default = "default_min_canary_connections")]
+    pub min_canary_connections: u64,
+    /// A SYN with no SYN-ACK after this long is a failed connection.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            max_error_ratio: None,
+            max_p99_handshake_ms: None,
+            max_canary_vs_stable_ratio: None,
+            false_alarm_rate: default_alpha(),
+            power: default_power(),
+            min_canary_connections: default_min_canary_connections(),
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Canary weights in percent, rising, e.g. [5, 10, 15, 20, 50, 100].
+    pub steps: Vec<f64>,
+    /// Least observation time per step (a step also waits for the canary
+    /// connections its analysis needs).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub analysis: AnalysisConfig,
+    #[serde(default)]
+    pub on_rollback: OnRollback,
+}
+
+impl RolloutConfig {
+    /// The statistics' limits for this plan.
+    pub fn limits(&self) -> crate::analysis::Limits {
+        let a = &self.analysis;
+        crate::analysis::Limits {
+            max_error_ratio: a.max_error_ratio,
+            max_canary_vs_stable_ratio: a.max_canary_vs_stable_ratio,
+            max_p99_handshake_ms: a.max_p99_handshake_ms,
+            alpha: a.false_alarm_rate,
+            steps: self.steps.len() as u32,
+            power: a.power,
+            min_canary_connections: a.min_canary_connections,
+        }
+    }
 }
 
 /// Percent (0..=100, at most two decimals) to basis points.
@@ -314,6 +481,12 @@ impl Config {
                 }
             }
             total_overrides += s.overrides.len();
+            if let Some(h) = &s.health {
+                validate_health(h, s).with_context(|| format!("{at}.health"))?;
+            }
+            if let Some(r) = &s.rollout {
+                validate_rollout(r, s).with_context(|| format!("{at}.rollout"))?;
+            }
         }
         for s in &self.services {
             for b in s.stable.iter().chain(&s.canary) {
@@ -336,6 +509,98 @@ impl Config {
         let _ = WEIGHT_SCALE_BP;
         Ok(())
     }
+}
+
+fn validate_health(h: &HealthConfig, s: &ServiceConfig) -> Result<()> {
+    if h.interval < Duration::from_millis(50) {
+        bail!("interval: {:?} is below 50ms", h.interval);
+    }
+    if h.timeout.is_zero() || h.timeout > h.interval {
+        bail!(
+            "timeout: {:?} must be above 0 and at most the interval {:?}",
+            h.timeout,
+            h.interval
+        );
+    }
+    if h.unhealthy_after == 0 || h.healthy_after == 0 {
+        bail!("unhealthy_after and healthy_after: must be at least 1");
+    }
+    if h.port == Some(0) {
+        bail!("port: must be 1 to 65535");
+    }
+    if s.protocol == Protocol::Udp && h.port.is_none() {
+        bail!("port: a UDP service's backends are probed over TCP; name the port");
+    }
+    if h.probe == ProbeKind::Http {
+        if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!(
+                "path: {:?} must start with '/' and contain no spaces",
+                h.path
+            );
+        }
+        if !(100..=599).contains(&h.expect_status) {
+            bail!("expect_status: {} is not an HTTP status", h.expect_status);
+        }
+    }
+    Ok(())
+}
+
+fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
+    if r.steps.is_empty() {
+        bail!("steps: at least one step is needed");
+    }
+    let mut last = 0.0;
+    for (i, step) in r.steps.iter().enumerate() {
+        percent_to_bp(*step).with_context(|| format!("steps[{i}]"))?;
+        if *step <= last {
+            bail!("steps[{i}]: {step} must be above the step before ({last})");
+        }
+        last = *step;
+    }
+    if r.interval < Duration::from_millis(100) {
+        bail!("interval: {:?} is below 100ms", r.interval);
+    }
+    if s.canary.is_empty() {
+        bail!("the canary pool is empty: nothing to roll out");
+    }
+    let a = &r.analysis;
+    if let Some(p) = a.max_error_ratio {
+        if !(p > 0.0 && p < 1.0) {
+            bail!("analysis.max_error_ratio: {p} must be between 0 and 1");
+        }
+    }
+    if let Some(r) = a.max_canary_vs_stable_ratio {
+        if r.is_nan() || r <= 1.0 {
+            bail!("analysis.max_canary_vs_stable_ratio: {r} must be above 1");
+        }
+    }
+    if let Some(ms) = a.max_p99_handshake_ms {
+        if ms.is_nan() || ms <= 0.0 {
+            bail!("analysis.max_p99_handshake_ms: {ms} must be above 0");
+        }
+    }
+    if !(a.false_alarm_rate > 0.0 && a.false_alarm_rate < 0.5) {
+        bail!(
+            "analysis.false_alarm_rate: {} must be between 0 and 0.5",
+            a.false_alarm_rate
+        );
+    }
+    if !(a.power > 0.5 && a.power < 1.0) {
+        bail!("analysis.power: {} must be between 0.5 and 1", a.power);
+    }
+    if a.handshake_timeout < Duration::from_millis(100) {
+        bail!(
+            "analysis.handshake_timeout: {:?} is below 100ms",
+            a.handshake_timeout
+        );
+    }
+    let limits = a.max_error_ratio.is_some()
+        || a.max_canary_vs_stable_ratio.is_some()
+        || a.max_p99_handshake_ms.is_some();
+    if limits && s.protocol != Protocol::Tcp {
+        bail!("analysis: connection errors and handshake times are measured for TCP services only");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -458,6 +723,79 @@ services:
             "vip: 198.18.100.9\n    port: 80\n    protocol: tcp\n    stable: [198.18.5.2]",
         );
         assert!(err_of(&dup).contains("duplicate service name"));
+    }
+
+    const PLAN: &str = r#"    health:
+      probe: http
+      path: /healthz
+      interval: 250ms
+      timeout: 200ms
+      unhealthy_after: 3
+    rollout:
+      steps: [5, 10, 20, 50, 100]
+      interval: 30s
+      analysis:
+        max_error_ratio: 0.02
+        max_canary_vs_stable_ratio: 2
+        max_p99_handshake_ms: 50
+      on_rollback: reset
+"#;
+
+    #[test]
+    fn health_and_rollout_parse_with_durations() {
+        let c = Config::parse(&format!("{GOOD}{PLAN}")).unwrap();
+        let s = &c.services[0];
+        let h = s.health.as_ref().unwrap();
+        assert_eq!(h.interval, Duration::from_millis(250));
+        assert_eq!(h.probe, ProbeKind::Http);
+        assert_eq!(h.healthy_after, 2);
+        let r = s.rollout.as_ref().unwrap();
+        assert_eq!(r.interval, Duration::from_secs(30));
+        assert_eq!(r.on_rollback, OnRollback::Reset);
+        assert_eq!(r.limits().steps, 5);
+        assert_eq!(r.analysis.handshake_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn bad_plans_name_the_field() {
+        let good = format!("{GOOD}{PLAN}");
+        let cases = [
+            (
+                good.replace("[5, 10, 20, 50, 100]", "[5, 50, 20]"),
+                "rollout: steps[2]",
+            ),
+            (good.replace("[5, 10, 20, 50, 100]", "[5, 150]"), "steps[1]"),
+            (good.replace("[5, 10, 20, 50, 100]", "[]"), "steps"),
+            (good.replace("interval: 30s", "interval: soon"), "interval"),
+            (
+                good.replace(
+                    "max_canary_vs_stable_ratio: 2",
+                    "max_canary_vs_stable_ratio: 1",
+                ),
+                "above 1",
+            ),
+            (
+                good.replace("max_error_ratio: 0.02", "max_error_ratio: 2"),
+                "max_error_ratio",
+            ),
+            (
+                good.replace("timeout: 200ms", "timeout: 2s"),
+                "health: timeout",
+            ),
+            (good.replace("path: /healthz", "path: healthz"), "path"),
+            (
+                good.replace("unhealthy_after: 3", "unhealthy_after: 0"),
+                "unhealthy_after",
+            ),
+            (
+                good.replace("on_rollback: reset", "on_rollback: maybe"),
+                "on_rollback",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = err_of(&text);
+            assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
+        }
     }
 
     #[test]

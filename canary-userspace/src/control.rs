@@ -121,6 +121,8 @@ pub async fn serve(
         .route("/v1/services/{name}/backends/add", post(backend_add))
         .route("/v1/services/{name}/backends/remove", post(backend_remove))
         .route("/v1/services/{name}/explain", get(explain))
+        .route("/v1/services/{name}/rollout/{verb}", post(rollout))
+        .route("/v1/events", get(events))
         .route("/v1/reload", post(reload))
         .route("/v1/teardown", post(teardown_handler))
         .with_state(ctx);
@@ -212,6 +214,39 @@ async fn backend_remove(
     Json(body): Json<BackendChange>,
 ) -> Reply<Change> {
     backend_change(&ctx, &peer, &name, body, false)
+}
+
+async fn rollout(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((name, verb)): Path<(String, String)>,
+) -> Reply<Change> {
+    peer.check_root()?;
+    let changes = lock(&ctx)
+        .rollout(&name, &verb, &peer.who())
+        .map_err(Fail::from)?;
+    Ok(Json(Change { changes }))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    /// Long poll: wait up to this long (at most 60 s) for a new event.
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn events(
+    State(ctx): State<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(q): Query<EventsQuery>,
+) -> Reply<Vec<crate::events::Event>> {
+    peer.check_root()?;
+    // The log is shared outside the daemon's lock: waiting holds no lock.
+    let log = lock(&ctx).events.clone();
+    let wait = std::time::Duration::from_millis(q.wait_ms.min(60_000));
+    Ok(Json(log.wait_after(q.after, wait).await))
 }
 
 #[derive(Deserialize)]

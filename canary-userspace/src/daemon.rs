@@ -4,17 +4,44 @@
 //! maps as a whole config, logged with who asked, and saved so a restart
 //! keeps it.
 
-use crate::api::{BackendStatus, Explain, ServiceStatus, Status, VersionStatus};
-use crate::config::{percent_to_bp, Config, Protocol, Version, DEFAULT_CONFIG};
+use crate::analysis::{histogram_quantile, VersionCounts, WindowCounts};
+use crate::api::{
+    BackendStatus, Explain, RolloutStatus, ServiceStatus, Signals, Status, VersionSignals,
+    VersionStatus,
+};
+use crate::config::{percent_to_bp, Config, OnRollback, Protocol, Version, DEFAULT_CONFIG};
 use crate::dataplane::DataPlane;
+use crate::events::Events;
+use crate::health::{Probes, Transition};
 use crate::report::{self, Snapshot};
+use crate::rollout::{Action, Phase, Rollout};
 use crate::state::{PoolOverride, RuntimeState, WeightOverride, DEFAULT_STATE_DIR};
 use anyhow::{Context, Result};
-use canary_common::reason;
-use log::info;
+use canary_common::{reason, VERSION_CANARY};
+use log::{error, info, warn};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Who the rollout engine is in logs and weight sources.
+pub const ROLLOUT: &str = "rollout";
+
+/// The probe verdict of one backend.
+#[derive(Debug, Clone)]
+struct BackendHealth {
+    healthy: bool,
+    detail: String,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
 
 /// Why an operation was refused, mapped to an HTTP status by the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +88,18 @@ pub struct Daemon {
     /// The two latest counter snapshots, for per-second rates.
     prev: Option<(Instant, Snapshot)>,
     last: Option<(Instant, Snapshot)>,
+    /// Rollout steps, rollbacks, health changes: followed by canaryctl.
+    pub events: Arc<Events>,
+    /// Probe verdicts of the backends of services with `health:`.
+    health: HashMap<(String, IpAddr), BackendHealth>,
+    probes: Option<Probes>,
+    probe_tx: Option<UnboundedSender<Transition>>,
+    /// Handshakes that got no SYN-ACK in time, per (service, version),
+    /// since this canaryd started.
+    timeouts: HashMap<(String, u32), u64>,
+    /// Cumulative rollout counters per service at the previous tick.
+    tick_prev: HashMap<String, WindowCounts>,
+    last_tick: Option<Instant>,
 }
 
 /// Reads the config file, or the built-in one.
@@ -125,7 +164,443 @@ impl Daemon {
             state_path,
             prev: None,
             last: None,
+            events: Arc::new(Events::default()),
+            health: HashMap::new(),
+            probes: None,
+            probe_tx: None,
+            timeouts: HashMap::new(),
+            tick_prev: HashMap::new(),
+            last_tick: None,
         })
+    }
+
+    /// Starts the health probes; their verdict changes come back through
+    /// `tx` to `health_changed`. Restarted on every reload.
+    pub fn start_probes(&mut self, tx: UnboundedSender<Transition>) {
+        self.probe_tx = Some(tx);
+        self.respawn_probes();
+    }
+
+    fn respawn_probes(&mut self) {
+        let Some(tx) = self.probe_tx.clone() else {
+            return;
+        };
+        // Forget backends (or whole services) that are gone or unprobed.
+        let probed: std::collections::HashSet<(String, IpAddr)> = self
+            .running
+            .services
+            .iter()
+            .filter(|s| s.health.is_some())
+            .flat_map(|s| {
+                s.stable
+                    .iter()
+                    .chain(&s.canary)
+                    .map(move |b| (s.name.clone(), *b))
+            })
+            .collect();
+        self.health.retain(|k, _| probed.contains(k));
+        self.dp.unhealthy.retain(|k| probed.contains(k));
+        let known = self
+            .health
+            .iter()
+            .map(|(k, h)| (k.clone(), h.healthy))
+            .collect();
+        self.probes = None;
+        self.probes = Some(crate::health::spawn(&self.running, &known, tx));
+    }
+
+    /// A probe verdict changed: the backend leaves or rejoins its pool's
+    /// Maglev table, and a canary pool with no healthy backend left rolls
+    /// the canary back.
+    pub fn health_changed(&mut self, t: Transition) {
+        let key = (t.service.clone(), t.addr);
+        let Some(svc) = self
+            .running
+            .services
+            .iter()
+            .find(|s| s.name == t.service)
+            .cloned()
+        else {
+            return;
+        };
+        if !svc.pool(t.version).contains(&t.addr) {
+            return; // a verdict from before a reload removed the backend
+        }
+        self.health.insert(
+            key.clone(),
+            BackendHealth {
+                healthy: t.healthy,
+                detail: t.detail.clone(),
+            },
+        );
+        if t.healthy {
+            self.dp.unhealthy.remove(&key);
+        } else {
+            self.dp.unhealthy.insert(key);
+        }
+        let line = format!(
+            "service {}: {} backend {} is {} ({})",
+            t.service,
+            t.version.name(),
+            t.addr,
+            if t.healthy {
+                "healthy again"
+            } else {
+                "unhealthy"
+            },
+            t.detail
+        );
+        if t.healthy {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        self.events.push(&t.service, "health", line);
+        let running = self.running.clone();
+        match self.dp.apply(&running) {
+            Ok(report) => report.lines.iter().for_each(|l| info!("{l}")),
+            Err(e) => error!("applying the health change: {e:#}"),
+        }
+        let canary_down = !svc.canary.is_empty()
+            && svc
+                .canary
+                .iter()
+                .all(|b| self.dp.unhealthy.contains(&(svc.name.clone(), *b)));
+        let rollout_active = self
+            .state
+            .rollouts
+            .get(&svc.name)
+            .is_some_and(|r| r.active());
+        if canary_down && !t.healthy && (svc.weight_bp() > 0 || rollout_active) {
+            let why = format!(
+                "no healthy canary backend: {} failed its probes ({})",
+                t.addr, t.detail
+            );
+            let reset = svc.rollout.as_ref().map(|r| r.on_rollback) == Some(OnRollback::Reset);
+            self.rollback_now(&svc.name, why, reset);
+        }
+    }
+
+    /// Weight 0 in one map write, the rollout (if any) marked aborted, the
+    /// reason logged and emitted as an event.
+    fn rollback_now(&mut self, service: &str, why: String, reset: bool) {
+        if let Some(r) = self.state.rollouts.get_mut(service) {
+            if r.active() {
+                r.abort(why.clone());
+            }
+        }
+        *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
+        match self.set_weight(service, 0, &format!("{ROLLOUT} (rolled back)")) {
+            Ok(_) => {}
+            Err(e) => error!("rolling back {service}: {}", e.message),
+        }
+        error!("service {service}: ROLLED BACK: {why}");
+        let mut message = format!("rolled back to canary weight 0: {why}");
+        if reset {
+            let n = self.reset_canary_flows(service);
+            message.push_str(&format!(
+                "; {n} open canary connections reset (on_rollback: reset)"
+            ));
+        }
+        self.events.push(service, "rollback", message);
+        let _ = self.state.save(&self.state_path);
+    }
+
+    /// Forgets the flow-table entries of a service's canary connections, so
+    /// their next packets are split again (on_rollback: reset).
+    fn reset_canary_flows(&mut self, service: &str) -> usize {
+        let Some(sid) = self.dp.ids().services.get(service).copied() else {
+            return 0;
+        };
+        let doomed: Vec<_> = self
+            .dp
+            .maps
+            .flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, f)| f.service_id == sid && f.version & 1 == VERSION_CANARY)
+            .map(|(k, _)| k)
+            .collect();
+        doomed
+            .iter()
+            .filter(|k| self.dp.maps.flows.remove(k).is_ok())
+            .count()
+    }
+
+    /// Cumulative counters of a service as the analysis reads them:
+    /// attempts = new connections, failures = backend RSTs + handshake
+    /// timeouts, and the handshake histogram.
+    fn cumulative(&self, service: &str) -> Option<WindowCounts> {
+        let sid = *self.dp.ids().services.get(service)?;
+        let version = |v: u32| -> Option<VersionCounts> {
+            let vs = self.dp.maps.version_stats(sid, v).ok()?;
+            let hs = self.dp.maps.health_stats(sid, v).ok()?;
+            let timeouts = self
+                .timeouts
+                .get(&(service.to_string(), v))
+                .copied()
+                .unwrap_or(0);
+            Some(VersionCounts {
+                attempts: vs.new_flows,
+                failures: hs.rsts + timeouts,
+                handshake_us_log2: hs.handshake_us_log2,
+            })
+        };
+        Some(WindowCounts {
+            stable: version(0)?,
+            canary: version(1)?,
+        })
+    }
+
+    /// The engine's heartbeat (every 250 ms from the daemon's loop): expire
+    /// unanswered handshakes, feed each running rollout its window, carry
+    /// out what it decides, save the progress.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        let dt = self.last_tick.map(|t| now - t);
+        self.last_tick = Some(now);
+
+        let timeout = self
+            .running
+            .services
+            .iter()
+            .filter_map(|s| s.rollout.as_ref().map(|r| r.analysis.handshake_timeout))
+            .min()
+            .unwrap_or(Duration::from_secs(3));
+        let expired = self
+            .dp
+            .maps
+            .expire_handshakes(monotonic_ns(), timeout.as_nanos() as u64);
+        for (sid, v) in expired {
+            if let Some((name, _)) = self.dp.ids().services.iter().find(|(_, id)| **id == sid) {
+                *self.timeouts.entry((name.clone(), v)).or_default() += 1;
+            }
+        }
+
+        let running: Vec<String> = self
+            .state
+            .rollouts
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Running)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut changed = false;
+        for name in running {
+            let Some(cur) = self.cumulative(&name) else {
+                continue;
+            };
+            let prev = self.tick_prev.insert(name.clone(), cur);
+            let (Some(prev), Some(dt)) = (prev, dt) else {
+                continue;
+            };
+            let delta = window_delta(&cur, &prev);
+            let plan = self
+                .running
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.rollout.clone());
+            let Some(plan) = plan else {
+                self.rollback_now(
+                    &name,
+                    "the rollout plan was removed from the config".into(),
+                    false,
+                );
+                continue;
+            };
+            let Some(mut r) = self.state.rollouts.get(&name).cloned() else {
+                continue;
+            };
+            let action = r.tick(&plan, &delta, dt);
+            self.state.rollouts.insert(name.clone(), r);
+            changed = true;
+            self.act(&name, action, plan.on_rollback == OnRollback::Reset);
+        }
+        if changed {
+            if let Err(e) = self.state.save(&self.state_path) {
+                error!("saving the rollout state: {e:#}");
+            }
+        }
+    }
+
+    fn act(&mut self, service: &str, action: Action, reset: bool) {
+        match action {
+            Action::None => {}
+            Action::SetWeight(bp, what) => {
+                if let Err(e) = self.set_weight(service, bp, ROLLOUT) {
+                    error!("{service}: {what}: {}", e.message);
+                    return;
+                }
+                let msg = format!("{what}: canary weight {:.2}%", bp as f64 / 100.0);
+                info!("service {service}: {msg}");
+                self.events.push(service, "step", msg);
+            }
+            Action::Promoted(why) => {
+                info!("service {service}: rollout promoted: {why}");
+                self.events.push(service, "promoted", why);
+            }
+            Action::Rollback(why) => self.rollback_now(service, why, reset),
+        }
+    }
+
+    /// `canaryctl rollout start|pause|resume|abort`.
+    pub fn rollout(&mut self, service: &str, verb: &str, who: &str) -> OpResult<Vec<String>> {
+        let i = self.service_index(service)?;
+        let svc = self.running.services[i].clone();
+        let current = self.state.rollouts.get(service).cloned();
+        let line = match verb {
+            "start" => {
+                let plan = svc.rollout.clone().ok_or_else(|| {
+                    OpError::new(
+                        Refusal::Conflict,
+                        format!("service {service} has no rollout: plan in the config"),
+                    )
+                })?;
+                if let Some(r) = current.as_ref().filter(|r| r.active()) {
+                    return Err(OpError::new(
+                        Refusal::Conflict,
+                        format!(
+                            "a rollout of {service} is already {} at step {}/{}",
+                            r.phase.name(),
+                            r.step + 1,
+                            r.steps.len()
+                        ),
+                    ));
+                }
+                let canary_down = svc
+                    .canary
+                    .iter()
+                    .all(|b| self.dp.unhealthy.contains(&(service.to_string(), *b)));
+                if canary_down {
+                    return Err(OpError::new(
+                        Refusal::Conflict,
+                        format!("service {service}: no healthy canary backend to roll out to"),
+                    ));
+                }
+                let (r, action) = Rollout::start(&plan);
+                self.state.rollouts.insert(service.to_string(), r);
+                if let Some(cur) = self.cumulative(service) {
+                    self.tick_prev.insert(service.to_string(), cur);
+                }
+                let line = format!(
+                    "service {service}: rollout started by {who}: steps {:?} %, {:?} per step",
+                    plan.steps, plan.interval
+                );
+                info!("{line}");
+                self.events.push(service, "rollout", line.clone());
+                self.act(service, action, false);
+                line
+            }
+            "pause" | "resume" => {
+                let mut r = current.ok_or_else(|| {
+                    OpError::new(Refusal::Conflict, format!("no rollout of {service}"))
+                })?;
+                let done = if verb == "pause" {
+                    r.pause()
+                } else {
+                    r.resume()
+                };
+                if !done {
+                    return Err(OpError::new(
+                        Refusal::Conflict,
+                        format!("the rollout of {service} is {}", r.phase.name()),
+                    ));
+                }
+                self.state.rollouts.insert(service.to_string(), r);
+                if verb == "resume" {
+                    // The window resumes from now: paused traffic does not count.
+                    if let Some(cur) = self.cumulative(service) {
+                        self.tick_prev.insert(service.to_string(), cur);
+                    }
+                }
+                self.state.save(&self.state_path)?;
+                let line = format!("service {service}: rollout {verb}d by {who}");
+                info!("{line}");
+                self.events.push(service, "rollout", line.clone());
+                line
+            }
+            "abort" => {
+                let r = current.filter(|r| r.active()).ok_or_else(|| {
+                    OpError::new(
+                        Refusal::Conflict,
+                        format!("no rollout of {service} is running"),
+                    )
+                })?;
+                let why = format!("aborted by {who} at step {}/{}", r.step + 1, r.steps.len());
+                let reset = svc.rollout.as_ref().map(|p| p.on_rollback) == Some(OnRollback::Reset);
+                self.rollback_now(service, why.clone(), reset);
+                format!("service {service}: rollout {why}; canary weight 0")
+            }
+            other => {
+                return Err(OpError::new(
+                    Refusal::BadRequest,
+                    format!("unknown rollout action {other:?} (start, pause, resume, abort)"),
+                ))
+            }
+        };
+        Ok(vec![line])
+    }
+
+    fn rollout_status(&self, service: &str) -> Option<RolloutStatus> {
+        let r = self.state.rollouts.get(service)?;
+        let elapsed = r.step_elapsed_ms as f64 / 1000.0;
+        let interval = r.interval_ms as f64 / 1000.0;
+        let a = r.last.clone();
+        let verdict = match (&r.phase, &a) {
+            (Phase::Promoted, _) => "promoted".to_string(),
+            (Phase::Aborted, _) => "rolled back".to_string(),
+            (_, None) => "no data yet".to_string(),
+            (_, Some(a)) => match &a.verdict {
+                crate::analysis::Verdict::Pass => "pass (waiting for the interval)".into(),
+                crate::analysis::Verdict::NeedMore { have, need } => {
+                    format!("need more canary connections: {have} of {need}")
+                }
+                crate::analysis::Verdict::Fail { reason } => format!("failing: {reason}"),
+            },
+        };
+        Some(RolloutStatus {
+            phase: r.phase.name().to_string(),
+            step: r.step + 1,
+            steps: r.steps.clone(),
+            step_elapsed_s: elapsed,
+            step_interval_s: interval,
+            time_left_s: (interval - elapsed).max(0.0),
+            canary_connections: r.window.canary.attempts,
+            canary_failures: r.window.canary.failures,
+            stable_connections: r.window.stable.attempts,
+            stable_failures: r.window.stable.failures,
+            required_canary_connections: a.as_ref().map(|a| a.required_canary_connections),
+            verdict,
+            analysis: a,
+            reason: r.reason.clone(),
+            history: r.history.clone(),
+        })
+    }
+
+    fn signals(&self, service: &str) -> Signals {
+        let Some(sid) = self.dp.ids().services.get(service).copied() else {
+            return Signals::default();
+        };
+        let one = |v: u32| {
+            let hs = self.dp.maps.health_stats(sid, v).unwrap_or_default();
+            VersionSignals {
+                syn_acks: hs.syn_acks,
+                resets: hs.rsts,
+                handshake_timeouts: self
+                    .timeouts
+                    .get(&(service.to_string(), v))
+                    .copied()
+                    .unwrap_or(0),
+                handshake_p50_ms: histogram_quantile(&hs.handshake_us_log2, 0.5)
+                    .map(|us| us / 1000.0),
+                handshake_p99_ms: histogram_quantile(&hs.handshake_us_log2, 0.99)
+                    .map(|us| us / 1000.0),
+            }
+        };
+        Signals {
+            stable: one(0),
+            canary: one(1),
+        }
     }
 
     pub fn running(&self) -> &Config {
@@ -188,6 +663,7 @@ impl Daemon {
         for l in &lines {
             info!("reload ({who}): {l}");
         }
+        self.respawn_probes();
         Ok(lines)
     }
 
@@ -393,6 +869,16 @@ impl Daemon {
                         reply_packets: b.stats.reply_packets,
                         packets_per_sec: pps,
                         new_flows_per_sec: nps,
+                        healthy: cfg.health.as_ref().map(|_| {
+                            self.health
+                                .get(&(s.name.clone(), b.addr))
+                                .map(|h| h.healthy)
+                                .unwrap_or(true)
+                        }),
+                        health_detail: self
+                            .health
+                            .get(&(s.name.clone(), b.addr))
+                            .map(|h| h.detail.clone()),
                     }
                 })
                 .collect();
@@ -415,6 +901,9 @@ impl Daemon {
                 observed_canary_share: observed,
                 observed_canary_share_total: s.observed_canary_share(),
                 backends,
+                signals: self.signals(&s.name),
+                rollout: self.rollout_status(&s.name),
+                rollbacks: self.state.rollbacks.get(&s.name).copied().unwrap_or(0),
             });
         }
         let datapath = reason::NAMES
@@ -433,6 +922,25 @@ impl Daemon {
     pub fn teardown(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(&self.state_path);
         self.dp.teardown()
+    }
+}
+
+/// This tick's counters: `cur - prev` per field (a reset counter gives 0).
+fn window_delta(cur: &WindowCounts, prev: &WindowCounts) -> WindowCounts {
+    let one = |c: &VersionCounts, p: &VersionCounts| {
+        let mut h = c.handshake_us_log2;
+        for (x, y) in h.iter_mut().zip(p.handshake_us_log2.iter()) {
+            *x = x.saturating_sub(*y);
+        }
+        VersionCounts {
+            attempts: c.attempts.saturating_sub(p.attempts),
+            failures: c.failures.saturating_sub(p.failures),
+            handshake_us_log2: h,
+        }
+    };
+    WindowCounts {
+        stable: one(&cur.stable, &prev.stable),
+        canary: one(&cur.canary, &prev.canary),
     }
 }
 

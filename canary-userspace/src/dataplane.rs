@@ -175,6 +175,11 @@ pub struct DataPlane {
     applied: Option<Config>,
     /// The live Maglev table per (service, version) and its generation.
     maglev_live: HashMap<(u32, u32), (u32, Vec<u32>)>,
+    /// Backends (service, address) the health probes found unhealthy: kept
+    /// in BACKENDS and REVERSE_NAT (their open connections go on) but left
+    /// out of their pool's Maglev table, unless the whole pool is unhealthy
+    /// (then all stay: failing open beats dropping every new connection).
+    pub unhealthy: HashSet<(String, IpAddr)>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -231,6 +236,7 @@ impl DataPlane {
             ids: Ids::default(),
             applied: None,
             maglev_live: HashMap::new(),
+            unhealthy: HashSet::new(),
             logger,
         })
     }
@@ -400,11 +406,17 @@ impl DataPlane {
             }
             let mut state = self.maps.services.get(sid, 0).unwrap_or_default();
             for v in [Version::Stable, Version::Canary] {
-                let pool: Vec<(IpAddr, u32)> = members
+                let all: Vec<(IpAddr, u32)> = members
                     .iter()
                     .filter(|(mv, _, _)| *mv == v)
                     .map(|(_, b, id)| (*b, *id))
                     .collect();
+                let healthy: Vec<(IpAddr, u32)> = all
+                    .iter()
+                    .filter(|(b, _)| !self.unhealthy.contains(&(s.name.clone(), *b)))
+                    .copied()
+                    .collect();
+                let pool = if healthy.is_empty() { all } else { healthy };
                 let table = maglev::build_table(&pool, MAGLEV_TABLE_SIZE);
                 let vi = v.index();
                 let live_gen = state.live_gen[vi as usize] & 1;

@@ -7,8 +7,8 @@ use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, 
 use aya::Ebpf;
 use canary_common::{
     names, reason, version_stats_index, BackendAddrKey, BackendInfo, BackendStats, FlowKey,
-    FlowState, OverrideKeyData, OverrideValue, ReverseNat, ServiceState, VersionStats, VipInfo,
-    VipKey,
+    FlowState, HealthStats, OverrideKeyData, OverrideValue, PendingHandshake, ReverseNat,
+    ServiceState, VersionStats, VipInfo, VipKey,
 };
 use std::path::{Path, PathBuf};
 
@@ -101,6 +101,18 @@ pub fn expected_layout(flow_table_size: u32) -> Vec<(&'static str, u32, u32, u32
             MAX_BACKENDS,
         ),
         (names::DATAPATH_STATS, 4, 8, reason::COUNT),
+        (
+            names::HANDSHAKES,
+            sz(size_of::<FlowKey>()),
+            sz(size_of::<PendingHandshake>()),
+            MAX_HANDSHAKES,
+        ),
+        (
+            names::HEALTH_STATS,
+            4,
+            sz(size_of::<HealthStats>()),
+            MAX_SERVICES * NUM_VERSIONS,
+        ),
     ]
 }
 
@@ -140,6 +152,8 @@ pub struct Maps {
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub datapath_stats: PerCpuArray<MapData, u64>,
     pub tx_ports: DevMapHash<MapData>,
+    pub handshakes: HashMap<MapData, FlowKey, PendingHandshake>,
+    pub health_stats: PerCpuArray<MapData, HealthStats>,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
@@ -180,6 +194,8 @@ impl Maps {
             backend_stats: typed(get(names::BACKEND_STATS)?, names::BACKEND_STATS)?,
             datapath_stats: typed(get(names::DATAPATH_STATS)?, names::DATAPATH_STATS)?,
             tx_ports: typed(get(names::TX_PORTS)?, names::TX_PORTS)?,
+            handshakes: typed(get(names::HANDSHAKES)?, names::HANDSHAKES)?,
+            health_stats: typed(get(names::HEALTH_STATS)?, names::HEALTH_STATS)?,
         })
     }
 
@@ -201,6 +217,44 @@ impl Maps {
             t.reply_packets += s.reply_packets;
         }
         Ok(t)
+    }
+
+    /// Passive health signals of a service's version, summed over CPUs.
+    pub fn health_stats(&self, service_id: u32, version: u32) -> Result<HealthStats> {
+        let per_cpu = self
+            .health_stats
+            .get(&version_stats_index(service_id, version), 0)?;
+        let mut t = HealthStats::default();
+        for s in per_cpu.iter() {
+            t.syn_acks += s.syn_acks;
+            t.rsts += s.rsts;
+            for (a, b) in t
+                .handshake_us_log2
+                .iter_mut()
+                .zip(s.handshake_us_log2.iter())
+            {
+                *a += b;
+            }
+        }
+        Ok(t)
+    }
+
+    /// Removes the handshakes that have waited longer than `timeout_ns` for
+    /// a SYN-ACK (`now_ns` on CLOCK_MONOTONIC, the kernel's
+    /// `bpf_ktime_get_ns`) and returns them as (service id, version). An entry
+    /// the kernel removes meanwhile (its SYN-ACK arrived) is not counted.
+    pub fn expire_handshakes(&mut self, now_ns: u64, timeout_ns: u64) -> Vec<(u32, u32)> {
+        let expired: Vec<(FlowKey, PendingHandshake)> = self
+            .handshakes
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, p)| now_ns.saturating_sub(p.syn_ns) > timeout_ns)
+            .collect();
+        expired
+            .into_iter()
+            .filter(|(k, _)| self.handshakes.remove(k).is_ok())
+            .map(|(_, p)| (p.service_id, p.version & 1))
+            .collect()
     }
 
     /// Data-path outcome counters, indexed by `canary_common::reason`.

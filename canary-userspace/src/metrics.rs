@@ -100,6 +100,42 @@ pub fn encode_status(status: &Status) -> Result<String> {
         "backend_reply_packets",
         "Reply packets from a backend",
     );
+    let syn_acks = counters(
+        &mut r,
+        "version_syn_acks",
+        "First SYN-ACKs from a version's backends",
+    );
+    let resets = counters(&mut r, "version_resets", "RSTs from a version's backends");
+    let timeouts = counters(
+        &mut r,
+        "version_handshake_timeouts",
+        "SYNs a version's backends never answered within the handshake timeout",
+    );
+    let p99 = gauges(
+        &mut r,
+        "version_handshake_p99_ms",
+        "99th percentile of SYN -> SYN-ACK time since canaryd started, milliseconds",
+    );
+    let healthy = gauges(
+        &mut r,
+        "backend_healthy",
+        "1 when the backend passes its probes (probed backends only)",
+    );
+    let step = gauges(
+        &mut r,
+        "rollout_step",
+        "Current step of the service's rollout (1-based; 0 without one)",
+    );
+    let phase = gauges(
+        &mut r,
+        "rollout_phase",
+        "1 for the rollout's phase (running, paused, promoted, aborted)",
+    );
+    let rollbacks = counters(
+        &mut r,
+        "rollbacks",
+        "Rollbacks of the service (automatic or requested)",
+    );
     let datapath = counters(
         &mut r,
         "datapath_packets",
@@ -123,7 +159,38 @@ pub fn encode_status(status: &Status) -> Result<String> {
             v_reply_packets.get_or_create(&l).inc_by(v.reply_packets);
             v_reply_bytes.get_or_create(&l).inc_by(v.reply_bytes);
         }
+        for (version, v) in [("stable", &s.signals.stable), ("canary", &s.signals.canary)] {
+            let l = vec![
+                ("service", s.name.clone()),
+                ("version", version.to_string()),
+            ];
+            syn_acks.get_or_create(&l).inc_by(v.syn_acks);
+            resets.get_or_create(&l).inc_by(v.resets);
+            timeouts.get_or_create(&l).inc_by(v.handshake_timeouts);
+            if let Some(ms) = v.handshake_p99_ms {
+                p99.get_or_create(&l).set(ms);
+            }
+        }
+        step.get_or_create(&svc())
+            .set(s.rollout.as_ref().map(|r| r.step as f64).unwrap_or(0.0));
+        if let Some(ro) = &s.rollout {
+            for ph in ["running", "paused", "promoted", "aborted"] {
+                let l = vec![("service", s.name.clone()), ("phase", ph.to_string())];
+                phase
+                    .get_or_create(&l)
+                    .set(if ro.phase == ph { 1.0 } else { 0.0 });
+            }
+        }
+        rollbacks.get_or_create(&svc()).inc_by(s.rollbacks);
         for b in &s.backends {
+            if let Some(h) = b.healthy {
+                let l = vec![
+                    ("service", s.name.clone()),
+                    ("version", b.version.name().to_string()),
+                    ("backend", b.addr.to_string()),
+                ];
+                healthy.get_or_create(&l).set(if h { 1.0 } else { 0.0 });
+            }
             let l = vec![
                 ("service", s.name.clone()),
                 ("version", b.version.name().to_string()),
@@ -203,7 +270,12 @@ mod tests {
                     reply_packets: 7,
                     packets_per_sec: 0.0,
                     new_flows_per_sec: 0.0,
+                    healthy: Some(false),
+                    health_detail: None,
                 }],
+                signals: Default::default(),
+                rollout: None,
+                rollbacks: 2,
             }],
             datapath: [("forwarded".to_string(), 1020u64)].into(),
         }

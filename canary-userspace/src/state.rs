@@ -6,6 +6,7 @@
 //! for that field changes (an edit of the file wins from then on).
 
 use crate::config::{percent_to_bp, Config, Version};
+use crate::rollout::Rollout;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -44,6 +45,12 @@ pub struct ServiceOverrides {
 pub struct RuntimeState {
     #[serde(default)]
     pub services: BTreeMap<String, ServiceOverrides>,
+    /// The latest rollout of each service: running, paused, or how it ended.
+    #[serde(default)]
+    pub rollouts: BTreeMap<String, Rollout>,
+    /// Automatic and manual rollbacks so far, per service (a metric).
+    #[serde(default)]
+    pub rollbacks: BTreeMap<String, u64>,
 }
 
 impl RuntimeState {
@@ -86,6 +93,8 @@ impl RuntimeState {
     pub fn effective(&mut self, file: &Config) -> Config {
         let mut out = file.clone();
         self.services
+            .retain(|name, _| file.services.iter().any(|s| &s.name == name));
+        self.rollouts
             .retain(|name, _| file.services.iter().any(|s| &s.name == name));
         for s in out.services.iter_mut() {
             let Some(o) = self.services.get_mut(&s.name) else {

@@ -16,4 +16,4 @@ pub use client::{burst, tcp_connect, udp_request, Conn};
 pub use daemon::Daemon;
 pub use netns::Netns;
 pub use nft::NftCounters;
-pub use topology::{bin_path, client_v4, client_v6, Topology, VIP_V4, VIP_V6};
+pub use topology::{bin_path, client_v4, client_v6, ServerOptions, Topology, VIP_V4, VIP_V6};

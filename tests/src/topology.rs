@@ -82,6 +82,15 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// Extra behaviour of the backends' servers.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Also serve an HTTP health endpoint on this port.
+    pub http_port: Option<u16>,
+    /// Reset this fraction of service connections at random.
+    pub rst_fraction: f64,
+}
+
 impl Topology {
     pub fn new(backends: usize) -> Result<Topology> {
         cleanup::leftovers();
@@ -228,11 +237,38 @@ impl Topology {
     /// Starts `canary-testsrv` (TCP and UDP, answering with the backend's
     /// name) on `port` in every backend namespace.
     pub fn start_servers(&mut self, port: u16) -> Result<()> {
+        self.start_servers_with(port, &ServerOptions::default())
+    }
+
+    /// Where backend `name`'s fault switch lives (see `set_fault`).
+    pub fn fault_file(&self, name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-{name}.fault", self.id))
+    }
+
+    /// Switches a fault on a backend's server at run time: "rst", "http500",
+    /// "silent", or "" (healthy). Takes effect for its next connection.
+    pub fn set_fault(&self, name: &str, fault: &str) -> Result<()> {
+        std::fs::write(self.fault_file(name), fault)?;
+        Ok(())
+    }
+
+    pub fn start_servers_with(&mut self, port: u16, opts: &ServerOptions) -> Result<()> {
         let bin = bin_path("canary-testsrv")?;
         for b in &self.backends {
+            let fault_file = self.fault_file(&b.name);
+            std::fs::write(&fault_file, "")?;
+            let mut extra: Vec<String> =
+                vec!["--fault-file".into(), fault_file.display().to_string()];
+            if let Some(p) = opts.http_port {
+                extra.extend(["--http-port".into(), p.to_string()]);
+            }
+            if opts.rst_fraction > 0.0 {
+                extra.extend(["--rst-fraction".into(), opts.rst_fraction.to_string()]);
+            }
             let mut child =
                 b.ns.command(bin.to_str().unwrap())
                     .args(["--name", &b.name, "--port", &port.to_string()])
+                    .args(&extra)
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::inherit())
@@ -296,6 +332,9 @@ impl Drop for Topology {
         let _ = canary_userspace::dataplane::remove_pins(&self.pin_dir());
         let _ = std::fs::remove_dir_all(self.state_dir());
         let _ = std::fs::remove_file(self.socket());
+        for b in &self.backends {
+            let _ = std::fs::remove_file(self.fault_file(&b.name));
+        }
         // Namespaces go when the fields drop.
     }
 }

@@ -325,21 +325,28 @@ fn backend_replies_get_the_vip_back_as_source() {
             macs: Some((mac_nbr(0), mac_lb(0))),
             ..Rewrite::default()
         };
-        // The reply of the flow above, then one from every backend (reverse
-        // NAT needs no flow state: it is keyed by the backend's address).
-        let mut cases = vec![(backend, version, Tcp::SynAck)];
-        for b in ["198.18.1.2", "198.18.2.2", "198.18.3.2"] {
-            let b = v4(b);
-            let v = if b == v4("198.18.3.2") { 1 } else { 0 };
-            cases.push((b, v, Tcp::Ack));
-        }
-        for (b, v, kind) in cases {
-            let side = backend_side(b);
-            let reply = tcp(side, b, 80, client, 40000, kind);
+        let sid = lab.sid("web");
+        let health = |v: u32| lab.dp().maps.health_stats(sid, v).unwrap();
+        let pending = |k: &canary_common::FlowKey| lab.dp().maps.handshakes.get(k, 0).is_ok();
+        assert!(pending(&key), "the SYN left a pending handshake");
+
+        // Replies on the forwarded connection: rewritten. The first SYN-ACK
+        // records the handshake (count and histogram) and ends it; a
+        // retransmitted one is not counted again; a RST is counted.
+        let cases = [
+            (Tcp::SynAck, (1, 0)),
+            (Tcp::SynAck, (0, 0)),
+            (Tcp::Ack, (0, 0)),
+            (Tcp::Rst, (0, 1)),
+        ];
+        for (kind, (want_synacks, want_rsts)) in cases {
+            let side = backend_side(backend);
+            let reply = tcp(side, backend, 80, client, 40000, kind);
             let before = both(lab, "web");
+            let h0 = health(version);
             let dp0 = lab.datapath();
             let r = lab.run(&reply, side as usize);
-            assert_eq!(r.action, XDP_REDIRECT, "reply from {b}");
+            assert_eq!(r.action, XDP_REDIRECT, "reply {kind:?} from {backend}");
             assert_rewritten(&r.out, &reply, to_client(vip), "reply");
             assert_reasons(&dp0, &lab.datapath(), &[(reason::FWD_REDIRECT, 1)], "reply");
             let after = both(lab, "web");
@@ -348,22 +355,56 @@ fn backend_replies_get_the_vip_back_as_source() {
                 reply_bytes: reply.len() as u64,
                 ..ZERO
             };
+            let v = version as usize;
+            assert_eq!(delta(before[v], after[v]), want, "reply stats");
+            assert_eq!(delta(before[1 - v], after[1 - v]), ZERO);
+            let h1 = health(version);
             assert_eq!(
-                delta(before[v as usize], after[v as usize]),
-                want,
-                "reply stats"
+                (h1.syn_acks - h0.syn_acks, h1.rsts - h0.rsts),
+                (want_synacks, want_rsts),
+                "health signals of {kind:?}"
             );
-            assert_eq!(delta(before[1 - v as usize], after[1 - v as usize]), ZERO);
+            let recorded: u64 =
+                h1.handshake_us_log2.iter().sum::<u64>() - h0.handshake_us_log2.iter().sum::<u64>();
+            assert_eq!(recorded, want_synacks, "histogram entries of {kind:?}");
+        }
+        assert!(!pending(&key), "the SYN-ACK ended the pending handshake");
+
+        // The same backend address and port, but not a connection we
+        // forwarded (this host's own health probe, say): untouched.
+        for b in ["198.18.1.2", "198.18.2.2", "198.18.3.2"] {
+            let b = v4(b);
+            let side = backend_side(b);
+            let probe_reply = tcp(side, b, 80, v4("198.18.1.1"), 51000, Tcp::SynAck);
+            let dp0 = lab.datapath();
+            let r = lab.run(&probe_reply, side as usize);
+            assert_eq!(
+                (r.action, &r.out),
+                (XDP_PASS, &probe_reply),
+                "probe reply from {b}"
+            );
+            assert_reasons(
+                &dp0,
+                &lab.datapath(),
+                &[(reason::PASS_REPLY_NO_FLOW, 1)],
+                "probe reply",
+            );
         }
 
         // IPv6 too.
-        let (c6, vip6, b6) = (v6("2001:db8:16::5"), v6(VIP6), v6("2001:db8:2::2"));
-        let reply = tcp(2, b6, 80, c6, 40000, Tcp::SynAck);
+        let (c6, vip6) = (v6("2001:db8:16::5"), v6(VIP6));
+        let key6 = flow_key(c6, 40000, vip6, 80, PROTO_TCP);
+        let syn6 = tcp(0, c6, 40000, vip6, 80, Tcp::Syn);
+        let (_, b6, v6_) = forward_one(lab, "web6", &syn6, &key6, true);
+        let reply = tcp(backend_side(b6), b6, 80, c6, 40000, Tcp::SynAck);
         let before = both(lab, "web6");
-        let r = lab.run(&reply, 2);
+        let r = lab.run(&reply, backend_side(b6) as usize);
         assert_eq!(r.action, XDP_REDIRECT, "IPv6 reply");
         assert_rewritten(&r.out, &reply, to_client(vip6), "IPv6 reply");
-        assert_eq!(delta(before[0], both(lab, "web6")[0]).reply_packets, 1);
+        assert_eq!(
+            delta(before[v6_ as usize], both(lab, "web6")[v6_ as usize]).reply_packets,
+            1
+        );
 
         // A packet from a backend but not from its service port is not a
         // reply: untouched.

@@ -58,6 +58,19 @@ enum Command {
         /// [IPv6]:PORT).
         client: String,
     },
+    /// Run the service's rollout plan (config `rollout:`): start, pause,
+    /// resume, or abort (abort rolls back: canary weight 0).
+    Rollout {
+        #[arg(value_enum)]
+        action: RolloutAction,
+        service: String,
+    },
+    /// The daemon's events (rollout steps, rollbacks, health changes).
+    Events {
+        /// Keep printing new events until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Re-read the config file; a config that fails validation changes
     /// nothing and the reason is printed.
     Reload,
@@ -74,6 +87,25 @@ enum Command {
 enum BackendAction {
     Add,
     Remove,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum RolloutAction {
+    Start,
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl RolloutAction {
+    fn verb(self) -> &'static str {
+        match self {
+            RolloutAction::Start => "start",
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Abort => "abort",
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -179,6 +211,30 @@ async fn run(args: Args) -> Result<()> {
             }
             Ok(())
         }
+        Command::Rollout { action, service } => {
+            done(client.rollout(&service, action.verb()).await?, json)
+        }
+        Command::Events { follow } => {
+            let mut after = 0;
+            loop {
+                let wait = if follow { 30_000 } else { 0 };
+                let batch = tokio::select! {
+                    b = client.events(after, wait) => b?,
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                };
+                for e in &batch {
+                    if json {
+                        println!("{}", serde_json::to_string(e)?);
+                    } else {
+                        println!("{} {:<8} {:<10} {}", e.time, e.kind, e.service, e.message);
+                    }
+                    after = after.max(e.seq);
+                }
+                if !follow {
+                    return Ok(());
+                }
+            }
+        }
         Command::Reload => done(client.reload().await?, json),
         Command::Teardown { yes } => {
             if !yes {
@@ -261,14 +317,64 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
         share(s.observed_canary_share),
         share(s.observed_canary_share_total)
     ));
-    for b in &s.backends {
+    let ms = |x: Option<f64>| {
+        x.map(|v| format!("{v:.2} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for (name, v) in [("stable", &s.signals.stable), ("canary", &s.signals.canary)] {
         out.push_str(&format!(
-            "    {:<6} {:<39} new flows {:>10}  packets {:>12}  flows/s {:>8.1}\n",
+            "  {name} handshakes: {} SYN-ACKs, {} resets, {} timeouts, p50 {}, p99 {}\n",
+            v.syn_acks,
+            v.resets,
+            v.handshake_timeouts,
+            ms(v.handshake_p50_ms),
+            ms(v.handshake_p99_ms)
+        ));
+    }
+    for b in &s.backends {
+        let health = match b.healthy {
+            Some(true) => "healthy",
+            Some(false) => "UNHEALTHY",
+            None => "",
+        };
+        out.push_str(&format!(
+            "    {:<6} {:<39} new flows {:>10}  packets {:>12}  flows/s {:>8.1}  {health}\n",
             b.version.name(),
             b.addr.to_string(),
             b.new_flows,
             b.packets,
             b.new_flows_per_sec
         ));
+    }
+    if let Some(r) = &s.rollout {
+        let plan: Vec<String> = r.steps.iter().map(|p| format!("{p}%")).collect();
+        out.push_str(&format!(
+            "  rollout {}: step {}/{} of [{}], {:.1} s of {:.1} s observed, {:.1} s left\n",
+            r.phase.to_uppercase(),
+            r.step,
+            r.steps.len(),
+            plan.join(" -> "),
+            r.step_elapsed_s,
+            r.step_interval_s,
+            r.time_left_s
+        ));
+        let need = r
+            .required_canary_connections
+            .map(|n| format!(" (the step needs {n})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "    window: canary {}/{} failed{need}, stable {}/{} failed\n",
+            r.canary_failures, r.canary_connections, r.stable_failures, r.stable_connections
+        ));
+        out.push_str(&format!("    last analysis: {}\n", r.verdict));
+        if let Some(why) = &r.reason {
+            out.push_str(&format!("    {why}\n"));
+        }
+        for h in &r.history {
+            out.push_str(&format!("    - {h}\n"));
+        }
+    }
+    if s.rollbacks > 0 {
+        out.push_str(&format!("  rollbacks so far: {}\n", s.rollbacks));
     }
 }

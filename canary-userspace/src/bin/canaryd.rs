@@ -103,6 +103,8 @@ async fn run(args: Args) -> Result<()> {
         }
     };
     let logger = daemon.dp.take_logger();
+    let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
+    daemon.start_probes(probe_tx);
     let daemon = Arc::new(Mutex::new(daemon));
 
     let (teardown_tx, mut teardown_rx) = tokio::sync::mpsc::channel(1);
@@ -133,6 +135,10 @@ async fn run(args: Args) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut sample = tokio::time::interval(Duration::from_secs(1));
+    // The rollout engine's heartbeat: fast enough that a clear failure is
+    // acted on within a fraction of a second.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = args.stats_interval;
     let mut seconds = 0u64;
     let mut teardown = args.on_exit == OnExit::Teardown;
@@ -153,6 +159,8 @@ async fn run(args: Args) -> Result<()> {
                 teardown = true;
                 break;
             }
+            Some(t) = probe_rx.recv() => lock(&daemon).health_changed(t),
+            _ = tick.tick() => lock(&daemon).tick(),
             _ = sample.tick() => {
                 let mut d = lock(&daemon);
                 if let Err(e) = d.sample() {

@@ -1,34 +1,138 @@
 //! A backend for the tests: answers TCP connections with its name and then
 //! echoes lines; answers UDP datagrams with "NAME payload". Dual-stack.
+//!
+//! Options for health tests:
+//! - `--http-port P`: an HTTP/1.1 health endpoint answering any GET with
+//!   `200` and the name;
+//! - `--fault-file F`: read for every new connection, it switches faults on
+//!   at run time: `rst` (every connection on both ports is reset),
+//!   `http500` (the health endpoint answers 500), `silent` (connections are
+//!   accepted but never answered), anything else: healthy;
+//! - `--rst-fraction X`: reset this fraction of service connections at
+//!   random (a baseline error rate, the same on every backend).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .unwrap_or_else(|| panic!("usage: canary-testsrv --name NAME --port PORT"))
-            .clone()
-    };
-    let name = get("--name");
-    let port: u16 = get("--port").parse().expect("port");
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fault {
+    None,
+    Rst,
+    Http500,
+    Silent,
+}
+
+fn fault(file: &Option<PathBuf>) -> Fault {
+    let Some(f) = file else { return Fault::None };
+    match std::fs::read_to_string(f).unwrap_or_default().trim() {
+        "rst" => Fault::Rst,
+        "http500" => Fault::Http500,
+        "silent" => Fault::Silent,
+        _ => Fault::None,
+    }
+}
+
+/// A uniform number in [0, 1) (RandomState is randomly keyed per instance).
+fn uniform() -> f64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(0);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Closes with a RST instead of a FIN.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// Holds a connection open without answering until the peer goes away
+/// (bounded: 60 s).
+fn hang(mut stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut buf = [0u8; 512];
+    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+fn listener(port: u16) -> TcpListener {
     let any: SocketAddr = format!("[::]:{port}").parse().unwrap();
-
     let tcp = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
     tcp.set_only_v6(false).unwrap();
     tcp.set_reuse_address(true).unwrap();
     tcp.bind(&any.into()).unwrap();
     tcp.listen(1024).unwrap();
-    let tcp: TcpListener = tcp.into();
+    tcp.into()
+}
+
+fn http_health(l: TcpListener, name: String, faults: Option<PathBuf>) {
+    for stream in l.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let (name, faults) = (name.clone(), faults.clone());
+        std::thread::spawn(move || {
+            let f = fault(&faults);
+            match f {
+                Fault::Rst => return reset(stream),
+                Fault::Silent => return hang(stream),
+                _ => {}
+            }
+            // Read the request head (bounded), then answer and close.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16384 {
+                match stream.read(&mut buf) {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => return,
+                }
+            }
+            let (code, text) = if f == Fault::Http500 {
+                (500, "Internal Server Error")
+            } else {
+                (200, "OK")
+            };
+            let _ = stream.write_all(
+                format!(
+                    "HTTP/1.1 {code} {text}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                )
+                .as_bytes(),
+            );
+        });
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let usage = "usage: canary-testsrv --name NAME --port PORT [--http-port P] [--fault-file F] [--rst-fraction X]";
+    let name = opt("--name").expect(usage);
+    let port: u16 = opt("--port").expect(usage).parse().expect("port");
+    let faults = opt("--fault-file").map(PathBuf::from);
+    let rst_fraction: f64 = opt("--rst-fraction")
+        .map(|x| x.parse().expect("fraction"))
+        .unwrap_or(0.0);
+
+    let tcp = listener(port);
+    let any: SocketAddr = format!("[::]:{port}").parse().unwrap();
     let udp = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).unwrap();
     udp.set_only_v6(false).unwrap();
     udp.bind(&any.into()).unwrap();
     let udp: UdpSocket = udp.into();
+    if let Some(p) = opt("--http-port") {
+        let l = listener(p.parse().expect("http port"));
+        let (name, faults) = (name.clone(), faults.clone());
+        std::thread::spawn(move || http_health(l, name, faults));
+    }
 
     let udp_name = name.clone();
     std::thread::spawn(move || {
@@ -45,6 +149,21 @@ fn main() {
     let open = Arc::new(AtomicUsize::new(0));
     for stream in tcp.incoming() {
         let Ok(mut stream) = stream else { continue };
+        match fault(&faults) {
+            Fault::Rst => {
+                reset(stream);
+                continue;
+            }
+            Fault::Silent => {
+                std::thread::spawn(move || hang(stream));
+                continue;
+            }
+            _ => {}
+        }
+        if rst_fraction > 0.0 && uniform() < rst_fraction {
+            reset(stream);
+            continue;
+        }
         if open.load(Ordering::SeqCst) >= 4096 {
             continue; // dropped: closes the connection
         }

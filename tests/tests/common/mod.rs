@@ -454,6 +454,8 @@ pub enum Tcp {
     /// ACK carrying a payload (an established packet).
     Ack,
     SynAck,
+    /// A reset (with ACK), as a backend sends it.
+    Rst,
 }
 
 fn tcp_step(
@@ -467,6 +469,7 @@ fn tcp_step(
         Tcp::Syn => t.syn(),
         Tcp::Ack => t.ack(0x2000_0001).psh(),
         Tcp::SynAck => t.syn().ack(0x1000_0001),
+        Tcp::Rst => t.rst().ack(0x1000_0001),
     }
 }
 

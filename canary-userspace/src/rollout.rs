@@ -1,0 +1,334 @@
+//! The rollout engine of one service: walks the plan's steps, feeds each
+//! step's window of counters to the analysis, and says what to do (raise the
+//! weight, promote, roll back). It holds no handles: the daemon gives it the
+//! counter deltas and carries out its actions, and the whole `Rollout`
+//! is saved in the state file after every tick, so a restart resumes the
+//! same step with the progress it had.
+//!
+//! When a step decides:
+//! - at any tick, a sequential test that crossed its bound fails the step
+//!   at once (valid under continuous monitoring, see `analysis.rs`);
+//! - once the step's interval has passed and the canary has the sample the
+//!   analysis asks for, the step's final verdict is taken, once: pass (next
+//!   step, or promoted after the last) or fail (roll back). Until the sample
+//!   is there the step waits, showing its progress.
+
+use crate::analysis::{analyze_detailed, Analysis, Verdict, VersionCounts, WindowCounts};
+use crate::config::RolloutConfig;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    Paused,
+    /// Every step passed: the canary carries the last step's weight.
+    Promoted,
+    /// Rolled back (failed analysis, no healthy canary, or an operator).
+    Aborted,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::Promoted => "promoted",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub phase: Phase,
+    /// The plan as it was when the rollout started (a config edit does not
+    /// change a rollout under way).
+    pub steps: Vec<f64>,
+    pub interval_ms: u64,
+    /// Index into `steps`.
+    pub step: usize,
+    /// Observation time spent in this step (paused time does not count).
+    pub step_elapsed_ms: u64,
+    /// Counters of this step's window.
+    pub window: WindowCounts,
+    /// The last analysis of the window.
+    pub last: Option<Analysis>,
+    /// Why it was aborted or promoted.
+    pub reason: Option<String>,
+    /// One line per decided step.
+    pub history: Vec<String>,
+}
+
+/// What the daemon must do after a tick.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    None,
+    /// Set the canary weight (basis points); the message is for the log.
+    SetWeight(u32, String),
+    /// The last step passed; the weight stays.
+    Promoted(String),
+    /// Canary weight 0 now.
+    Rollback(String),
+}
+
+fn bp(percent: f64) -> u32 {
+    (percent * 100.0).round() as u32
+}
+
+fn add(a: &mut VersionCounts, b: &VersionCounts) {
+    a.attempts += b.attempts;
+    a.failures += b.failures;
+    for (x, y) in a
+        .handshake_us_log2
+        .iter_mut()
+        .zip(b.handshake_us_log2.iter())
+    {
+        *x += y;
+    }
+}
+
+/// Did one of the sequential tests cross its bound?
+fn sprt_crossed(a: &Analysis) -> bool {
+    [a.ratio_sprt_llr, a.ceiling_sprt_llr]
+        .iter()
+        .flatten()
+        .any(|llr| *llr >= a.sprt_threshold)
+}
+
+impl Rollout {
+    /// A new rollout at its first step.
+    pub fn start(plan: &RolloutConfig) -> (Rollout, Action) {
+        let r = Rollout {
+            phase: Phase::Running,
+            steps: plan.steps.clone(),
+            interval_ms: plan.interval.as_millis() as u64,
+            step: 0,
+            step_elapsed_ms: 0,
+            window: WindowCounts::default(),
+            last: None,
+            reason: None,
+            history: Vec::new(),
+        };
+        let action = Action::SetWeight(
+            bp(plan.steps[0]),
+            format!("rollout step 1/{} ({}%)", plan.steps.len(), plan.steps[0]),
+        );
+        (r, action)
+    }
+
+    pub fn weight_bp(&self) -> u32 {
+        bp(self.steps[self.step])
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// Counts `delta` (this tick's counters) and `dt` of observation, and
+    /// decides.
+    pub fn tick(&mut self, plan: &RolloutConfig, delta: &WindowCounts, dt: Duration) -> Action {
+        if self.phase != Phase::Running {
+            return Action::None;
+        }
+        add(&mut self.window.stable, &delta.stable);
+        add(&mut self.window.canary, &delta.canary);
+        self.step_elapsed_ms += dt.as_millis() as u64;
+        let mut limits = plan.limits();
+        limits.steps = self.steps.len() as u32;
+        let a = analyze_detailed(&self.window, &limits);
+        let verdict = a.verdict.clone();
+        let crossed = sprt_crossed(&a);
+        self.last = Some(a);
+        let n = self.steps.len();
+        let here = format!("step {}/{} ({}%)", self.step + 1, n, self.steps[self.step]);
+        let decide_now = self.step_elapsed_ms >= self.interval_ms;
+        match verdict {
+            Verdict::Fail { reason } if crossed || decide_now => {
+                let why = format!("{here} failed: {reason}");
+                self.abort(why.clone());
+                Action::Rollback(why)
+            }
+            Verdict::Pass if decide_now => {
+                let c = &self.window.canary;
+                let s = &self.window.stable;
+                self.history.push(format!(
+                    "{here} passed after {:.1} s: canary {}/{} failed, stable {}/{} failed",
+                    self.step_elapsed_ms as f64 / 1000.0,
+                    c.failures,
+                    c.attempts,
+                    s.failures,
+                    s.attempts
+                ));
+                if self.step + 1 == n {
+                    self.phase = Phase::Promoted;
+                    let why = format!("all {n} steps passed; canary at {}%", self.steps[n - 1]);
+                    self.reason = Some(why.clone());
+                    return Action::Promoted(why);
+                }
+                self.step += 1;
+                self.step_elapsed_ms = 0;
+                self.window = WindowCounts::default();
+                self.last = None;
+                Action::SetWeight(
+                    self.weight_bp(),
+                    format!(
+                        "rollout step {}/{n} ({}%)",
+                        self.step + 1,
+                        self.steps[self.step]
+                    ),
+                )
+            }
+            _ => Action::None,
+        }
+    }
+
+    /// Marks the rollout aborted (the caller sets the weight to 0).
+    pub fn abort(&mut self, why: String) {
+        self.phase = Phase::Aborted;
+        self.history.push(format!("aborted: {why}"));
+        self.reason = Some(why);
+    }
+
+    pub fn pause(&mut self) -> bool {
+        if self.phase == Phase::Running {
+            self.phase = Phase::Paused;
+            return true;
+        }
+        false
+    }
+
+    pub fn resume(&mut self) -> bool {
+        if self.phase == Phase::Paused {
+            self.phase = Phase::Running;
+            return true;
+        }
+        false
+    }
+
+    /// Active: running or paused (a new rollout may not start over it).
+    pub fn active(&self) -> bool {
+        matches!(self.phase, Phase::Running | Phase::Paused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AnalysisConfig, OnRollback};
+
+    fn plan() -> RolloutConfig {
+        RolloutConfig {
+            steps: vec![10.0, 50.0, 100.0],
+            interval: Duration::from_secs(2),
+            analysis: AnalysisConfig {
+                max_error_ratio: Some(0.05),
+                min_canary_connections: 50,
+                ..Default::default()
+            },
+            on_rollback: OnRollback::Keep,
+        }
+    }
+
+    fn counts(stable: (u64, u64), canary: (u64, u64)) -> WindowCounts {
+        WindowCounts {
+            stable: VersionCounts {
+                attempts: stable.0,
+                failures: stable.1,
+                ..Default::default()
+            },
+            canary: VersionCounts {
+                attempts: canary.0,
+                failures: canary.1,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn healthy_canary_walks_every_step_then_promotes() {
+        let p = plan();
+        let (mut r, a) = Rollout::start(&p);
+        assert_eq!(a, Action::SetWeight(1000, "rollout step 1/3 (10%)".into()));
+        let sec = Duration::from_secs(1);
+        let mut weights = vec![];
+        for _ in 0..100 {
+            match r.tick(&p, &counts((900, 0), (400, 0)), sec) {
+                Action::SetWeight(w, _) => weights.push(w),
+                Action::Promoted(_) => break,
+                Action::Rollback(why) => panic!("{why}"),
+                Action::None => {}
+            }
+        }
+        assert_eq!(weights, vec![5000, 10_000]);
+        assert_eq!(r.phase, Phase::Promoted);
+        assert_eq!(r.history.len(), 3, "{:?}", r.history);
+    }
+
+    #[test]
+    fn a_step_waits_for_its_interval_and_its_sample() {
+        let p = plan();
+        let (mut r, _) = Rollout::start(&p);
+        let sec = Duration::from_secs(1);
+        // Plenty of sample, but the interval (2 s) has not passed.
+        assert_eq!(r.tick(&p, &counts((5000, 0), (2000, 0)), sec), Action::None);
+        let need = r.last.as_ref().unwrap().required_canary_connections;
+        assert!((50..2000).contains(&need), "{need}");
+        // Interval passed, sample there: next step.
+        assert!(matches!(
+            r.tick(&p, &counts((0, 0), (0, 0)), sec),
+            Action::SetWeight(5000, _)
+        ));
+        // Interval passes with too few canary connections: the step waits.
+        for _ in 0..5 {
+            assert_eq!(r.tick(&p, &counts((10, 0), (5, 0)), sec), Action::None);
+        }
+        let last = r.last.as_ref().unwrap();
+        assert!(
+            matches!(last.verdict, Verdict::NeedMore { have: 25, .. }),
+            "{last:?}"
+        );
+        assert_eq!(r.step, 1);
+    }
+
+    #[test]
+    fn a_clear_failure_rolls_back_before_the_interval() {
+        let p = plan();
+        let (mut r, _) = Rollout::start(&p);
+        let a = r.tick(
+            &p,
+            &counts((1000, 1), (100, 60)),
+            Duration::from_millis(250),
+        );
+        let Action::Rollback(why) = a else {
+            panic!("{a:?}")
+        };
+        assert!(why.contains("step 1/3 (10%) failed"), "{why}");
+        assert!(why.contains("60/100"), "{why}");
+        assert_eq!(r.phase, Phase::Aborted);
+        // Nothing happens after an abort.
+        assert_eq!(
+            r.tick(&p, &counts((1, 0), (1, 0)), Duration::from_secs(9)),
+            Action::None
+        );
+    }
+
+    #[test]
+    fn paused_time_does_not_count_and_state_round_trips() {
+        let p = plan();
+        let (mut r, _) = Rollout::start(&p);
+        r.tick(&p, &counts((100, 0), (30, 0)), Duration::from_secs(1));
+        assert!(r.pause());
+        assert_eq!(
+            r.tick(&p, &counts((900, 0), (300, 0)), Duration::from_secs(5)),
+            Action::None
+        );
+        assert_eq!(r.step_elapsed_ms, 1000);
+        assert!(r.resume());
+        let saved = serde_json::to_string(&r).unwrap();
+        let back: Rollout = serde_json::from_str(&saved).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.window.canary.attempts, 30);
+    }
+}
