@@ -518,8 +518,12 @@ pub fn analyze_detailed(window: &WindowCounts, limits: &Limits) -> Analysis {
     let (nc, xc) = (c.attempts, c.failures.min(c.attempts));
     let (ns, xs) = (s.attempts, s.failures.min(s.attempts));
 
+    // A stable sample smaller than the least canary sample estimates no
+    // rate worth comparing with (at a 100 % step stable gets only the
+    // stragglers of its open connections): the ratio checks sit out.
+    let min_stable = limits.min_canary_connections.max(1);
     let ratio = match limits.max_canary_vs_stable_ratio {
-        Some(r) if r > 1.0 && ns > 0 => Some(r),
+        Some(r) if r > 1.0 && ns >= min_stable => Some(r),
         Some(r) if r.is_nan() || r <= 1.0 => {
             notes.push(format!(
                 "max_canary_vs_stable_ratio {r} is not above 1; ratio checks off"
@@ -527,7 +531,9 @@ pub fn analyze_detailed(window: &WindowCounts, limits: &Limits) -> Analysis {
             None
         }
         Some(_) => {
-            notes.push("no stable traffic in the window; ratio checks off".into());
+            notes.push(format!(
+                "{ns} stable connections in the window (fewer than {min_stable}); ratio checks off"
+            ));
             None
         }
         None => None,

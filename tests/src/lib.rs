@@ -8,12 +8,14 @@
 pub mod cleanup;
 pub mod client;
 pub mod daemon;
+pub mod load;
 pub mod netns;
 pub mod nft;
 pub mod topology;
 
 pub use client::{burst, tcp_connect, udp_request, Conn};
 pub use daemon::Daemon;
+pub use load::{Load, LoadBounds};
 pub use netns::Netns;
 pub use nft::NftCounters;
 pub use topology::{bin_path, client_v4, client_v6, ServerOptions, Topology, VIP_V4, VIP_V6};

@@ -3,10 +3,11 @@
 //! when it exits, whether it succeeds or fails.
 
 use anyhow::{Context, Result};
-use canary_tests::{burst, client_v4, Topology, VIP_V4};
+use canary_tests::{burst, client_v4, Load, LoadBounds, ServerOptions, Topology, VIP_V4};
+use canary_userspace::api::{ServiceStatus, Status};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn heading(text: &str) {
     println!("\n== {text}");
@@ -43,13 +44,84 @@ fn ctl(topo: &Topology, args: &[&str]) -> Result<String> {
     Ok(text)
 }
 
+fn status(topo: &Topology) -> Result<ServiceStatus> {
+    let out = topo.canaryctl(&["--json", "status", "shop"], None)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Status = serde_json::from_slice(&out.stdout)?;
+    s.services.into_iter().next().context("no service shop")
+}
+
+/// A one-line live view of the rollout, printed when it changes, until it
+/// is promoted or aborted (or `limit`). Runs `during` once, after `at_step`
+/// is reached.
+fn watch_rollout(
+    topo: &Topology,
+    limit: Duration,
+    at_step: usize,
+    during: &mut dyn FnMut() -> Result<()>,
+) -> Result<ServiceStatus> {
+    let end = Instant::now() + limit;
+    let started = Instant::now();
+    let mut last = String::new();
+    let mut fired = false;
+    loop {
+        let s = status(topo)?;
+        let r = s.rollout.clone().context("no rollout")?;
+        let line = format!(
+            "  [{:5.1}s] {} step {}/{} weight {:>5.1}% | canary {}/{} failed, stable {}/{} | {}",
+            started.elapsed().as_secs_f64(),
+            r.phase,
+            r.step,
+            r.steps.len(),
+            s.weight_percent,
+            r.canary_failures,
+            r.canary_connections,
+            r.stable_failures,
+            r.stable_connections,
+            r.verdict
+        );
+        let key = format!(
+            "{} {} {}",
+            r.phase,
+            r.step,
+            r.verdict.split(':').next().unwrap_or("")
+        );
+        if key != last {
+            println!("{line}");
+            last = key;
+        }
+        if r.phase == "promoted" || r.phase == "aborted" {
+            return Ok(s);
+        }
+        if !fired && r.step >= at_step {
+            fired = true;
+            during()?;
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "the rollout did not end within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn run() -> Result<()> {
     heading(
         "building the topology: client, load balancer, backends b1 b2 (stable) and b3 (canary)",
     );
     let mut topo = Topology::new(3)?;
     println!("  namespaces {}-{{client,lb,b1,b2,b3}}", topo.id);
-    topo.start_servers(80)?;
+    topo.start_servers_with(
+        80,
+        &ServerOptions {
+            http_port: Some(8080),
+            rst_fraction: 0.0,
+        },
+    )?;
 
     heading("starting canaryd with its built-in config (shop: 198.18.100.1:80, canary weight 10%)");
     let mut daemon = topo.spawn_canaryd(None)?;
@@ -94,6 +166,50 @@ fn run() -> Result<()> {
         got.iter().all(|(_, b)| b != "b3"),
         "a new connection reached canary after the rollback"
     );
+
+    heading("a progressive rollout under steady load: canaryctl rollout start shop");
+    println!("  plan 5% -> 10% -> 15% -> 20% -> 50% -> 100%, 2 s per step at least, analysis: error ratio <= 5%, p99 handshake <= 100 ms");
+    let mut load = Load::start(&topo.client, vip, LoadBounds::default());
+    print!("{}", ctl(&topo, &["rollout", "start", "shop"])?);
+    let s = watch_rollout(&topo, Duration::from_secs(90), usize::MAX, &mut || Ok(()))?;
+    let r = s.rollout.as_ref().unwrap();
+    for h in &r.history {
+        println!("  {h}");
+    }
+    anyhow::ensure!(r.phase == "promoted", "the healthy canary was not promoted");
+
+    heading(
+        "a second rollout, and the canary starts failing at step 2 (its server resets connections)",
+    );
+    print!("{}", ctl(&topo, &["set-weight", "shop", "0"])?);
+    print!("{}", ctl(&topo, &["rollout", "start", "shop"])?);
+    let fault_at = std::cell::Cell::new(None);
+    let s = watch_rollout(&topo, Duration::from_secs(90), 2, &mut || {
+        println!("  >>> fault injected: b3 now resets every connection");
+        fault_at.set(Some(Instant::now()));
+        topo.set_fault("b3", "rst")
+    })?;
+    let r = s.rollout.as_ref().unwrap();
+    if let Some(t) = fault_at.get() {
+        println!(
+            "  rolled back {:.0} ms after the fault (as seen by status polling)",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    println!("  reason: {}", r.reason.as_deref().unwrap_or("?"));
+    anyhow::ensure!(
+        r.phase == "aborted" && s.weight_percent == 0.0,
+        "the faulty canary was not rolled back"
+    );
+    let (ok, failed) = load.stop();
+    println!("  load: {ok} connections answered, {failed} failed (the faulty canary's resets)");
+    topo.set_fault("b3", "")?;
+
+    heading("canaryctl status after the rollback");
+    print!("{}", ctl(&topo, &["status", "shop"])?);
+
+    heading("canaryctl events");
+    print!("{}", ctl(&topo, &["events"])?);
 
     heading("stopping canaryd and tearing the topology down");
     daemon.stop();

@@ -1,0 +1,320 @@
+//! Rollouts with real traffic through the netns topology: a healthy canary
+//! is promoted step by step; a failing one is rolled back fast; an A/A
+//! canary is (almost) never rolled back; a restart resumes the same step.
+
+use anyhow::{bail, Context, Result};
+use canary_tests::{Load, LoadBounds, ServerOptions, Topology, VIP_V4};
+use canary_userspace::api::{ServiceStatus, Status};
+use canary_userspace::maps::Maps;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const HEALTH_PORT: u16 = 8080;
+
+/// One service, `shop`, with an HTTP-probed pool and the given rollout.
+fn config(rollout: &str) -> String {
+    format!(
+        r#"
+interface: lb-client
+backend_interfaces: [lb-b1, lb-b2, lb-b3]
+services:
+  - name: shop
+    vip: 198.18.100.1
+    port: 80
+    protocol: tcp
+    canary_weight: 0
+    stable: [198.18.1.2, 198.18.2.2]
+    canary: [198.18.3.2]
+    health:
+      probe: http
+      port: {HEALTH_PORT}
+      path: /healthz
+      interval: 250ms
+      timeout: 200ms
+      unhealthy_after: 3
+      healthy_after: 2
+    rollout:
+{rollout}"#
+    )
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP_V4.into(), 80)
+}
+
+fn status(topo: &Topology) -> Result<ServiceStatus> {
+    let out = topo.canaryctl(&["--json", "status", "shop"], None)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Status = serde_json::from_slice(&out.stdout)?;
+    s.services.into_iter().next().context("no service")
+}
+
+fn ctl(topo: &Topology, args: &[&str]) -> Result<String> {
+    let out = topo.canaryctl(args, None)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "canaryctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+fn weight_bp(maps: &Maps) -> Result<u32> {
+    Ok(maps.services.get(&0, 0)?.weight_bp)
+}
+
+/// Polls status until the rollout is promoted or aborted (or `limit`
+/// passes); returns the final status and the steps seen on the way.
+fn wait_rollout_end(topo: &Topology, limit: Duration) -> Result<(ServiceStatus, Vec<usize>)> {
+    let end = Instant::now() + limit;
+    let mut seen = Vec::new();
+    loop {
+        let s = status(topo)?;
+        let r = s.rollout.as_ref().context("no rollout in status")?;
+        if seen.last() != Some(&r.step) {
+            seen.push(r.step);
+        }
+        if r.phase == "promoted" || r.phase == "aborted" {
+            return Ok((s, seen));
+        }
+        if Instant::now() > end {
+            bail!(
+                "rollout still {} at step {} after {limit:?}: {r:#?}",
+                r.phase,
+                r.step
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn topology(rst_fraction: f64) -> Result<Topology> {
+    let mut topo = Topology::new(3)?;
+    topo.start_servers_with(
+        80,
+        &ServerOptions {
+            http_port: Some(HEALTH_PORT),
+            rst_fraction,
+        },
+    )?;
+    Ok(topo)
+}
+
+/// A healthy canary under steady load walks every step of a short plan to
+/// 100 %, and status shows each step.
+#[test]
+fn healthy_canary_is_promoted_step_by_step() -> Result<()> {
+    let topo = topology(0.0)?;
+    let _d = topo.spawn_canaryd(Some(&config(
+        "      steps: [20, 50, 100]
+      interval: 1s
+      analysis:
+        max_error_ratio: 0.2
+        max_p99_handshake_ms: 50
+        min_canary_connections: 50
+",
+    )))?;
+    let maps = Maps::from_pins(&topo.pin_dir())?;
+    let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
+    ctl(&topo, &["rollout", "start", "shop"])?;
+    let (s, seen) = wait_rollout_end(&topo, Duration::from_secs(60))?;
+    let (ok, failed) = load.stop();
+    let r = s.rollout.as_ref().unwrap();
+    println!("steps seen in status: {seen:?}; {ok} connections ok, {failed} failed");
+    for h in &r.history {
+        println!("  {h}");
+    }
+    assert_eq!(r.phase, "promoted", "{r:#?}");
+    assert_eq!(seen, vec![1, 2, 3], "status showed every step in turn");
+    assert_eq!(r.history.iter().filter(|h| h.contains("passed")).count(), 3);
+    assert_eq!(weight_bp(&maps)?, 10_000, "the map carries 100 %");
+    assert_eq!(failed, 0, "no client connection failed");
+    assert!(s.signals.canary.syn_acks > 0, "SYN-ACKs were measured");
+    let events = ctl(&topo, &["events"])?;
+    assert!(events.contains("promoted"), "{events}");
+    Ok(())
+}
+
+/// A canary whose server starts failing is rolled back: the time from the
+/// fault to weight 0 in the map, with 250 ms probes and 3 failures.
+#[test]
+fn failing_canary_is_rolled_back_within_two_seconds() -> Result<()> {
+    let topo = topology(0.0)?;
+    let _d = topo.spawn_canaryd(Some(&config(
+        "      steps: [20, 50, 100]
+      interval: 60s
+      analysis:
+        max_error_ratio: 0.1
+",
+    )))?;
+    let maps = Maps::from_pins(&topo.pin_dir())?;
+    let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
+    for fault in ["rst", "http500", "silent"] {
+        // Healthy again (after the previous fault) before the next rollout.
+        topo.set_fault("b3", "")?;
+        let end = Instant::now() + Duration::from_secs(10);
+        while status(&topo)?
+            .backends
+            .iter()
+            .any(|b| b.healthy == Some(false))
+        {
+            anyhow::ensure!(Instant::now() < end, "b3 did not recover");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ctl(&topo, &["rollout", "start", "shop"])?;
+        anyhow::ensure!(weight_bp(&maps)? == 2000, "step 1 not applied");
+        std::thread::sleep(Duration::from_millis(1000));
+        topo.set_fault("b3", fault)?;
+        let t0 = Instant::now();
+        while weight_bp(&maps)? != 0 {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(10),
+                "{fault}: no rollback in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let took = t0.elapsed();
+        let s = status(&topo)?;
+        let r = s.rollout.as_ref().unwrap();
+        println!(
+            "fault {fault}: weight 0 in the map {:.0} ms after the fault; reason: {}",
+            took.as_secs_f64() * 1e3,
+            r.reason.as_deref().unwrap_or("?")
+        );
+        assert_eq!(r.phase, "aborted");
+        assert!(
+            took < Duration::from_secs(2),
+            "{fault}: rollback took {took:?}"
+        );
+    }
+    load.stop();
+    let events = ctl(&topo, &["events"])?;
+    assert_eq!(events.matches(" rollback ").count(), 3, "{events}");
+    let metrics = status(&topo)?;
+    assert_eq!(metrics.rollbacks, 3);
+    Ok(())
+}
+
+/// A/A: canary identical to stable, both resetting 5 % of connections.
+/// Over 30 rollouts of a short plan at most 1 may roll back: the analysis
+/// promises a false-alarm probability of at most false_alarm_rate = 0.01
+/// per rollout, so P(2 or more of 30) <= 1 - 0.99^30 - 30 * 0.01 * 0.99^29
+/// = 0.036 (and its tests are conservative, so less in practice).
+#[test]
+fn a_a_rollouts_rarely_roll_back() -> Result<()> {
+    let topo = topology(0.05)?;
+    let _d = topo.spawn_canaryd(Some(&config(
+        "      steps: [50, 100]
+      interval: 300ms
+      analysis:
+        max_error_ratio: 0.25
+        max_canary_vs_stable_ratio: 3
+        min_canary_connections: 50
+        false_alarm_rate: 0.01
+",
+    )))?;
+    let mut load = Load::start(
+        &topo.client,
+        vip(),
+        LoadBounds {
+            max_time: Duration::from_secs(600),
+            ..LoadBounds::default()
+        },
+    );
+    let mut rolled_back = Vec::new();
+    let started = Instant::now();
+    for run in 0..30 {
+        ctl(&topo, &["set-weight", "shop", "0"])?;
+        ctl(&topo, &["rollout", "start", "shop"])?;
+        let (s, _) = wait_rollout_end(&topo, Duration::from_secs(60))?;
+        let r = s.rollout.as_ref().unwrap();
+        if r.phase == "aborted" {
+            println!(
+                "run {run}: rolled back: {}",
+                r.reason.as_deref().unwrap_or("?")
+            );
+            rolled_back.push(run);
+        }
+    }
+    let (ok, failed) = load.stop();
+    println!(
+        "30 A/A rollouts in {:.1} s: {} rolled back; {ok} client connections ok, {failed} reset ({:.1}%)",
+        started.elapsed().as_secs_f64(),
+        rolled_back.len(),
+        100.0 * failed as f64 / (ok + failed).max(1) as f64
+    );
+    assert!(failed > 0, "the baseline error rate was not there");
+    assert!(
+        rolled_back.len() <= 1,
+        "A/A rolled back in runs {rolled_back:?}"
+    );
+    Ok(())
+}
+
+/// A rollout interrupted by a canaryd restart resumes at the same step with
+/// its progress, then finishes.
+#[test]
+fn restart_resumes_the_rollout_at_the_same_step() -> Result<()> {
+    let topo = topology(0.0)?;
+    let yaml = config(
+        "      steps: [20, 40, 60, 100]
+      interval: 2s
+      analysis:
+        max_error_ratio: 0.2
+        min_canary_connections: 50
+",
+    );
+    let mut d = topo.spawn_canaryd(Some(&yaml))?;
+    let maps = Maps::from_pins(&topo.pin_dir())?;
+    let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
+    ctl(&topo, &["rollout", "start", "shop"])?;
+    let end = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let s = status(&topo)?;
+        let r = s.rollout.clone().unwrap();
+        if r.step == 2 && r.step_elapsed_s >= 0.5 {
+            break r;
+        }
+        anyhow::ensure!(Instant::now() < end, "step 2 not reached: {r:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    d.stop();
+    let weight_while_down = weight_bp(&maps)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let mut d = canary_tests::Daemon::spawn(&topo, Some(&yaml), &[])?;
+    let after = status(&topo)?.rollout.unwrap();
+    println!(
+        "before the restart: step {} after {:.2} s ({} canary connections); after: step {} at {:.2} s ({})",
+        before.step,
+        before.step_elapsed_s,
+        before.canary_connections,
+        after.step,
+        after.step_elapsed_s,
+        after.canary_connections
+    );
+    assert_eq!(
+        weight_while_down, 4000,
+        "the data plane kept step 2's weight"
+    );
+    assert_eq!(after.step, 2, "resumed at the same step");
+    assert_eq!(after.phase, "running");
+    assert!(
+        after.step_elapsed_s >= before.step_elapsed_s - 0.3,
+        "progress kept"
+    );
+    assert!(
+        after.canary_connections >= before.canary_connections,
+        "window kept"
+    );
+    let (s, _) = wait_rollout_end(&topo, Duration::from_secs(60))?;
+    load.stop();
+    assert_eq!(s.rollout.unwrap().phase, "promoted");
+    assert_eq!(weight_bp(&maps)?, 10_000);
+    assert!(d.log().contains("took over the XDP link"), "{}", d.log());
+    d.stop();
+    Ok(())
+}
