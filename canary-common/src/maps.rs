@@ -396,7 +396,8 @@ mod tests {
         assert_eq!(handshake_bucket(1_000), 0);
         assert_eq!(handshake_bucket(1_999), 0);
         assert_eq!(handshake_bucket(2_000), 1);
-        assert_eq!(handshake_bucket(1_000_000), 19); // 1 s = 2^19.93 us
+        assert_eq!(handshake_bucket(1_000_000), 9); // 1 ms = 2^9.97 us
+        assert_eq!(handshake_bucket(1_000_000_000), 19); // 1 s = 2^19.93 us
         assert_eq!(handshake_bucket(u64::MAX), HISTOGRAM_BUCKETS as u32 - 1);
     }
 

@@ -153,7 +153,7 @@ async fn status(
 fn weight_change(ctx: &Ctx, peer: &Peer, name: &str, bp: u32) -> Reply<Change> {
     peer.check_root()?;
     let changes = lock(ctx)
-        .set_weight(name, bp, &peer.who())
+        .operator_weight(name, bp, &peer.who())
         .map_err(Fail::from)?;
     Ok(Json(Change { changes }))
 }

@@ -443,6 +443,36 @@ impl Daemon {
         }
     }
 
+    /// A weight an operator sets (set-weight, rollback, promote). It stops a
+    /// rollout under way: the engine would otherwise overwrite it at its next
+    /// step (a manual rollback in the middle of a rollout must stick).
+    pub fn operator_weight(
+        &mut self,
+        service: &str,
+        weight_bp: u32,
+        who: &str,
+    ) -> OpResult<Vec<String>> {
+        let mut lines = self.set_weight(service, weight_bp, who)?;
+        if let Some(r) = self.state.rollouts.get_mut(service).filter(|r| r.active()) {
+            let why = format!(
+                "stopped at step {}/{}: {who} set the weight to {:.2}%",
+                r.step + 1,
+                r.steps.len(),
+                weight_bp as f64 / 100.0
+            );
+            r.abort(why.clone());
+            if weight_bp == 0 {
+                *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
+            }
+            self.state.save(&self.state_path)?;
+            let line = format!("service {service}: rollout {why}");
+            warn!("{line}");
+            self.events.push(service, "rollout", line.clone());
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
     /// `canaryctl rollout start|pause|resume|abort`.
     pub fn rollout(&mut self, service: &str, verb: &str, who: &str) -> OpResult<Vec<String>> {
         let i = self.service_index(service)?;

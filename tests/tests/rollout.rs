@@ -318,3 +318,62 @@ fn restart_resumes_the_rollout_at_the_same_step() -> Result<()> {
     d.stop();
     Ok(())
 }
+
+/// The operator's hands on a rollout: pause holds the step however long,
+/// resume continues it, and a manual rollback in the middle stops the
+/// rollout for good (the engine must not raise the weight again).
+#[test]
+fn pause_resume_and_a_manual_rollback_stick() -> Result<()> {
+    let topo = topology(0.0)?;
+    let _d = topo.spawn_canaryd(Some(&config(
+        "      steps: [20, 50, 100]
+      interval: 500ms
+      analysis:
+        max_error_ratio: 0.2
+        min_canary_connections: 50
+",
+    )))?;
+    let maps = Maps::from_pins(&topo.pin_dir())?;
+    let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
+    ctl(&topo, &["rollout", "start", "shop"])?;
+    ctl(&topo, &["rollout", "pause", "shop"])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = status(&topo)?;
+    let r = s.rollout.as_ref().unwrap();
+    assert_eq!((r.phase.as_str(), r.step), ("paused", 1), "{r:#?}");
+    assert_eq!(weight_bp(&maps)?, 2000);
+    let refused = topo.canaryctl(&["rollout", "start", "shop"], None)?;
+    assert!(
+        !refused.status.success(),
+        "a second rollout started over a paused one"
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already paused"));
+
+    ctl(&topo, &["rollout", "resume", "shop"])?;
+    let end = Instant::now() + Duration::from_secs(20);
+    while status(&topo)?.rollout.unwrap().step < 2 {
+        anyhow::ensure!(Instant::now() < end, "resume did not continue");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ctl(&topo, &["rollback", "shop"])?;
+    // Longer than the rest of the plan would take: the weight stays 0.
+    std::thread::sleep(Duration::from_millis(2000));
+    load.stop();
+    let s = status(&topo)?;
+    let r = s.rollout.as_ref().unwrap();
+    assert_eq!(r.phase, "aborted", "{r:#?}");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("set the weight to 0.00%"),
+        "{r:#?}"
+    );
+    assert_eq!(
+        weight_bp(&maps)?,
+        0,
+        "the engine raised the weight after a manual rollback"
+    );
+    assert_eq!(s.rollbacks, 1);
+    Ok(())
+}
