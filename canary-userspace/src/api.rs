@@ -102,6 +102,9 @@ pub struct RolloutStatus {
     pub analysis: Option<crate::analysis::Analysis>,
     pub reason: Option<String>,
     pub history: Vec<String>,
+    /// The external metric's last judgement (Prometheus), if configured.
+    #[serde(default)]
+    pub external: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

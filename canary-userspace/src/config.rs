@@ -234,6 +234,33 @@ pub struct AnalysisConfig {
     /// A SYN with no SYN-ACK after this long is a failed connection.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// An application metric from Prometheus, per version.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusCheck>,
+}
+
+fn default_prometheus_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// An external metric: a PromQL query run for each version (`$version`
+/// replaced by `stable` or `canary`) against the Prometheus HTTP API. The
+/// canary fails the step when its value is above `max_value`, or above
+/// `max_canary_vs_stable_ratio` times stable's. A step passes only with a
+/// fresh canary value (no value, or Prometheus unreachable: the step waits).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusCheck {
+    /// Base URL of the Prometheus server (http), e.g. http://127.0.0.1:9090.
+    pub url: String,
+    pub query: String,
+    #[serde(default)]
+    pub max_value: Option<f64>,
+    #[serde(default)]
+    pub max_canary_vs_stable_ratio: Option<f64>,
+    /// How often to query.
+    #[serde(default = "default_prometheus_interval", with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 impl Default for AnalysisConfig {
@@ -246,6 +273,7 @@ impl Default for AnalysisConfig {
             power: default_power(),
             min_canary_connections: default_min_canary_connections(),
             handshake_timeout: default_handshake_timeout(),
+            prometheus: None,
         }
     }
 }
@@ -593,6 +621,37 @@ fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
             "analysis.handshake_timeout: {:?} is below 100ms",
             a.handshake_timeout
         );
+    }
+    if let Some(p) = &a.prometheus {
+        let uri: hyper::Uri = p
+            .url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("analysis.prometheus.url: {:?}: {e}", p.url))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            bail!(
+                "analysis.prometheus.url: {:?} must be an http:// URL with a host",
+                p.url
+            );
+        }
+        if !p.query.contains("$version") {
+            bail!(
+                "analysis.prometheus.query: must contain $version (replaced by stable or canary)"
+            );
+        }
+        if p.max_value.is_none() && p.max_canary_vs_stable_ratio.is_none() {
+            bail!("analysis.prometheus: set max_value, max_canary_vs_stable_ratio or both");
+        }
+        if let Some(r) = p.max_canary_vs_stable_ratio {
+            if r.is_nan() || r <= 1.0 {
+                bail!("analysis.prometheus.max_canary_vs_stable_ratio: {r} must be above 1");
+            }
+        }
+        if p.interval < Duration::from_millis(100) {
+            bail!(
+                "analysis.prometheus.interval: {:?} is below 100ms",
+                p.interval
+            );
+        }
     }
     let limits = a.max_error_ratio.is_some()
         || a.max_canary_vs_stable_ratio.is_some()

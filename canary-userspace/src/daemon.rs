@@ -12,6 +12,7 @@ use crate::api::{
 use crate::config::{percent_to_bp, Config, OnRollback, Protocol, Version, DEFAULT_CONFIG};
 use crate::dataplane::DataPlane;
 use crate::events::Events;
+use crate::external::{judge, Pollers, Readings};
 use crate::health::{Probes, Transition};
 use crate::report::{self, Snapshot};
 use crate::rollout::{Action, Phase, Rollout};
@@ -94,6 +95,9 @@ pub struct Daemon {
     health: HashMap<(String, IpAddr), BackendHealth>,
     probes: Option<Probes>,
     probe_tx: Option<UnboundedSender<Transition>>,
+    /// External-metric readings (Prometheus) and their pollers.
+    readings: Readings,
+    pollers: Option<Pollers>,
     /// Handshakes that got no SYN-ACK in time, per (service, version),
     /// since this canaryd started.
     timeouts: HashMap<(String, u32), u64>,
@@ -168,6 +172,8 @@ impl Daemon {
             health: HashMap::new(),
             probes: None,
             probe_tx: None,
+            readings: Readings::default(),
+            pollers: None,
             timeouts: HashMap::new(),
             tick_prev: HashMap::new(),
             last_tick: None,
@@ -207,6 +213,8 @@ impl Daemon {
             .collect();
         self.probes = None;
         self.probes = Some(crate::health::spawn(&self.running, &known, tx));
+        self.pollers = None;
+        self.pollers = Some(crate::external::spawn(&self.running, self.readings.clone()));
     }
 
     /// A probe verdict changed: the backend leaves or rejoins its pool's
@@ -411,7 +419,11 @@ impl Daemon {
             let Some(mut r) = self.state.rollouts.get(&name).cloned() else {
                 continue;
             };
-            let action = r.tick(&plan, &delta, dt);
+            let external = plan.analysis.prometheus.as_ref().map(|check| {
+                let readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+                judge(check, readings.get(&name), now)
+            });
+            let action = r.tick(&plan, &delta, dt, external.as_ref());
             self.state.rollouts.insert(name.clone(), r);
             changed = true;
             self.act(&name, action, plan.on_rollback == OnRollback::Reset);
@@ -604,6 +616,7 @@ impl Daemon {
             analysis: a,
             reason: r.reason.clone(),
             history: r.history.clone(),
+            external: r.external.clone(),
         })
     }
 

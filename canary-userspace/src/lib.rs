@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod events;
 pub mod explain;
+pub mod external;
 pub mod health;
 pub mod maglev;
 pub mod maps;

@@ -15,6 +15,7 @@
 
 use crate::analysis::{analyze_detailed, Analysis, Verdict, VersionCounts, WindowCounts};
 use crate::config::RolloutConfig;
+use crate::external::Judgement;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct Rollout {
     pub reason: Option<String>,
     /// One line per decided step.
     pub history: Vec<String>,
+    /// The external metric's last judgement, when the plan has one.
+    #[serde(default)]
+    pub external: Option<String>,
 }
 
 /// What the daemon must do after a tick.
@@ -110,6 +114,7 @@ impl Rollout {
             last: None,
             reason: None,
             history: Vec::new(),
+            external: None,
         };
         let action = Action::SetWeight(
             bp(plan.steps[0]),
@@ -127,8 +132,16 @@ impl Rollout {
     }
 
     /// Counts `delta` (this tick's counters) and `dt` of observation, and
-    /// decides.
-    pub fn tick(&mut self, plan: &RolloutConfig, delta: &WindowCounts, dt: Duration) -> Action {
+    /// decides. `external` is the external metric's judgement, if the plan
+    /// has one: a failure rolls back at once, and a step passes only while
+    /// it is healthy.
+    pub fn tick(
+        &mut self,
+        plan: &RolloutConfig,
+        delta: &WindowCounts,
+        dt: Duration,
+        external: Option<&Judgement>,
+    ) -> Action {
         if self.phase != Phase::Running {
             return Action::None;
         }
@@ -144,13 +157,28 @@ impl Rollout {
         let n = self.steps.len();
         let here = format!("step {}/{} ({}%)", self.step + 1, n, self.steps[self.step]);
         let decide_now = self.step_elapsed_ms >= self.interval_ms;
+        let mut external_ok = true;
+        match external {
+            Some(Judgement::Fail(why)) => {
+                self.external = Some(why.clone());
+                let why = format!("{here} failed: {why}");
+                self.abort(why.clone());
+                return Action::Rollback(why);
+            }
+            Some(Judgement::Unknown(why)) => {
+                self.external = Some(format!("waiting: {why}"));
+                external_ok = false;
+            }
+            Some(Judgement::Healthy(what)) => self.external = Some(what.clone()),
+            None => {}
+        }
         match verdict {
             Verdict::Fail { reason } if crossed || decide_now => {
                 let why = format!("{here} failed: {reason}");
                 self.abort(why.clone());
                 Action::Rollback(why)
             }
-            Verdict::Pass if decide_now => {
+            Verdict::Pass if decide_now && external_ok => {
                 let c = &self.window.canary;
                 let s = &self.window.stable;
                 self.history.push(format!(
@@ -218,6 +246,38 @@ mod tests {
     use super::*;
     use crate::config::{AnalysisConfig, OnRollback};
 
+    impl Rollout {
+        fn tick_(&mut self, p: &RolloutConfig, d: &WindowCounts, dt: Duration) -> Action {
+            self.tick(p, d, dt, None)
+        }
+    }
+
+    #[test]
+    fn the_external_metric_fails_at_once_and_holds_a_step_while_unknown() {
+        let p = plan();
+        let (mut r, _) = Rollout::start(&p);
+        let sec = Duration::from_secs(1);
+        let good = counts((5000, 0), (2000, 0));
+        let wait = Judgement::Unknown("Prometheus down".into());
+        for _ in 0..3 {
+            assert_eq!(r.tick(&p, &good, sec, Some(&wait)), Action::None);
+        }
+        assert_eq!(r.step, 0, "no pass without an external value");
+        let ok = Judgement::Healthy("canary 0.01".into());
+        assert!(matches!(
+            r.tick(&p, &good, sec, Some(&ok)),
+            Action::SetWeight(5000, _)
+        ));
+        let bad = Judgement::Fail("external metric: canary 0.3 > max_value 0.05".into());
+        let Action::Rollback(why) = r.tick(&p, &good, Duration::from_millis(1), Some(&bad)) else {
+            panic!("no rollback")
+        };
+        assert!(
+            why.contains("step 2/3 (50%) failed: external metric"),
+            "{why}"
+        );
+    }
+
     fn plan() -> RolloutConfig {
         RolloutConfig {
             steps: vec![10.0, 50.0, 100.0],
@@ -254,7 +314,7 @@ mod tests {
         let sec = Duration::from_secs(1);
         let mut weights = vec![];
         for _ in 0..100 {
-            match r.tick(&p, &counts((900, 0), (400, 0)), sec) {
+            match r.tick_(&p, &counts((900, 0), (400, 0)), sec) {
                 Action::SetWeight(w, _) => weights.push(w),
                 Action::Promoted(_) => break,
                 Action::Rollback(why) => panic!("{why}"),
@@ -272,17 +332,20 @@ mod tests {
         let (mut r, _) = Rollout::start(&p);
         let sec = Duration::from_secs(1);
         // Plenty of sample, but the interval (2 s) has not passed.
-        assert_eq!(r.tick(&p, &counts((5000, 0), (2000, 0)), sec), Action::None);
+        assert_eq!(
+            r.tick_(&p, &counts((5000, 0), (2000, 0)), sec),
+            Action::None
+        );
         let need = r.last.as_ref().unwrap().required_canary_connections;
         assert!((50..2000).contains(&need), "{need}");
         // Interval passed, sample there: next step.
         assert!(matches!(
-            r.tick(&p, &counts((0, 0), (0, 0)), sec),
+            r.tick_(&p, &counts((0, 0), (0, 0)), sec),
             Action::SetWeight(5000, _)
         ));
         // Interval passes with too few canary connections: the step waits.
         for _ in 0..5 {
-            assert_eq!(r.tick(&p, &counts((10, 0), (5, 0)), sec), Action::None);
+            assert_eq!(r.tick_(&p, &counts((10, 0), (5, 0)), sec), Action::None);
         }
         let last = r.last.as_ref().unwrap();
         assert!(
@@ -296,7 +359,7 @@ mod tests {
     fn a_clear_failure_rolls_back_before_the_interval() {
         let p = plan();
         let (mut r, _) = Rollout::start(&p);
-        let a = r.tick(
+        let a = r.tick_(
             &p,
             &counts((1000, 1), (100, 60)),
             Duration::from_millis(250),
@@ -309,7 +372,7 @@ mod tests {
         assert_eq!(r.phase, Phase::Aborted);
         // Nothing happens after an abort.
         assert_eq!(
-            r.tick(&p, &counts((1, 0), (1, 0)), Duration::from_secs(9)),
+            r.tick_(&p, &counts((1, 0), (1, 0)), Duration::from_secs(9)),
             Action::None
         );
     }
@@ -318,10 +381,10 @@ mod tests {
     fn paused_time_does_not_count_and_state_round_trips() {
         let p = plan();
         let (mut r, _) = Rollout::start(&p);
-        r.tick(&p, &counts((100, 0), (30, 0)), Duration::from_secs(1));
+        r.tick_(&p, &counts((100, 0), (30, 0)), Duration::from_secs(1));
         assert!(r.pause());
         assert_eq!(
-            r.tick(&p, &counts((900, 0), (300, 0)), Duration::from_secs(5)),
+            r.tick_(&p, &counts((900, 0), (300, 0)), Duration::from_secs(5)),
             Action::None
         );
         assert_eq!(r.step_elapsed_ms, 1000);

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod load;
 pub mod netns;
 pub mod nft;
+pub mod prometheus;
 pub mod topology;
 
 pub use client::{burst, tcp_connect, udp_request, Conn};

@@ -377,3 +377,87 @@ fn pause_resume_and_a_manual_rollback_stick() -> Result<()> {
     assert_eq!(s.rollbacks, 1);
     Ok(())
 }
+
+/// The external metric: a real Prometheus scrapes the backends' own
+/// counters; the canary starts counting application errors that no TCP
+/// signal shows (its connections are served normally), and the rollout is
+/// rolled back on the Prometheus query alone.
+#[test]
+fn an_application_error_ratio_from_prometheus_rolls_back() -> Result<()> {
+    let topo = topology(0.0)?;
+    let targets: Vec<(String, &str)> = vec![
+        (format!("198.18.1.2:{HEALTH_PORT}"), "stable"),
+        (format!("198.18.2.2:{HEALTH_PORT}"), "stable"),
+        (format!("198.18.3.2:{HEALTH_PORT}"), "canary"),
+    ];
+    let prom = canary_tests::prometheus::Prometheus::start(
+        &topo.lb,
+        &topo.id,
+        "127.0.0.1:9090",
+        &targets,
+    )?;
+    let _d = topo.spawn_canaryd(Some(&config(&format!(
+        "      steps: [20, 50, 100]
+      interval: 30s
+      analysis:
+        max_error_ratio: 0.2
+        prometheus:
+          url: {}
+          query: 'sum(rate(app_errors_total{{version=\"$version\"}}[3s])) / sum(rate(app_requests_total{{version=\"$version\"}}[3s]))'
+          max_value: 0.05
+          interval: 500ms
+",
+        prom.url
+    ))))?;
+    let maps = Maps::from_pins(&topo.pin_dir())?;
+    let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
+    ctl(&topo, &["rollout", "start", "shop"])?;
+    // Wait until the rollout sees a healthy canary value from Prometheus.
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = status(&topo)?.rollout.unwrap();
+        if r.external
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("external metric: canary")
+        {
+            println!("before the fault: {}", r.external.unwrap());
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "no Prometheus value: {r:#?}\n{}",
+            prom.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    topo.set_fault("b3", "errors")?;
+    let t0 = Instant::now();
+    while weight_bp(&maps)? != 0 {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no rollback 20 s after the fault"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t0.elapsed();
+    let (ok, failed) = load.stop();
+    let s = status(&topo)?;
+    let r = s.rollout.as_ref().unwrap();
+    println!(
+        "rolled back {:.1} s after the canary began failing requests; {ok} connections ok, {failed} failed\n  {}",
+        took.as_secs_f64(),
+        r.reason.as_deref().unwrap_or("?")
+    );
+    assert_eq!(r.phase, "aborted");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("external metric: canary"),
+        "{r:#?}"
+    );
+    assert_eq!(s.signals.canary.resets, 0, "TCP signals stayed clean");
+    assert_eq!(failed, 0, "no client connection failed at the TCP level");
+    Ok(())
+}

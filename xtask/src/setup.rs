@@ -14,9 +14,18 @@ use crate::cmd::{probe, Cmd, TOOLCHAIN_ENV};
 /// `ip` (netns, veth), `nft` (the comparison split), `ethtool` (veth offloads),
 /// `bpftool` (inspecting loaded programs and maps), `curl` (scraping the
 /// metrics endpoint like a Prometheus server would), `haproxy` (the
-/// user-space proxy the benchmark compares with; its smoke run is a test).
+/// user-space proxy the benchmark compares with; its smoke run is a test),
+/// `prometheus` (the rollout test's external metric is a real Prometheus
+/// scraping the backends; run by the test in a namespace, never as a
+/// service).
 pub const ALWAYS_DEBS: &[&str] = &[
-    "iproute2", "nftables", "ethtool", "bpftool", "curl", "haproxy",
+    "iproute2",
+    "nftables",
+    "ethtool",
+    "bpftool",
+    "curl",
+    "haproxy",
+    "prometheus",
 ];
 
 /// Debian packages for the Debian eBPF toolchain: rustc 1.96 and cargo at

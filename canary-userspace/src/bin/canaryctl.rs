@@ -367,6 +367,9 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
             r.canary_failures, r.canary_connections, r.stable_failures, r.stable_connections
         ));
         out.push_str(&format!("    last analysis: {}\n", r.verdict));
+        if let Some(x) = &r.external {
+            out.push_str(&format!("    {x}\n"));
+        }
         if let Some(why) = &r.reason {
             out.push_str(&format!("    {why}\n"));
         }

@@ -2,12 +2,16 @@
 //! echoes lines; answers UDP datagrams with "NAME payload". Dual-stack.
 //!
 //! Options for health tests:
-//! - `--http-port P`: an HTTP/1.1 health endpoint answering any GET with
-//!   `200` and the name;
+//! - `--http-port P`: an HTTP/1.1 endpoint: `GET /metrics` answers the
+//!   application's counters in the Prometheus text format
+//!   (`app_requests_total`, `app_errors_total`: one request per service
+//!   connection), any other GET `200` and the name (the health check);
 //! - `--fault-file F`: read for every new connection, it switches faults on
 //!   at run time: `rst` (every connection on both ports is reset),
 //!   `http500` (the health endpoint answers 500), `silent` (connections are
-//!   accepted but never answered), anything else: healthy;
+//!   accepted but never answered), `errors` (connections are served as
+//!   usual but counted as application errors: a fault only the
+//!   application's own metrics show), anything else: healthy;
 //! - `--rst-fraction X`: reset this fraction of service connections at
 //!   random (a baseline error rate, the same on every backend).
 
@@ -26,6 +30,14 @@ enum Fault {
     Rst,
     Http500,
     Silent,
+    Errors,
+}
+
+/// The application's own counters, exposed on `/metrics`.
+#[derive(Default)]
+struct AppStats {
+    requests: AtomicUsize,
+    errors: AtomicUsize,
 }
 
 fn fault(file: &Option<PathBuf>) -> Fault {
@@ -34,6 +46,7 @@ fn fault(file: &Option<PathBuf>) -> Fault {
         "rst" => Fault::Rst,
         "http500" => Fault::Http500,
         "silent" => Fault::Silent,
+        "errors" => Fault::Errors,
         _ => Fault::None,
     }
 }
@@ -69,10 +82,10 @@ fn listener(port: u16) -> TcpListener {
     tcp.into()
 }
 
-fn http_health(l: TcpListener, name: String, faults: Option<PathBuf>) {
+fn http_health(l: TcpListener, name: String, faults: Option<PathBuf>, stats: Arc<AppStats>) {
     for stream in l.incoming() {
         let Ok(mut stream) = stream else { continue };
-        let (name, faults) = (name.clone(), faults.clone());
+        let (name, faults, stats) = (name.clone(), faults.clone(), stats.clone());
         std::thread::spawn(move || {
             let f = fault(&faults);
             match f {
@@ -90,15 +103,24 @@ fn http_health(l: TcpListener, name: String, faults: Option<PathBuf>) {
                     _ => return,
                 }
             }
-            let (code, text) = if f == Fault::Http500 {
-                (500, "Internal Server Error")
+            let metrics = head.starts_with(b"GET /metrics ");
+            let (code, text, body) = if metrics {
+                let body = format!(
+                    "# TYPE app_requests_total counter\napp_requests_total {}\n\
+                     # TYPE app_errors_total counter\napp_errors_total {}\n",
+                    stats.requests.load(Ordering::SeqCst),
+                    stats.errors.load(Ordering::SeqCst)
+                );
+                (200, "OK", body)
+            } else if f == Fault::Http500 {
+                (500, "Internal Server Error", name.clone())
             } else {
-                (200, "OK")
+                (200, "OK", name.clone())
             };
             let _ = stream.write_all(
                 format!(
-                    "HTTP/1.1 {code} {text}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
-                    name.len()
+                    "HTTP/1.1 {code} {text}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
                 )
                 .as_bytes(),
             );
@@ -128,10 +150,11 @@ fn main() {
     udp.set_only_v6(false).unwrap();
     udp.bind(&any.into()).unwrap();
     let udp: UdpSocket = udp.into();
+    let stats = Arc::new(AppStats::default());
     if let Some(p) = opt("--http-port") {
         let l = listener(p.parse().expect("http port"));
-        let (name, faults) = (name.clone(), faults.clone());
-        std::thread::spawn(move || http_health(l, name, faults));
+        let (name, faults, stats) = (name.clone(), faults.clone(), stats.clone());
+        std::thread::spawn(move || http_health(l, name, faults, stats));
     }
 
     let udp_name = name.clone();
@@ -149,7 +172,11 @@ fn main() {
     let open = Arc::new(AtomicUsize::new(0));
     for stream in tcp.incoming() {
         let Ok(mut stream) = stream else { continue };
+        stats.requests.fetch_add(1, Ordering::SeqCst);
         match fault(&faults) {
+            Fault::Errors => {
+                stats.errors.fetch_add(1, Ordering::SeqCst);
+            }
             Fault::Rst => {
                 reset(stream);
                 continue;

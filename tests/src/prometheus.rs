@@ -1,0 +1,88 @@
+//! A real Prometheus server (Debian's `prometheus`) run by a test inside a
+//! namespace: scrapes the given targets every second, answers the HTTP API
+//! on a loopback address of that namespace, and is stopped (by pid) and its
+//! data removed on drop.
+
+use crate::daemon::stop_child;
+use crate::Netns;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    /// Base URL, e.g. http://127.0.0.1:9090 (inside the namespace).
+    pub url: String,
+}
+
+impl Prometheus {
+    /// `targets`: (host:port, version label) scraped at `/metrics`.
+    pub fn start(
+        ns: &Netns,
+        id: &str,
+        listen: &str,
+        targets: &[(String, &str)],
+    ) -> Result<Prometheus> {
+        let dir = std::env::temp_dir().join(format!("{id}-prometheus"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut yaml = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n",
+        );
+        for (target, version) in targets {
+            yaml.push_str(&format!(
+                "      - targets: ['{target}']\n        labels: {{version: {version}}}\n"
+            ));
+        }
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, yaml)?;
+        let log = std::fs::File::create(dir.join("log"))?;
+        let child = ns
+            .command("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .arg("--log.level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("starting prometheus (installed by `cargo xtask setup`)")?;
+        let mut p = Prometheus {
+            child,
+            dir,
+            url: format!("http://{listen}"),
+        };
+        let ready = format!("{}/-/ready", p.url);
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = ns.exec(&["curl", "-sf", "-o", "/dev/null", &ready]);
+            if out.is_ok() {
+                return Ok(p);
+            }
+            if let Ok(Some(st)) = p.child.try_wait() {
+                bail!("prometheus exited ({st}): {}", p.log());
+            }
+            if Instant::now() > end {
+                bail!("prometheus not ready after 20 s: {}", p.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
