@@ -71,6 +71,20 @@ pub struct VersionSignals {
     pub handshake_timeouts: u64,
     pub handshake_p50_ms: Option<f64>,
     pub handshake_p99_ms: Option<f64>,
+    /// The same over the last `recent_window_s` seconds (up to 10).
+    #[serde(default)]
+    pub recent_window_s: f64,
+    #[serde(default)]
+    pub recent_connections_per_sec: f64,
+    #[serde(default)]
+    pub recent_failures_per_sec: f64,
+    /// (resets + handshake timeouts) / new connections.
+    #[serde(default)]
+    pub recent_error_ratio: Option<f64>,
+    #[serde(default)]
+    pub recent_handshake_p50_ms: Option<f64>,
+    #[serde(default)]
+    pub recent_handshake_p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -20,7 +20,7 @@ use crate::state::{PoolOverride, RuntimeState, WeightOverride, DEFAULT_STATE_DIR
 use anyhow::{Context, Result};
 use canary_common::{reason, VERSION_CANARY};
 use log::{error, info, warn};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -103,6 +103,9 @@ pub struct Daemon {
     timeouts: HashMap<(String, u32), u64>,
     /// Cumulative rollout counters per service at the previous tick.
     tick_prev: HashMap<String, WindowCounts>,
+    /// The same counters at each of the last 11 samples (1 s apart): the
+    /// recent rates and quantiles in status.
+    recent: VecDeque<(Instant, HashMap<String, WindowCounts>)>,
     last_tick: Option<Instant>,
 }
 
@@ -176,6 +179,7 @@ impl Daemon {
             pollers: None,
             timeouts: HashMap::new(),
             tick_prev: HashMap::new(),
+            recent: VecDeque::new(),
             last_tick: None,
         })
     }
@@ -638,12 +642,33 @@ impl Daemon {
                     .map(|us| us / 1000.0),
                 handshake_p99_ms: histogram_quantile(&hs.handshake_us_log2, 0.99)
                     .map(|us| us / 1000.0),
+                ..Default::default()
             }
         };
-        Signals {
+        let mut out = Signals {
             stable: one(0),
             canary: one(1),
+        };
+        // Rates and quantiles over the recent samples.
+        if let (Some((t0, first)), Some((t1, last))) = (self.recent.front(), self.recent.back()) {
+            if let (Some(a), Some(b)) = (first.get(service), last.get(service)) {
+                let dt = (*t1 - *t0).as_secs_f64();
+                if dt > 0.0 {
+                    let d = window_delta(b, a);
+                    for (sig, v) in [(&mut out.stable, &d.stable), (&mut out.canary, &d.canary)] {
+                        sig.recent_window_s = dt;
+                        sig.recent_connections_per_sec = v.attempts as f64 / dt;
+                        sig.recent_failures_per_sec = v.failures as f64 / dt;
+                        sig.recent_error_ratio = v.error_rate().map(|r| r.min(1.0));
+                        sig.recent_handshake_p50_ms =
+                            histogram_quantile(&v.handshake_us_log2, 0.5).map(|us| us / 1000.0);
+                        sig.recent_handshake_p99_ms =
+                            histogram_quantile(&v.handshake_us_log2, 0.99).map(|us| us / 1000.0);
+                    }
+                }
+            }
         }
+        out
     }
 
     pub fn running(&self) -> &Config {
@@ -846,6 +871,16 @@ impl Daemon {
         let snap = report::snapshot(&self.dp)?;
         self.prev = self.last.take();
         self.last = Some((Instant::now(), snap));
+        let counts = self
+            .running
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name.clone(), self.cumulative(&s.name)?)))
+            .collect();
+        self.recent.push_back((Instant::now(), counts));
+        while self.recent.len() > 11 {
+            self.recent.pop_front();
+        }
         Ok(())
     }
 

@@ -134,6 +134,13 @@ fn healthy_canary_is_promoted_step_by_step() -> Result<()> {
     assert_eq!(weight_bp(&maps)?, 10_000, "the map carries 100 %");
     assert_eq!(failed, 0, "no client connection failed");
     assert!(s.signals.canary.syn_acks > 0, "SYN-ACKs were measured");
+    let c = &s.signals.canary;
+    println!(
+        "canary over the last {:.0} s: {:.0} conn/s, error ratio {:?}, handshake p50 {:?} ms p99 {:?} ms",
+        c.recent_window_s, c.recent_connections_per_sec, c.recent_error_ratio, c.recent_handshake_p50_ms, c.recent_handshake_p99_ms
+    );
+    assert!(c.recent_connections_per_sec > 0.0 && c.recent_handshake_p99_ms.is_some());
+    assert_eq!(c.recent_error_ratio, Some(0.0));
     let events = ctl(&topo, &["events"])?;
     assert!(events.contains("promoted"), "{events}");
     Ok(())
@@ -190,6 +197,13 @@ fn failing_canary_is_rolled_back_within_two_seconds() -> Result<()> {
             took < Duration::from_secs(2),
             "{fault}: rollback took {took:?}"
         );
+        if fault == "rst" {
+            let c = &s.signals.canary;
+            assert!(
+                c.resets > 0 && c.recent_failures_per_sec > 0.0,
+                "resets not seen: {c:?}"
+            );
+        }
     }
     load.stop();
     let events = ctl(&topo, &["events"])?;

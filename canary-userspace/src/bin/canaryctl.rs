@@ -323,12 +323,18 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
     };
     for (name, v) in [("stable", &s.signals.stable), ("canary", &s.signals.canary)] {
         out.push_str(&format!(
-            "  {name} handshakes: {} SYN-ACKs, {} resets, {} timeouts, p50 {}, p99 {}\n",
+            "  {name} health: last {:.0} s: {:.1} conn/s, {:.1} failed/s, error ratio {}, handshake p50 {} p99 {} | total: {} SYN-ACKs, {} resets, {} timeouts\n",
+            v.recent_window_s,
+            v.recent_connections_per_sec,
+            v.recent_failures_per_sec,
+            v.recent_error_ratio
+                .map(|r| format!("{:.2}%", r * 100.0))
+                .unwrap_or_else(|| "-".into()),
+            ms(v.recent_handshake_p50_ms),
+            ms(v.recent_handshake_p99_ms),
             v.syn_acks,
             v.resets,
             v.handshake_timeouts,
-            ms(v.handshake_p50_ms),
-            ms(v.handshake_p99_ms)
         ));
     }
     for b in &s.backends {
