@@ -649,10 +649,12 @@ impl Daemon {
             stable: one(0),
             canary: one(1),
         };
-        // Rates and quantiles over the recent samples.
-        if let (Some((t0, first)), Some((t1, last))) = (self.recent.front(), self.recent.back()) {
-            if let (Some(a), Some(b)) = (first.get(service), last.get(service)) {
-                let dt = (*t1 - *t0).as_secs_f64();
+        // Rates and quantiles from the oldest recent sample (up to 10 s ago)
+        // to now.
+        if let (Some((t0, first)), Some(b)) = (self.recent.front(), self.cumulative(service)) {
+            if let Some(a) = first.get(service) {
+                let b = &b;
+                let dt = t0.elapsed().as_secs_f64();
                 if dt > 0.0 {
                     let d = window_delta(b, a);
                     for (sig, v) in [(&mut out.stable, &d.stable), (&mut out.canary, &d.canary)] {
