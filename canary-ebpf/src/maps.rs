@@ -52,10 +52,14 @@ pub static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(canary_common:
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
 
-/// TCP handshakes in flight: SYN forwarded, no SYN-ACK seen yet.
+/// TCP handshakes in flight: SYN forwarded, no SYN-ACK seen yet. Per-CPU
+/// LRU lists (BPF_F_NO_COMMON_LRU): an insert on every new connection must
+/// not contend on one global LRU lock.
 #[map(name = "HANDSHAKES")]
-pub static HANDSHAKES: LruHashMap<FlowKey, PendingHandshake> =
-    LruHashMap::pinned(MAX_HANDSHAKES, 0);
+pub static HANDSHAKES: LruHashMap<FlowKey, PendingHandshake> = LruHashMap::pinned(
+    MAX_HANDSHAKES,
+    aya_ebpf::bindings::BPF_F_NO_COMMON_LRU,
+);
 
 /// Passive health signals per (service, version).
 #[map(name = "HEALTH_STATS")]
