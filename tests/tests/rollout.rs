@@ -339,14 +339,15 @@ fn restart_resumes_the_rollout_at_the_same_step() -> Result<()> {
 #[test]
 fn pause_resume_and_a_manual_rollback_stick() -> Result<()> {
     let topo = topology(0.0)?;
-    let _d = topo.spawn_canaryd(Some(&config(
+    let yaml = config(
         "      steps: [20, 50, 100]
       interval: 500ms
       analysis:
         max_error_ratio: 0.2
         min_canary_connections: 50
 ",
-    )))?;
+    );
+    let mut d = topo.spawn_canaryd(Some(&yaml))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
     ctl(&topo, &["rollout", "start", "shop"])?;
@@ -389,6 +390,14 @@ fn pause_resume_and_a_manual_rollback_stick() -> Result<()> {
         "the engine raised the weight after a manual rollback"
     );
     assert_eq!(s.rollbacks, 1);
+
+    // The abort survives a restart: still aborted, still weight 0.
+    d.stop();
+    let _d = canary_tests::Daemon::spawn(&topo, Some(&yaml), &[])?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let s = status(&topo)?;
+    assert_eq!(s.rollout.as_ref().unwrap().phase, "aborted");
+    assert_eq!((weight_bp(&maps)?, s.rollbacks), (0, 1));
     Ok(())
 }
 
@@ -473,5 +482,136 @@ fn an_application_error_ratio_from_prometheus_rolls_back() -> Result<()> {
     );
     assert_eq!(s.signals.canary.resets, 0, "TCP signals stayed clean");
     assert_eq!(failed, 0, "no client connection failed at the TCP level");
+    Ok(())
+}
+
+/// An unhealthy backend leaves its pool's Maglev table (new connections go
+/// to the healthy ones; its open connections go on) and returns when
+/// healthy again.
+#[test]
+fn unhealthy_backend_leaves_its_pool_and_returns() -> Result<()> {
+    let topo = topology(0.0)?;
+    let _d = topo.spawn_canaryd(Some(&config(
+        "      steps: [100]
+      interval: 60s
+",
+    )))?;
+    let sources = |base: u32| -> Vec<std::net::IpAddr> {
+        (0..200)
+            .map(|i| canary_tests::client_v4(base + i))
+            .collect()
+    };
+    let spread = |base: u32| -> Result<std::collections::BTreeMap<String, usize>> {
+        let got = topo
+            .client
+            .run(|| canary_tests::burst(&sources(base), vip(), Duration::from_secs(30)))?;
+        let mut by = std::collections::BTreeMap::new();
+        for (_, b) in got {
+            *by.entry(b).or_insert(0) += 1;
+        }
+        Ok(by)
+    };
+    let before = spread(0)?;
+    assert!(before.get("b1").copied().unwrap_or(0) > 50, "{before:?}");
+    // An open connection to b1 made before the fault.
+    let mut open = None;
+    for i in 0..50 {
+        let c = topo.client.run(|| {
+            canary_tests::tcp_connect(
+                canary_tests::client_v4(3000 + i),
+                vip(),
+                Duration::from_secs(2),
+            )
+        })?;
+        if c.backend == "b1" {
+            open = Some(c);
+            break;
+        }
+    }
+    let mut open = open.context("no connection landed on b1")?;
+    topo.set_fault("b1", "http500")?;
+    let end = Instant::now() + Duration::from_secs(5);
+    while !status(&topo)?
+        .backends
+        .iter()
+        .any(|b| b.healthy == Some(false))
+    {
+        anyhow::ensure!(Instant::now() < end, "b1 never turned unhealthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let during = spread(1000)?;
+    println!("b1 healthy: {before:?}; b1 unhealthy: {during:?}");
+    assert_eq!(during.get("b1"), None, "new connections still reach b1");
+    assert_eq!(during.get("b2"), Some(&200));
+    open.ping("still here")
+        .context("b1's open connection broke")?;
+
+    topo.set_fault("b1", "")?;
+    let end = Instant::now() + Duration::from_secs(5);
+    while status(&topo)?
+        .backends
+        .iter()
+        .any(|b| b.healthy == Some(false))
+    {
+        anyhow::ensure!(Instant::now() < end, "b1 never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = spread(0)?;
+    println!("b1 healthy again: {after:?}");
+    assert_eq!(after, before, "the same clients land where they did before");
+    let events = ctl(&topo, &["events"])?;
+    assert!(
+        events.contains("is unhealthy") && events.contains("healthy again"),
+        "{events}"
+    );
+    Ok(())
+}
+
+/// `on_rollback: keep` leaves open canary connections to finish;
+/// `on_rollback: reset` forgets them, so they break at once.
+#[test]
+fn open_canary_connections_survive_a_rollback_unless_reset() -> Result<()> {
+    let topo = topology(0.0)?;
+    let plan = |on: &str| {
+        config(&format!(
+            "      steps: [100]
+      interval: 60s
+      on_rollback: {on}
+"
+        ))
+    };
+    let mut d = topo.spawn_canaryd(Some(&plan("keep")))?;
+    for (on, base) in [("keep", 0u32), ("reset", 100)] {
+        if on == "reset" {
+            d.reload(&plan("reset"))?.map_err(anyhow::Error::msg)?;
+        }
+        ctl(&topo, &["rollout", "start", "shop"])?;
+        let mut conns = topo.client.run(|| {
+            (0..10)
+                .map(|i| {
+                    canary_tests::tcp_connect(
+                        canary_tests::client_v4(base + i),
+                        vip(),
+                        Duration::from_secs(2),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        assert!(
+            conns.iter().all(|c| c.backend == "b3"),
+            "weight 100 went to stable"
+        );
+        ctl(&topo, &["rollout", "abort", "shop"])?;
+        let alive = conns
+            .iter_mut()
+            .map(|c| c.ping("after the rollback").is_ok())
+            .filter(|ok| *ok)
+            .count();
+        println!("on_rollback: {on}: {alive} of 10 open canary connections still work");
+        match on {
+            "keep" => assert_eq!(alive, 10),
+            _ => assert_eq!(alive, 0),
+        }
+    }
     Ok(())
 }
