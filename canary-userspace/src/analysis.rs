@@ -37,7 +37,18 @@
 //!    `p = p_max` against `p = min(2 p_max, (1 + p_max)/2)` at every look, and
 //!    at the required sample the exact one-sided binomial test
 //!    `P(X ≥ x_c | Bin(n_c, p_max)) < alpha_check`.
-//! 3. **Handshake p99** (`max_p99_handshake_ms`): at the required sample, the
+//! 3. **Recent-window guard** ([`recent_guard`]), one per limit above. The
+//!    SPRT runs over the whole step, so a fault that starts late in a step
+//!    must first outweigh every success before it. The guard looks at the
+//!    last seconds only, with the exact tests above (ceiling:
+//!    `P(X ≥ x | Bin(n, p_max))`; ratio: the conditional binomial against
+//!    equal rates), over every suffix of the engine's last 40 ticks (250 ms
+//!    up to 10 s, so a burst is seen whatever the canary's connection rate),
+//!    and fails when a p-value is below `alpha_check / (looks × 40)`.
+//!    `looks` caps how often it may look in one step (the engine allows
+//!    four times the step's interval in ticks, then stops looking), so the
+//!    union bound over looks and suffixes stays within its share.
+//! 4. **Handshake p99** (`max_p99_handshake_ms`): at the required sample, the
 //!    canary's p99 read from its histogram ([`histogram_quantile`]) must not
 //!    exceed the limit. This is a threshold on an estimate, not a test; it is
 //!    skipped (and noted) while fewer than 100 handshakes are recorded.
@@ -46,11 +57,11 @@
 //!
 //! `Limits::alpha` is the false-alarm budget of a **whole rollout** (default
 //! 0.01). It is split by Bonferroni over the plan's `steps` and over the
-//! statistical checks that are enabled in a step (up to four: ratio SPRT,
-//! ratio final test, ceiling SPRT, ceiling final test):
+//! statistical checks that are enabled in a step (three per limit: its SPRT,
+//! its final test and its recent-window guard; up to six):
 //!
 //! ```text
-//! alpha_check = alpha / (steps × checks)          e.g. 0.01 / (6 × 2) = 8.3e-4
+//! alpha_check = alpha / (steps × checks)          e.g. 0.01 / (6 × 3) = 5.6e-4
 //! P(false alarm in a step)    ≤ checks × alpha_check = alpha / steps
 //! P(false alarm in a rollout) ≤ steps × alpha / steps = alpha        = 0.01
 //! expected false alarms in 30 A/A rollouts ≤ 30 × 0.01 = 0.3
@@ -489,6 +500,51 @@ pub struct Analysis {
     pub notes: Vec<String>,
 }
 
+/// Statistical checks per enabled limit (ratio, ceiling): the SPRT, the
+/// final test and the recent-window guard share the step's alpha.
+pub const CHECKS_PER_LIMIT: u32 = 3;
+
+/// The recent-window guard (module docs, check 3): `Some(reason)` when the
+/// canary's failures over `recent` are implausible under the limits at
+/// level `alpha_look` (the check's alpha divided by the looks allowed).
+pub fn recent_guard(recent: &WindowCounts, limits: &Limits, alpha_look: f64) -> Option<String> {
+    let c = &recent.canary;
+    let s = &recent.stable;
+    let (nc, xc) = (c.attempts, c.failures.min(c.attempts));
+    let (ns, xs) = (s.attempts, s.failures.min(s.attempts));
+    if nc == 0 || xc == 0 {
+        return None;
+    }
+    if let Some(pmax) = limits.max_error_ratio.filter(|p| *p > 0.0 && *p < 1.0) {
+        let p = binomial_sf(xc, nc, pmax);
+        if xc as f64 > pmax * nc as f64 && p < alpha_look {
+            return Some(format!(
+                "canary fails {xc}/{nc} ({:.2}%) in the last seconds, above the ceiling of {:.2}% \
+                 (exact test p = {p:.1e} < {alpha_look:.1e})",
+                100.0 * xc as f64 / nc as f64,
+                100.0 * pmax
+            ));
+        }
+    }
+    let min_stable = limits.min_canary_connections.max(1);
+    if let Some(r) = limits.max_canary_vs_stable_ratio.filter(|r| *r > 1.0) {
+        if ns >= min_stable {
+            let theta0 = nc as f64 / (nc + ns) as f64;
+            let p = binomial_sf(xc, xc + xs, theta0);
+            let rate = |x: u64, n: u64| x as f64 / n as f64;
+            if rate(xc, nc) > r * rate(xs, ns) && p < alpha_look {
+                return Some(format!(
+                    "canary fails {xc}/{nc} ({:.2}%) in the last seconds against stable {xs}/{ns} \
+                     ({:.2}%), more than {r}x (exact test p = {p:.1e} < {alpha_look:.1e})",
+                    100.0 * rate(xc, nc),
+                    100.0 * rate(xs, ns)
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// The step verdict; see [`analyze_detailed`] for the figures.
 pub fn analyze(window: &WindowCounts, limits: &Limits) -> Verdict {
     analyze_detailed(window, limits).verdict
@@ -548,7 +604,7 @@ pub fn analyze_detailed(window: &WindowCounts, limits: &Limits) -> Analysis {
         }
         None => None,
     };
-    let checks = 2 * (ratio.is_some() as u32 + ceiling.is_some() as u32);
+    let checks = CHECKS_PER_LIMIT * (ratio.is_some() as u32 + ceiling.is_some() as u32);
     let alpha_step = limits.alpha / f64::from(limits.steps.max(1));
     let alpha_check = alpha_step / f64::from(checks.max(1));
     let threshold = (1.0 / alpha_check).ln();
@@ -934,15 +990,40 @@ mod tests {
     }
 
     #[test]
+    fn recent_guard_catches_a_late_fault_and_keeps_quiet_otherwise() {
+        let l = Limits {
+            max_error_ratio: Some(0.1),
+            max_canary_vs_stable_ratio: Some(2.0),
+            min_canary_connections: 50,
+            ..Default::default()
+        };
+        let alpha_look = 1e-6;
+        // 12 of 12 recent canary connections failed (p = 1e-12 under 10 %).
+        let why = recent_guard(&window(12, 12, 0, 0), &l, alpha_look).unwrap();
+        assert!(why.contains("above the ceiling"), "{why}");
+        // Against stable: 30/300 vs 5/1000 (p far below alpha_look).
+        let why = recent_guard(&window(300, 30, 1000, 5), &l, alpha_look).unwrap();
+        assert!(why.contains("more than 2x"), "{why}");
+        // A/A-like noise: equal rates, nothing.
+        assert_eq!(
+            recent_guard(&window(300, 15, 1000, 50), &l, alpha_look),
+            None
+        );
+        // A few failures are not enough at this level: P(X >= 3 | Bin(20, 0.1)) = 0.32.
+        assert_eq!(recent_guard(&window(20, 3, 0, 0), &l, alpha_look), None);
+        assert_eq!(recent_guard(&window(0, 0, 100, 50), &l, alpha_look), None);
+    }
+
+    #[test]
     fn analysis_verdicts() {
         let l = ratio_limits();
         // Too few: NeedMore with the figure status shows.
         let a = analyze_detailed(&window(500, 10, 500, 10), &l);
-        assert_eq!(a.checks, 2);
-        assert!(close(a.alpha_per_check, 0.01 / 12.0, 1e-12));
+        assert_eq!(a.checks, 3);
+        assert!(close(a.alpha_per_check, 0.01 / 18.0, 1e-12));
         // Sized from the stable rate one standard error low.
         let p0 = 0.02 - (0.02f64 * 0.98 / 500.0).sqrt();
-        let need = required_sample_vs_stable(p0, 2.0, 0.01 / 12.0, 0.9, 1.0);
+        let need = required_sample_vs_stable(p0, 2.0, 0.01 / 18.0, 0.9, 1.0);
         assert!(need > 2847, "{need}");
         assert_eq!(a.verdict, Verdict::NeedMore { have: 500, need });
         // Enough and equal: Pass.

@@ -107,6 +107,7 @@ pub struct Daemon {
     /// recent rates and quantiles in status.
     recent: VecDeque<(Instant, HashMap<String, WindowCounts>)>,
     last_tick: Option<Instant>,
+    last_expiry: Option<Instant>,
 }
 
 /// Reads the config file, or the built-in one.
@@ -181,6 +182,7 @@ impl Daemon {
             tick_prev: HashMap::new(),
             recent: VecDeque::new(),
             last_tick: None,
+            last_expiry: None,
         })
     }
 
@@ -379,10 +381,20 @@ impl Daemon {
             .filter_map(|s| s.rollout.as_ref().map(|r| r.analysis.handshake_timeout))
             .min()
             .unwrap_or(Duration::from_secs(3));
-        let expired = self
-            .dp
-            .maps
-            .expire_handshakes(monotonic_ns(), timeout.as_nanos() as u64);
+        // The scan reads the in-flight table entry by entry: once a second is
+        // plenty (a timeout is seconds long) and bounds its cost under a
+        // SYN flood (a full table is 64k entries).
+        let scan_due = self
+            .last_expiry
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        let expired = if scan_due {
+            self.last_expiry = Some(now);
+            self.dp
+                .maps
+                .expire_handshakes(monotonic_ns(), timeout.as_nanos() as u64)
+        } else {
+            Vec::new()
+        };
         for (sid, v) in expired {
             if let Some((name, _)) = self.dp.ids().services.iter().find(|(_, id)| **id == sid) {
                 *self.timeouts.entry((name.clone(), v)).or_default() += 1;

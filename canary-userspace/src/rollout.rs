@@ -13,10 +13,13 @@
 //!   step, or promoted after the last) or fail (roll back). Until the sample
 //!   is there the step waits, showing its progress.
 
-use crate::analysis::{analyze_detailed, Analysis, Verdict, VersionCounts, WindowCounts};
+use crate::analysis::{
+    analyze_detailed, recent_guard, Analysis, Verdict, VersionCounts, WindowCounts,
+};
 use crate::config::RolloutConfig;
 use crate::external::Judgement;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +66,19 @@ pub struct Rollout {
     /// The external metric's last judgement, when the plan has one.
     #[serde(default)]
     pub external: Option<String>,
+    /// The last ticks' deltas (about 10 s): the recent-window guard's data.
+    /// Not saved: after a restart it refills within seconds.
+    #[serde(skip)]
+    recent: VecDeque<WindowCounts>,
+    /// Guard looks spent in this step (capped, see `guard_looks_allowed`).
+    #[serde(default)]
+    guard_looks: u64,
 }
+
+/// Deltas kept for the recent-window guard: 40 ticks of 250 ms.
+const RECENT_TICKS: usize = 40;
+/// The engine's tick, for sizing the guard's look budget.
+const TICK_MS: u64 = 250;
 
 /// What the daemon must do after a tick.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +130,8 @@ impl Rollout {
             reason: None,
             history: Vec::new(),
             external: None,
+            recent: VecDeque::new(),
+            guard_looks: 0,
         };
         let action = Action::SetWeight(
             bp(plan.steps[0]),
@@ -129,6 +146,29 @@ impl Rollout {
 
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
+    }
+
+    /// Looks the recent-window guard may take in one step: four times the
+    /// step's interval in ticks (at least 8). Its alpha is split over them.
+    fn guard_looks_allowed(&self) -> u64 {
+        (4 * self.interval_ms / TICK_MS).max(8)
+    }
+
+    /// The guard over every suffix of the recent ticks (the last 250 ms,
+    /// the last 500 ms, ... the last 10 s): a burst of failures is seen at
+    /// whatever rate the canary's connections arrive. The look's alpha is
+    /// split over the suffixes.
+    fn guard(&self, limits: &crate::analysis::Limits, alpha_look: f64) -> Option<String> {
+        let alpha_suffix = alpha_look / RECENT_TICKS as f64;
+        let mut w = WindowCounts::default();
+        for d in self.recent.iter().rev() {
+            add(&mut w.stable, &d.stable);
+            add(&mut w.canary, &d.canary);
+            if let Some(why) = recent_guard(&w, limits, alpha_suffix) {
+                return Some(why);
+            }
+        }
+        None
     }
 
     /// Counts `delta` (this tick's counters) and `dt` of observation, and
@@ -153,9 +193,24 @@ impl Rollout {
         let a = analyze_detailed(&self.window, &limits);
         let verdict = a.verdict.clone();
         let crossed = sprt_crossed(&a);
+        self.recent.push_back(*delta);
+        while self.recent.len() > RECENT_TICKS {
+            self.recent.pop_front();
+        }
+        let mut guard = None;
+        if self.guard_looks < self.guard_looks_allowed() && a.checks > 0 {
+            self.guard_looks += 1;
+            let alpha_look = a.alpha_per_check / self.guard_looks_allowed() as f64;
+            guard = self.guard(&limits, alpha_look);
+        }
         self.last = Some(a);
         let n = self.steps.len();
         let here = format!("step {}/{} ({}%)", self.step + 1, n, self.steps[self.step]);
+        if let Some(why) = guard {
+            let why = format!("{here} failed: {why}");
+            self.abort(why.clone());
+            return Action::Rollback(why);
+        }
         let decide_now = self.step_elapsed_ms >= self.interval_ms;
         let mut external_ok = true;
         match external {
@@ -199,6 +254,9 @@ impl Rollout {
                 self.step_elapsed_ms = 0;
                 self.window = WindowCounts::default();
                 self.last = None;
+                // The guard looks at this step's traffic only.
+                self.recent.clear();
+                self.guard_looks = 0;
                 Action::SetWeight(
                     self.weight_bp(),
                     format!(
@@ -378,6 +436,33 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_late_in_a_step_is_caught_by_the_recent_window() {
+        let mut p = plan();
+        p.interval = Duration::from_secs(60);
+        let (mut r, _) = Rollout::start(&p);
+        let tick = Duration::from_millis(250);
+        // 40 s of a healthy canary: thousands of successes in the window.
+        for _ in 0..160 {
+            assert_eq!(r.tick_(&p, &counts((100, 0), (25, 0)), tick), Action::None);
+        }
+        // Then every canary connection fails, at a trickle (timeouts slow the
+        // clients): the whole-step SPRT would need hundreds of failures.
+        let mut ticks = 0;
+        loop {
+            ticks += 1;
+            match r.tick_(&p, &counts((20, 0), (1, 1)), tick) {
+                Action::Rollback(why) => {
+                    assert!(why.contains("last seconds"), "{why}");
+                    break;
+                }
+                Action::None => assert!(ticks < 40, "not caught within 10 s"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(ticks <= 10, "caught after {ticks} ticks");
+    }
+
+    #[test]
     fn paused_time_does_not_count_and_state_round_trips() {
         let p = plan();
         let (mut r, _) = Rollout::start(&p);
@@ -391,6 +476,8 @@ mod tests {
         assert!(r.resume());
         let saved = serde_json::to_string(&r).unwrap();
         let back: Rollout = serde_json::from_str(&saved).unwrap();
+        // The guard's recent ticks are not saved (they refill in seconds).
+        r.recent.clear();
         assert_eq!(back, r);
         assert_eq!(back.window.canary.attempts, 30);
     }

@@ -615,3 +615,84 @@ fn open_canary_connections_survive_a_rollback_unless_reset() -> Result<()> {
     }
     Ok(())
 }
+
+/// A canary whose service port silently drops SYNs (its health port still
+/// answers, so the probes see nothing): only the passive signal shows it.
+/// canaryd counts the handshakes that got no SYN-ACK within
+/// `handshake_timeout` as failures, and the analysis rolls back.
+#[test]
+fn unanswered_handshakes_are_counted_and_roll_back() -> Result<()> {
+    let topo = topology(0.0)?;
+    let _d = topo.spawn_canaryd(Some(&config(
+        "      steps: [20, 50, 100]
+      interval: 60s
+      analysis:
+        max_error_ratio: 0.1
+        handshake_timeout: 500ms
+",
+    )))?;
+    let maps = Maps::from_pins(&topo.pin_dir())?;
+    let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
+    ctl(&topo, &["rollout", "start", "shop"])?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let b3 = &topo.backends[2].ns;
+    b3.exec(&["nft", "add", "table", "ip", "cnry_blackhole"])?;
+    b3.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "cnry_blackhole",
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    ])?;
+    b3.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "cnry_blackhole",
+        "in",
+        "tcp",
+        "dport",
+        "80",
+        "drop",
+    ])?;
+    let t0 = Instant::now();
+    while weight_bp(&maps)? != 0 {
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "no rollback 30 s after the blackhole: {:#?}",
+                status(&topo)?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = t0.elapsed();
+    let (ok, failed) = load.stop();
+    let s = status(&topo)?;
+    let r = s.rollout.as_ref().unwrap();
+    println!(
+        "blackholed canary rolled back {:.1} s after the drop rule; canary: {} handshake timeouts, {} resets, probes healthy: {:?}; clients: {ok} ok, {failed} failed\n  {}",
+        took.as_secs_f64(),
+        s.signals.canary.handshake_timeouts,
+        s.signals.canary.resets,
+        s.backends.iter().map(|b| b.healthy).collect::<Vec<_>>(),
+        r.reason.as_deref().unwrap_or("?")
+    );
+    assert_eq!(r.phase, "aborted");
+    assert!(
+        s.signals.canary.handshake_timeouts > 0,
+        "no handshake timeout counted"
+    );
+    assert_eq!(s.signals.canary.resets, 0);
+    assert!(
+        s.backends.iter().all(|b| b.healthy == Some(true)),
+        "the probes were not what caught it"
+    );
+    assert_eq!(
+        s.signals.stable.handshake_timeouts, 0,
+        "stable had no timeouts"
+    );
+    Ok(())
+}
