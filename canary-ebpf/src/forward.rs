@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use canary_common::{checksum, reason};
+use canary_common::{checksum, reason, NextHop};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -23,6 +23,20 @@ use network_types::{
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
+
+/// The verdict on a packet, and the next hop it was redirected to (for the
+/// flow entry's cache; `gen` is filled in by the caller).
+pub struct Routed {
+    pub action: u32,
+    pub learned: Option<NextHop>,
+}
+
+fn only(action: u32) -> Routed {
+    Routed {
+        action,
+        learned: None,
+    }
+}
 
 /// After a successful lookup: redirect if we may, else let the stack route.
 /// `decrement_ttl` runs only when the packet really is redirected (the stack
@@ -34,28 +48,28 @@ fn finish<const L3: usize>(
     rc: i64,
     ttl: u8,
     decrement_ttl: impl FnOnce(),
-) -> u32 {
+) -> Routed {
     let rc = rc as u32;
     if rc == BPF_FIB_LKUP_RET_BLACKHOLE
         || rc == BPF_FIB_LKUP_RET_UNREACHABLE
         || rc == BPF_FIB_LKUP_RET_PROHIBIT
     {
-        return drop(reason::DROP_UNROUTABLE);
+        return only(drop(reason::DROP_UNROUTABLE));
     }
     // NO_NEIGH, FRAG_NEEDED, NOT_FWDED, ...: the kernel knows what to do.
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
-        return pass(reason::PASS_TO_STACK);
+        return only(pass(reason::PASS_TO_STACK));
     }
     // A tagged frame must leave through the VLAN device the stack owns; an
     // expiring TTL needs an ICMP time-exceeded from the stack.
     if L3 != EthHdr::LEN || ttl <= 1 {
-        return pass(reason::PASS_TO_STACK);
+        return only(pass(reason::PASS_TO_STACK));
     }
     if TX_PORTS.get_ifindex(params.ifindex).is_none() {
-        return pass(reason::PASS_TO_STACK);
+        return only(pass(reason::PASS_TO_STACK));
     }
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return pass(reason::PASS_MALFORMED);
+        return only(pass(reason::PASS_MALFORMED));
     };
     decrement_ttl();
     unsafe {
@@ -65,10 +79,86 @@ fn finish<const L3: usize>(
     match TX_PORTS.redirect(params.ifindex, 0) {
         Ok(action) => {
             count(reason::FWD_REDIRECT);
+            // On success the kernel reports the route's MTU in the same
+            // field the packet length went in; 0 (not reported): no cache.
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            Routed {
+                action,
+                learned: (mtu != 0).then_some(NextHop {
+                    ifindex: params.ifindex,
+                    gen: 0,
+                    mtu,
+                    dmac: params.dmac,
+                    smac: params.smac,
+                    _pad: [0; 2],
+                }),
+            }
+        }
+        Err(_) => only(pass(reason::PASS_TO_STACK)),
+    }
+}
+
+/// Redirects with a cached next hop, as `finish` would have after a lookup.
+/// `None` (and the packet untouched) when the cache does not apply: a VLAN
+/// frame, an expiring TTL, a packet over the route's MTU, an egress port
+/// no longer in TX_PORTS. The caller then takes the slow path.
+#[inline(always)]
+fn cached<const L3: usize>(
+    ctx: &XdpContext,
+    nh: &NextHop,
+    ttl: u8,
+    ip_len: usize,
+    decrement_ttl: impl FnOnce(),
+) -> Option<u32> {
+    if L3 != EthHdr::LEN || ttl <= 1 || ip_len > nh.mtu as usize {
+        return None;
+    }
+    TX_PORTS.get_ifindex(nh.ifindex)?;
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    decrement_ttl();
+    unsafe {
+        (*eth).dst_addr = nh.dmac;
+        (*eth).src_addr = nh.smac;
+    }
+    Some(match TX_PORTS.redirect(nh.ifindex, 0) {
+        Ok(action) => {
+            count(reason::FWD_REDIRECT);
             action
         }
+        // The port vanished between the check and the redirect: the
+        // rewritten packet goes to the stack.
         Err(_) => pass(reason::PASS_TO_STACK),
+    })
+}
+
+#[inline(always)]
+fn decrement_ttl_v4(ip: *mut Ipv4Hdr) {
+    unsafe {
+        let old = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).ttl -= 1;
+        let new = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+        let c = u16::from_ne_bytes((*ip).check);
+        (*ip).check = checksum::replace_u16(c, old, new).to_ne_bytes();
     }
+}
+
+#[inline(always)]
+pub fn cached_v4<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: &NextHop) -> Option<u32> {
+    let (ttl, len) = unsafe { ((*ip).ttl, u16::from_be_bytes((*ip).tot_len) as usize) };
+    cached::<L3>(ctx, nh, ttl, len, || decrement_ttl_v4(ip))
+}
+
+#[inline(always)]
+pub fn cached_v6<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv6Hdr, nh: &NextHop) -> Option<u32> {
+    let (hop_limit, len) = unsafe {
+        (
+            (*ip).hop_limit,
+            Ipv6Hdr::LEN + u16::from_be_bytes((*ip).payload_len) as usize,
+        )
+    };
+    cached::<L3>(ctx, nh, hop_limit, len, || unsafe {
+        (*ip).hop_limit -= 1;
+    })
 }
 
 #[inline(always)]
@@ -78,7 +168,7 @@ pub fn route_v4<const L3: usize>(
     proto: u8,
     sport: u16,
     dport: u16,
-) -> u32 {
+) -> Routed {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     let ttl;
     unsafe {
@@ -101,13 +191,7 @@ pub fn route_v4<const L3: usize>(
             0,
         )
     };
-    finish::<L3>(ctx, &mut p, rc, ttl, || unsafe {
-        let old = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-        (*ip).ttl -= 1;
-        let new = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
-        let c = u16::from_ne_bytes((*ip).check);
-        (*ip).check = checksum::replace_u16(c, old, new).to_ne_bytes();
-    })
+    finish::<L3>(ctx, &mut p, rc, ttl, || decrement_ttl_v4(ip))
 }
 
 #[inline(always)]
@@ -117,7 +201,7 @@ pub fn route_v6<const L3: usize>(
     proto: u8,
     sport: u16,
     dport: u16,
-) -> u32 {
+) -> Routed {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     let hop_limit;
     unsafe {
@@ -125,7 +209,9 @@ pub fn route_v6<const L3: usize>(
         p.l4_protocol = proto;
         p.sport = sport;
         p.dport = dport;
-        p.__bindgen_anon_1.tot_len = u16::from_be_bytes((*ip).payload_len);
+        // The whole IP packet, as the kernel compares it with the MTU.
+        p.__bindgen_anon_1.tot_len =
+            (Ipv6Hdr::LEN as u16).saturating_add(u16::from_be_bytes((*ip).payload_len));
         // Traffic class and flow label, as the kernel's own forwarding uses.
         p.__bindgen_anon_2.flowinfo = u32::from_ne_bytes((*ip).vcf) & u32::from_be(0x0fff_ffff);
         p.__bindgen_anon_3.ipv6_src = words16(&(*ip).src_addr);

@@ -32,7 +32,10 @@
 //!   fragmented.
 //! - rewritten packets are routed with `bpf_fib_lookup` and redirected out of
 //!   the egress interface (TTL decremented, MACs set) when that interface is
-//!   in TX_PORTS; otherwise, and when the kernel must resolve a neighbour,
+//!   in TX_PORTS; the next hop is then cached in the flow entry (each
+//!   direction its own), and the connection's later packets use it while
+//!   its generation is current (canaryd bumps `NEXTHOP_GEN` every second and
+//!   on config changes) and they fit the route's MTU; otherwise, and when the kernel must resolve a neighbour,
 //!   handle a VLAN, or send an ICMP (TTL expiring, fragmentation needed), they
 //!   go to the stack already rewritten (`pass_to_stack`). Unroutable:
 //!   XDP_DROP (`drop_unroutable`).
@@ -50,8 +53,8 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use aya_log_ebpf::warn;
 use canary_common::{
     backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey, FlowState,
-    OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6, OVERRIDE_SERVICE_BITS,
-    PROTO_TCP, PROTO_UDP,
+    NextHop, OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6,
+    OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -61,7 +64,8 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use maps::{BACKENDS, FLOWS, MAGLEV, OVERRIDES, REVERSE_NAT, SERVICES, VIPS};
+use forward::Routed;
+use maps::{BACKENDS, FLOWS, MAGLEV, NEXTHOP_GEN, OVERRIDES, REVERSE_NAT, SERVICES, VIPS};
 use stats::{backend_signal, handshake_started};
 use parse::{ptr_at, words16, words4};
 use stats::{count, drop, pass};
@@ -194,6 +198,54 @@ struct Target {
     backend_id: u32,
     addr: [u32; 4],
     new_flow: bool,
+    /// The flow entry of an established connection (None: a new one, to be
+    /// remembered once it is routed).
+    entry: Option<*mut FlowState>,
+    /// Its cached next hop toward the backend, if still valid.
+    cached: Option<NextHop>,
+}
+
+/// The generation a cached next hop must carry (see `NextHop`).
+#[inline(always)]
+fn nexthop_gen() -> u32 {
+    NEXTHOP_GEN.get(0).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn valid(nh: &NextHop, gen: u32) -> Option<NextHop> {
+    (nh.ifindex != 0 && nh.gen == gen).then_some(*nh)
+}
+
+/// Records a new connection's decision (with the next hop it was just
+/// routed to), or refreshes an established one's next hop.
+#[inline(always)]
+fn remember(ctx: &XdpContext, flow: &FlowKey, t: &Target, learned: Option<NextHop>, gen: u32) {
+    let learned = learned.map(|mut nh| {
+        nh.gen = gen;
+        nh
+    });
+    match t.entry {
+        Some(entry) => {
+            if let Some(nh) = learned {
+                unsafe { (*entry).to_backend = nh };
+            }
+        }
+        None => {
+            let state = FlowState {
+                backend_id: t.backend_id,
+                version: t.version,
+                service_id: t.service_id,
+                _pad: 0,
+                to_backend: learned.unwrap_or_default(),
+                to_client: NextHop::default(),
+            };
+            if FLOWS.insert(flow, &state, 0).is_err() {
+                // Rare (the LRU evicts instead of failing): worth a log line.
+                count(reason::FLOW_INSERT_FAILED);
+                warn!(ctx, "flow table insert failed for service {}", t.service_id);
+            }
+        }
+    }
 }
 
 /// The version forced on this client by a source-prefix override, if any.
@@ -222,14 +274,16 @@ fn override_version(service_id: u32, flow: &FlowKey) -> Option<u32> {
 }
 
 /// Flow table first; on a miss, override or hash bucket vs weight, then the
-/// live Maglev table of the chosen pool.
+/// live Maglev table of the chosen pool. A new decision is remembered by
+/// the caller once the packet is routed (`remember`).
 #[inline(always)]
-fn decide(ctx: &XdpContext, flow: &FlowKey, vip: &VipInfo) -> Result<Target, u32> {
+fn decide(flow: &FlowKey, vip: &VipInfo, gen: u32) -> Result<Target, u32> {
     let service_id = vip.service_id;
-    let (backend_id, version, new_flow) = match unsafe { FLOWS.get(flow) } {
+    let (backend_id, version, entry, cached) = match FLOWS.get_ptr_mut(flow) {
         Some(f) => {
             count(reason::FLOW_HIT);
-            (f.backend_id, f.version & 1, false)
+            let (backend_id, version, nh) = unsafe { ((*f).backend_id, (*f).version & 1, (*f).to_backend) };
+            (backend_id, version, Some(f), valid(&nh, gen))
         }
         None => {
             // The service entry matters only to a new decision.
@@ -251,18 +305,7 @@ fn decide(ctx: &XdpContext, flow: &FlowKey, vip: &VipInfo) -> Result<Target, u32
             if backend_id == BACKEND_NONE {
                 return Err(reason::DROP_NO_BACKEND);
             }
-            let state = FlowState {
-                backend_id,
-                version,
-                service_id,
-                _pad: 0,
-            };
-            if FLOWS.insert(flow, &state, 0).is_err() {
-                // Rare (the LRU evicts instead of failing): worth a log line.
-                count(reason::FLOW_INSERT_FAILED);
-                warn!(ctx, "flow table insert failed for service {}", service_id);
-            }
-            (backend_id, version, true)
+            (backend_id, version, None, None)
         }
     };
     let backend = BACKENDS.get(backend_id).ok_or(reason::DROP_NO_BACKEND)?;
@@ -271,7 +314,9 @@ fn decide(ctx: &XdpContext, flow: &FlowKey, vip: &VipInfo) -> Result<Target, u32
         version,
         backend_id,
         addr: backend.addr,
-        new_flow,
+        new_flow: entry.is_none(),
+        entry,
+        cached,
     })
 }
 
@@ -348,7 +393,8 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
         family: FAMILY_V4,
         _pad: [0; 2],
     };
-    let target = match decide(ctx, &flow, vip) {
+    let gen = nexthop_gen();
+    let target = match decide(&flow, vip, gen) {
         Ok(t) => t,
         Err(r) => return drop(r),
     };
@@ -356,7 +402,18 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
     if nat::dnat_v4(ctx, ip, l4, proto, dst, target.addr[0]).is_none() {
         return drop(reason::DROP_MALFORMED);
     }
-    let action = forward::route_v4::<L3>(ctx, ip, proto, sport, dport);
+    let routed = match target
+        .cached
+        .and_then(|nh| forward::cached_v4::<L3>(ctx, ip, &nh))
+    {
+        Some(action) => Routed {
+            action,
+            learned: None,
+        },
+        None => forward::route_v4::<L3>(ctx, ip, proto, sport, dport),
+    };
+    remember(ctx, &flow, &target, routed.learned, gen);
+    let action = routed.action;
     if action != xdp_action::XDP_DROP {
         stats::count_forward(
             target.service_id,
@@ -374,10 +431,14 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
 /// its address and port but are not ours to translate. A backend's SYN-ACK
 /// or RST is a health signal for its version.
 #[inline(always)]
-fn reply_flow(ctx: &XdpContext, l4: usize, flow: &FlowKey, service_id: u32, version: u32) -> bool {
-    if unsafe { FLOWS.get(flow) }.is_none() {
-        return false;
-    }
+fn reply_flow(
+    ctx: &XdpContext,
+    l4: usize,
+    flow: &FlowKey,
+    service_id: u32,
+    version: u32,
+) -> Option<*mut FlowState> {
+    let entry = FLOWS.get_ptr_mut(flow)?;
     if flow.proto == PROTO_TCP {
         if let Some(f) = tcp_flags(ctx, l4) {
             if f.rst || (f.syn && f.ack) {
@@ -385,7 +446,16 @@ fn reply_flow(ctx: &XdpContext, l4: usize, flow: &FlowKey, service_id: u32, vers
             }
         }
     }
-    true
+    Some(entry)
+}
+
+/// Keeps the next hop a reply was just routed to in its flow entry.
+#[inline(always)]
+fn remember_reply(entry: *mut FlowState, learned: Option<NextHop>, gen: u32) {
+    if let Some(mut nh) = learned {
+        nh.gen = gen;
+        unsafe { (*entry).to_client = nh };
+    }
 }
 
 /// A reply from a backend's service port: put the VIP back as its source.
@@ -418,12 +488,22 @@ fn reply_v4<const L3: usize>(
         family: FAMILY_V4,
         _pad: [0; 2],
     };
-    if !reply_flow(ctx, l4, &flow, service_id, version) {
+    let Some(entry) = reply_flow(ctx, l4, &flow, service_id, version) else {
         return Some(pass(reason::PASS_REPLY_NO_FLOW));
-    }
+    };
     nat::snat_v4(ctx, ip, l4, proto, src, vip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    let action = forward::route_v4::<L3>(ctx, ip, proto, sport, dport);
+    let gen = nexthop_gen();
+    let cached = valid(unsafe { &(*entry).to_client }, gen);
+    let routed = match cached.and_then(|nh| forward::cached_v4::<L3>(ctx, ip, &nh)) {
+        Some(action) => Routed {
+            action,
+            learned: None,
+        },
+        None => forward::route_v4::<L3>(ctx, ip, proto, sport, dport),
+    };
+    remember_reply(entry, routed.learned, gen);
+    let action = routed.action;
     if action != xdp_action::XDP_DROP {
         stats::count_reply(service_id, version, backend_id, frame_len);
     }
@@ -499,7 +579,8 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
         family: FAMILY_V6,
         _pad: [0; 2],
     };
-    let target = match decide(ctx, &flow, vip) {
+    let gen = nexthop_gen();
+    let target = match decide(&flow, vip, gen) {
         Ok(t) => t,
         Err(r) => return drop(r),
     };
@@ -507,7 +588,18 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
     if nat::dnat_v6(ctx, ip, l4, next_hdr, &dst, &target.addr).is_none() {
         return drop(reason::DROP_MALFORMED);
     }
-    let action = forward::route_v6::<L3>(ctx, ip, next_hdr, sport, dport);
+    let routed = match target
+        .cached
+        .and_then(|nh| forward::cached_v6::<L3>(ctx, ip, &nh))
+    {
+        Some(action) => Routed {
+            action,
+            learned: None,
+        },
+        None => forward::route_v6::<L3>(ctx, ip, next_hdr, sport, dport),
+    };
+    remember(ctx, &flow, &target, routed.learned, gen);
+    let action = routed.action;
     if action != xdp_action::XDP_DROP {
         stats::count_forward(
             target.service_id,
@@ -556,12 +648,22 @@ fn reply_v6<const L3: usize>(
         family: FAMILY_V6,
         _pad: [0; 2],
     };
-    if !reply_flow(ctx, l4, &flow, service_id, version) {
+    let Some(entry) = reply_flow(ctx, l4, &flow, service_id, version) else {
         return Some(pass(reason::PASS_REPLY_NO_FLOW));
-    }
+    };
     nat::snat_v6(ctx, ip, l4, proto, &src, &vip)?;
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
-    let action = forward::route_v6::<L3>(ctx, ip, proto, sport, dport);
+    let gen = nexthop_gen();
+    let cached = valid(unsafe { &(*entry).to_client }, gen);
+    let routed = match cached.and_then(|nh| forward::cached_v6::<L3>(ctx, ip, &nh)) {
+        Some(action) => Routed {
+            action,
+            learned: None,
+        },
+        None => forward::route_v6::<L3>(ctx, ip, proto, sport, dport),
+    };
+    remember_reply(entry, routed.learned, gen);
+    let action = routed.action;
     if action != xdp_action::XDP_DROP {
         stats::count_reply(service_id, version, backend_id, frame_len);
     }

@@ -65,3 +65,8 @@ pub static HANDSHAKES: LruHashMap<FlowKey, PendingHandshake> = LruHashMap::pinne
 #[map(name = "HEALTH_STATS")]
 pub static HEALTH_STATS: PerCpuArray<HealthStats> =
     PerCpuArray::pinned(MAX_SERVICES * NUM_VERSIONS, 0);
+
+/// The generation a cached next hop must carry to be used (see
+/// `canary_common::NextHop`); canaryd bumps it.
+#[map(name = "NEXTHOP_GEN")]
+pub static NEXTHOP_GEN: Array<u32> = Array::pinned(1, 0);

@@ -389,6 +389,11 @@ impl Daemon {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
         let expired = if scan_due {
             self.last_expiry = Some(now);
+            // Cached next hops live at most a second past a route or
+            // neighbour change.
+            if let Err(e) = self.dp.maps.bump_nexthop_gen() {
+                error!("invalidating cached next hops: {e:#}");
+            }
             self.dp
                 .maps
                 .expire_handshakes(monotonic_ns(), timeout.as_nanos() as u64)

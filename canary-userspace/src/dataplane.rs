@@ -561,6 +561,9 @@ impl DataPlane {
         ids.retain(&keep_services, &keep_backends);
         self.ids = ids;
         self.applied = Some(config.clone());
+        // Interfaces or backends may have changed: no cached next hop is
+        // trusted past this point.
+        self.maps.bump_nexthop_gen()?;
         Ok(report)
     }
 

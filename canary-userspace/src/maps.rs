@@ -113,6 +113,7 @@ pub fn expected_layout(flow_table_size: u32) -> Vec<(&'static str, u32, u32, u32
             sz(size_of::<HealthStats>()),
             MAX_SERVICES * NUM_VERSIONS,
         ),
+        (names::NEXTHOP_GEN, 4, 4, 1),
     ]
 }
 
@@ -154,6 +155,7 @@ pub struct Maps {
     pub tx_ports: DevMapHash<MapData>,
     pub handshakes: HashMap<MapData, FlowKey, PendingHandshake>,
     pub health_stats: PerCpuArray<MapData, HealthStats>,
+    pub nexthop_gen: Array<MapData, u32>,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
@@ -196,6 +198,7 @@ impl Maps {
             tx_ports: typed(get(names::TX_PORTS)?, names::TX_PORTS)?,
             handshakes: typed(get(names::HANDSHAKES)?, names::HANDSHAKES)?,
             health_stats: typed(get(names::HEALTH_STATS)?, names::HEALTH_STATS)?,
+            nexthop_gen: typed(get(names::NEXTHOP_GEN)?, names::NEXTHOP_GEN)?,
         })
     }
 
@@ -217,6 +220,15 @@ impl Maps {
             t.reply_packets += s.reply_packets;
         }
         Ok(t)
+    }
+
+    /// Invalidates every cached next hop: the connections' next packets look
+    /// their route up again (after a route, neighbour or config change, and
+    /// every second from canaryd, which bounds how long a stale one lives).
+    pub fn bump_nexthop_gen(&mut self) -> Result<()> {
+        let gen = self.nexthop_gen.get(&0, 0).unwrap_or(0);
+        self.nexthop_gen.set(0, gen.wrapping_add(1), 0)?;
+        Ok(())
     }
 
     /// Passive health signals of a service's version, summed over CPUs.

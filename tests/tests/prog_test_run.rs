@@ -1154,3 +1154,83 @@ fn checksum_verifier_catches_corruption() {
         "a MAC change outside the expectation must fail"
     );
 }
+
+// Next-hop cache -------------------------------------------------------------
+
+/// The first packet of a connection caches its next hop (egress interface,
+/// MACs, MTU) in the flow entry, for each direction; later packets use it
+/// without a route lookup (a neighbour change is not seen) until canaryd
+/// bumps the generation, and never for a packet over the cached MTU.
+#[test]
+fn cached_next_hop_is_used_until_invalidated() {
+    run_lab(&config(10.0), None, |lab| {
+        let (client, vip) = (v4("198.18.16.5"), v4(VIP4));
+        let key = flow_key(client, 40000, vip, 80, PROTO_TCP);
+        let syn = tcp(0, client, 40000, vip, 80, Tcp::Syn);
+        let (r, backend, _) = forward_one(lab, "web", &syn, &key, true);
+        assert_eq!(r.action, XDP_REDIRECT);
+        let side = backend_side(backend);
+        let entry = lab.dp().maps.flows.get(&key, 0).unwrap();
+        let nh = entry.to_backend;
+        assert_eq!(nh.ifindex, lab.ifindex[side as usize], "egress cached");
+        assert_eq!((nh.dmac, nh.smac), (mac_nbr(side), mac_lb(side)));
+        assert_eq!(nh.mtu, 1500, "the route's MTU (veth)");
+        assert_eq!(entry.to_client.ifindex, 0, "no reply yet");
+
+        // The backend's MAC changes: the cache still holds the old one ...
+        let new_mac = [0x02, 0, 0, 0, side, 0x77];
+        let b = format!("198.18.{side}.2");
+        ip_batch(
+            &lab.ns,
+            &format!(
+                "neigh replace {b} lladdr {} dev lb-b{side} nud permanent\n",
+                mac_str(new_mac)
+            ),
+        )
+        .unwrap();
+        let ack = tcp(0, client, 40000, vip, 80, Tcp::Ack);
+        let r = lab.run(&ack, 0);
+        assert_eq!(r.action, XDP_REDIRECT);
+        assert_eq!(r.out[0..6], mac_nbr(side), "cached MAC used");
+        // ... until the generation moves on.
+        lab.dp_mut().maps.bump_nexthop_gen().unwrap();
+        let r = lab.run(&ack, 0);
+        assert_eq!(r.action, XDP_REDIRECT);
+        assert_eq!(r.out[0..6], new_mac, "looked up again after the bump");
+        assert_eq!(
+            lab.dp().maps.flows.get(&key, 0).unwrap().to_backend.dmac,
+            new_mac
+        );
+
+        // Over the cached MTU: the slow path, which leaves it to the stack.
+        let mut big = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac_nbr(0), mac_lb(0))
+            .ipv4([198, 18, 16, 5], [198, 18, 100, 1], 64)
+            .tcp(40000, 80, 1, 64240)
+            .ack(1)
+            .write(&mut big, &[0x5a; 1600])
+            .unwrap();
+        let dp0 = lab.datapath();
+        let r = lab.run(&big, 0);
+        assert_eq!(r.action, XDP_PASS, "over the MTU on an established flow");
+        assert_reasons(
+            &dp0,
+            &lab.datapath(),
+            &[(reason::PASS_TO_STACK, 1), (reason::FLOW_HIT, 1)],
+            "MTU",
+        );
+
+        // The reply direction caches its own next hop.
+        let reply = tcp(side, backend, 80, client, 40000, Tcp::Ack);
+        let r = lab.run(&reply, side as usize);
+        assert_eq!(r.action, XDP_REDIRECT);
+        let back = lab.dp().maps.flows.get(&key, 0).unwrap().to_client;
+        assert_eq!(back.ifindex, lab.ifindex[0]);
+        assert_eq!((back.dmac, back.smac), (mac_nbr(0), mac_lb(0)));
+        let again = lab.run(&reply, side as usize);
+        assert_eq!(
+            again.out, r.out,
+            "the cached reply path rewrites the same bytes"
+        );
+    });
+}

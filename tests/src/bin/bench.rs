@@ -695,7 +695,7 @@ fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
                 backend_id: bid,
                 version: 0,
                 service_id: sid,
-                _pad: 0,
+                ..FlowState::default()
             };
             let vip = IpAddr::V4(LAB_VIP4);
             let t = Instant::now();
@@ -707,8 +707,22 @@ fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
             let stats0 =
                 dp.maps.version_stats(sid, 0)?.new_flows + dp.maps.version_stats(sid, 1)?.new_flows;
             // Established packets of pre-filled flows, spread over the table.
+            // One untimed pass first: a connection's first packet looks its
+            // route up and caches the next hop in its flow entry; the timed
+            // pass is the steady state (a flow pays one lookup per second,
+            // after canaryd's generation bump).
             let step = (flows as usize / size.single.max(1)).max(1) | 1;
             let canary = dp.program()?;
+            let mut warm = 0usize;
+            lab.single(
+                canary,
+                0,
+                &mut |n| {
+                    let (s, p) = fresh_v4((n * step) % flows as usize);
+                    tcp(0, s, p, vip, 80, Kind::Ack)
+                },
+                &mut warm,
+            )?;
             let mut n = 0usize;
             let (k, a) = lab.single(
                 canary,

@@ -52,7 +52,7 @@ pub fn mac_nbr(i: u8) -> [u8; 6] {
 fn mac_peer(i: u8) -> [u8; 6] {
     [0x02, 0, 0, 0, i, 0xfe]
 }
-fn mac_str(m: [u8; 6]) -> String {
+pub fn mac_str(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -82,7 +82,7 @@ fn ip(ns: Option<&str>, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn ip_batch(ns: &str, script: &str) -> Result<()> {
+pub fn ip_batch(ns: &str, script: &str) -> Result<()> {
     let mut child = Command::new("ip")
         .args(["-n", ns, "-batch", "-"])
         .stdin(Stdio::piped())
