@@ -162,6 +162,9 @@ pub struct NextHop {
     pub _pad: [u8; 2],
 }
 
+/// `FlowState::flags`: the backend reset this connection (counted once).
+pub const FLOW_RST_SEEN: u32 = 1;
+
 /// `FLOWS` value: where this connection went, fixed at its first packet,
 /// and the cached next hops of both directions.
 #[repr(C)]
@@ -170,7 +173,8 @@ pub struct FlowState {
     pub backend_id: u32,
     pub version: u32,
     pub service_id: u32,
-    pub _pad: u32,
+    /// `FLOW_*` bits.
+    pub flags: u32,
     /// Client -> backend.
     pub to_backend: NextHop,
     /// Backend -> client (replies).

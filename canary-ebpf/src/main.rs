@@ -54,7 +54,7 @@ use aya_log_ebpf::warn;
 use canary_common::{
     backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey, FlowState,
     NextHop, OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6,
-    OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
+    FLOW_RST_SEEN, OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -178,10 +178,12 @@ fn tcp_flags(ctx: &XdpContext, l4: usize) -> Option<TcpFlags> {
     }
 }
 
-/// A client's SYN (not a SYN-ACK) starts a handshake the backend must answer.
+/// A client's SYN (not a SYN-ACK) opening a new connection starts a
+/// handshake the backend must answer. A SYN on a known connection (a
+/// retransmission, or a late duplicate after the handshake) starts none.
 #[inline(always)]
 fn note_syn(ctx: &XdpContext, l4: usize, flow: &FlowKey, target: &Target) {
-    if flow.proto != PROTO_TCP {
+    if flow.proto != PROTO_TCP || !target.new_flow {
         return;
     }
     if let Some(f) = tcp_flags(ctx, l4) {
@@ -235,7 +237,7 @@ fn remember(ctx: &XdpContext, flow: &FlowKey, t: &Target, learned: Option<NextHo
                 backend_id: t.backend_id,
                 version: t.version,
                 service_id: t.service_id,
-                _pad: 0,
+                flags: 0,
                 to_backend: learned.unwrap_or_default(),
                 to_client: NextHop::default(),
             };
@@ -441,8 +443,13 @@ fn reply_flow(
     let entry = FLOWS.get_ptr_mut(flow)?;
     if flow.proto == PROTO_TCP {
         if let Some(f) = tcp_flags(ctx, l4) {
-            if f.rst || (f.syn && f.ack) {
-                backend_signal(flow, service_id, version, f.syn && f.ack, f.rst);
+            // One reset counts once per connection, however many RSTs.
+            let rst = f.rst && unsafe { (*entry).flags } & FLOW_RST_SEEN == 0;
+            if rst {
+                unsafe { (*entry).flags |= FLOW_RST_SEEN };
+            }
+            if rst || (f.syn && f.ack) {
+                backend_signal(flow, service_id, version, f.syn && f.ack, rst);
             }
         }
     }

@@ -52,14 +52,13 @@ pub static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(canary_common:
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
 
-/// TCP handshakes in flight: SYN forwarded, no SYN-ACK seen yet. Per-CPU
-/// LRU lists (BPF_F_NO_COMMON_LRU): an insert on every new connection must
-/// not contend on one global LRU lock.
+/// TCP handshakes in flight: SYN forwarded, no SYN-ACK seen yet. One shared
+/// LRU list: per-CPU lists (BPF_F_NO_COMMON_LRU) were faster but split the
+/// capacity over every possible CPU, and with one NIC queue all inserts land
+/// on one CPU's share (a few hundred entries on a big host).
 #[map(name = "HANDSHAKES")]
-pub static HANDSHAKES: LruHashMap<FlowKey, PendingHandshake> = LruHashMap::pinned(
-    MAX_HANDSHAKES,
-    aya_ebpf::bindings::BPF_F_NO_COMMON_LRU,
-);
+pub static HANDSHAKES: LruHashMap<FlowKey, PendingHandshake> =
+    LruHashMap::pinned(MAX_HANDSHAKES, 0);
 
 /// Passive health signals per (service, version).
 #[map(name = "HEALTH_STATS")]

@@ -53,8 +53,8 @@ pub fn handshake_started(flow: &FlowKey, service_id: u32, version: u32) {
         service_id,
         version,
     };
-    // BPF_NOEXIST: a retransmitted SYN keeps the first one's time. An LRU: a
-    // full table forgets the oldest handshake, never this one.
+    // BPF_NOEXIST: never restart a handshake in flight. An LRU: a full
+    // table forgets the oldest handshake, never this one.
     let _ = HANDSHAKES.insert(flow, &pending, aya_ebpf::bindings::BPF_NOEXIST as u64);
 }
 

@@ -27,6 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
+/// Handshake timeout of services without a rollout plan.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Who the rollout engine is in logs and weight sources.
 pub const ROLLOUT: &str = "rollout";
 
@@ -95,6 +98,8 @@ pub struct Daemon {
     health: HashMap<(String, IpAddr), BackendHealth>,
     probes: Option<Probes>,
     probe_tx: Option<UnboundedSender<Transition>>,
+    /// Which probe set is current (bumped on every respawn).
+    probe_epoch: u64,
     /// External-metric readings (Prometheus) and their pollers.
     readings: Readings,
     pollers: Option<Pollers>,
@@ -103,6 +108,11 @@ pub struct Daemon {
     timeouts: HashMap<(String, u32), u64>,
     /// Cumulative rollout counters per service at the previous tick.
     tick_prev: HashMap<String, WindowCounts>,
+    /// Rollbacks whose map write failed: retried every tick.
+    pending_rollbacks: std::collections::BTreeSet<String>,
+    /// When each rollout's current step weight was set (or this canaryd
+    /// started): external readings older than that do not count.
+    step_began: HashMap<String, Instant>,
     /// The same counters at each of the last 11 samples (1 s apart): the
     /// recent rates and quantiles in status.
     recent: VecDeque<(Instant, HashMap<String, WindowCounts>)>,
@@ -176,10 +186,13 @@ impl Daemon {
             health: HashMap::new(),
             probes: None,
             probe_tx: None,
+            probe_epoch: 0,
             readings: Readings::default(),
             pollers: None,
             timeouts: HashMap::new(),
             tick_prev: HashMap::new(),
+            pending_rollbacks: Default::default(),
+            step_began: HashMap::new(),
             recent: VecDeque::new(),
             last_tick: None,
             last_expiry: None,
@@ -211,14 +224,30 @@ impl Daemon {
             })
             .collect();
         self.health.retain(|k, _| probed.contains(k));
+        let excluded = self.dp.unhealthy.len();
         self.dp.unhealthy.retain(|k| probed.contains(k));
+        if self.dp.unhealthy.len() != excluded {
+            // A backend no longer probed (or no longer configured) must not
+            // stay out of its pool.
+            let running = self.running.clone();
+            match self.dp.apply(&running) {
+                Ok(report) => report.lines.iter().for_each(|l| info!("{l}")),
+                Err(e) => error!("returning unprobed backends to their pools: {e:#}"),
+            }
+        }
         let known = self
             .health
             .iter()
             .map(|(k, h)| (k.clone(), h.healthy))
             .collect();
         self.probes = None;
-        self.probes = Some(crate::health::spawn(&self.running, &known, tx));
+        self.probe_epoch += 1;
+        self.probes = Some(crate::health::spawn(
+            &self.running,
+            &known,
+            tx,
+            self.probe_epoch,
+        ));
         self.pollers = None;
         self.pollers = Some(crate::external::spawn(&self.running, self.readings.clone()));
     }
@@ -227,6 +256,9 @@ impl Daemon {
     /// Maglev table, and a canary pool with no healthy backend left rolls
     /// the canary back.
     pub fn health_changed(&mut self, t: Transition) {
+        if t.epoch != self.probe_epoch {
+            return; // from a probe set a reload replaced
+        }
         let key = (t.service.clone(), t.addr);
         let Some(svc) = self
             .running
@@ -298,47 +330,82 @@ impl Daemon {
     /// Weight 0 in one map write, the rollout (if any) marked aborted, the
     /// reason logged and emitted as an event.
     fn rollback_now(&mut self, service: &str, why: String, reset: bool) {
+        // The decision first, durably: the rollout aborted and a run-time
+        // weight of 0, so a crash before the map write still restarts with
+        // the canary at 0.
         if let Some(r) = self.state.rollouts.get_mut(service) {
             if r.active() {
                 r.abort(why.clone());
             }
         }
         *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
-        match self.set_weight(service, 0, &format!("{ROLLOUT} (rolled back)")) {
-            Ok(_) => {}
-            Err(e) => error!("rolling back {service}: {}", e.message),
+        let source = format!("{ROLLOUT} (rolled back)");
+        let file_weight_bp = self
+            .file
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .map(|s| s.weight_bp())
+            .unwrap_or(0);
+        self.state
+            .services
+            .entry(service.to_string())
+            .or_default()
+            .weight = Some(WeightOverride {
+            weight_bp: 0,
+            source: source.clone(),
+            file_weight_bp,
+        });
+        if let Err(e) = self.state.save(&self.state_path) {
+            error!("saving the rollback of {service}: {e:#}");
+        }
+        // Then the map; a failure is retried every tick until it lands.
+        if let Err(e) = self.set_weight(service, 0, &source) {
+            error!("rolling back {service}: {} (retrying)", e.message);
+            self.pending_rollbacks.insert(service.to_string());
         }
         error!("service {service}: ROLLED BACK: {why}");
         let mut message = format!("rolled back to canary weight 0: {why}");
         if reset {
-            let n = self.reset_canary_flows(service);
-            message.push_str(&format!(
-                "; {n} open canary connections reset (on_rollback: reset)"
-            ));
+            self.reset_canary_flows(service);
+            message.push_str("; open canary connections are being reset (on_rollback: reset)");
         }
         self.events.push(service, "rollback", message);
-        let _ = self.state.save(&self.state_path);
     }
 
     /// Forgets the flow-table entries of a service's canary connections, so
-    /// their next packets are split again (on_rollback: reset).
-    fn reset_canary_flows(&mut self, service: &str) -> usize {
+    /// their next packets are split again (on_rollback: reset). The table
+    /// can hold millions of entries: the scan runs on its own thread over
+    /// the pinned map, not under the daemon's lock.
+    fn reset_canary_flows(&mut self, service: &str) {
         let Some(sid) = self.dp.ids().services.get(service).copied() else {
-            return 0;
+            return;
         };
-        let doomed: Vec<_> = self
-            .dp
-            .maps
-            .flows
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(_, f)| f.service_id == sid && f.version & 1 == VERSION_CANARY)
-            .map(|(k, _)| k)
-            .collect();
-        doomed
-            .iter()
-            .filter(|k| self.dp.maps.flows.remove(k).is_ok())
-            .count()
+        let path = crate::maps::pin_dir(&self.instance).join(canary_common::names::FLOWS);
+        let service = service.to_string();
+        std::thread::spawn(move || {
+            let run = || -> Result<usize> {
+                let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path)?)?;
+                let mut flows: aya::maps::HashMap<
+                    aya::maps::MapData,
+                    canary_common::FlowKey,
+                    canary_common::FlowState,
+                > = aya::maps::HashMap::try_from(map)?;
+                let doomed: Vec<_> = flows
+                    .iter()
+                    .filter_map(|r| r.ok())
+                    .filter(|(_, f)| f.service_id == sid && f.version & 1 == VERSION_CANARY)
+                    .map(|(k, _)| k)
+                    .collect();
+                Ok(doomed.iter().filter(|k| flows.remove(k).is_ok()).count())
+            };
+            match run() {
+                Ok(n) => info!(
+                    "service {service}: {n} open canary connections reset (on_rollback: reset)"
+                ),
+                Err(e) => error!("service {service}: resetting canary connections: {e:#}"),
+            }
+        });
     }
 
     /// Cumulative counters of a service as the analysis reads them:
@@ -371,16 +438,37 @@ impl Daemon {
     /// out what it decides, save the progress.
     pub fn tick(&mut self) {
         let now = Instant::now();
+        for service in std::mem::take(&mut self.pending_rollbacks) {
+            let source = format!("{ROLLOUT} (rolled back)");
+            if let Err(e) = self.set_weight(&service, 0, &source) {
+                error!("rolling back {service} still fails: {}", e.message);
+                self.pending_rollbacks.insert(service);
+            }
+        }
         let dt = self.last_tick.map(|t| now - t);
         self.last_tick = Some(now);
 
-        let timeout = self
+        // Each service's own handshake timeout (default 3 s).
+        let timeouts: HashMap<u32, u64> = self
             .running
             .services
             .iter()
-            .filter_map(|s| s.rollout.as_ref().map(|r| r.analysis.handshake_timeout))
-            .min()
-            .unwrap_or(Duration::from_secs(3));
+            .filter_map(|s| {
+                let sid = *self.dp.ids().services.get(&s.name)?;
+                let t = s
+                    .rollout
+                    .as_ref()
+                    .map(|r| r.analysis.handshake_timeout)
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+                Some((sid, t.as_nanos() as u64))
+            })
+            .collect();
+        let timeout_of = |sid: u32| {
+            timeouts
+                .get(&sid)
+                .copied()
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT.as_nanos() as u64)
+        };
         // The scan reads the in-flight table entry by entry: once a second is
         // plenty (a timeout is seconds long) and bounds its cost under a
         // SYN flood (a full table is 64k entries).
@@ -394,9 +482,7 @@ impl Daemon {
             if let Err(e) = self.dp.maps.bump_nexthop_gen() {
                 error!("invalidating cached next hops: {e:#}");
             }
-            self.dp
-                .maps
-                .expire_handshakes(monotonic_ns(), timeout.as_nanos() as u64)
+            self.dp.maps.expire_handshakes(monotonic_ns(), timeout_of)
         } else {
             Vec::new()
         };
@@ -440,9 +526,10 @@ impl Daemon {
             let Some(mut r) = self.state.rollouts.get(&name).cloned() else {
                 continue;
             };
+            let not_before = *self.step_began.entry(name.clone()).or_insert(now);
             let external = plan.analysis.prometheus.as_ref().map(|check| {
                 let readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
-                judge(check, readings.get(&name), now)
+                judge(check, readings.get(&name), now, not_before)
             });
             let action = r.tick(&plan, &delta, dt, external.as_ref());
             self.state.rollouts.insert(name.clone(), r);
@@ -464,6 +551,7 @@ impl Daemon {
                     error!("{service}: {what}: {}", e.message);
                     return;
                 }
+                self.step_began.insert(service.to_string(), Instant::now());
                 let msg = format!("{what}: canary weight {:.2}%", bp as f64 / 100.0);
                 info!("service {service}: {msg}");
                 self.events.push(service, "step", msg);
@@ -612,6 +700,7 @@ impl Daemon {
         let verdict = match (&r.phase, &a) {
             (Phase::Promoted, _) => "promoted".to_string(),
             (Phase::Aborted, _) => "rolled back".to_string(),
+            (_, _) if r.final_passed => "passed; waiting for the external metric".to_string(),
             (_, None) => "no data yet".to_string(),
             (_, Some(a)) => match &a.verdict {
                 crate::analysis::Verdict::Pass => "pass (waiting for the interval)".into(),
@@ -860,6 +949,8 @@ impl Daemon {
             file_pool,
         });
         let mut lines = self.commit(next, state)?;
+        // Probe the new pool (a new backend from now on, a removed one no more).
+        self.respawn_probes();
         let line = format!(
             "service {service}: {} backend {addr} {} ({who})",
             pool.name(),

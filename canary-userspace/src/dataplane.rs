@@ -574,12 +574,15 @@ impl DataPlane {
             .collect()
     }
 
+    /// Per-version counters and health signals of a fresh (possibly reused)
+    /// service id start from zero.
     fn zero_version_stats(&mut self, sid: u32, version: u32) -> Result<()> {
         let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let index = canary_common::version_stats_index(sid, version);
         let zeros = PerCpuValues::try_from(vec![canary_common::VersionStats::default(); n])?;
-        self.maps
-            .version_stats
-            .set(canary_common::version_stats_index(sid, version), zeros, 0)?;
+        self.maps.version_stats.set(index, zeros, 0)?;
+        let zeros = PerCpuValues::try_from(vec![canary_common::HealthStats::default(); n])?;
+        self.maps.health_stats.set(index, zeros, 0)?;
         Ok(())
     }
 

@@ -96,7 +96,12 @@ pub async fn query(base: &str, promql: &str, timeout: Duration) -> Result<Option
         serde_urlencoded::to_string([("query", promql)])?
     );
     tokio::time::timeout(timeout, async {
-        let stream = TcpStream::connect((authority.host(), port))
+        // An IPv6 host comes with its brackets ("[::1]").
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let stream = TcpStream::connect((host, port))
             .await
             .with_context(|| format!("connecting to Prometheus at {authority}"))?;
         let (mut sender, conn) =
@@ -116,10 +121,17 @@ pub async fn query(base: &str, promql: &str, timeout: Duration) -> Result<Option
     .map_err(|_| anyhow!("Prometheus did not answer within {timeout:?}"))?
 }
 
-/// Judges a reading against the check's limits.
-pub fn judge(check: &PrometheusCheck, reading: Option<&Reading>, now: Instant) -> Judgement {
-    let Some(r) = reading else {
-        return Judgement::Unknown("no Prometheus reading yet".into());
+/// Judges a reading against the check's limits. Only a reading taken at or
+/// after `not_before` (when the current step's weight was set) counts: an
+/// older one describes another weight, or another rollout.
+pub fn judge(
+    check: &PrometheusCheck,
+    reading: Option<&Reading>,
+    now: Instant,
+    not_before: Instant,
+) -> Judgement {
+    let Some(r) = reading.filter(|r| r.at >= not_before) else {
+        return Judgement::Unknown("no Prometheus reading since the step began".into());
     };
     if now.duration_since(r.at) > check.interval * 3 + Duration::from_secs(1) {
         return Judgement::Unknown(format!(
@@ -142,12 +154,23 @@ pub fn judge(check: &PrometheusCheck, reading: Option<&Reading>, now: Instant) -
             ));
         }
     }
-    if let (Some(ratio), Some(stable)) = (check.max_canary_vs_stable_ratio, r.stable) {
-        if stable > 0.0 && canary > ratio * stable {
-            return Judgement::Fail(format!(
-                "external metric: canary {canary:.4} > {ratio} x stable {stable:.4} (query {:?})",
-                check.query
-            ));
+    if let Some(ratio) = check.max_canary_vs_stable_ratio {
+        match r.stable {
+            Some(stable) if stable > 0.0 && canary > ratio * stable => {
+                return Judgement::Fail(format!(
+                    "external metric: canary {canary:.4} > {ratio} x stable {stable:.4} (query {:?})",
+                    check.query
+                ));
+            }
+            Some(stable) if stable > 0.0 => {}
+            // Without a stable value to compare with, the ratio says
+            // nothing: with only the ratio as a limit, the step may not pass.
+            _ if check.max_value.is_none() => {
+                return Judgement::Unknown(format!(
+                    "no stable value above 0 to compare the canary's {canary:.4} with"
+                ));
+            }
+            _ => {}
         }
     }
     Judgement::Healthy(format!(
@@ -264,6 +287,7 @@ mod tests {
             error: None,
         };
         let c = check();
+        let judge = |c: &PrometheusCheck, r: Option<&Reading>, at: Instant| judge(c, r, at, now);
         assert!(matches!(
             judge(&c, Some(&r(Some(0.01), Some(0.015))), now),
             Judgement::Healthy(_)
@@ -291,5 +315,18 @@ mod tests {
             judge(&c, Some(&r(Some(0.0), Some(0.0))), later),
             Judgement::Unknown(_)
         ));
+        // A reading from before the step began does not count.
+        let step_began = now + Duration::from_millis(1);
+        let stale = super::judge(&c, Some(&r(Some(0.0), Some(0.0))), now, step_began);
+        assert!(matches!(stale, Judgement::Unknown(_)), "{stale:?}");
+        // Ratio as the only limit and no stable value above 0: cannot pass.
+        let mut ratio_only = check();
+        ratio_only.max_value = None;
+        for stable in [Some(0.0), None] {
+            let j = judge(&ratio_only, Some(&r(stable, Some(0.01))), now);
+            assert!(matches!(j, Judgement::Unknown(_)), "{stable:?}: {j:?}");
+        }
+        let j = judge(&ratio_only, Some(&r(Some(0.01), Some(0.015))), now);
+        assert!(matches!(j, Judgement::Healthy(_)), "{j:?}");
     }
 }

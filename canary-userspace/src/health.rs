@@ -31,6 +31,9 @@ pub struct Transition {
     pub healthy: bool,
     /// The last probe's outcome ("connect refused", "HTTP 500", ...).
     pub detail: String,
+    /// The probe set it came from: verdicts of a set replaced since (a
+    /// reload) are stale and dropped.
+    pub epoch: u64,
 }
 
 /// Consecutive-result counting for one backend. Starts healthy: a restart
@@ -144,6 +147,7 @@ pub fn spawn(
     config: &Config,
     known: &HashMap<(String, IpAddr), bool>,
     tx: UnboundedSender<Transition>,
+    epoch: u64,
 ) -> Probes {
     let mut probes = Probes::default();
     for s in &config.services {
@@ -174,6 +178,7 @@ pub fn spawn(
                                 addr,
                                 healthy,
                                 detail,
+                                epoch,
                             };
                             if tx.send(t).is_err() {
                                 return;

@@ -251,16 +251,20 @@ impl Maps {
         Ok(t)
     }
 
-    /// Removes the handshakes that have waited longer than `timeout_ns` for
-    /// a SYN-ACK (`now_ns` on CLOCK_MONOTONIC, the kernel's
+    /// Removes the handshakes that have waited longer than their service's
+    /// `timeout_ns(service_id)` for a SYN-ACK (`now_ns` on CLOCK_MONOTONIC, the kernel's
     /// `bpf_ktime_get_ns`) and returns them as (service id, version). An entry
     /// the kernel removes meanwhile (its SYN-ACK arrived) is not counted.
-    pub fn expire_handshakes(&mut self, now_ns: u64, timeout_ns: u64) -> Vec<(u32, u32)> {
+    pub fn expire_handshakes(
+        &mut self,
+        now_ns: u64,
+        timeout_ns: impl Fn(u32) -> u64,
+    ) -> Vec<(u32, u32)> {
         let expired: Vec<(FlowKey, PendingHandshake)> = self
             .handshakes
             .iter()
             .filter_map(|r| r.ok())
-            .filter(|(_, p)| now_ns.saturating_sub(p.syn_ns) > timeout_ns)
+            .filter(|(_, p)| now_ns.saturating_sub(p.syn_ns) > timeout_ns(p.service_id))
             .collect();
         expired
             .into_iter()

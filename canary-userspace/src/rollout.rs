@@ -73,6 +73,10 @@ pub struct Rollout {
     /// Guard looks spent in this step (capped, see `guard_looks_allowed`).
     #[serde(default)]
     guard_looks: u64,
+    /// This step's final tests passed (taken once); it waits only for the
+    /// external metric now.
+    #[serde(default)]
+    pub final_passed: bool,
 }
 
 /// Deltas kept for the recent-window guard: 40 ticks of 250 ms.
@@ -132,6 +136,7 @@ impl Rollout {
             external: None,
             recent: VecDeque::new(),
             guard_looks: 0,
+            final_passed: false,
         };
         let action = Action::SetWeight(
             bp(plan.steps[0]),
@@ -227,13 +232,25 @@ impl Rollout {
             Some(Judgement::Healthy(what)) => self.external = Some(what.clone()),
             None => {}
         }
-        match verdict {
-            Verdict::Fail { reason } if crossed || decide_now => {
+        // The final tests are taken once per step: the first tick at which
+        // the interval is over and the sample is there. After a pass the
+        // step only waits (for the external metric), and only the
+        // sequential tests and the guard can still fail it.
+        let passes = match verdict {
+            Verdict::Fail { reason } if crossed || (decide_now && !self.final_passed) => {
                 let why = format!("{here} failed: {reason}");
                 self.abort(why.clone());
-                Action::Rollback(why)
+                return Action::Rollback(why);
             }
-            Verdict::Pass if decide_now && external_ok => {
+            _ if self.final_passed => true,
+            Verdict::Pass if decide_now => {
+                self.final_passed = true;
+                true
+            }
+            _ => false,
+        };
+        match passes {
+            true if external_ok => {
                 let c = &self.window.canary;
                 let s = &self.window.stable;
                 self.history.push(format!(
@@ -257,6 +274,7 @@ impl Rollout {
                 // The guard looks at this step's traffic only.
                 self.recent.clear();
                 self.guard_looks = 0;
+                self.final_passed = false;
                 Action::SetWeight(
                     self.weight_bp(),
                     format!(
@@ -321,6 +339,14 @@ mod tests {
             assert_eq!(r.tick(&p, &good, sec, Some(&wait)), Action::None);
         }
         assert_eq!(r.step, 0, "no pass without an external value");
+        assert!(
+            r.final_passed,
+            "the final tests were taken once, and passed"
+        );
+        // While it waits, a window the final test would now fail does not
+        // fail it (that test is not taken again); the SPRT still watches.
+        let noisy = counts((5000, 0), (100, 12));
+        assert_eq!(r.tick(&p, &noisy, sec, Some(&wait)), Action::None);
         let ok = Judgement::Healthy("canary 0.01".into());
         assert!(matches!(
             r.tick(&p, &good, sec, Some(&ok)),

@@ -602,6 +602,9 @@ fn open_canary_connections_survive_a_rollback_unless_reset() -> Result<()> {
             "weight 100 went to stable"
         );
         ctl(&topo, &["rollout", "abort", "shop"])?;
+        // A reset runs on its own thread over the flow table: give it a
+        // moment (the table is small here).
+        std::thread::sleep(Duration::from_millis(300));
         let alive = conns
             .iter_mut()
             .map(|c| c.ping("after the rollback").is_ok())
