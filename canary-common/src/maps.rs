@@ -164,6 +164,9 @@ pub struct NextHop {
 
 /// `FlowState::flags`: the backend reset this connection (counted once).
 pub const FLOW_RST_SEEN: u32 = 1;
+/// `FlowState::flags`: the backend closed this connection (a client SYN on
+/// the same 5-tuple is then a new connection).
+pub const FLOW_FIN_SEEN: u32 = 2;
 
 /// `FLOWS` value: where this connection went, fixed at its first packet,
 /// and the cached next hops of both directions.

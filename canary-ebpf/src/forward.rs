@@ -94,7 +94,8 @@ fn finish<const L3: usize>(
                 }),
             }
         }
-        Err(_) => only(pass(reason::PASS_TO_STACK)),
+        // As in `cached`: rewritten for the next hop, the stack would drop it.
+        Err(_) => only(drop(reason::DROP_UNROUTABLE)),
     }
 }
 
@@ -125,9 +126,10 @@ fn cached<const L3: usize>(
             count(reason::FWD_REDIRECT);
             action
         }
-        // The port vanished between the check and the redirect: the
-        // rewritten packet goes to the stack.
-        Err(_) => pass(reason::PASS_TO_STACK),
+        // The port vanished between the check and the redirect. The frame
+        // already carries the next hop's MACs, so the stack would discard
+        // it as not ours: count it as the drop it is.
+        Err(_) => drop(reason::DROP_UNROUTABLE),
     })
 }
 

@@ -49,12 +49,19 @@ mod parse;
 mod stats;
 
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_NOEXIST},
+    macros::xdp,
+    programs::XdpContext,
+};
+
+/// errno of an insert that found the key (BPF_NOEXIST).
+const EEXIST: i32 = 17;
 use aya_log_ebpf::warn;
 use canary_common::{
     backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey, FlowState,
     NextHop, OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6,
-    FLOW_RST_SEEN, OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
+    FLOW_FIN_SEEN, FLOW_RST_SEEN, OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -164,6 +171,7 @@ struct TcpFlags {
     syn: bool,
     ack: bool,
     rst: bool,
+    fin: bool,
 }
 
 #[inline(always)]
@@ -174,21 +182,34 @@ fn tcp_flags(ctx: &XdpContext, l4: usize) -> Option<TcpFlags> {
             syn: (*tcp).syn() != 0,
             ack: (*tcp).ack() != 0,
             rst: (*tcp).rst() != 0,
+            fin: (*tcp).fin() != 0,
         })
     }
 }
 
-/// A client's SYN (not a SYN-ACK) opening a new connection starts a
-/// handshake the backend must answer. A SYN on a known connection (a
-/// retransmission, or a late duplicate after the handshake) starts none.
+/// A client's SYN (not a SYN-ACK) opening a connection starts a handshake
+/// the backend must answer: on a new flow, or on a known one whose last
+/// connection the backend closed or reset (the client reuses the 5-tuple;
+/// the per-connection flags start over). A SYN on a live connection (a
+/// retransmission, a late duplicate) starts none.
 #[inline(always)]
 fn note_syn(ctx: &XdpContext, l4: usize, flow: &FlowKey, target: &Target) {
-    if flow.proto != PROTO_TCP || !target.new_flow {
+    if flow.proto != PROTO_TCP {
         return;
     }
-    if let Some(f) = tcp_flags(ctx, l4) {
-        if f.syn && !f.ack {
-            handshake_started(flow, target.service_id, target.version);
+    let Some(f) = tcp_flags(ctx, l4) else {
+        return;
+    };
+    if !f.syn || f.ack {
+        return;
+    }
+    match target.entry {
+        None => handshake_started(flow, target.service_id, target.version),
+        Some(entry) => {
+            if unsafe { (*entry).flags } & (FLOW_RST_SEEN | FLOW_FIN_SEEN) != 0 {
+                unsafe { (*entry).flags = 0 };
+                handshake_started(flow, target.service_id, target.version);
+            }
         }
     }
 }
@@ -207,10 +228,19 @@ struct Target {
     cached: Option<NextHop>,
 }
 
-/// The generation a cached next hop must carry (see `NextHop`).
+/// The generation a cached next hop must carry (see `NextHop`): canaryd's
+/// counter plus the time in units of 2^30 ns (about 1.07 s). Both only go
+/// up, so a cached next hop expires within about a second even while no
+/// canaryd runs (the data plane outlives it), and at once when canaryd
+/// bumps the counter.
 #[inline(always)]
 fn nexthop_gen() -> u32 {
-    NEXTHOP_GEN.get(0).copied().unwrap_or(0)
+    let epoch = (unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() } >> 30) as u32;
+    NEXTHOP_GEN
+        .get(0)
+        .copied()
+        .unwrap_or(0)
+        .wrapping_add(epoch)
 }
 
 #[inline(always)]
@@ -227,9 +257,16 @@ fn remember(ctx: &XdpContext, flow: &FlowKey, t: &Target, learned: Option<NextHo
         nh
     });
     match t.entry {
-        Some(entry) => {
+        Some(_) => {
             if let Some(nh) = learned {
-                unsafe { (*entry).to_backend = nh };
+                // Looked up again: the entry seen before the route lookup may
+                // have been evicted and reused for another connection since
+                // (an LRU reuses freed elements at once).
+                if let Some(e) = FLOWS.get_ptr_mut(flow) {
+                    if unsafe { (*e).backend_id } == t.backend_id {
+                        unsafe { (*e).to_backend = nh };
+                    }
+                }
             }
         }
         None => {
@@ -241,10 +278,16 @@ fn remember(ctx: &XdpContext, flow: &FlowKey, t: &Target, learned: Option<NextHo
                 to_backend: learned.unwrap_or_default(),
                 to_client: NextHop::default(),
             };
-            if FLOWS.insert(flow, &state, 0).is_err() {
-                // Rare (the LRU evicts instead of failing): worth a log line.
-                count(reason::FLOW_INSERT_FAILED);
-                warn!(ctx, "flow table insert failed for service {}", t.service_id);
+            // BPF_NOEXIST: if another CPU decided this connection meanwhile,
+            // its decision stays (the first one wins, for every packet after).
+            match FLOWS.insert(flow, &state, BPF_NOEXIST as u64) {
+                Ok(()) => {}
+                Err(e) if e == -EEXIST => {}
+                Err(_) => {
+                    // Rare (the LRU evicts instead of failing): worth a log line.
+                    count(reason::FLOW_INSERT_FAILED);
+                    warn!(ctx, "flow table insert failed for service {}", t.service_id);
+                }
             }
         }
     }
@@ -448,6 +491,9 @@ fn reply_flow(
             if rst {
                 unsafe { (*entry).flags |= FLOW_RST_SEEN };
             }
+            if f.fin {
+                unsafe { (*entry).flags |= FLOW_FIN_SEEN };
+            }
             if rst || (f.syn && f.ack) {
                 backend_signal(flow, service_id, version, f.syn && f.ack, rst);
             }
@@ -456,12 +502,17 @@ fn reply_flow(
     Some(entry)
 }
 
-/// Keeps the next hop a reply was just routed to in its flow entry.
+/// Keeps the next hop a reply was just routed to in its flow entry (looked
+/// up again, as in `remember`: the entry may have been reused meanwhile).
 #[inline(always)]
-fn remember_reply(entry: *mut FlowState, learned: Option<NextHop>, gen: u32) {
+fn remember_reply(flow: &FlowKey, backend_id: u32, learned: Option<NextHop>, gen: u32) {
     if let Some(mut nh) = learned {
         nh.gen = gen;
-        unsafe { (*entry).to_client = nh };
+        if let Some(e) = FLOWS.get_ptr_mut(flow) {
+            if unsafe { (*e).backend_id } == backend_id {
+                unsafe { (*e).to_client = nh };
+            }
+        }
     }
 }
 
@@ -509,7 +560,7 @@ fn reply_v4<const L3: usize>(
         },
         None => forward::route_v4::<L3>(ctx, ip, proto, sport, dport),
     };
-    remember_reply(entry, routed.learned, gen);
+    remember_reply(&flow, backend_id, routed.learned, gen);
     let action = routed.action;
     if action != xdp_action::XDP_DROP {
         stats::count_reply(service_id, version, backend_id, frame_len);
@@ -669,7 +720,7 @@ fn reply_v6<const L3: usize>(
         },
         None => forward::route_v6::<L3>(ctx, ip, proto, sport, dport),
     };
-    remember_reply(entry, routed.learned, gen);
+    remember_reply(&flow, backend_id, routed.learned, gen);
     let action = routed.action;
     if action != xdp_action::XDP_DROP {
         stats::count_reply(service_id, version, backend_id, frame_len);

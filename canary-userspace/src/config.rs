@@ -246,7 +246,8 @@ fn default_prometheus_interval() -> Duration {
 /// An external metric: a PromQL query run for each version (`$version`
 /// replaced by `stable` or `canary`) against the Prometheus HTTP API. The
 /// canary fails the step when its value is above `max_value`, or above
-/// `max_canary_vs_stable_ratio` times stable's. A step passes only with a
+/// `max_canary_vs_stable_ratio` times stable's while stable's is above 0
+/// (`max_value` is required, for the stable-at-0 case). A step passes only with a
 /// fresh canary value (no value, or Prometheus unreachable: the step waits).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -638,8 +639,12 @@ fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
                 "analysis.prometheus.query: must contain $version (replaced by stable or canary)"
             );
         }
-        if p.max_value.is_none() && p.max_canary_vs_stable_ratio.is_none() {
-            bail!("analysis.prometheus: set max_value, max_canary_vs_stable_ratio or both");
+        if p.max_value.is_none() {
+            // The ratio alone cannot judge a canary while stable's value is 0
+            // (the healthy case for an error ratio).
+            bail!(
+                "analysis.prometheus.max_value: required (max_canary_vs_stable_ratio may be added)"
+            );
         }
         if let Some(r) = p.max_canary_vs_stable_ratio {
             if r.is_nan() || r <= 1.0 {

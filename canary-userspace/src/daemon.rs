@@ -359,9 +359,17 @@ impl Daemon {
         if let Err(e) = self.state.save(&self.state_path) {
             error!("saving the rollback of {service}: {e:#}");
         }
-        // Then the map; a failure is retried every tick until it lands.
+        // Then the map. Should the whole-config apply fail (an interface
+        // gone, say), weight 0 is written straight into the service entry,
+        // and the full apply is retried every tick.
         if let Err(e) = self.set_weight(service, 0, &source) {
-            error!("rolling back {service}: {} (retrying)", e.message);
+            error!(
+                "rolling back {service}: {} (writing weight 0 directly, retrying)",
+                e.message
+            );
+            if let Err(e) = self.force_weight_zero(service) {
+                error!("rolling back {service}: direct write failed too: {e:#}");
+            }
             self.pending_rollbacks.insert(service.to_string());
         }
         error!("service {service}: ROLLED BACK: {why}");
@@ -371,6 +379,21 @@ impl Daemon {
             message.push_str("; open canary connections are being reset (on_rollback: reset)");
         }
         self.events.push(service, "rollback", message);
+    }
+
+    /// The last resort of a rollback: weight 0 in the service's map entry,
+    /// one 32-byte write, without the rest of an apply.
+    fn force_weight_zero(&mut self, service: &str) -> Result<()> {
+        let sid = *self
+            .dp
+            .ids()
+            .services
+            .get(service)
+            .context("service has no id")?;
+        let mut entry = self.dp.maps.services.get(&sid, 0)?;
+        entry.weight_bp = 0;
+        self.dp.maps.services.set(sid, entry, 0)?;
+        Ok(())
     }
 
     /// Forgets the flow-table entries of a service's canary connections, so
@@ -548,7 +571,13 @@ impl Daemon {
             Action::None => {}
             Action::SetWeight(bp, what) => {
                 if let Err(e) = self.set_weight(service, bp, ROLLOUT) {
-                    error!("{service}: {what}: {}", e.message);
+                    // The engine moved on but the data plane did not: a
+                    // rollout that cannot apply its steps stops, safely.
+                    let why = format!("{what}: the weight could not be applied: {}", e.message);
+                    if let Some(r) = self.state.rollouts.get_mut(service) {
+                        r.abort(why.clone());
+                    }
+                    self.rollback_now(service, why, reset);
                     return;
                 }
                 self.step_began.insert(service.to_string(), Instant::now());
@@ -659,10 +688,12 @@ impl Daemon {
                 }
                 self.state.rollouts.insert(service.to_string(), r);
                 if verb == "resume" {
-                    // The window resumes from now: paused traffic does not count.
+                    // The window resumes from now: paused traffic does not
+                    // count, and external readings must be newer than this.
                     if let Some(cur) = self.cumulative(service) {
                         self.tick_prev.insert(service.to_string(), cur);
                     }
+                    self.step_began.insert(service.to_string(), Instant::now());
                 }
                 self.state.save(&self.state_path)?;
                 let line = format!("service {service}: rollout {verb}d by {who}");
@@ -884,6 +915,8 @@ impl Daemon {
             file_weight_bp: file_bp,
         });
         self.commit(next, state)?;
+        // Whatever set the weight last is in force now.
+        self.pending_rollbacks.remove(service);
         let line = format!(
             "service {service}: canary weight {:.2}% -> {:.2}% ({who})",
             old_bp as f64 / 100.0,

@@ -562,8 +562,11 @@ impl DataPlane {
         self.ids = ids;
         self.applied = Some(config.clone());
         // Interfaces or backends may have changed: no cached next hop is
-        // trusted past this point.
-        self.maps.bump_nexthop_gen()?;
+        // trusted past this point. (A failed bump only delays that by the
+        // kernel's own one-second ageing; the config is applied either way.)
+        if let Err(e) = self.maps.bump_nexthop_gen() {
+            warn!("invalidating cached next hops: {e:#}");
+        }
         Ok(report)
     }
 

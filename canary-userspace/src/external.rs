@@ -154,23 +154,15 @@ pub fn judge(
             ));
         }
     }
-    if let Some(ratio) = check.max_canary_vs_stable_ratio {
-        match r.stable {
-            Some(stable) if stable > 0.0 && canary > ratio * stable => {
-                return Judgement::Fail(format!(
-                    "external metric: canary {canary:.4} > {ratio} x stable {stable:.4} (query {:?})",
-                    check.query
-                ));
-            }
-            Some(stable) if stable > 0.0 => {}
-            // Without a stable value to compare with, the ratio says
-            // nothing: with only the ratio as a limit, the step may not pass.
-            _ if check.max_value.is_none() => {
-                return Judgement::Unknown(format!(
-                    "no stable value above 0 to compare the canary's {canary:.4} with"
-                ));
-            }
-            _ => {}
+    // Against stable only when stable has a value above 0 (an error ratio of
+    // 0 is the usual healthy case): `max_value` (required with the ratio)
+    // bounds the canary then.
+    if let (Some(ratio), Some(stable)) = (check.max_canary_vs_stable_ratio, r.stable) {
+        if stable > 0.0 && canary > ratio * stable {
+            return Judgement::Fail(format!(
+                "external metric: canary {canary:.4} > {ratio} x stable {stable:.4} (query {:?})",
+                check.query
+            ));
         }
     }
     Judgement::Healthy(format!(
@@ -319,14 +311,12 @@ mod tests {
         let step_began = now + Duration::from_millis(1);
         let stale = super::judge(&c, Some(&r(Some(0.0), Some(0.0))), now, step_began);
         assert!(matches!(stale, Judgement::Unknown(_)), "{stale:?}");
-        // Ratio as the only limit and no stable value above 0: cannot pass.
-        let mut ratio_only = check();
-        ratio_only.max_value = None;
+        // Stable at 0 or missing: the absolute limit decides.
         for stable in [Some(0.0), None] {
-            let j = judge(&ratio_only, Some(&r(stable, Some(0.01))), now);
-            assert!(matches!(j, Judgement::Unknown(_)), "{stable:?}: {j:?}");
+            let j = judge(&c, Some(&r(stable, Some(0.01))), now);
+            assert!(matches!(j, Judgement::Healthy(_)), "{stable:?}: {j:?}");
+            let j = judge(&c, Some(&r(stable, Some(0.06))), now);
+            assert!(matches!(j, Judgement::Fail(_)), "{stable:?}: {j:?}");
         }
-        let j = judge(&ratio_only, Some(&r(Some(0.01), Some(0.015))), now);
-        assert!(matches!(j, Judgement::Healthy(_)), "{j:?}");
     }
 }

@@ -303,9 +303,12 @@ impl Rollout {
         false
     }
 
+    /// Continues a paused step. Its final tests are taken again on the data
+    /// that follows (a pause is often an operator's doubt).
     pub fn resume(&mut self) -> bool {
         if self.phase == Phase::Paused {
             self.phase = Phase::Running;
+            self.final_passed = false;
             return true;
         }
         false
