@@ -407,7 +407,6 @@ fn test_run(prog: &Xdp, pkt: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, f
 enum Kind {
     Syn,
     Ack,
-    SynAck,
 }
 
 /// An Ethernet/IP/TCP frame arriving on lb-`side` (valid checksums).
@@ -425,7 +424,6 @@ fn tcp(side: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, kind: Kind) -
             t.ack(0x2000_0001).psh(),
             b"GET / HTTP/1.1\r\nHost: canary\r\n\r\n",
         ),
-        Kind::SynAck => (t.syn().ack(0x1000_0001), &[]),
     };
     let mut v = Vec::new();
     t.write(&mut v, payload).unwrap();
@@ -625,8 +623,12 @@ fn micro_paths(lab: &Lab, report: &mut Report) -> Result<()> {
             "ns/pkt",
             format!("{} (SYN: {})", action(a2), action(a)),
         );
-        let backend = IpAddr::V4(lab_backend(false, 0));
-        let reply = tcp(1, backend, 80, client, 40000, Kind::SynAck);
+        // The established connection's own backend answers (a reply from
+        // another backend would not be this connection's).
+        let entry = dp.maps.flows.get(&flow_key(client, 40000, vip, 80), 0)?;
+        let info = dp.maps.backends.get(&entry.backend_id, 0)?;
+        let backend = canary_common::addr::from_words(info.addr, info.family as u8);
+        let reply = tcp(1, backend, 80, client, 40000, Kind::Ack);
         let (k, a) = lab.single(canary, 1, &mut |_| reply.clone(), &mut n)?;
         report.add(
             G_ONE,
