@@ -1210,9 +1210,15 @@ fn end_to_end(size: Size, report: &mut Report) -> Result<()> {
     topo.start_servers(80)?;
     let dir = std::env::temp_dir().join(format!("{}-bench", topo.id));
     std::fs::create_dir_all(&dir)?;
-    let r = e2e_contenders(size, report, &mut topo, &dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    r
+    // Removed on every way out, a panic included.
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
+    e2e_contenders(size, report, &mut topo, &dir)
 }
 
 fn e2e_contenders(
