@@ -145,13 +145,13 @@ fn decrement_ttl_v4(ip: *mut Ipv4Hdr) {
 }
 
 #[inline(always)]
-pub fn cached_v4<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: &NextHop) -> Option<u32> {
+fn cached_v4<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv4Hdr, nh: &NextHop) -> Option<u32> {
     let (ttl, len) = unsafe { ((*ip).ttl, u16::from_be_bytes((*ip).tot_len) as usize) };
     cached::<L3>(ctx, nh, ttl, len, || decrement_ttl_v4(ip))
 }
 
 #[inline(always)]
-pub fn cached_v6<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv6Hdr, nh: &NextHop) -> Option<u32> {
+fn cached_v6<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv6Hdr, nh: &NextHop) -> Option<u32> {
     let (hop_limit, len) = unsafe {
         (
             (*ip).hop_limit,
@@ -164,7 +164,7 @@ pub fn cached_v6<const L3: usize>(ctx: &XdpContext, ip: *mut Ipv6Hdr, nh: &NextH
 }
 
 #[inline(always)]
-pub fn route_v4<const L3: usize>(
+fn route_v4<const L3: usize>(
     ctx: &XdpContext,
     ip: *mut Ipv4Hdr,
     proto: u8,
@@ -197,7 +197,7 @@ pub fn route_v4<const L3: usize>(
 }
 
 #[inline(always)]
-pub fn route_v6<const L3: usize>(
+fn route_v6<const L3: usize>(
     ctx: &XdpContext,
     ip: *mut Ipv6Hdr,
     proto: u8,
@@ -232,4 +232,38 @@ pub fn route_v6<const L3: usize>(
     finish::<L3>(ctx, &mut p, rc, hop_limit, || unsafe {
         (*ip).hop_limit -= 1;
     })
+}
+
+/// Forwards a rewritten IPv4 packet: through its connection's cached next
+/// hop when there is a valid one that applies, else by a route lookup
+/// (whose next hop the caller may cache).
+#[inline(always)]
+pub fn send_v4<const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut Ipv4Hdr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    cached: Option<NextHop>,
+) -> Routed {
+    match cached.and_then(|nh| cached_v4::<L3>(ctx, ip, &nh)) {
+        Some(action) => only(action),
+        None => route_v4::<L3>(ctx, ip, proto, sport, dport),
+    }
+}
+
+/// `send_v4` for IPv6.
+#[inline(always)]
+pub fn send_v6<const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut Ipv6Hdr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    cached: Option<NextHop>,
+) -> Routed {
+    match cached.and_then(|nh| cached_v6::<L3>(ctx, ip, &nh)) {
+        Some(action) => only(action),
+        None => route_v6::<L3>(ctx, ip, proto, sport, dport),
+    }
 }

@@ -60,8 +60,8 @@ const EEXIST: i32 = 17;
 use aya_log_ebpf::warn;
 use canary_common::{
     backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey, FlowState,
-    NextHop, OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6,
-    FLOW_FIN_SEEN, FLOW_RST_SEEN, OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
+    NextHop, OverrideKeyData, VipInfo, VipKey, BACKEND_NONE, FAMILY_V4, FAMILY_V6, FLOW_FIN_SEEN,
+    FLOW_RST_SEEN, OVERRIDE_SERVICE_BITS, PROTO_TCP, PROTO_UDP,
 };
 use network_types::{
     eth::{EthHdr, EtherType},
@@ -71,10 +71,9 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use forward::Routed;
 use maps::{BACKENDS, FLOWS, MAGLEV, NEXTHOP_GEN, OVERRIDES, REVERSE_NAT, SERVICES, VIPS};
-use stats::{backend_signal, handshake_started};
 use parse::{ptr_at, words16, words4};
+use stats::{backend_signal, handshake_started};
 use stats::{count, drop, pass};
 
 /// The splitter. Attach to the client-facing interface and to the
@@ -236,11 +235,7 @@ struct Target {
 #[inline(always)]
 fn nexthop_gen() -> u32 {
     let epoch = (unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() } >> 30) as u32;
-    NEXTHOP_GEN
-        .get(0)
-        .copied()
-        .unwrap_or(0)
-        .wrapping_add(epoch)
+    NEXTHOP_GEN.get(0).copied().unwrap_or(0).wrapping_add(epoch)
 }
 
 #[inline(always)]
@@ -327,7 +322,8 @@ fn decide(flow: &FlowKey, vip: &VipInfo, gen: u32) -> Result<Target, u32> {
     let (backend_id, version, entry, cached) = match FLOWS.get_ptr_mut(flow) {
         Some(f) => {
             count(reason::FLOW_HIT);
-            let (backend_id, version, nh) = unsafe { ((*f).backend_id, (*f).version & 1, (*f).to_backend) };
+            let (backend_id, version, nh) =
+                unsafe { ((*f).backend_id, (*f).version & 1, (*f).to_backend) };
             (backend_id, version, Some(f), valid(&nh, gen))
         }
         None => {
@@ -447,16 +443,7 @@ fn ipv4<const L3: usize>(ctx: &XdpContext) -> u32 {
     if nat::dnat_v4(ctx, ip, l4, proto, dst, target.addr[0]).is_none() {
         return drop(reason::DROP_MALFORMED);
     }
-    let routed = match target
-        .cached
-        .and_then(|nh| forward::cached_v4::<L3>(ctx, ip, &nh))
-    {
-        Some(action) => Routed {
-            action,
-            learned: None,
-        },
-        None => forward::route_v4::<L3>(ctx, ip, proto, sport, dport),
-    };
+    let routed = forward::send_v4::<L3>(ctx, ip, proto, sport, dport, target.cached);
     remember(ctx, &flow, &target, routed.learned, gen);
     let action = routed.action;
     if action != xdp_action::XDP_DROP {
@@ -553,13 +540,7 @@ fn reply_v4<const L3: usize>(
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let gen = nexthop_gen();
     let cached = valid(unsafe { &(*entry).to_client }, gen);
-    let routed = match cached.and_then(|nh| forward::cached_v4::<L3>(ctx, ip, &nh)) {
-        Some(action) => Routed {
-            action,
-            learned: None,
-        },
-        None => forward::route_v4::<L3>(ctx, ip, proto, sport, dport),
-    };
+    let routed = forward::send_v4::<L3>(ctx, ip, proto, sport, dport, cached);
     remember_reply(&flow, backend_id, routed.learned, gen);
     let action = routed.action;
     if action != xdp_action::XDP_DROP {
@@ -646,16 +627,7 @@ fn ipv6<const L3: usize>(ctx: &XdpContext) -> u32 {
     if nat::dnat_v6(ctx, ip, l4, next_hdr, &dst, &target.addr).is_none() {
         return drop(reason::DROP_MALFORMED);
     }
-    let routed = match target
-        .cached
-        .and_then(|nh| forward::cached_v6::<L3>(ctx, ip, &nh))
-    {
-        Some(action) => Routed {
-            action,
-            learned: None,
-        },
-        None => forward::route_v6::<L3>(ctx, ip, next_hdr, sport, dport),
-    };
+    let routed = forward::send_v6::<L3>(ctx, ip, next_hdr, sport, dport, target.cached);
     remember(ctx, &flow, &target, routed.learned, gen);
     let action = routed.action;
     if action != xdp_action::XDP_DROP {
@@ -713,13 +685,7 @@ fn reply_v6<const L3: usize>(
     let frame_len = (ctx.data_end() - ctx.data()) as u64;
     let gen = nexthop_gen();
     let cached = valid(unsafe { &(*entry).to_client }, gen);
-    let routed = match cached.and_then(|nh| forward::cached_v6::<L3>(ctx, ip, &nh)) {
-        Some(action) => Routed {
-            action,
-            learned: None,
-        },
-        None => forward::route_v6::<L3>(ctx, ip, proto, sport, dport),
-    };
+    let routed = forward::send_v6::<L3>(ctx, ip, proto, sport, dport, cached);
     remember_reply(&flow, backend_id, routed.learned, gen);
     let action = routed.action;
     if action != xdp_action::XDP_DROP {
