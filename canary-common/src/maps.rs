@@ -146,9 +146,10 @@ pub struct FlowKey {
 /// A next hop `bpf_fib_lookup` found for a connection (egress interface,
 /// MACs, the route's MTU), cached in its flow entry so its next packets skip
 /// the lookup (about 230 ns of the 380 an established packet costs). Valid
-/// while `gen` equals `NEXTHOP_GEN[0]`, which canaryd bumps every second and
-/// on every config change: a route or neighbour change is seen within a
-/// second. `ifindex` 0: nothing cached.
+/// while `gen` equals the program's current generation: `NEXTHOP_GEN[0]`
+/// (bumped by canaryd on every config change) plus the time in units of
+/// 2^30 ns, so a route or neighbour change is seen within about a second
+/// even with no canaryd running. `ifindex` 0: nothing cached.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {

@@ -34,8 +34,9 @@
 //!   the egress interface (TTL decremented, MACs set) when that interface is
 //!   in TX_PORTS; the next hop is then cached in the flow entry (each
 //!   direction its own), and the connection's later packets use it while
-//!   its generation is current (canaryd bumps `NEXTHOP_GEN` every second and
-//!   on config changes) and they fit the route's MTU; otherwise, and when the kernel must resolve a neighbour,
+//!   its generation is current (it ages in about a second, and canaryd bumps
+//!   `NEXTHOP_GEN` on config changes) and they fit the route's MTU;
+//!   otherwise, and when the kernel must resolve a neighbour,
 //!   handle a VLAN, or send an ICMP (TTL expiring, fragmentation needed), they
 //!   go to the stack already rewritten (`pass_to_stack`). Unroutable:
 //!   XDP_DROP (`drop_unroutable`).

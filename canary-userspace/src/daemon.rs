@@ -27,6 +27,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
+/// Who set the weight after a rollback, in logs and status.
+fn rolled_back() -> String {
+    format!("{ROLLOUT} (rolled back)")
+}
+
 /// Handshake timeout of services without a rollout plan.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -339,14 +344,8 @@ impl Daemon {
             }
         }
         *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
-        let source = format!("{ROLLOUT} (rolled back)");
-        let file_weight_bp = self
-            .file
-            .services
-            .iter()
-            .find(|s| s.name == service)
-            .map(|s| s.weight_bp())
-            .unwrap_or(0);
+        let source = rolled_back();
+        let file_weight_bp = self.file_weight_bp(service);
         self.state
             .services
             .entry(service.to_string())
@@ -462,7 +461,7 @@ impl Daemon {
     pub fn tick(&mut self) {
         let now = Instant::now();
         for service in std::mem::take(&mut self.pending_rollbacks) {
-            let source = format!("{ROLLOUT} (rolled back)");
+            let source = rolled_back();
             if let Err(e) = self.set_weight(&service, 0, &source) {
                 error!("rolling back {service} still fails: {}", e.message);
                 self.pending_rollbacks.insert(service);
@@ -471,27 +470,6 @@ impl Daemon {
         let dt = self.last_tick.map(|t| now - t);
         self.last_tick = Some(now);
 
-        // Each service's own handshake timeout (default 3 s).
-        let timeouts: HashMap<u32, u64> = self
-            .running
-            .services
-            .iter()
-            .filter_map(|s| {
-                let sid = *self.dp.ids().services.get(&s.name)?;
-                let t = s
-                    .rollout
-                    .as_ref()
-                    .map(|r| r.analysis.handshake_timeout)
-                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
-                Some((sid, t.as_nanos() as u64))
-            })
-            .collect();
-        let timeout_of = |sid: u32| {
-            timeouts
-                .get(&sid)
-                .copied()
-                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT.as_nanos() as u64)
-        };
         // The scan reads the in-flight table entry by entry: once a second is
         // plenty (a timeout is seconds long) and bounds its cost under a
         // SYN flood (a full table is 64k entries).
@@ -500,12 +478,7 @@ impl Daemon {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
         let expired = if scan_due {
             self.last_expiry = Some(now);
-            // Cached next hops live at most a second past a route or
-            // neighbour change.
-            if let Err(e) = self.dp.maps.bump_nexthop_gen() {
-                error!("invalidating cached next hops: {e:#}");
-            }
-            self.dp.maps.expire_handshakes(monotonic_ns(), timeout_of)
+            self.expire_handshakes()
         } else {
             Vec::new()
         };
@@ -564,6 +537,40 @@ impl Daemon {
                 error!("saving the rollout state: {e:#}");
             }
         }
+    }
+
+    /// Removes the handshakes older than their service's timeout (default
+    /// 3 s) and returns them as (service id, version).
+    fn expire_handshakes(&mut self) -> Vec<(u32, u32)> {
+        let timeouts: HashMap<u32, u64> = self
+            .running
+            .services
+            .iter()
+            .filter_map(|s| {
+                let sid = *self.dp.ids().services.get(&s.name)?;
+                let t = s
+                    .rollout
+                    .as_ref()
+                    .map(|r| r.analysis.handshake_timeout)
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+                Some((sid, t.as_nanos() as u64))
+            })
+            .collect();
+        let default = DEFAULT_HANDSHAKE_TIMEOUT.as_nanos() as u64;
+        self.dp.maps.expire_handshakes(monotonic_ns(), |sid| {
+            timeouts.get(&sid).copied().unwrap_or(default)
+        })
+    }
+
+    /// The weight the config file gives a service, in basis points (a
+    /// run-time weight override records it, to lapse when the file changes).
+    fn file_weight_bp(&self, service: &str) -> u32 {
+        self.file
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .map(|s| s.weight_bp())
+            .unwrap_or(0)
     }
 
     fn act(&mut self, service: &str, action: Action, reset: bool) {
@@ -898,13 +905,7 @@ impl Daemon {
         let mut next = self.running.clone();
         next.services[i].canary_weight = weight_bp as f64 / 100.0;
         let mut state = self.state.clone();
-        let file_bp = self
-            .file
-            .services
-            .iter()
-            .find(|s| s.name == service)
-            .map(|s| s.weight_bp())
-            .unwrap_or(0);
+        let file_bp = self.file_weight_bp(service);
         state
             .services
             .entry(service.to_string())

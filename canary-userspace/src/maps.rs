@@ -222,9 +222,9 @@ impl Maps {
         Ok(t)
     }
 
-    /// Invalidates every cached next hop: the connections' next packets look
-    /// their route up again (after a route, neighbour or config change, and
-    /// every second from canaryd, which bounds how long a stale one lives).
+    /// Invalidates every cached next hop at once: the connections' next
+    /// packets look their route up again (after a config change; without a
+    /// bump they age out within about a second in the kernel).
     pub fn bump_nexthop_gen(&mut self) -> Result<()> {
         let gen = self.nexthop_gen.get(&0, 0).unwrap_or(0);
         self.nexthop_gen.set(0, gen.wrapping_add(1), 0)?;
