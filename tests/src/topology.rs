@@ -295,6 +295,29 @@ impl Topology {
         Daemon::spawn(self, config_yaml, &[])
     }
 
+    /// `canaryctl args...` as root: its stdout, or an error carrying its
+    /// stderr when it fails.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let out = self.canaryctl(args, None)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "canaryctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// One service as `canaryctl --json status SERVICE` reports it.
+    pub fn service_status(&self, service: &str) -> Result<canary_userspace::api::ServiceStatus> {
+        let out = self.ctl(&["--json", "status", service])?;
+        let status: canary_userspace::api::Status = serde_json::from_str(&out)?;
+        status
+            .services
+            .into_iter()
+            .next()
+            .with_context(|| format!("no service {service} in the status"))
+    }
+
     /// Runs `canaryctl --socket <ours> args...` (as root, or as the numeric
     /// `as_uid` (and gid) through setpriv) and returns its output whatever
     /// the exit status.

@@ -43,16 +43,6 @@ fn is_canary(backend: &str) -> bool {
     backend == "b3"
 }
 
-fn ctl_ok(topo: &Topology, args: &[&str]) -> Result<String> {
-    let out = topo.canaryctl(args, None)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "canaryctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
 /// `canaryctl set-weight` changes the split of new connections within one
 /// second of returning; `rollback` sends every new connection to stable.
 #[test]
@@ -69,7 +59,7 @@ fn set_weight_and_rollback_take_effect_within_a_second() -> Result<()> {
         "weight 0 reached canary"
     );
 
-    ctl_ok(&topo, &["set-weight", "shop", "100"])?;
+    topo.ctl(&["set-weight", "shop", "100"])?;
     let returned = Instant::now();
     // The first new connection after the command returned already goes to
     // canary, and so do all 50 (weight 100): the change is visible within
@@ -84,7 +74,7 @@ fn set_weight_and_rollback_take_effect_within_a_second() -> Result<()> {
     );
     println!("50 connections at the new weight, all canary, {first:?} after set-weight returned");
 
-    ctl_ok(&topo, &["rollback", "shop"])?;
+    topo.ctl(&["rollback", "shop"])?;
     let returned = Instant::now();
     let c = topo
         .client
@@ -134,7 +124,7 @@ fn restart_without_loss() -> Result<()> {
     let mut d = topo.spawn_canaryd(Some(&yaml))?;
     // A run-time weight the daemon must not forget: 100 % (so a misrouted
     // new connection is visible: it would reach stable).
-    ctl_ok(&topo, &["set-weight", "shop", "100"])?;
+    topo.ctl(&["set-weight", "shop", "100"])?;
     let client = &topo.client;
     let mut conns = client.run(|| {
         (0..50)
@@ -193,7 +183,7 @@ fn restart_without_loss() -> Result<()> {
     }
     let log = d.log();
     assert!(log.contains("took over the XDP link on lb-client"), "{log}");
-    let status = ctl_ok(&topo, &["--json", "status", "shop"])?;
+    let status = topo.ctl(&["--json", "status", "shop"])?;
     let v: serde_json::Value = serde_json::from_str(&status)?;
     let svc = &v["services"][0];
     assert_eq!(svc["weight_percent"].as_f64(), Some(100.0), "{status}");

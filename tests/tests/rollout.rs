@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use canary_tests::{Load, LoadBounds, ServerOptions, Topology, VIP_V4};
-use canary_userspace::api::{ServiceStatus, Status};
+use canary_userspace::api::ServiceStatus;
 use canary_userspace::maps::Maps;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -42,29 +42,30 @@ fn vip() -> SocketAddr {
     SocketAddr::new(VIP_V4.into(), 80)
 }
 
-fn status(topo: &Topology) -> Result<ServiceStatus> {
-    let out = topo.canaryctl(&["--json", "status", "shop"], None)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: Status = serde_json::from_slice(&out.stdout)?;
-    s.services.into_iter().next().context("no service")
-}
-
-fn ctl(topo: &Topology, args: &[&str]) -> Result<String> {
-    let out = topo.canaryctl(args, None)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "canaryctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
-}
-
 fn weight_bp(maps: &Maps) -> Result<u32> {
     Ok(maps.services.get(&0, 0)?.weight_bp)
+}
+
+/// Time from now (just after a fault was switched on) until the canary
+/// weight in the map is 0, polled every 5 ms; after `limit`, an error with
+/// the service's status.
+fn time_to_weight_zero(
+    topo: &Topology,
+    maps: &Maps,
+    limit: Duration,
+    fault: &str,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    while weight_bp(maps)? != 0 {
+        if t0.elapsed() > limit {
+            bail!(
+                "{fault}: no rollback {limit:?} after the fault: {:#?}",
+                topo.service_status("shop")?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(t0.elapsed())
 }
 
 /// Polls status until the rollout is promoted or aborted (or `limit`
@@ -73,7 +74,7 @@ fn wait_rollout_end(topo: &Topology, limit: Duration) -> Result<(ServiceStatus, 
     let end = Instant::now() + limit;
     let mut seen = Vec::new();
     loop {
-        let s = status(topo)?;
+        let s = topo.service_status("shop")?;
         let r = s.rollout.as_ref().context("no rollout in status")?;
         if seen.last() != Some(&r.step) {
             seen.push(r.step);
@@ -120,7 +121,7 @@ fn healthy_canary_is_promoted_step_by_step() -> Result<()> {
     )))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
-    ctl(&topo, &["rollout", "start", "shop"])?;
+    topo.ctl(&["rollout", "start", "shop"])?;
     let (s, seen) = wait_rollout_end(&topo, Duration::from_secs(60))?;
     let (ok, failed) = load.stop();
     let r = s.rollout.as_ref().unwrap();
@@ -141,7 +142,7 @@ fn healthy_canary_is_promoted_step_by_step() -> Result<()> {
     );
     assert!(c.recent_connections_per_sec > 0.0 && c.recent_handshake_p99_ms.is_some());
     assert_eq!(c.recent_error_ratio, Some(0.0));
-    let events = ctl(&topo, &["events"])?;
+    let events = topo.ctl(&["events"])?;
     assert!(events.contains("promoted"), "{events}");
     Ok(())
 }
@@ -164,7 +165,8 @@ fn failing_canary_is_rolled_back_within_two_seconds() -> Result<()> {
         // Healthy again (after the previous fault) before the next rollout.
         topo.set_fault("b3", "")?;
         let end = Instant::now() + Duration::from_secs(10);
-        while status(&topo)?
+        while topo
+            .service_status("shop")?
             .backends
             .iter()
             .any(|b| b.healthy == Some(false))
@@ -172,20 +174,12 @@ fn failing_canary_is_rolled_back_within_two_seconds() -> Result<()> {
             anyhow::ensure!(Instant::now() < end, "b3 did not recover");
             std::thread::sleep(Duration::from_millis(100));
         }
-        ctl(&topo, &["rollout", "start", "shop"])?;
+        topo.ctl(&["rollout", "start", "shop"])?;
         anyhow::ensure!(weight_bp(&maps)? == 2000, "step 1 not applied");
         std::thread::sleep(Duration::from_millis(1000));
         topo.set_fault("b3", fault)?;
-        let t0 = Instant::now();
-        while weight_bp(&maps)? != 0 {
-            anyhow::ensure!(
-                t0.elapsed() < Duration::from_secs(10),
-                "{fault}: no rollback in 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let took = t0.elapsed();
-        let s = status(&topo)?;
+        let took = time_to_weight_zero(&topo, &maps, Duration::from_secs(10), fault)?;
+        let s = topo.service_status("shop")?;
         let r = s.rollout.as_ref().unwrap();
         println!(
             "fault {fault}: weight 0 in the map {:.0} ms after the fault; reason: {}",
@@ -206,9 +200,9 @@ fn failing_canary_is_rolled_back_within_two_seconds() -> Result<()> {
         }
     }
     load.stop();
-    let events = ctl(&topo, &["events"])?;
+    let events = topo.ctl(&["events"])?;
     assert_eq!(events.matches(" rollback ").count(), 3, "{events}");
-    let metrics = status(&topo)?;
+    let metrics = topo.service_status("shop")?;
     assert_eq!(metrics.rollbacks, 3);
     Ok(())
 }
@@ -242,8 +236,8 @@ fn a_a_rollouts_rarely_roll_back() -> Result<()> {
     let mut rolled_back = Vec::new();
     let started = Instant::now();
     for run in 0..30 {
-        ctl(&topo, &["set-weight", "shop", "0"])?;
-        ctl(&topo, &["rollout", "start", "shop"])?;
+        topo.ctl(&["set-weight", "shop", "0"])?;
+        topo.ctl(&["rollout", "start", "shop"])?;
         let (s, _) = wait_rollout_end(&topo, Duration::from_secs(60))?;
         let r = s.rollout.as_ref().unwrap();
         if r.phase == "aborted" {
@@ -285,10 +279,10 @@ fn restart_resumes_the_rollout_at_the_same_step() -> Result<()> {
     let mut d = topo.spawn_canaryd(Some(&yaml))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
-    ctl(&topo, &["rollout", "start", "shop"])?;
+    topo.ctl(&["rollout", "start", "shop"])?;
     let end = Instant::now() + Duration::from_secs(30);
     let before = loop {
-        let s = status(&topo)?;
+        let s = topo.service_status("shop")?;
         let r = s.rollout.clone().unwrap();
         if r.step == 2 && r.step_elapsed_s >= 0.5 {
             break r;
@@ -300,7 +294,7 @@ fn restart_resumes_the_rollout_at_the_same_step() -> Result<()> {
     let weight_while_down = weight_bp(&maps)?;
     std::thread::sleep(Duration::from_secs(1));
     let mut d = canary_tests::Daemon::spawn(&topo, Some(&yaml), &[])?;
-    let after = status(&topo)?.rollout.unwrap();
+    let after = topo.service_status("shop")?.rollout.unwrap();
     println!(
         "before the restart: step {} after {:.2} s ({} canary connections); after: step {} at {:.2} s ({})",
         before.step,
@@ -350,10 +344,10 @@ fn pause_resume_and_a_manual_rollback_stick() -> Result<()> {
     let mut d = topo.spawn_canaryd(Some(&yaml))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
-    ctl(&topo, &["rollout", "start", "shop"])?;
-    ctl(&topo, &["rollout", "pause", "shop"])?;
+    topo.ctl(&["rollout", "start", "shop"])?;
+    topo.ctl(&["rollout", "pause", "shop"])?;
     std::thread::sleep(Duration::from_millis(1500));
-    let s = status(&topo)?;
+    let s = topo.service_status("shop")?;
     let r = s.rollout.as_ref().unwrap();
     assert_eq!((r.phase.as_str(), r.step), ("paused", 1), "{r:#?}");
     assert_eq!(weight_bp(&maps)?, 2000);
@@ -364,17 +358,17 @@ fn pause_resume_and_a_manual_rollback_stick() -> Result<()> {
     );
     assert!(String::from_utf8_lossy(&refused.stderr).contains("already paused"));
 
-    ctl(&topo, &["rollout", "resume", "shop"])?;
+    topo.ctl(&["rollout", "resume", "shop"])?;
     let end = Instant::now() + Duration::from_secs(20);
-    while status(&topo)?.rollout.unwrap().step < 2 {
+    while topo.service_status("shop")?.rollout.unwrap().step < 2 {
         anyhow::ensure!(Instant::now() < end, "resume did not continue");
         std::thread::sleep(Duration::from_millis(50));
     }
-    ctl(&topo, &["rollback", "shop"])?;
+    topo.ctl(&["rollback", "shop"])?;
     // Longer than the rest of the plan would take: the weight stays 0.
     std::thread::sleep(Duration::from_millis(2000));
     load.stop();
-    let s = status(&topo)?;
+    let s = topo.service_status("shop")?;
     let r = s.rollout.as_ref().unwrap();
     assert_eq!(r.phase, "aborted", "{r:#?}");
     assert!(
@@ -395,7 +389,7 @@ fn pause_resume_and_a_manual_rollback_stick() -> Result<()> {
     d.stop();
     let _d = canary_tests::Daemon::spawn(&topo, Some(&yaml), &[])?;
     std::thread::sleep(Duration::from_millis(1000));
-    let s = status(&topo)?;
+    let s = topo.service_status("shop")?;
     assert_eq!(s.rollout.as_ref().unwrap().phase, "aborted");
     assert_eq!((weight_bp(&maps)?, s.rollbacks), (0, 1));
     Ok(())
@@ -434,11 +428,11 @@ fn an_application_error_ratio_from_prometheus_rolls_back() -> Result<()> {
     ))))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
-    ctl(&topo, &["rollout", "start", "shop"])?;
+    topo.ctl(&["rollout", "start", "shop"])?;
     // Wait until the rollout sees a healthy canary value from Prometheus.
     let end = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = status(&topo)?.rollout.unwrap();
+        let r = topo.service_status("shop")?.rollout.unwrap();
         if r.external
             .as_deref()
             .unwrap_or("")
@@ -455,17 +449,9 @@ fn an_application_error_ratio_from_prometheus_rolls_back() -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     topo.set_fault("b3", "errors")?;
-    let t0 = Instant::now();
-    while weight_bp(&maps)? != 0 {
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(20),
-            "no rollback 20 s after the fault"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let took = t0.elapsed();
+    let took = time_to_weight_zero(&topo, &maps, Duration::from_secs(20), "application errors")?;
     let (ok, failed) = load.stop();
-    let s = status(&topo)?;
+    let s = topo.service_status("shop")?;
     let r = s.rollout.as_ref().unwrap();
     println!(
         "rolled back {:.1} s after the canary began failing requests; {ok} connections ok, {failed} failed\n  {}",
@@ -531,7 +517,8 @@ fn unhealthy_backend_leaves_its_pool_and_returns() -> Result<()> {
     let mut open = open.context("no connection landed on b1")?;
     topo.set_fault("b1", "http500")?;
     let end = Instant::now() + Duration::from_secs(5);
-    while !status(&topo)?
+    while !topo
+        .service_status("shop")?
         .backends
         .iter()
         .any(|b| b.healthy == Some(false))
@@ -548,7 +535,8 @@ fn unhealthy_backend_leaves_its_pool_and_returns() -> Result<()> {
 
     topo.set_fault("b1", "")?;
     let end = Instant::now() + Duration::from_secs(5);
-    while status(&topo)?
+    while topo
+        .service_status("shop")?
         .backends
         .iter()
         .any(|b| b.healthy == Some(false))
@@ -559,7 +547,7 @@ fn unhealthy_backend_leaves_its_pool_and_returns() -> Result<()> {
     let after = spread(0)?;
     println!("b1 healthy again: {after:?}");
     assert_eq!(after, before, "the same clients land where they did before");
-    let events = ctl(&topo, &["events"])?;
+    let events = topo.ctl(&["events"])?;
     assert!(
         events.contains("is unhealthy") && events.contains("healthy again"),
         "{events}"
@@ -585,7 +573,7 @@ fn open_canary_connections_survive_a_rollback_unless_reset() -> Result<()> {
         if on == "reset" {
             d.reload(&plan("reset"))?.map_err(anyhow::Error::msg)?;
         }
-        ctl(&topo, &["rollout", "start", "shop"])?;
+        topo.ctl(&["rollout", "start", "shop"])?;
         let mut conns = topo.client.run(|| {
             (0..10)
                 .map(|i| {
@@ -601,7 +589,7 @@ fn open_canary_connections_survive_a_rollback_unless_reset() -> Result<()> {
             conns.iter().all(|c| c.backend == "b3"),
             "weight 100 went to stable"
         );
-        ctl(&topo, &["rollout", "abort", "shop"])?;
+        topo.ctl(&["rollout", "abort", "shop"])?;
         // A reset runs on its own thread over the flow table: give it a
         // moment (the table is small here).
         std::thread::sleep(Duration::from_millis(300));
@@ -636,7 +624,7 @@ fn unanswered_handshakes_are_counted_and_roll_back() -> Result<()> {
     )))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
-    ctl(&topo, &["rollout", "start", "shop"])?;
+    topo.ctl(&["rollout", "start", "shop"])?;
     std::thread::sleep(Duration::from_millis(1000));
     let b3 = &topo.backends[2].ns;
     b3.exec(&["nft", "add", "table", "ip", "cnry_blackhole"])?;
@@ -661,19 +649,9 @@ fn unanswered_handshakes_are_counted_and_roll_back() -> Result<()> {
         "80",
         "drop",
     ])?;
-    let t0 = Instant::now();
-    while weight_bp(&maps)? != 0 {
-        if t0.elapsed() > Duration::from_secs(30) {
-            bail!(
-                "no rollback 30 s after the blackhole: {:#?}",
-                status(&topo)?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let took = t0.elapsed();
+    let took = time_to_weight_zero(&topo, &maps, Duration::from_secs(30), "blackhole")?;
     let (ok, failed) = load.stop();
-    let s = status(&topo)?;
+    let s = topo.service_status("shop")?;
     let r = s.rollout.as_ref().unwrap();
     println!(
         "blackholed canary rolled back {:.1} s after the drop rule; canary: {} handshake timeouts, {} resets, probes healthy: {:?}; clients: {ok} ok, {failed} failed\n  {}",

@@ -712,29 +712,17 @@ fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
             // One untimed pass first: a connection's first packet looks its
             // route up and caches the next hop in its flow entry; the timed
             // pass is the steady state (a flow pays one lookup per second,
-            // after canaryd's generation bump).
+            // when its cached next hop ages out).
             let step = (flows as usize / size.single.max(1)).max(1) | 1;
             let canary = dp.program()?;
+            let mut established = |n: usize| {
+                let (s, p) = fresh_v4((n * step) % flows as usize);
+                tcp(0, s, p, vip, 80, Kind::Ack)
+            };
             let mut warm = 0usize;
-            lab.single(
-                canary,
-                0,
-                &mut |n| {
-                    let (s, p) = fresh_v4((n * step) % flows as usize);
-                    tcp(0, s, p, vip, 80, Kind::Ack)
-                },
-                &mut warm,
-            )?;
+            lab.single(canary, 0, &mut established, &mut warm)?;
             let mut n = 0usize;
-            let (k, a) = lab.single(
-                canary,
-                0,
-                &mut |n| {
-                    let (s, p) = fresh_v4((n * step) % flows as usize);
-                    tcp(0, s, p, vip, 80, Kind::Ack)
-                },
-                &mut n,
-            )?;
+            let (k, a) = lab.single(canary, 0, &mut established, &mut n)?;
             let stats1 =
                 dp.maps.version_stats(sid, 0)?.new_flows + dp.maps.version_stats(sid, 1)?.new_flows;
             let misses = stats1 - stats0;

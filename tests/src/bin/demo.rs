@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use canary_tests::{burst, client_v4, Load, LoadBounds, ServerOptions, Topology, VIP_V4};
-use canary_userspace::api::{ServiceStatus, Status};
+use canary_userspace::api::ServiceStatus;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -35,26 +35,6 @@ fn show(got: &[(IpAddr, String)], weight: f64) {
     );
 }
 
-/// `canaryctl status` output, or why it is not there.
-fn ctl(topo: &Topology, args: &[&str]) -> Result<String> {
-    let out = topo.canaryctl(args, None)?;
-    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    anyhow::ensure!(out.status.success(), "canaryctl {args:?} failed: {text}");
-    Ok(text)
-}
-
-fn status(topo: &Topology) -> Result<ServiceStatus> {
-    let out = topo.canaryctl(&["--json", "status", "shop"], None)?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s: Status = serde_json::from_slice(&out.stdout)?;
-    s.services.into_iter().next().context("no service shop")
-}
-
 /// A one-line live view of the rollout, printed when it changes, until it
 /// is promoted or aborted (or `limit`). Runs `during` once, after `at_step`
 /// is reached.
@@ -69,7 +49,7 @@ fn watch_rollout(
     let mut last = String::new();
     let mut fired = false;
     loop {
-        let s = status(topo)?;
+        let s = topo.service_status("shop")?;
         let r = s.rollout.clone().context("no rollout")?;
         let line = format!(
             "  [{:5.1}s] {} step {}/{} weight {:>5.1}% | canary {}/{} failed, stable {}/{} | {}",
@@ -140,7 +120,7 @@ fn run() -> Result<()> {
     show(&got, 10.0);
 
     heading("moving the weight to 50% with canaryctl while traffic flows");
-    print!("{}", ctl(&topo, &["set-weight", "shop", "50"])?);
+    print!("{}", topo.ctl(&["set-weight", "shop", "50"])?);
     let sources: Vec<IpAddr> = (0..300).map(|i| client_v4(1000 + i % 150)).collect();
     let got = topo
         .client
@@ -149,13 +129,13 @@ fn run() -> Result<()> {
     show(&got, 50.0);
 
     heading("canaryctl status");
-    print!("{}", ctl(&topo, &["status", "shop"])?);
+    print!("{}", topo.ctl(&["status", "shop"])?);
 
     heading("canaryctl explain shop 198.18.16.7");
-    print!("{}", ctl(&topo, &["explain", "shop", "198.18.16.7"])?);
+    print!("{}", topo.ctl(&["explain", "shop", "198.18.16.7"])?);
 
     heading("rollback: canaryctl rollback shop");
-    print!("{}", ctl(&topo, &["rollback", "shop"])?);
+    print!("{}", topo.ctl(&["rollback", "shop"])?);
     let sources: Vec<IpAddr> = (0..100).map(|i| client_v4(2000 + i)).collect();
     let got = topo
         .client
@@ -170,7 +150,7 @@ fn run() -> Result<()> {
     heading("a progressive rollout under steady load: canaryctl rollout start shop");
     println!("  plan 5% -> 10% -> 15% -> 20% -> 50% -> 100%, 2 s per step at least, analysis: error ratio <= 5%, p99 handshake <= 100 ms");
     let mut load = Load::start(&topo.client, vip, LoadBounds::default());
-    print!("{}", ctl(&topo, &["rollout", "start", "shop"])?);
+    print!("{}", topo.ctl(&["rollout", "start", "shop"])?);
     let s = watch_rollout(&topo, Duration::from_secs(90), usize::MAX, &mut || Ok(()))?;
     let r = s.rollout.as_ref().unwrap();
     for h in &r.history {
@@ -181,8 +161,8 @@ fn run() -> Result<()> {
     heading(
         "a second rollout, and the canary starts failing at step 2 (its server resets connections)",
     );
-    print!("{}", ctl(&topo, &["set-weight", "shop", "0"])?);
-    print!("{}", ctl(&topo, &["rollout", "start", "shop"])?);
+    print!("{}", topo.ctl(&["set-weight", "shop", "0"])?);
+    print!("{}", topo.ctl(&["rollout", "start", "shop"])?);
     let fault_at = std::cell::Cell::new(None);
     let s = watch_rollout(&topo, Duration::from_secs(90), 2, &mut || {
         println!("  >>> fault injected: b3 now resets every connection");
@@ -206,10 +186,10 @@ fn run() -> Result<()> {
     topo.set_fault("b3", "")?;
 
     heading("canaryctl status after the rollback");
-    print!("{}", ctl(&topo, &["status", "shop"])?);
+    print!("{}", topo.ctl(&["status", "shop"])?);
 
     heading("canaryctl events");
-    print!("{}", ctl(&topo, &["events"])?);
+    print!("{}", topo.ctl(&["events"])?);
 
     heading("stopping canaryd and tearing the topology down");
     daemon.stop();
