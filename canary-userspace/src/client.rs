@@ -5,10 +5,9 @@
 use crate::api::{ApiError, BackendChange, Change, Explain, SetWeight, Status};
 use crate::config::Version;
 use anyhow::{anyhow, bail, Context, Result};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{header, Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io::ErrorKind;
@@ -54,28 +53,16 @@ impl Client {
         uri: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T> {
-        let io = TokioIo::new(self.connect().await?);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .context("control socket handshake")?;
-        tokio::spawn(conn);
+        let stream = self.connect().await?;
         let request = Request::builder()
             .method(method)
             .uri(uri)
             .header(header::HOST, "canaryd")
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = sender
-            .send_request(request)
+        let (status, bytes) = crate::http::exchange(stream, request)
             .await
             .context("canaryd closed the connection")?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .context("reading canaryd's answer")?
-            .to_bytes();
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .with_context(|| format!("canaryd's answer to {uri} does not parse"));

@@ -4,10 +4,7 @@
 
 use crate::config::{Config, PrometheusCheck};
 use anyhow::{anyhow, bail, Context, Result};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
 use hyper::{header, Request, Uri};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -104,17 +101,12 @@ pub async fn query(base: &str, promql: &str, timeout: Duration) -> Result<Option
         let stream = TcpStream::connect((host, port))
             .await
             .with_context(|| format!("connecting to Prometheus at {authority}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let conn = tokio::spawn(conn);
         let request = Request::builder()
             .uri(path)
             .header(header::HOST, authority.as_str())
             .header(header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())?;
-        let response = sender.send_request(request).await?;
-        let body = response.into_body().collect().await?.to_bytes();
-        conn.abort();
+            .body(crate::http::empty())?;
+        let (_, body) = crate::http::exchange(stream, request).await?;
         parse_response(&body)
     })
     .await

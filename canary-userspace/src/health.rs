@@ -11,10 +11,7 @@
 //! (`pass_reply_no_flow`).
 
 use crate::config::{Config, HealthConfig, ProbeKind, Version};
-use http_body_util::Empty;
-use hyper::body::Bytes;
 use hyper::{header, Request};
-use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -104,25 +101,22 @@ pub async fn probe_once(target: SocketAddr, h: &HealthConfig) -> Result<Duration
 }
 
 async fn http_get(stream: TcpStream, target: SocketAddr, h: &HealthConfig) -> Result<(), String> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("http: {e}"))?;
-    let conn = tokio::spawn(conn);
     let request = Request::builder()
         .uri(h.path.as_str())
         .header(header::HOST, target.to_string())
         .header(header::USER_AGENT, "canaryd-probe")
         .header(header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
+        .body(crate::http::empty())
         .map_err(|e| format!("http request: {e}"))?;
-    let response = sender
-        .send_request(request)
+    let (status, _) = crate::http::exchange(stream, request)
         .await
-        .map_err(|e| format!("http: {e}"));
-    conn.abort();
-    let status = response?.status().as_u16();
-    if status != h.expect_status {
-        return Err(format!("HTTP {status}, expected {}", h.expect_status));
+        .map_err(|e| format!("http: {e}"))?;
+    if status.as_u16() != h.expect_status {
+        return Err(format!(
+            "HTTP {}, expected {}",
+            status.as_u16(),
+            h.expect_status
+        ));
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod events;
 pub mod explain;
 pub mod external;
 pub mod health;
+pub mod http;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;
