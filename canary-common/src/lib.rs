@@ -20,6 +20,7 @@ pub mod checksum;
 pub mod hash;
 pub mod maps;
 pub mod split;
+pub mod weight;
 
 #[cfg(feature = "user")]
 pub mod addr;
