@@ -1,22 +1,26 @@
-//! canary's user space: configuration, the data-plane loader and map writer,
-//! Maglev tables and counter reports. `canaryd` and `canaryctl` are thin
-//! binaries over this library; the integration tests use it too.
+//! canary's user space, `canaryd`'s library. Read it top down, the way a
+//! request travels:
+//!
+//! - [`control`]: the control API (types and client in the `canary-control`
+//!   crate, the axum server here) and the read-only metrics endpoint.
+//! - [`daemon`]: the core operations behind every route, the health-probe and
+//!   rollout drivers, the status views, and the state file.
+//! - [`rollout`]: the rollout engine and what feeds it (the statistical
+//!   analysis, the external Prometheus metric, the active health probes).
+//! - [`dataplane`]: the only owner of the BPF object: load, attach, pins,
+//!   map keys, the apply plan and its writes, Maglev tables, counters.
+//! - [`config`]: the YAML model, its validation and the resolution of defaults.
+//!
+//! `canaryctl` is not here: it is its own package (`canaryctl/`) over the
+//! `canary-control` crate (`control-api/`), so it links no aya.
 
-pub mod analysis;
-pub mod api;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
-pub mod events;
-pub mod explain;
-pub mod external;
-pub mod health;
-pub mod http;
-pub mod maglev;
-pub mod maps;
-pub mod metrics;
-pub mod report;
 pub mod rollout;
-pub mod state;
+
+// transitional: tests/ still imports this path
+pub use control::api;
+// transitional: tests/ still imports this path
+pub use dataplane::maps;

@@ -11,7 +11,7 @@
 use anyhow::{Context, Result};
 use canary_userspace::control;
 use canary_userspace::daemon::{read_config, Daemon};
-use canary_userspace::report;
+use canary_userspace::dataplane::report;
 use clap::Parser;
 use log::{error, info};
 use std::io::Write;
@@ -87,7 +87,7 @@ async fn run(args: Args) -> Result<()> {
     // plane is touched.
     let listener = control::bind(&socket)?;
     let metrics = match file.metrics {
-        Some(addr) => Some((addr, canary_userspace::metrics::bind(addr).await?)),
+        Some(addr) => Some((addr, canary_userspace::control::metrics::bind(addr).await?)),
         None => None,
     };
     let mut daemon = match Daemon::start(
@@ -114,7 +114,7 @@ async fn run(args: Args) -> Result<()> {
         let d = daemon.clone();
         let source = Arc::new(move || lock(&d).status());
         tokio::spawn(async move {
-            if let Err(e) = canary_userspace::metrics::serve_on(listener, source).await {
+            if let Err(e) = canary_userspace::control::metrics::serve_on(listener, source).await {
                 error!("metrics endpoint: {e:#}");
             }
         });
@@ -196,7 +196,7 @@ async fn run(args: Args) -> Result<()> {
         info!(
             "stopping: the data plane keeps forwarding with its last state (pinned under {}); \
              start canaryd again to take it over, or `canaryctl teardown --yes` to remove it",
-            canary_userspace::maps::pin_dir(&args.instance).display()
+            canary_userspace::dataplane::maps::pin_dir(&args.instance).display()
         );
         Ok(())
     }

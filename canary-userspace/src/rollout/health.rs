@@ -106,9 +106,9 @@ async fn http_get(stream: TcpStream, target: SocketAddr, h: &HealthConfig) -> Re
         .header(header::HOST, target.to_string())
         .header(header::USER_AGENT, "canaryd-probe")
         .header(header::CONNECTION, "close")
-        .body(crate::http::empty())
+        .body(crate::control::http::empty())
         .map_err(|e| format!("http request: {e}"))?;
-    let (status, _) = crate::http::exchange(stream, request)
+    let (status, _) = crate::control::http::exchange(stream, request)
         .await
         .map_err(|e| format!("http: {e}"))?;
     if status.as_u16() != h.expect_status {

@@ -3,9 +3,12 @@
 //! NAT and Maglev tables first, the service entry (weight, live generation)
 //! next, the VIP last, and removals in the opposite order.
 
+pub mod explain;
+pub mod maglev;
+pub mod maps;
+pub mod report;
+
 use crate::config::{Affinity, Config, Protocol, ServiceConfig, Version};
-use crate::maglev;
-use crate::maps::{pin_dir, Maps};
 use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::PerCpuValues;
@@ -19,6 +22,7 @@ use canary_common::{
     MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
 };
 use log::{info, warn};
+use maps::{pin_dir, Maps};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -192,7 +196,7 @@ impl DataPlane {
                 "this canaryd was built without its XDP object; build it with `cargo xtask build`"
             );
         }
-        crate::maps::ensure_bpffs()?;
+        crate::dataplane::maps::ensure_bpffs()?;
         let dir = pin_dir(instance);
         std::fs::create_dir_all(dir.join("links")).with_context(|| {
             format!(
@@ -203,7 +207,7 @@ impl DataPlane {
         let flows = flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_SIZE);
         let adopted = dir.join(canary_common::names::SERVICES).exists();
         if adopted {
-            crate::maps::check_pinned_layout(&dir, flows)?;
+            crate::dataplane::maps::check_pinned_layout(&dir, flows)?;
             info!("adopting the pinned data plane in {}", dir.display());
         }
         let mut ebpf = EbpfLoader::new()

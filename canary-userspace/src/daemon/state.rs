@@ -6,7 +6,7 @@
 //! for that field changes (an edit of the file wins from then on).
 
 use crate::config::{percent_to_bp, Config, Version};
-use crate::rollout::Rollout;
+use crate::rollout::engine::Rollout;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

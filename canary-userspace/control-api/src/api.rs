@@ -19,12 +19,101 @@
 //! not root, 404 unknown service, 409 refused (e.g. a reload that fails
 //! validation), 500 internal.
 
-use crate::config::Version;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 
 pub const DEFAULT_SOCKET: &str = "/run/canary/canaryd.sock";
+
+/// The two versions of a service: its pools, its counters, a client's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    Stable,
+    Canary,
+}
+
+impl Version {
+    /// The index the data plane uses (`canary_common::VERSION_*`).
+    pub fn index(self) -> u32 {
+        match self {
+            Version::Stable => canary_common::VERSION_STABLE,
+            Version::Canary => canary_common::VERSION_CANARY,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::Stable => "stable",
+            Version::Canary => "canary",
+        }
+    }
+    pub fn from_index(i: u32) -> Version {
+        if i == canary_common::VERSION_CANARY {
+            Version::Canary
+        } else {
+            Version::Stable
+        }
+    }
+}
+
+/// `POST /v1/services/{name}/rollout/{verb}`: what an operator can do to a
+/// rollout. The path segment is the lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RolloutVerb {
+    Start,
+    Pause,
+    Resume,
+    Abort,
+}
+
+impl RolloutVerb {
+    pub const ALL: [RolloutVerb; 4] = [
+        RolloutVerb::Start,
+        RolloutVerb::Pause,
+        RolloutVerb::Resume,
+        RolloutVerb::Abort,
+    ];
+
+    /// The path segment, also the word in log lines ("rollout {verb}d by").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutVerb::Start => "start",
+            RolloutVerb::Pause => "pause",
+            RolloutVerb::Resume => "resume",
+            RolloutVerb::Abort => "abort",
+        }
+    }
+}
+
+impl fmt::Display for RolloutVerb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl FromStr for RolloutVerb {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<RolloutVerb> {
+        match RolloutVerb::ALL.into_iter().find(|v| v.as_str() == s) {
+            Some(v) => Ok(v),
+            None => bail!("unknown rollout action {s:?} (start, pause, resume, abort)"),
+        }
+    }
+}
+
+/// Parses `canaryctl explain`'s client: `IP`, `IPv4:PORT` or `[IPv6]:PORT`.
+pub fn parse_client(text: &str) -> Result<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    if let Ok(sa) = text.parse::<std::net::SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    bail!("malformed client address {text:?} (expected IP, IPv4:PORT or [IPv6]:PORT)")
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ApiError {
@@ -113,7 +202,7 @@ pub struct RolloutStatus {
     pub required_canary_connections: Option<u64>,
     /// The last analysis' verdict in words.
     pub verdict: String,
-    pub analysis: Option<crate::analysis::Analysis>,
+    pub analysis: Option<Analysis>,
     pub reason: Option<String>,
     pub history: Vec<String>,
     /// The external metric's last judgement (Prometheus), if configured.
@@ -195,4 +284,111 @@ pub struct Explain {
     pub bucket: u32,
     pub weight_bp: u32,
     pub override_cidr: Option<String>,
+}
+
+/// What an event is about; on the wire the lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A rollout started, paused, resumed.
+    Rollout,
+    /// A rollout step set a new weight.
+    Step,
+    /// A rollout reached 100 %.
+    Promoted,
+    /// The canary weight went to 0 (analysis, health, operator).
+    Rollback,
+    /// A backend's probe verdict changed.
+    Health,
+    /// An operator changed a weight.
+    Weight,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Rollout => "rollout",
+            EventKind::Step => "step",
+            EventKind::Promoted => "promoted",
+            EventKind::Rollback => "rollback",
+            EventKind::Health => "health",
+            EventKind::Weight => "weight",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// One entry of the daemon's event log (`GET /v1/events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub service: String,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+/// What a step should do now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The canary has the sample the step needs and no check failed.
+    Pass,
+    /// Roll back.
+    Fail { reason: String },
+    /// Keep observing: `have` of `need` canary connections.
+    NeedMore { have: u64, need: u64 },
+}
+
+/// A verdict with the figures behind it, for status and the decision log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    pub verdict: Verdict,
+    pub canary_attempts: u64,
+    pub canary_failures: u64,
+    pub stable_attempts: u64,
+    pub stable_failures: u64,
+    pub canary_error_rate: Option<f64>,
+    pub stable_error_rate: Option<f64>,
+    /// Canary connections the step needs before it can pass.
+    pub required_canary_connections: u64,
+    /// Statistical checks enabled in this step, and the alpha of each.
+    pub checks: u32,
+    pub alpha_per_check: f64,
+    /// Log likelihood ratio of the canary-vs-stable SPRT, and its threshold
+    /// `ln(1/alpha_per_check)`.
+    pub ratio_sprt_llr: Option<f64>,
+    pub ceiling_sprt_llr: Option<f64>,
+    pub sprt_threshold: f64,
+    /// p-values of the final tests (only once the sample is reached).
+    pub ratio_p_value: Option<f64>,
+    pub ceiling_p_value: Option<f64>,
+    pub canary_p99_handshake_ms: Option<f64>,
+    pub stable_p99_handshake_ms: Option<f64>,
+    /// Checks skipped and why.
+    pub notes: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_and_kinds_keep_their_wire_names() {
+        for v in RolloutVerb::ALL {
+            assert_eq!(v.as_str().parse::<RolloutVerb>().unwrap(), v);
+        }
+        assert!("stop".parse::<RolloutVerb>().is_err());
+        assert_eq!(
+            serde_json::to_string(&EventKind::Promoted).unwrap(),
+            "\"promoted\""
+        );
+        assert_eq!(format!("{:<8}|", EventKind::Step), "step    |");
+    }
 }

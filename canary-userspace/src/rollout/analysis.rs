@@ -90,6 +90,7 @@
 //! 26 canary failures against none on stable at alpha_check = 8e-4). Sample
 //! sizes are capped at [`MAX_REQUIRED_SAMPLE`].
 
+pub use crate::control::api::{Analysis, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// Floor on the stable error rate used for sizing a step (not for testing).
@@ -457,47 +458,6 @@ impl Default for Limits {
             min_canary_connections: 100,
         }
     }
-}
-
-/// What a step should do now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Verdict {
-    /// The canary has the sample the step needs and no check failed.
-    Pass,
-    /// Roll back.
-    Fail { reason: String },
-    /// Keep observing: `have` of `need` canary connections.
-    NeedMore { have: u64, need: u64 },
-}
-
-/// A verdict with the figures behind it, for status and the decision log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Analysis {
-    pub verdict: Verdict,
-    pub canary_attempts: u64,
-    pub canary_failures: u64,
-    pub stable_attempts: u64,
-    pub stable_failures: u64,
-    pub canary_error_rate: Option<f64>,
-    pub stable_error_rate: Option<f64>,
-    /// Canary connections the step needs before it can pass.
-    pub required_canary_connections: u64,
-    /// Statistical checks enabled in this step, and the alpha of each.
-    pub checks: u32,
-    pub alpha_per_check: f64,
-    /// Log likelihood ratio of the canary-vs-stable SPRT, and its threshold
-    /// `ln(1/alpha_per_check)`.
-    pub ratio_sprt_llr: Option<f64>,
-    pub ceiling_sprt_llr: Option<f64>,
-    pub sprt_threshold: f64,
-    /// p-values of the final tests (only once the sample is reached).
-    pub ratio_p_value: Option<f64>,
-    pub ceiling_p_value: Option<f64>,
-    pub canary_p99_handshake_ms: Option<f64>,
-    pub stable_p99_handshake_ms: Option<f64>,
-    /// Checks skipped and why.
-    pub notes: Vec<String>,
 }
 
 /// Statistical checks per enabled limit (ratio, ceiling): the SPRT, the

@@ -105,8 +105,8 @@ pub async fn query(base: &str, promql: &str, timeout: Duration) -> Result<Option
             .uri(path)
             .header(header::HOST, authority.as_str())
             .header(header::ACCEPT, "application/json")
-            .body(crate::http::empty())?;
-        let (_, body) = crate::http::exchange(stream, request).await?;
+            .body(crate::control::http::empty())?;
+        let (_, body) = crate::control::http::exchange(stream, request).await?;
         parse_response(&body)
     })
     .await

@@ -2,7 +2,7 @@
 //! root can open (mode 0600, and each request's peer uid is checked again).
 //! Routes and bodies: see `api.rs`.
 
-use crate::api::{ApiError, BackendChange, Change, SetWeight};
+use crate::control::api::{ApiError, BackendChange, Change, SetWeight};
 use crate::daemon::{weight_from_percent, Daemon, OpError, Refusal};
 use anyhow::{Context, Result};
 use axum::extract::{connect_info, ConnectInfo, Path, Query, State};
@@ -142,7 +142,7 @@ fn lock(ctx: &Ctx) -> std::sync::MutexGuard<'_, Daemon> {
 async fn status(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-) -> Reply<crate::api::Status> {
+) -> Reply<crate::control::api::Status> {
     peer.check_root()?;
     let d = lock(&ctx);
     d.status()
@@ -241,7 +241,7 @@ async fn events(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Query(q): Query<EventsQuery>,
-) -> Reply<Vec<crate::events::Event>> {
+) -> Reply<Vec<crate::daemon::events::Event>> {
     peer.check_root()?;
     // The log is shared outside the daemon's lock: waiting holds no lock.
     let log = lock(&ctx).events.clone();
@@ -259,7 +259,7 @@ async fn explain(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     Query(q): Query<ExplainQuery>,
-) -> Reply<crate::api::Explain> {
+) -> Reply<crate::control::api::Explain> {
     peer.check_root()?;
     lock(&ctx)
         .explain(&name, &q.client)
@@ -288,5 +288,5 @@ async fn teardown_handler(
 /// The socket path: the command line wins over the config file.
 pub fn socket_path(cli: Option<PathBuf>, config: &crate::config::Config) -> PathBuf {
     cli.or_else(|| config.control_socket.clone())
-        .unwrap_or_else(|| PathBuf::from(crate::api::DEFAULT_SOCKET))
+        .unwrap_or_else(|| PathBuf::from(crate::control::api::DEFAULT_SOCKET))
 }

@@ -4,7 +4,7 @@
 //! only where the config's `metrics:` says; any other method gets 405, any
 //! other path 404, and nothing here can change the data plane.
 
-use crate::api::Status;
+use crate::control::api::Status;
 use anyhow::{Context, Result};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -237,8 +237,8 @@ async fn scrape(axum::extract::State(source): axum::extract::State<Source>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackendStatus, ServiceStatus, VersionStatus};
     use crate::config::Version;
+    use crate::control::api::{BackendStatus, ServiceStatus, VersionStatus};
 
     fn status() -> Status {
         let v = |p: u64| VersionStatus {

@@ -3,24 +3,13 @@
 //! (`GET /v1/events?after=N&wait_ms=M`, `canaryctl events --follow`). Kept in
 //! memory (the last 1000); what must survive a restart is in the state file.
 
-use serde::{Deserialize, Serialize};
+pub use crate::control::api::{Event, EventKind};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 
 const KEEP: usize = 1000;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    pub seq: u64,
-    /// RFC 3339, UTC.
-    pub time: String,
-    pub service: String,
-    /// "rollout", "step", "promoted", "rollback", "health", "weight".
-    pub kind: String,
-    pub message: String,
-}
 
 #[derive(Default)]
 pub struct Events {
@@ -29,14 +18,14 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn push(&self, service: &str, kind: &str, message: impl Into<String>) {
+    pub fn push(&self, service: &str, kind: EventKind, message: impl Into<String>) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let seq = log.back().map(|e| e.seq + 1).unwrap_or(1);
         log.push_back(Event {
             seq,
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             service: service.to_string(),
-            kind: kind.to_string(),
+            kind,
             message: message.into(),
         });
         while log.len() > KEEP {
@@ -73,17 +62,17 @@ mod tests {
     #[tokio::test]
     async fn followers_wake_on_new_events() {
         let ev = Arc::new(Events::default());
-        ev.push("shop", "rollout", "started");
+        ev.push("shop", EventKind::Rollout, "started");
         assert_eq!(ev.after(0).len(), 1);
         assert!(ev.after(1).is_empty());
         let e2 = ev.clone();
         let waiter = tokio::spawn(async move { e2.wait_after(1, Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        ev.push("shop", "rollback", "canary failing");
+        ev.push("shop", EventKind::Rollback, "canary failing");
         let got = waiter.await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].seq, 2);
-        assert_eq!(got[0].kind, "rollback");
+        assert_eq!(got[0].kind, EventKind::Rollback);
         // Nothing new: returns empty after the wait.
         assert!(ev.wait_after(2, Duration::from_millis(20)).await.is_empty());
     }

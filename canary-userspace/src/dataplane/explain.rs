@@ -3,10 +3,11 @@
 //! kernel runs (`canary_common::split`), in the kernel's order: flow table,
 //! then source-prefix override, then hash bucket against the weight.
 
-use crate::api::Explain;
 use crate::config::{Affinity, ServiceConfig, Version};
+pub use crate::control::api::parse_client;
+use crate::control::api::Explain;
+use crate::dataplane::maps::Maps;
 use crate::dataplane::proto_number;
-use crate::maps::Maps;
 use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
 use canary_common::addr::{family, from_words, override_key, port_to_map, to_words};
@@ -17,16 +18,6 @@ use canary_common::{
 use std::net::IpAddr;
 
 /// Parses `IP`, `IPv4:PORT` or `[IPv6]:PORT`.
-pub fn parse_client(text: &str) -> Result<(IpAddr, Option<u16>)> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Ok((ip, None));
-    }
-    if let Ok(sa) = text.parse::<std::net::SocketAddr>() {
-        return Ok((sa.ip(), Some(sa.port())));
-    }
-    bail!("malformed client address {text:?} (expected IP, IPv4:PORT or [IPv6]:PORT)")
-}
-
 pub fn explain(
     maps: &Maps,
     service_id: u32,

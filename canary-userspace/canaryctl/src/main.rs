@@ -4,9 +4,12 @@
 //! Errors are one line on stderr (`canaryctl: ...`) and exit status 1.
 
 use anyhow::{bail, Result};
-use canary_userspace::api::{Change, ServiceStatus, Status, VersionStatus, DEFAULT_SOCKET};
-use canary_userspace::client::Client;
-use canary_userspace::config::{percent_to_bp, Version};
+use canary_common::weight::WeightBp;
+use canary_control::api::{
+    parse_client, Change, RolloutVerb, ServiceStatus, Status, Version, VersionStatus,
+    DEFAULT_SOCKET,
+};
+use canary_control::client::Client;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -98,12 +101,12 @@ enum RolloutAction {
 }
 
 impl RolloutAction {
-    fn verb(self) -> &'static str {
+    fn verb(self) -> RolloutVerb {
         match self {
-            RolloutAction::Start => "start",
-            RolloutAction::Pause => "pause",
-            RolloutAction::Resume => "resume",
-            RolloutAction::Abort => "abort",
+            RolloutAction::Start => RolloutVerb::Start,
+            RolloutAction::Pause => RolloutVerb::Pause,
+            RolloutAction::Resume => RolloutVerb::Resume,
+            RolloutAction::Abort => RolloutVerb::Abort,
         }
     }
 }
@@ -134,7 +137,7 @@ fn parse_percent(text: &str) -> Result<f64> {
     let percent: f64 = text
         .parse()
         .map_err(|_| anyhow::anyhow!("weight {text:?} is not a number (percent, 0 to 100)"))?;
-    percent_to_bp(percent)?;
+    WeightBp::from_percent(percent)?;
     Ok(percent)
 }
 
@@ -195,7 +198,7 @@ async fn run(args: Args) -> Result<()> {
             service,
             client: who,
         } => {
-            canary_userspace::explain::parse_client(&who)?;
+            parse_client(&who)?;
             let e = client.explain(&service, &who).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&e)?);

@@ -4,22 +4,25 @@
 //! maps as a whole config, logged with who asked, and saved so a restart
 //! keeps it.
 
-use crate::analysis::{histogram_quantile, VersionCounts, WindowCounts};
-use crate::api::{
+pub mod events;
+pub mod state;
+
+use crate::config::{percent_to_bp, Config, OnRollback, Protocol, Version, DEFAULT_CONFIG};
+use crate::control::api::{
     BackendStatus, Explain, RolloutStatus, ServiceStatus, Signals, Status, VersionSignals,
     VersionStatus,
 };
-use crate::config::{percent_to_bp, Config, OnRollback, Protocol, Version, DEFAULT_CONFIG};
+use crate::dataplane::report::{self, Snapshot};
 use crate::dataplane::DataPlane;
-use crate::events::Events;
-use crate::external::{judge, Pollers, Readings};
-use crate::health::{Probes, Transition};
-use crate::report::{self, Snapshot};
-use crate::rollout::{Action, Phase, Rollout};
-use crate::state::{PoolOverride, RuntimeState, WeightOverride, DEFAULT_STATE_DIR};
+use crate::rollout::analysis::{histogram_quantile, VersionCounts, WindowCounts};
+use crate::rollout::engine::{Action, Phase, Rollout};
+use crate::rollout::external::{judge, Pollers, Readings};
+use crate::rollout::health::{Probes, Transition};
 use anyhow::{Context, Result};
 use canary_common::{reason, VERSION_CANARY};
+use events::{EventKind, Events};
 use log::{error, info, warn};
+use state::{PoolOverride, RuntimeState, WeightOverride, DEFAULT_STATE_DIR};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -247,14 +250,17 @@ impl Daemon {
             .collect();
         self.probes = None;
         self.probe_epoch += 1;
-        self.probes = Some(crate::health::spawn(
+        self.probes = Some(crate::rollout::health::spawn(
             &self.running,
             &known,
             tx,
             self.probe_epoch,
         ));
         self.pollers = None;
-        self.pollers = Some(crate::external::spawn(&self.running, self.readings.clone()));
+        self.pollers = Some(crate::rollout::external::spawn(
+            &self.running,
+            self.readings.clone(),
+        ));
     }
 
     /// A probe verdict changed: the backend leaves or rejoins its pool's
@@ -306,7 +312,7 @@ impl Daemon {
         } else {
             warn!("{line}");
         }
-        self.events.push(&t.service, "health", line);
+        self.events.push(&t.service, EventKind::Health, line);
         let running = self.running.clone();
         match self.dp.apply(&running) {
             Ok(report) => report.lines.iter().for_each(|l| info!("{l}")),
@@ -377,7 +383,7 @@ impl Daemon {
             self.reset_canary_flows(service);
             message.push_str("; open canary connections are being reset (on_rollback: reset)");
         }
-        self.events.push(service, "rollback", message);
+        self.events.push(service, EventKind::Rollback, message);
     }
 
     /// The last resort of a rollback: weight 0 in the service's map entry,
@@ -403,7 +409,8 @@ impl Daemon {
         let Some(sid) = self.dp.ids().services.get(service).copied() else {
             return;
         };
-        let path = crate::maps::pin_dir(&self.instance).join(canary_common::names::FLOWS);
+        let path =
+            crate::dataplane::maps::pin_dir(&self.instance).join(canary_common::names::FLOWS);
         let service = service.to_string();
         std::thread::spawn(move || {
             let run = || -> Result<usize> {
@@ -590,11 +597,11 @@ impl Daemon {
                 self.step_began.insert(service.to_string(), Instant::now());
                 let msg = format!("{what}: canary weight {:.2}%", bp as f64 / 100.0);
                 info!("service {service}: {msg}");
-                self.events.push(service, "step", msg);
+                self.events.push(service, EventKind::Step, msg);
             }
             Action::Promoted(why) => {
                 info!("service {service}: rollout promoted: {why}");
-                self.events.push(service, "promoted", why);
+                self.events.push(service, EventKind::Promoted, why);
             }
             Action::Rollback(why) => self.rollback_now(service, why, reset),
         }
@@ -624,7 +631,7 @@ impl Daemon {
             self.state.save(&self.state_path)?;
             let line = format!("service {service}: rollout {why}");
             warn!("{line}");
-            self.events.push(service, "rollout", line.clone());
+            self.events.push(service, EventKind::Rollout, line.clone());
             lines.push(line);
         }
         Ok(lines)
@@ -674,7 +681,7 @@ impl Daemon {
                     plan.steps, plan.interval
                 );
                 info!("{line}");
-                self.events.push(service, "rollout", line.clone());
+                self.events.push(service, EventKind::Rollout, line.clone());
                 self.act(service, action, false);
                 line
             }
@@ -705,7 +712,7 @@ impl Daemon {
                 self.state.save(&self.state_path)?;
                 let line = format!("service {service}: rollout {verb}d by {who}");
                 info!("{line}");
-                self.events.push(service, "rollout", line.clone());
+                self.events.push(service, EventKind::Rollout, line.clone());
                 line
             }
             "abort" => {
@@ -741,11 +748,11 @@ impl Daemon {
             (_, _) if r.final_passed => "passed; waiting for the external metric".to_string(),
             (_, None) => "no data yet".to_string(),
             (_, Some(a)) => match &a.verdict {
-                crate::analysis::Verdict::Pass => "pass (waiting for the interval)".into(),
-                crate::analysis::Verdict::NeedMore { have, need } => {
+                crate::rollout::analysis::Verdict::Pass => "pass (waiting for the interval)".into(),
+                crate::rollout::analysis::Verdict::NeedMore { have, need } => {
                     format!("need more canary connections: {have} of {need}")
                 }
-                crate::analysis::Verdict::Fail { reason } => format!("failing: {reason}"),
+                crate::rollout::analysis::Verdict::Fail { reason } => format!("failing: {reason}"),
             },
         };
         Some(RolloutStatus {
@@ -998,7 +1005,7 @@ impl Daemon {
     pub fn explain(&self, service: &str, client: &str) -> OpResult<Explain> {
         let i = self.service_index(service)?;
         let s = &self.running.services[i];
-        let (ip, port) = crate::explain::parse_client(client)
+        let (ip, port) = crate::dataplane::explain::parse_client(client)
             .map_err(|e| OpError::new(Refusal::BadRequest, format!("{e:#}")))?;
         let sid = *self
             .dp
@@ -1006,7 +1013,7 @@ impl Daemon {
             .services
             .get(service)
             .ok_or_else(|| OpError::new(Refusal::Internal, "service has no id"))?;
-        crate::explain::explain(&self.dp.maps, sid, s, ip, port)
+        crate::dataplane::explain::explain(&self.dp.maps, sid, s, ip, port)
             .map_err(|e| OpError::new(Refusal::BadRequest, format!("{e:#}")))
     }
 

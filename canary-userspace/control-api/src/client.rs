@@ -2,8 +2,9 @@
 //! Unix socket with hyper. Every failure becomes one line an operator can
 //! act on: no daemon, not root, unknown service, the daemon's refusal.
 
-use crate::api::{ApiError, BackendChange, Change, Explain, SetWeight, Status};
-use crate::config::Version;
+use crate::api::{
+    ApiError, BackendChange, Change, Event, Explain, RolloutVerb, SetWeight, Status, Version,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -121,14 +122,13 @@ impl Client {
         self.call(Method::GET, &uri, None).await
     }
 
-    /// `verb`: start, pause, resume or abort.
-    pub async fn rollout(&self, service: &str, verb: &str) -> Result<Change> {
+    pub async fn rollout(&self, service: &str, verb: RolloutVerb) -> Result<Change> {
         self.post(&service_uri(service, &format!("rollout/{verb}"))?, &())
             .await
     }
 
     /// Events after `after`, waiting up to `wait_ms` for one.
-    pub async fn events(&self, after: u64, wait_ms: u64) -> Result<Vec<crate::events::Event>> {
+    pub async fn events(&self, after: u64, wait_ms: u64) -> Result<Vec<Event>> {
         self.call(
             Method::GET,
             &format!("/v1/events?after={after}&wait_ms={wait_ms}"),

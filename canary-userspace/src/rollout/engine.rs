@@ -13,11 +13,11 @@
 //!   step, or promoted after the last) or fail (roll back). Until the sample
 //!   is there the step waits, showing its progress.
 
-use crate::analysis::{
+use crate::config::RolloutConfig;
+use crate::rollout::analysis::{
     analyze_detailed, recent_guard, Analysis, Verdict, VersionCounts, WindowCounts,
 };
-use crate::config::RolloutConfig;
-use crate::external::Judgement;
+use crate::rollout::external::Judgement;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -163,7 +163,7 @@ impl Rollout {
     /// the last 500 ms, ... the last 10 s): a burst of failures is seen at
     /// whatever rate the canary's connections arrive. The look's alpha is
     /// split over the suffixes.
-    fn guard(&self, limits: &crate::analysis::Limits, alpha_look: f64) -> Option<String> {
+    fn guard(&self, limits: &crate::rollout::analysis::Limits, alpha_look: f64) -> Option<String> {
         let alpha_suffix = alpha_look / RECENT_TICKS as f64;
         let mut w = WindowCounts::default();
         for d in self.recent.iter().rev() {

@@ -56,34 +56,8 @@ pub enum Affinity {
     Flow,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Version {
-    Stable,
-    Canary,
-}
-
-impl Version {
-    pub fn index(self) -> u32 {
-        match self {
-            Version::Stable => canary_common::VERSION_STABLE,
-            Version::Canary => canary_common::VERSION_CANARY,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Version::Stable => "stable",
-            Version::Canary => "canary",
-        }
-    }
-    pub fn from_index(i: u32) -> Version {
-        if i == canary_common::VERSION_CANARY {
-            Version::Canary
-        } else {
-            Version::Stable
-        }
-    }
-}
+/// Stable or canary; defined with the API types (canaryctl needs it too).
+pub use crate::control::api::Version;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -296,9 +270,9 @@ pub struct RolloutConfig {
 
 impl RolloutConfig {
     /// The statistics' limits for this plan.
-    pub fn limits(&self) -> crate::analysis::Limits {
+    pub fn limits(&self) -> crate::rollout::analysis::Limits {
         let a = &self.analysis;
-        crate::analysis::Limits {
+        crate::rollout::analysis::Limits {
             max_error_ratio: a.max_error_ratio,
             max_canary_vs_stable_ratio: a.max_canary_vs_stable_ratio,
             max_p99_handshake_ms: a.max_p99_handshake_ms,
