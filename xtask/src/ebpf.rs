@@ -7,13 +7,12 @@ use anyhow::{bail, Context, Result};
 use crate::cmd::{Cmd, TOOLCHAIN_ENV};
 use crate::setup::{self, EbpfToolchain};
 
-pub const TARGET: &str = "bpfel-unknown-none";
+pub use crate::ebpf_object::EBPF_TARGET as TARGET;
 
-/// The object the user-space crate embeds (its build.rs reads this path).
+/// The object the user-space crate embeds (its build.rs includes the same
+/// definition, `ebpf_object.rs`).
 pub fn object_path(root: &Path) -> PathBuf {
-    root.join("canary-ebpf/target")
-        .join(TARGET)
-        .join("release/canary")
+    crate::ebpf_object::ebpf_object_path(root)
 }
 
 /// Builds the eBPF object, always with the release profile (debug BPF code

@@ -10,6 +10,7 @@
 mod bench;
 mod cmd;
 mod ebpf;
+mod ebpf_object;
 mod setup;
 
 use std::path::{Path, PathBuf};

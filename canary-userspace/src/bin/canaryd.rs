@@ -137,7 +137,7 @@ async fn run(args: Args) -> Result<()> {
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     // The rollout engine's heartbeat: fast enough that a clear failure is
     // acted on within a fraction of a second.
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(canary_userspace::rollout::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stats_every = args.stats_interval;
     let mut seconds = 0u64;

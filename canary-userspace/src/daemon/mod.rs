@@ -462,7 +462,7 @@ impl Daemon {
         })
     }
 
-    /// The engine's heartbeat (every 250 ms from the daemon's loop): expire
+    /// The engine's heartbeat (every `rollout::TICK` from the daemon's loop): expire
     /// unanswered handshakes, feed each running rollout its window, carry
     /// out what it decides, save the progress.
     pub fn tick(&mut self) {

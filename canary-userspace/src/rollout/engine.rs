@@ -79,10 +79,12 @@ pub struct Rollout {
     pub final_passed: bool,
 }
 
-/// Deltas kept for the recent-window guard: 40 ticks of 250 ms.
+/// The engine's tick: canaryd calls `Daemon::tick` (and so every running
+/// rollout's `tick`) at this interval; the guard's look budget is sized by it.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+const TICK_MS: u64 = TICK.as_millis() as u64;
+/// Deltas kept for the recent-window guard: 40 ticks (10 s).
 const RECENT_TICKS: usize = 40;
-/// The engine's tick, for sizing the guard's look budget.
-const TICK_MS: u64 = 250;
 
 /// What the daemon must do after a tick.
 #[derive(Debug, Clone, PartialEq)]
@@ -446,11 +448,7 @@ mod tests {
     fn a_clear_failure_rolls_back_before_the_interval() {
         let p = plan();
         let (mut r, _) = Rollout::start(&p);
-        let a = r.tick_(
-            &p,
-            &counts((1000, 1), (100, 60)),
-            Duration::from_millis(250),
-        );
+        let a = r.tick_(&p, &counts((1000, 1), (100, 60)), TICK);
         let Action::Rollback(why) = a else {
             panic!("{a:?}")
         };
@@ -469,7 +467,7 @@ mod tests {
         let mut p = plan();
         p.interval = Duration::from_secs(60);
         let (mut r, _) = Rollout::start(&p);
-        let tick = Duration::from_millis(250);
+        let tick = TICK;
         // 40 s of a healthy canary: thousands of successes in the window.
         for _ in 0..160 {
             assert_eq!(r.tick_(&p, &counts((100, 0), (25, 0)), tick), Action::None);

@@ -9,4 +9,4 @@ pub mod engine;
 pub mod external;
 pub mod health;
 
-pub use engine::{Action, Phase, Rollout};
+pub use engine::{Action, Phase, Rollout, TICK};
