@@ -2,6 +2,7 @@
 //! touches a map. Every error names the field it is about.
 
 use anyhow::{bail, Context, Result};
+use canary_common::weight::WeightBp;
 use canary_common::{MAX_BACKENDS, MAX_OVERRIDES, MAX_SERVICES, WEIGHT_SCALE_BP};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -284,22 +285,6 @@ impl RolloutConfig {
     }
 }
 
-/// Percent (0..=100, at most two decimals) to basis points.
-pub fn percent_to_bp(percent: f64) -> Result<u32> {
-    if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
-        bail!("{percent} is out of range (0 to 100 percent)");
-    }
-    let bp = (percent * 100.0).round();
-    if (percent * 100.0 - bp).abs() > 1e-6 {
-        bail!("{percent} has more than two decimals");
-    }
-    Ok(bp as u32)
-}
-
-pub fn bp_to_percent(bp: u32) -> f64 {
-    bp as f64 / 100.0
-}
-
 /// Default seed: FNV-1a of the service name, so every host derives the same.
 pub fn default_seed(name: &str) -> u32 {
     name.bytes().fold(0x811c_9dc5u32, |h, b| {
@@ -308,8 +293,18 @@ pub fn default_seed(name: &str) -> u32 {
 }
 
 impl ServiceConfig {
+    /// The canary weight (0 when `canary_weight` is invalid; validation
+    /// refuses such a file before it is used).
+    pub fn weight(&self) -> WeightBp {
+        WeightBp::from_percent(self.canary_weight).unwrap_or(WeightBp::ZERO)
+    }
+    /// The weight in basis points.
     pub fn weight_bp(&self) -> u32 {
-        percent_to_bp(self.canary_weight).unwrap_or(0)
+        self.weight().bp()
+    }
+    /// Sets the canary weight (the file's unit is percent).
+    pub fn set_weight(&mut self, w: WeightBp) {
+        self.canary_weight = w.percent();
     }
     pub fn seed(&self) -> u32 {
         self.seed.unwrap_or_else(|| default_seed(&self.name))
@@ -420,7 +415,8 @@ impl Config {
                 );
             }
             vip_addrs.insert(s.vip);
-            percent_to_bp(s.canary_weight).with_context(|| format!("{at}.canary_weight"))?;
+            WeightBp::from_percent(s.canary_weight)
+                .with_context(|| format!("{at}.canary_weight"))?;
             if s.stable.is_empty() {
                 bail!("{at}.stable: the stable pool needs at least one backend");
             }
@@ -554,7 +550,7 @@ fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
     }
     let mut last = 0.0;
     for (i, step) in r.steps.iter().enumerate() {
-        percent_to_bp(*step).with_context(|| format!("steps[{i}]"))?;
+        WeightBp::from_percent(*step).with_context(|| format!("steps[{i}]"))?;
         if *step <= last {
             bail!("steps[{i}]: {step} must be above the step before ({last})");
         }
@@ -681,13 +677,14 @@ services:
 
     #[test]
     fn weights_in_percent_with_two_decimals() {
-        assert_eq!(percent_to_bp(0.0).unwrap(), 0);
-        assert_eq!(percent_to_bp(12.34).unwrap(), 1234);
-        assert_eq!(percent_to_bp(100.0).unwrap(), 10_000);
-        assert!(percent_to_bp(150.0).is_err());
-        assert!(percent_to_bp(-1.0).is_err());
-        assert!(percent_to_bp(1.234).is_err());
-        assert!(percent_to_bp(f64::NAN).is_err());
+        let bp = |p| WeightBp::from_percent(p).map(WeightBp::bp);
+        assert_eq!(bp(0.0).unwrap(), 0);
+        assert_eq!(bp(12.34).unwrap(), 1234);
+        assert_eq!(bp(100.0).unwrap(), 10_000);
+        assert!(bp(150.0).is_err());
+        assert!(bp(-1.0).is_err());
+        assert!(bp(1.234).is_err());
+        assert!(bp(f64::NAN).is_err());
     }
 
     #[test]

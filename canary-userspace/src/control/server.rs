@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use canary_common::weight::WeightBp;
 use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path as FsPath, PathBuf};
@@ -150,7 +151,7 @@ async fn status(
         .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
 }
 
-fn weight_change(ctx: &Ctx, peer: &Peer, name: &str, bp: u32) -> Reply<Change> {
+fn weight_change(ctx: &Ctx, peer: &Peer, name: &str, bp: WeightBp) -> Reply<Change> {
     peer.check_root()?;
     let changes = lock(ctx)
         .operator_weight(name, bp, &peer.who())
@@ -173,7 +174,7 @@ async fn rollback(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
 ) -> Reply<Change> {
-    weight_change(&ctx, &peer, &name, 0)
+    weight_change(&ctx, &peer, &name, WeightBp::ZERO)
 }
 
 async fn promote(
@@ -181,7 +182,7 @@ async fn promote(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
 ) -> Reply<Change> {
-    weight_change(&ctx, &peer, &name, canary_common::WEIGHT_SCALE_BP)
+    weight_change(&ctx, &peer, &name, WeightBp::FULL)
 }
 
 fn backend_change(

@@ -7,7 +7,7 @@
 pub mod events;
 pub mod state;
 
-use crate::config::{percent_to_bp, Config, OnRollback, Protocol, Version, DEFAULT_CONFIG};
+use crate::config::{Config, OnRollback, Protocol, Version, DEFAULT_CONFIG};
 use crate::control::api::{
     BackendStatus, Explain, RolloutStatus, ServiceStatus, Signals, Status, VersionSignals,
     VersionStatus,
@@ -19,6 +19,7 @@ use crate::rollout::engine::{Action, Phase, Rollout};
 use crate::rollout::external::{judge, Pollers, Readings};
 use crate::rollout::health::{Probes, Transition};
 use anyhow::{Context, Result};
+use canary_common::weight::WeightBp;
 use canary_common::{reason, VERSION_CANARY};
 use events::{EventKind, Events};
 use log::{error, info, warn};
@@ -173,9 +174,9 @@ impl Daemon {
             let src = state.weight_source(&s.name);
             if src != "config" {
                 info!(
-                    "service {}: canary weight {:.2}% kept from {src}",
+                    "service {}: canary weight {} kept from {src}",
                     s.name,
-                    s.weight_bp() as f64 / 100.0
+                    s.weight()
                 );
             }
         }
@@ -367,7 +368,7 @@ impl Daemon {
         // Then the map. Should the whole-config apply fail (an interface
         // gone, say), weight 0 is written straight into the service entry,
         // and the full apply is retried every tick.
-        if let Err(e) = self.set_weight(service, 0, &source) {
+        if let Err(e) = self.set_weight(service, WeightBp::ZERO, &source) {
             error!(
                 "rolling back {service}: {} (writing weight 0 directly, retrying)",
                 e.message
@@ -469,7 +470,7 @@ impl Daemon {
         let now = Instant::now();
         for service in std::mem::take(&mut self.pending_rollbacks) {
             let source = rolled_back();
-            if let Err(e) = self.set_weight(&service, 0, &source) {
+            if let Err(e) = self.set_weight(&service, WeightBp::ZERO, &source) {
                 error!("rolling back {service} still fails: {}", e.message);
                 self.pending_rollbacks.insert(service);
             }
@@ -595,7 +596,7 @@ impl Daemon {
                     return;
                 }
                 self.step_began.insert(service.to_string(), Instant::now());
-                let msg = format!("{what}: canary weight {:.2}%", bp as f64 / 100.0);
+                let msg = format!("{what}: canary weight {bp}");
                 info!("service {service}: {msg}");
                 self.events.push(service, EventKind::Step, msg);
             }
@@ -613,19 +614,18 @@ impl Daemon {
     pub fn operator_weight(
         &mut self,
         service: &str,
-        weight_bp: u32,
+        weight: WeightBp,
         who: &str,
     ) -> OpResult<Vec<String>> {
-        let mut lines = self.set_weight(service, weight_bp, who)?;
+        let mut lines = self.set_weight(service, weight, who)?;
         if let Some(r) = self.state.rollouts.get_mut(service).filter(|r| r.active()) {
             let why = format!(
-                "stopped at step {}/{}: {who} set the weight to {:.2}%",
+                "stopped at step {}/{}: {who} set the weight to {weight}",
                 r.step + 1,
                 r.steps.len(),
-                weight_bp as f64 / 100.0
             );
             r.abort(why.clone());
-            if weight_bp == 0 {
+            if weight == WeightBp::ZERO {
                 *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
             }
             self.state.save(&self.state_path)?;
@@ -888,29 +888,23 @@ impl Daemon {
         Ok(lines)
     }
 
-    /// Sets a service's canary weight (basis points) on behalf of `who`.
+    /// Sets a service's canary weight on behalf of `who`.
     pub fn set_weight(
         &mut self,
         service: &str,
-        weight_bp: u32,
+        weight: WeightBp,
         who: &str,
     ) -> OpResult<Vec<String>> {
         let i = self.service_index(service)?;
-        if weight_bp > canary_common::WEIGHT_SCALE_BP {
-            return Err(OpError::new(
-                Refusal::BadRequest,
-                format!("weight {weight_bp} bp is out of range (0 to 10000)"),
-            ));
-        }
-        let old_bp = self.running.services[i].weight_bp();
-        if weight_bp > 0 && self.running.services[i].canary.is_empty() {
+        let old = self.running.services[i].weight();
+        if weight > WeightBp::ZERO && self.running.services[i].canary.is_empty() {
             return Err(OpError::new(
                 Refusal::Conflict,
                 format!("service {service}: the canary pool is empty, the weight can only be 0"),
             ));
         }
         let mut next = self.running.clone();
-        next.services[i].canary_weight = weight_bp as f64 / 100.0;
+        next.services[i].set_weight(weight);
         let mut state = self.state.clone();
         let file_bp = self.file_weight_bp(service);
         state
@@ -918,18 +912,14 @@ impl Daemon {
             .entry(service.to_string())
             .or_default()
             .weight = Some(WeightOverride {
-            weight_bp,
+            weight_bp: weight.bp(),
             source: who.to_string(),
             file_weight_bp: file_bp,
         });
         self.commit(next, state)?;
         // Whatever set the weight last is in force now.
         self.pending_rollbacks.remove(service);
-        let line = format!(
-            "service {service}: canary weight {:.2}% -> {:.2}% ({who})",
-            old_bp as f64 / 100.0,
-            weight_bp as f64 / 100.0
-        );
+        let line = format!("service {service}: canary weight {old} -> {weight} ({who})");
         info!("{line}");
         Ok(vec![line])
     }
@@ -1123,7 +1113,7 @@ impl Daemon {
                     crate::config::Affinity::SourceIp => "source-ip".into(),
                     crate::config::Affinity::Flow => "flow".into(),
                 },
-                weight_percent: s.weight_bp as f64 / 100.0,
+                weight_percent: WeightBp::from_bp(s.weight_bp).percent(),
                 weight_source: self.state.weight_source(&s.name),
                 stable: version(&s.stable, rate(&|x| x.stable.packets), stable_nps),
                 canary: version(&s.canary, rate(&|x| x.canary.packets), canary_nps),
@@ -1178,7 +1168,8 @@ fn l_minus(a: u64, b: u64) -> u64 {
     a.saturating_sub(b)
 }
 
-/// Percent text to basis points for the API, with the API's error kind.
-pub fn weight_from_percent(percent: f64) -> OpResult<u32> {
-    percent_to_bp(percent).map_err(|e| OpError::new(Refusal::BadRequest, format!("weight {e:#}")))
+/// An API percent as a weight, with the API's error kind.
+pub fn weight_from_percent(percent: f64) -> OpResult<WeightBp> {
+    WeightBp::from_percent(percent)
+        .map_err(|e| OpError::new(Refusal::BadRequest, format!("weight {e}")))
 }

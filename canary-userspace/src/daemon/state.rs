@@ -5,9 +5,10 @@
 //! or to one of its pools stays in force until the config file's own value
 //! for that field changes (an edit of the file wins from then on).
 
-use crate::config::{percent_to_bp, Config, Version};
+use crate::config::{Config, Version};
 use crate::rollout::engine::Rollout;
 use anyhow::{Context, Result};
+use canary_common::weight::WeightBp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -100,10 +101,10 @@ impl RuntimeState {
             let Some(o) = self.services.get_mut(&s.name) else {
                 continue;
             };
-            let file_bp = percent_to_bp(s.canary_weight).unwrap_or(0);
+            let file_bp = s.weight_bp();
             match &o.weight {
                 Some(w) if w.file_weight_bp == file_bp => {
-                    s.canary_weight = w.weight_bp as f64 / 100.0
+                    s.set_weight(WeightBp::from_bp(w.weight_bp))
                 }
                 Some(_) => o.weight = None,
                 None => {}

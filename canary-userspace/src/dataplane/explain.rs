@@ -11,6 +11,7 @@ use crate::dataplane::proto_number;
 use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
 use canary_common::addr::{family, from_words, override_key, port_to_map, to_words};
+use canary_common::weight::WeightBp;
 use canary_common::{
     backend_hash, bucket, choose_version, maglev_base, maglev_slot, split_hash, FlowKey,
     AFFINITY_FLOW, AFFINITY_SOURCE_IP, BACKEND_NONE,
@@ -126,9 +127,9 @@ pub fn explain(
                 "client address"
             };
             let reason = format!(
-                "hash bucket of the {key} is {b} {cmp} weight {} ({:.2}%): {}",
+                "hash bucket of the {key} is {b} {cmp} weight {} ({}): {}",
                 state.weight_bp,
-                state.weight_bp as f64 / 100.0,
+                WeightBp::from_bp(state.weight_bp),
                 version.name()
             );
             (version, "hash", reason, None)

@@ -16,6 +16,7 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{xdp::XdpLink, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use canary_common::addr::{family, override_key, port_to_map, to_words};
+use canary_common::weight::WeightBp;
 use canary_common::{
     maglev_base, BackendAddrKey, BackendInfo, OverrideValue, ReverseNat, ServiceState, VipInfo,
     VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP, DEFAULT_FLOW_TABLE_SIZE, MAGLEV_TABLE_SIZE,
@@ -478,18 +479,18 @@ impl DataPlane {
             self.maps.services.set(*sid, state, 0)?;
             match (old_weight, &old) {
                 (Some(w), _) if w != state.weight_bp => report.lines.push(format!(
-                    "service {}: canary weight {:.2}% -> {:.2}% (config)",
+                    "service {}: canary weight {} -> {} (config)",
                     s.name,
-                    w as f64 / 100.0,
-                    state.weight_bp as f64 / 100.0
+                    WeightBp::from_bp(w),
+                    s.weight()
                 )),
                 (None, _) | (_, None) => report.lines.push(format!(
-                    "service {} (id {sid}): {}:{} {:?}, canary weight {:.2}%, {} stable + {} canary backends",
+                    "service {} (id {sid}): {}:{} {:?}, canary weight {}, {} stable + {} canary backends",
                     s.name,
                     s.vip,
                     s.port,
                     s.protocol,
-                    state.weight_bp as f64 / 100.0,
+                    s.weight(),
                     s.stable.len(),
                     s.canary.len()
                 )),

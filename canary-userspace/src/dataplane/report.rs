@@ -4,6 +4,7 @@
 use crate::config::Version;
 use crate::dataplane::DataPlane;
 use anyhow::Result;
+use canary_common::weight::WeightBp;
 use canary_common::{reason, BackendStats, VersionStats, VERSION_CANARY, VERSION_STABLE};
 use std::net::IpAddr;
 
@@ -85,9 +86,9 @@ impl Snapshot {
                 .map(|x| format!("{:.2}%", x * 100.0))
                 .unwrap_or_else(|| "n/a".into());
             out.push(format!(
-                "service {}: weight {:.2}%, observed canary share of new flows {} | stable: {} pkts {} bytes {} new flows | canary: {} pkts {} bytes {} new flows",
+                "service {}: weight {}, observed canary share of new flows {} | stable: {} pkts {} bytes {} new flows | canary: {} pkts {} bytes {} new flows",
                 s.name,
-                s.weight_bp as f64 / 100.0,
+                WeightBp::from_bp(s.weight_bp),
                 share,
                 s.stable.packets,
                 s.stable.bytes,

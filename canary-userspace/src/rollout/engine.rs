@@ -18,6 +18,7 @@ use crate::rollout::analysis::{
     analyze_detailed, recent_guard, Analysis, Verdict, VersionCounts, WindowCounts,
 };
 use crate::rollout::external::Judgement;
+use canary_common::weight::WeightBp;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -90,16 +91,17 @@ const RECENT_TICKS: usize = 40;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     None,
-    /// Set the canary weight (basis points); the message is for the log.
-    SetWeight(u32, String),
+    /// Set the canary weight; the message is for the log.
+    SetWeight(WeightBp, String),
     /// The last step passed; the weight stays.
     Promoted(String),
     /// Canary weight 0 now.
     Rollback(String),
 }
 
-fn bp(percent: f64) -> u32 {
-    (percent * 100.0).round() as u32
+/// A plan step's weight (validated with the config, so in range).
+fn bp(percent: f64) -> WeightBp {
+    WeightBp::from_percent(percent).unwrap_or(WeightBp::ZERO)
 }
 
 fn add(a: &mut VersionCounts, b: &VersionCounts) {
@@ -147,7 +149,7 @@ impl Rollout {
         (r, action)
     }
 
-    pub fn weight_bp(&self) -> u32 {
+    pub fn weight(&self) -> WeightBp {
         bp(self.steps[self.step])
     }
 
@@ -278,7 +280,7 @@ impl Rollout {
                 self.guard_looks = 0;
                 self.final_passed = false;
                 Action::SetWeight(
-                    self.weight_bp(),
+                    self.weight(),
                     format!(
                         "rollout step {}/{n} ({}%)",
                         self.step + 1,
@@ -355,7 +357,7 @@ mod tests {
         let ok = Judgement::Healthy("canary 0.01".into());
         assert!(matches!(
             r.tick(&p, &good, sec, Some(&ok)),
-            Action::SetWeight(5000, _)
+            Action::SetWeight(w, _) if w.bp() == 5000
         ));
         let bad = Judgement::Fail("external metric: canary 0.3 > max_value 0.05".into());
         let Action::Rollback(why) = r.tick(&p, &good, Duration::from_millis(1), Some(&bad)) else {
@@ -399,12 +401,15 @@ mod tests {
     fn healthy_canary_walks_every_step_then_promotes() {
         let p = plan();
         let (mut r, a) = Rollout::start(&p);
-        assert_eq!(a, Action::SetWeight(1000, "rollout step 1/3 (10%)".into()));
+        assert_eq!(
+            a,
+            Action::SetWeight(WeightBp::from_bp(1000), "rollout step 1/3 (10%)".into())
+        );
         let sec = Duration::from_secs(1);
         let mut weights = vec![];
         for _ in 0..100 {
             match r.tick_(&p, &counts((900, 0), (400, 0)), sec) {
-                Action::SetWeight(w, _) => weights.push(w),
+                Action::SetWeight(w, _) => weights.push(w.bp()),
                 Action::Promoted(_) => break,
                 Action::Rollback(why) => panic!("{why}"),
                 Action::None => {}
@@ -430,7 +435,7 @@ mod tests {
         // Interval passed, sample there: next step.
         assert!(matches!(
             r.tick_(&p, &counts((0, 0), (0, 0)), sec),
-            Action::SetWeight(5000, _)
+            Action::SetWeight(w, _) if w.bp() == 5000
         ));
         // Interval passes with too few canary connections: the step waits.
         for _ in 0..5 {
