@@ -11,7 +11,6 @@
 use anyhow::{Context, Result};
 use canary_userspace::control;
 use canary_userspace::daemon::{read_config, Daemon};
-use canary_userspace::dataplane::report;
 use clap::Parser;
 use log::{error, info};
 use std::io::Write;
@@ -102,7 +101,7 @@ async fn run(args: Args) -> Result<()> {
             return Err(e);
         }
     };
-    let logger = daemon.dp.take_logger();
+    let logger = daemon.take_logger();
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
     daemon.start_probes(probe_tx);
     let daemon = Arc::new(Mutex::new(daemon));
@@ -168,7 +167,7 @@ async fn run(args: Args) -> Result<()> {
                 }
                 seconds += 1;
                 if stats_every > 0 && seconds.is_multiple_of(stats_every) {
-                    if let Ok(snap) = report::snapshot(&d.dp) {
+                    if let Ok(snap) = d.snapshot() {
                         for line in snap.lines() {
                             info!("{line}");
                         }
@@ -184,7 +183,7 @@ async fn run(args: Args) -> Result<()> {
     }
     let _ = std::fs::remove_file(&socket);
     let mut daemon = lock(&daemon);
-    if let Ok(snap) = report::snapshot(&daemon.dp) {
+    if let Ok(snap) = daemon.snapshot() {
         for line in snap.lines() {
             info!("final: {line}");
         }

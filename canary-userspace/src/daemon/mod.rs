@@ -89,7 +89,7 @@ impl From<anyhow::Error> for OpError {
 pub type OpResult<T> = std::result::Result<T, OpError>;
 
 pub struct Daemon {
-    pub dp: DataPlane,
+    dp: DataPlane,
     pub instance: String,
     config_path: Option<PathBuf>,
     /// The last config file accepted.
@@ -233,9 +233,10 @@ impl Daemon {
             })
             .collect();
         self.health.retain(|k, _| probed.contains(k));
-        let excluded = self.dp.unhealthy.len();
-        self.dp.unhealthy.retain(|k| probed.contains(k));
-        if self.dp.unhealthy.len() != excluded {
+        let forgot = self
+            .dp
+            .retain_health(|s, a| probed.contains(&(s.to_string(), a)));
+        if forgot {
             // A backend no longer probed (or no longer configured) must not
             // stay out of its pool.
             let running = self.running.clone();
@@ -285,17 +286,13 @@ impl Daemon {
             return; // a verdict from before a reload removed the backend
         }
         self.health.insert(
-            key.clone(),
+            key,
             BackendHealth {
                 healthy: t.healthy,
                 detail: t.detail.clone(),
             },
         );
-        if t.healthy {
-            self.dp.unhealthy.remove(&key);
-        } else {
-            self.dp.unhealthy.insert(key);
-        }
+        self.dp.set_backend_health(&t.service, t.addr, t.healthy);
         let line = format!(
             "service {}: {} backend {} is {} ({})",
             t.service,
@@ -323,7 +320,7 @@ impl Daemon {
             && svc
                 .canary
                 .iter()
-                .all(|b| self.dp.unhealthy.contains(&(svc.name.clone(), *b)));
+                .all(|b| self.dp.is_unhealthy(&svc.name, *b));
         let rollout_active = self
             .state
             .rollouts
@@ -373,7 +370,7 @@ impl Daemon {
                 "rolling back {service}: {} (writing weight 0 directly, retrying)",
                 e.message
             );
-            if let Err(e) = self.force_weight_zero(service) {
+            if let Err(e) = self.dp.force_weight(service, WeightBp::ZERO) {
                 error!("rolling back {service}: direct write failed too: {e:#}");
             }
             self.pending_rollbacks.insert(service.to_string());
@@ -381,71 +378,18 @@ impl Daemon {
         error!("service {service}: ROLLED BACK: {why}");
         let mut message = format!("rolled back to canary weight 0: {why}");
         if reset {
-            self.reset_canary_flows(service);
+            self.dp.reset_flows(service, VERSION_CANARY);
             message.push_str("; open canary connections are being reset (on_rollback: reset)");
         }
         self.events.push(service, EventKind::Rollback, message);
-    }
-
-    /// The last resort of a rollback: weight 0 in the service's map entry,
-    /// one 32-byte write, without the rest of an apply.
-    fn force_weight_zero(&mut self, service: &str) -> Result<()> {
-        let sid = *self
-            .dp
-            .ids()
-            .services
-            .get(service)
-            .context("service has no id")?;
-        let mut entry = self.dp.maps.services.get(&sid, 0)?;
-        entry.weight_bp = 0;
-        self.dp.maps.services.set(sid, entry, 0)?;
-        Ok(())
-    }
-
-    /// Forgets the flow-table entries of a service's canary connections, so
-    /// their next packets are split again (on_rollback: reset). The table
-    /// can hold millions of entries: the scan runs on its own thread over
-    /// the pinned map, not under the daemon's lock.
-    fn reset_canary_flows(&mut self, service: &str) {
-        let Some(sid) = self.dp.ids().services.get(service).copied() else {
-            return;
-        };
-        let path =
-            crate::dataplane::maps::pin_dir(&self.instance).join(canary_common::names::FLOWS);
-        let service = service.to_string();
-        std::thread::spawn(move || {
-            let run = || -> Result<usize> {
-                let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path)?)?;
-                let mut flows: aya::maps::HashMap<
-                    aya::maps::MapData,
-                    canary_common::FlowKey,
-                    canary_common::FlowState,
-                > = aya::maps::HashMap::try_from(map)?;
-                let doomed: Vec<_> = flows
-                    .iter()
-                    .filter_map(|r| r.ok())
-                    .filter(|(_, f)| f.service_id == sid && f.version & 1 == VERSION_CANARY)
-                    .map(|(k, _)| k)
-                    .collect();
-                Ok(doomed.iter().filter(|k| flows.remove(k).is_ok()).count())
-            };
-            match run() {
-                Ok(n) => info!(
-                    "service {service}: {n} open canary connections reset (on_rollback: reset)"
-                ),
-                Err(e) => error!("service {service}: resetting canary connections: {e:#}"),
-            }
-        });
     }
 
     /// Cumulative counters of a service as the analysis reads them:
     /// attempts = new connections, failures = backend RSTs + handshake
     /// timeouts, and the handshake histogram.
     fn cumulative(&self, service: &str) -> Option<WindowCounts> {
-        let sid = *self.dp.ids().services.get(service)?;
         let version = |v: u32| -> Option<VersionCounts> {
-            let vs = self.dp.maps.version_stats(sid, v).ok()?;
-            let hs = self.dp.maps.health_stats(sid, v).ok()?;
+            let (vs, hs) = self.dp.counters(service, v)?;
             let timeouts = self
                 .timeouts
                 .get(&(service.to_string(), v))
@@ -491,8 +435,8 @@ impl Daemon {
             Vec::new()
         };
         for (sid, v) in expired {
-            if let Some((name, _)) = self.dp.ids().services.iter().find(|(_, id)| **id == sid) {
-                *self.timeouts.entry((name.clone(), v)).or_default() += 1;
+            if let Some(name) = self.dp.service_name(sid) {
+                *self.timeouts.entry((name.to_string(), v)).or_default() += 1;
             }
         }
 
@@ -555,7 +499,7 @@ impl Daemon {
             .services
             .iter()
             .filter_map(|s| {
-                let sid = *self.dp.ids().services.get(&s.name)?;
+                let sid = self.dp.service_id(&s.name)?;
                 let t = s
                     .rollout
                     .as_ref()
@@ -565,7 +509,7 @@ impl Daemon {
             })
             .collect();
         let default = DEFAULT_HANDSHAKE_TIMEOUT.as_nanos() as u64;
-        self.dp.maps.expire_handshakes(monotonic_ns(), |sid| {
+        self.dp.expire_handshakes(monotonic_ns(), |sid| {
             timeouts.get(&sid).copied().unwrap_or(default)
         })
     }
@@ -661,10 +605,7 @@ impl Daemon {
                         ),
                     ));
                 }
-                let canary_down = svc
-                    .canary
-                    .iter()
-                    .all(|b| self.dp.unhealthy.contains(&(service.to_string(), *b)));
+                let canary_down = svc.canary.iter().all(|b| self.dp.is_unhealthy(service, *b));
                 if canary_down {
                     return Err(OpError::new(
                         Refusal::Conflict,
@@ -776,11 +717,11 @@ impl Daemon {
     }
 
     fn signals(&self, service: &str) -> Signals {
-        let Some(sid) = self.dp.ids().services.get(service).copied() else {
+        if self.dp.service_id(service).is_none() {
             return Signals::default();
-        };
+        }
         let one = |v: u32| {
-            let hs = self.dp.maps.health_stats(sid, v).unwrap_or_default();
+            let hs = self.dp.health_counters(service, v).unwrap_or_default();
             VersionSignals {
                 syn_acks: hs.syn_acks,
                 resets: hs.rsts,
@@ -997,13 +938,12 @@ impl Daemon {
         let s = &self.running.services[i];
         let (ip, port) = crate::dataplane::explain::parse_client(client)
             .map_err(|e| OpError::new(Refusal::BadRequest, format!("{e:#}")))?;
-        let sid = *self
+        let sid = self
             .dp
-            .ids()
-            .services
-            .get(service)
+            .service_id(service)
             .ok_or_else(|| OpError::new(Refusal::Internal, "service has no id"))?;
-        crate::dataplane::explain::explain(&self.dp.maps, sid, s, ip, port)
+        self.dp
+            .explain(sid, s, ip, port)
             .map_err(|e| OpError::new(Refusal::BadRequest, format!("{e:#}")))
     }
 
@@ -1135,6 +1075,16 @@ impl Daemon {
             services,
             datapath,
         })
+    }
+
+    /// The eBPF log reader, polled by canaryd's event loop.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.dp.take_logger()
+    }
+
+    /// The counters as they are now (canaryd's periodic stats line).
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        report::snapshot(&self.dp)
     }
 
     /// Removes the data plane and the saved run-time state.

@@ -18,11 +18,11 @@ use aya::{Ebpf, EbpfLoader};
 use canary_common::addr::{family, override_key, port_to_map, to_words};
 use canary_common::weight::WeightBp;
 use canary_common::{
-    maglev_base, BackendAddrKey, BackendInfo, OverrideValue, ReverseNat, ServiceState, VipInfo,
-    VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP, DEFAULT_FLOW_TABLE_SIZE, MAGLEV_TABLE_SIZE,
-    MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+    maglev_base, BackendAddrKey, BackendInfo, HealthStats, OverrideValue, ReverseNat, ServiceState,
+    VersionStats, VipInfo, VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP, DEFAULT_FLOW_TABLE_SIZE,
+    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
 };
-use log::{info, warn};
+use log::{error, info, warn};
 use maps::{pin_dir, Maps};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -167,7 +167,12 @@ pub struct ApplyReport {
 
 pub struct DataPlane {
     ebpf: Ebpf,
+    // transitional: tests/src/bin/bench.rs still reads `maps` and `instance`
+    // as fields; everything in canary-userspace goes through `maps()` and
+    // `instance()`. Both become private when the tests switch.
+    #[doc(hidden)]
     pub maps: Maps,
+    #[doc(hidden)]
     pub instance: String,
     pin_dir: PathBuf,
     /// XDP links by interface; each is pinned under `links/`, so it outlives
@@ -184,7 +189,7 @@ pub struct DataPlane {
     /// in BACKENDS and REVERSE_NAT (their open connections go on) but left
     /// out of their pool's Maglev table, unless the whole pool is unhealthy
     /// (then all stay: failing open beats dropping every new connection).
-    pub unhealthy: HashSet<(String, IpAddr)>,
+    unhealthy: HashSet<(String, IpAddr)>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -263,6 +268,137 @@ impl DataPlane {
 
     pub fn ids(&self) -> &Ids {
         &self.ids
+    }
+
+    /// The typed map handles (read-only for callers: writes go through
+    /// `apply` and the methods below).
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// The instance name (the pin directory's name).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The id the maps know service `name` by.
+    pub fn service_id(&self, name: &str) -> Option<u32> {
+        self.ids.services.get(name).copied()
+    }
+
+    /// The service with id `sid`.
+    pub fn service_name(&self, sid: u32) -> Option<&str> {
+        self.ids
+            .services
+            .iter()
+            .find(|(_, id)| **id == sid)
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Records a probe verdict: an unhealthy backend stays in BACKENDS and
+    /// REVERSE_NAT but leaves its pool's Maglev table at the next `apply`
+    /// (unless its whole pool is unhealthy).
+    pub fn set_backend_health(&mut self, service: &str, addr: IpAddr, healthy: bool) {
+        let key = (service.to_string(), addr);
+        if healthy {
+            self.unhealthy.remove(&key);
+        } else {
+            self.unhealthy.insert(key);
+        }
+    }
+
+    /// Whether the probes found this backend unhealthy.
+    pub fn is_unhealthy(&self, service: &str, addr: IpAddr) -> bool {
+        self.unhealthy.contains(&(service.to_string(), addr))
+    }
+
+    /// Forgets the verdicts of backends `probed` rejects (no longer probed or
+    /// configured); true when one was forgotten (then `apply` is due).
+    pub fn retain_health(&mut self, probed: impl Fn(&str, IpAddr) -> bool) -> bool {
+        let before = self.unhealthy.len();
+        self.unhealthy.retain(|(s, a)| probed(s, *a));
+        self.unhealthy.len() != before
+    }
+
+    /// Writes `weight` straight into the service's map entry (one write,
+    /// nothing else of an apply): the last resort of a rollback.
+    pub fn force_weight(&mut self, service: &str, weight: WeightBp) -> Result<()> {
+        let sid = self.service_id(service).context("service has no id")?;
+        let mut entry = self.maps.services.get(&sid, 0)?;
+        entry.weight_bp = weight.bp();
+        self.maps.services.set(sid, entry, 0)?;
+        Ok(())
+    }
+
+    /// Forgets the flow-table entries of a service's connections to
+    /// `version`, so their next packets are split again (on_rollback:
+    /// reset). The table can hold millions of entries: the scan runs on its
+    /// own thread over the pinned map, so the caller's lock is not held.
+    pub fn reset_flows(&self, service: &str, version: u32) {
+        let Some(sid) = self.service_id(service) else {
+            return;
+        };
+        let path = self.pin_dir.join(canary_common::names::FLOWS);
+        let service = service.to_string();
+        std::thread::spawn(move || {
+            let run = || -> Result<usize> {
+                let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path)?)?;
+                let mut flows: aya::maps::HashMap<
+                    aya::maps::MapData,
+                    canary_common::FlowKey,
+                    canary_common::FlowState,
+                > = aya::maps::HashMap::try_from(map)?;
+                let doomed: Vec<_> = flows
+                    .iter()
+                    .filter_map(|r| r.ok())
+                    .filter(|(_, f)| f.service_id == sid && f.version & 1 == version)
+                    .map(|(k, _)| k)
+                    .collect();
+                Ok(doomed.iter().filter(|k| flows.remove(k).is_ok()).count())
+            };
+            match run() {
+                Ok(n) => info!(
+                    "service {service}: {n} open canary connections reset (on_rollback: reset)"
+                ),
+                Err(e) => error!("service {service}: resetting canary connections: {e:#}"),
+            }
+        });
+    }
+
+    /// A version's traffic and health counters (summed over CPUs).
+    pub fn counters(&self, service: &str, version: u32) -> Option<(VersionStats, HealthStats)> {
+        let sid = self.service_id(service)?;
+        let vs = self.maps.version_stats(sid, version).ok()?;
+        let hs = self.maps.health_stats(sid, version).ok()?;
+        Some((vs, hs))
+    }
+
+    /// A version's health counters (zero when unreadable).
+    pub fn health_counters(&self, service: &str, version: u32) -> Option<HealthStats> {
+        let sid = self.service_id(service)?;
+        Some(self.maps.health_stats(sid, version).unwrap_or_default())
+    }
+
+    /// Removes the pending handshakes older than their service's timeout and
+    /// returns them as (service id, version).
+    pub fn expire_handshakes(
+        &mut self,
+        now_ns: u64,
+        timeout_ns: impl Fn(u32) -> u64,
+    ) -> Vec<(u32, u32)> {
+        self.maps.expire_handshakes(now_ns, timeout_ns)
+    }
+
+    /// Which version and backend `client` gets from service `s` now,
+    /// computed by the kernel's code on the maps' contents.
+    pub fn explain(
+        &self,
+        sid: u32,
+        s: &ServiceConfig,
+        client: IpAddr,
+        port: Option<u16>,
+    ) -> Result<crate::control::api::Explain> {
+        explain::explain(&self.maps, sid, s, client, port)
     }
 
     pub fn applied(&self) -> Option<&Config> {
