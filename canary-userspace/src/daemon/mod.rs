@@ -9,8 +9,8 @@ pub mod state;
 
 use crate::config::{Config, OnRollback, Protocol, Version, DEFAULT_CONFIG};
 use crate::control::api::{
-    BackendStatus, Explain, RolloutStatus, ServiceStatus, Signals, Status, VersionSignals,
-    VersionStatus,
+    BackendStatus, Explain, RolloutStatus, RolloutVerb, ServiceStatus, Signals, Status,
+    VersionSignals, VersionStatus,
 };
 use crate::dataplane::report::{self, Snapshot};
 use crate::dataplane::DataPlane;
@@ -582,12 +582,17 @@ impl Daemon {
     }
 
     /// `canaryctl rollout start|pause|resume|abort`.
+    /// `verb` is the API's path segment: an unknown service is answered
+    /// before an unknown verb.
     pub fn rollout(&mut self, service: &str, verb: &str, who: &str) -> OpResult<Vec<String>> {
         let i = self.service_index(service)?;
+        let verb: RolloutVerb = verb
+            .parse()
+            .map_err(|e| OpError::new(Refusal::BadRequest, format!("{e:#}")))?;
         let svc = self.running.services[i].clone();
         let current = self.state.rollouts.get(service).cloned();
         let line = match verb {
-            "start" => {
+            RolloutVerb::Start => {
                 let plan = svc.rollout.clone().ok_or_else(|| {
                     OpError::new(
                         Refusal::Conflict,
@@ -626,11 +631,11 @@ impl Daemon {
                 self.act(service, action, false);
                 line
             }
-            "pause" | "resume" => {
+            RolloutVerb::Pause | RolloutVerb::Resume => {
                 let mut r = current.ok_or_else(|| {
                     OpError::new(Refusal::Conflict, format!("no rollout of {service}"))
                 })?;
-                let done = if verb == "pause" {
+                let done = if verb == RolloutVerb::Pause {
                     r.pause()
                 } else {
                     r.resume()
@@ -642,7 +647,7 @@ impl Daemon {
                     ));
                 }
                 self.state.rollouts.insert(service.to_string(), r);
-                if verb == "resume" {
+                if verb == RolloutVerb::Resume {
                     // The window resumes from now: paused traffic does not
                     // count, and external readings must be newer than this.
                     if let Some(cur) = self.cumulative(service) {
@@ -656,7 +661,7 @@ impl Daemon {
                 self.events.push(service, EventKind::Rollout, line.clone());
                 line
             }
-            "abort" => {
+            RolloutVerb::Abort => {
                 let r = current.filter(|r| r.active()).ok_or_else(|| {
                     OpError::new(
                         Refusal::Conflict,
@@ -667,12 +672,6 @@ impl Daemon {
                 let reset = svc.rollout.as_ref().map(|p| p.on_rollback) == Some(OnRollback::Reset);
                 self.rollback_now(service, why.clone(), reset);
                 format!("service {service}: rollout {why}; canary weight 0")
-            }
-            other => {
-                return Err(OpError::new(
-                    Refusal::BadRequest,
-                    format!("unknown rollout action {other:?} (start, pause, resume, abort)"),
-                ))
             }
         };
         Ok(vec![line])
