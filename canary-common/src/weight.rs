@@ -43,7 +43,7 @@ impl WeightBp {
         // `f64::round` needs std; the value is finite and within 0..=10000.
         let bp = (scaled + 0.5) as u32 as f64;
         let diff = scaled - bp;
-        if diff > 1e-6 || diff < -1e-6 {
+        if !(-1e-6..=1e-6).contains(&diff) {
             return Err(WeightError::TooPrecise(percent));
         }
         Ok(WeightBp(bp as u16))

@@ -1,0 +1,327 @@
+//! The rollout driver: the engine's heartbeat (`tick`), the operator's
+//! rollout verbs, and carrying out what the engine decides: step weights,
+//! promotion, the rollback (state first, then one map write).
+
+use super::*;
+
+impl Daemon {
+    /// Weight 0 in one map write, the rollout (if any) marked aborted, the
+    /// reason logged and emitted as an event.
+    pub(super) fn rollback_now(&mut self, service: &str, why: String, reset: bool) {
+        // The decision first, durably: the rollout aborted and a run-time
+        // weight of 0, so a crash before the map write still restarts with
+        // the canary at 0.
+        if let Some(r) = self.state.rollouts.get_mut(service) {
+            if r.active() {
+                r.abort(why.clone());
+            }
+        }
+        *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
+        let source = rolled_back();
+        let file_weight_bp = self.file_weight_bp(service);
+        self.state
+            .services
+            .entry(service.to_string())
+            .or_default()
+            .weight = Some(WeightOverride {
+            weight_bp: 0,
+            source: source.clone(),
+            file_weight_bp,
+        });
+        if let Err(e) = self.state.save(&self.state_path) {
+            error!("saving the rollback of {service}: {e:#}");
+        }
+        // Then the map. Should the whole-config apply fail (an interface
+        // gone, say), weight 0 is written straight into the service entry,
+        // and the full apply is retried every tick.
+        if let Err(e) = self.set_weight(service, WeightBp::ZERO, &source) {
+            error!(
+                "rolling back {service}: {} (writing weight 0 directly, retrying)",
+                e.message
+            );
+            if let Err(e) = self.dp.force_weight(service, WeightBp::ZERO) {
+                error!("rolling back {service}: direct write failed too: {e:#}");
+            }
+            self.pending_rollbacks.insert(service.to_string());
+        }
+        error!("service {service}: ROLLED BACK: {why}");
+        let mut message = format!("rolled back to canary weight 0: {why}");
+        if reset {
+            self.dp.reset_flows(service, VERSION_CANARY);
+            message.push_str("; open canary connections are being reset (on_rollback: reset)");
+        }
+        self.events.push(service, EventKind::Rollback, message);
+    }
+
+    /// Cumulative counters of a service as the analysis reads them:
+    /// attempts = new connections, failures = backend RSTs + handshake
+    /// timeouts, and the handshake histogram.
+    pub(super) fn cumulative(&self, service: &str) -> Option<WindowCounts> {
+        let version = |v: u32| -> Option<VersionCounts> {
+            let (vs, hs) = self.dp.counters(service, v)?;
+            let timeouts = self
+                .timeouts
+                .get(&(service.to_string(), v))
+                .copied()
+                .unwrap_or(0);
+            Some(VersionCounts {
+                attempts: vs.new_flows,
+                failures: hs.rsts + timeouts,
+                handshake_us_log2: hs.handshake_us_log2,
+            })
+        };
+        Some(WindowCounts {
+            stable: version(0)?,
+            canary: version(1)?,
+        })
+    }
+
+    /// The engine's heartbeat (every `rollout::TICK` from the daemon's loop): expire
+    /// unanswered handshakes, feed each running rollout its window, carry
+    /// out what it decides, save the progress.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        for service in std::mem::take(&mut self.pending_rollbacks) {
+            let source = rolled_back();
+            if let Err(e) = self.set_weight(&service, WeightBp::ZERO, &source) {
+                error!("rolling back {service} still fails: {}", e.message);
+                self.pending_rollbacks.insert(service);
+            }
+        }
+        let dt = self.last_tick.map(|t| now - t);
+        self.last_tick = Some(now);
+
+        // The scan reads the in-flight table entry by entry: once a second is
+        // plenty (a timeout is seconds long) and bounds its cost under a
+        // SYN flood (a full table is 64k entries).
+        let scan_due = self
+            .last_expiry
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        let expired = if scan_due {
+            self.last_expiry = Some(now);
+            self.expire_handshakes()
+        } else {
+            Vec::new()
+        };
+        for (sid, v) in expired {
+            if let Some(name) = self.dp.service_name(sid) {
+                *self.timeouts.entry((name.to_string(), v)).or_default() += 1;
+            }
+        }
+
+        let running: Vec<String> = self
+            .state
+            .rollouts
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Running)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut changed = false;
+        for name in running {
+            let Some(cur) = self.cumulative(&name) else {
+                continue;
+            };
+            let prev = self.tick_prev.insert(name.clone(), cur);
+            let (Some(prev), Some(dt)) = (prev, dt) else {
+                continue;
+            };
+            let delta = window_delta(&cur, &prev);
+            let plan = self
+                .running
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .and_then(|s| s.rollout.clone());
+            let Some(plan) = plan else {
+                self.rollback_now(
+                    &name,
+                    "the rollout plan was removed from the config".into(),
+                    false,
+                );
+                continue;
+            };
+            let Some(mut r) = self.state.rollouts.get(&name).cloned() else {
+                continue;
+            };
+            let not_before = *self.step_began.entry(name.clone()).or_insert(now);
+            let external = plan.analysis.prometheus.as_ref().map(|check| {
+                let readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
+                judge(check, readings.get(&name), now, not_before)
+            });
+            let action = r.tick(&plan, &delta, dt, external.as_ref());
+            self.state.rollouts.insert(name.clone(), r);
+            changed = true;
+            self.act(&name, action, plan.on_rollback == OnRollback::Reset);
+        }
+        if changed {
+            if let Err(e) = self.state.save(&self.state_path) {
+                error!("saving the rollout state: {e:#}");
+            }
+        }
+    }
+
+    /// Removes the handshakes older than their service's timeout (default
+    /// 3 s) and returns them as (service id, version).
+    pub(super) fn expire_handshakes(&mut self) -> Vec<(u32, u32)> {
+        let timeouts: HashMap<u32, u64> = self
+            .running
+            .services
+            .iter()
+            .filter_map(|s| {
+                let sid = self.dp.service_id(&s.name)?;
+                let t = s
+                    .rollout
+                    .as_ref()
+                    .map(|r| r.analysis.handshake_timeout)
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
+                Some((sid, t.as_nanos() as u64))
+            })
+            .collect();
+        let default = DEFAULT_HANDSHAKE_TIMEOUT.as_nanos() as u64;
+        self.dp.expire_handshakes(monotonic_ns(), |sid| {
+            timeouts.get(&sid).copied().unwrap_or(default)
+        })
+    }
+
+    pub(super) fn act(&mut self, service: &str, action: Action, reset: bool) {
+        match action {
+            Action::None => {}
+            Action::SetWeight(bp, what) => {
+                if let Err(e) = self.set_weight(service, bp, ROLLOUT) {
+                    // The engine moved on but the data plane did not: a
+                    // rollout that cannot apply its steps stops, safely.
+                    let why = format!("{what}: the weight could not be applied: {}", e.message);
+                    if let Some(r) = self.state.rollouts.get_mut(service) {
+                        r.abort(why.clone());
+                    }
+                    self.rollback_now(service, why, reset);
+                    return;
+                }
+                self.step_began.insert(service.to_string(), Instant::now());
+                let msg = format!("{what}: canary weight {bp}");
+                info!("service {service}: {msg}");
+                self.events.push(service, EventKind::Step, msg);
+            }
+            Action::Promoted(why) => {
+                info!("service {service}: rollout promoted: {why}");
+                self.events.push(service, EventKind::Promoted, why);
+            }
+            Action::Rollback(why) => self.rollback_now(service, why, reset),
+        }
+    }
+
+    /// `canaryctl rollout start|pause|resume|abort`.
+    /// `verb` is the API's path segment: an unknown service is answered
+    /// before an unknown verb.
+    pub fn rollout(&mut self, service: &str, verb: &str, who: &str) -> OpResult<Vec<String>> {
+        let i = self.service_index(service)?;
+        let verb: RolloutVerb = verb
+            .parse()
+            .map_err(|e| OpError::new(Refusal::BadRequest, format!("{e:#}")))?;
+        let svc = self.running.services[i].clone();
+        let current = self.state.rollouts.get(service).cloned();
+        let line = match verb {
+            RolloutVerb::Start => {
+                let plan = svc.rollout.clone().ok_or_else(|| {
+                    OpError::new(
+                        Refusal::Conflict,
+                        format!("service {service} has no rollout: plan in the config"),
+                    )
+                })?;
+                if let Some(r) = current.as_ref().filter(|r| r.active()) {
+                    return Err(OpError::new(
+                        Refusal::Conflict,
+                        format!(
+                            "a rollout of {service} is already {} at step {}/{}",
+                            r.phase.name(),
+                            r.step + 1,
+                            r.steps.len()
+                        ),
+                    ));
+                }
+                let canary_down = svc.canary.iter().all(|b| self.dp.is_unhealthy(service, *b));
+                if canary_down {
+                    return Err(OpError::new(
+                        Refusal::Conflict,
+                        format!("service {service}: no healthy canary backend to roll out to"),
+                    ));
+                }
+                let (r, action) = Rollout::start(&plan);
+                self.state.rollouts.insert(service.to_string(), r);
+                if let Some(cur) = self.cumulative(service) {
+                    self.tick_prev.insert(service.to_string(), cur);
+                }
+                let line = format!(
+                    "service {service}: rollout started by {who}: steps {:?} %, {:?} per step",
+                    plan.steps, plan.interval
+                );
+                info!("{line}");
+                self.events.push(service, EventKind::Rollout, line.clone());
+                self.act(service, action, false);
+                line
+            }
+            RolloutVerb::Pause | RolloutVerb::Resume => {
+                let mut r = current.ok_or_else(|| {
+                    OpError::new(Refusal::Conflict, format!("no rollout of {service}"))
+                })?;
+                let done = if verb == RolloutVerb::Pause {
+                    r.pause()
+                } else {
+                    r.resume()
+                };
+                if !done {
+                    return Err(OpError::new(
+                        Refusal::Conflict,
+                        format!("the rollout of {service} is {}", r.phase.name()),
+                    ));
+                }
+                self.state.rollouts.insert(service.to_string(), r);
+                if verb == RolloutVerb::Resume {
+                    // The window resumes from now: paused traffic does not
+                    // count, and external readings must be newer than this.
+                    if let Some(cur) = self.cumulative(service) {
+                        self.tick_prev.insert(service.to_string(), cur);
+                    }
+                    self.step_began.insert(service.to_string(), Instant::now());
+                }
+                self.state.save(&self.state_path)?;
+                let line = format!("service {service}: rollout {verb}d by {who}");
+                info!("{line}");
+                self.events.push(service, EventKind::Rollout, line.clone());
+                line
+            }
+            RolloutVerb::Abort => {
+                let r = current.filter(|r| r.active()).ok_or_else(|| {
+                    OpError::new(
+                        Refusal::Conflict,
+                        format!("no rollout of {service} is running"),
+                    )
+                })?;
+                let why = format!("aborted by {who} at step {}/{}", r.step + 1, r.steps.len());
+                let reset = svc.rollout.as_ref().map(|p| p.on_rollback) == Some(OnRollback::Reset);
+                self.rollback_now(service, why.clone(), reset);
+                format!("service {service}: rollout {why}; canary weight 0")
+            }
+        };
+        Ok(vec![line])
+    }
+}
+
+/// This tick's counters: `cur - prev` per field (a reset counter gives 0).
+pub(super) fn window_delta(cur: &WindowCounts, prev: &WindowCounts) -> WindowCounts {
+    let one = |c: &VersionCounts, p: &VersionCounts| {
+        let mut h = c.handshake_us_log2;
+        for (x, y) in h.iter_mut().zip(p.handshake_us_log2.iter()) {
+            *x = x.saturating_sub(*y);
+        }
+        VersionCounts {
+            attempts: c.attempts.saturating_sub(p.attempts),
+            failures: c.failures.saturating_sub(p.failures),
+            handshake_us_log2: h,
+        }
+    };
+    WindowCounts {
+        stable: one(&cur.stable, &prev.stable),
+        canary: one(&cur.canary, &prev.canary),
+    }
+}

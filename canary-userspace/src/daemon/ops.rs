@@ -1,0 +1,207 @@
+//! The core operations behind the control API: reload the file, set a
+//! weight, add or remove a backend, explain a client. Each builds the next
+//! running config, applies it whole through the data plane and records the
+//! run-time change in the state file (`Daemon::commit`).
+
+use super::*;
+
+impl Daemon {
+    /// The weight the config file gives a service, in basis points (a
+    /// run-time weight override records it, to lapse when the file changes).
+    pub(super) fn file_weight_bp(&self, service: &str) -> u32 {
+        self.file
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .map(|s| s.weight_bp())
+            .unwrap_or(0)
+    }
+
+    /// A weight an operator sets (set-weight, rollback, promote). It stops a
+    /// rollout under way: the engine would otherwise overwrite it at its next
+    /// step (a manual rollback in the middle of a rollout must stick).
+    pub fn operator_weight(
+        &mut self,
+        service: &str,
+        weight: WeightBp,
+        who: &str,
+    ) -> OpResult<Vec<String>> {
+        let mut lines = self.set_weight(service, weight, who)?;
+        if let Some(r) = self.state.rollouts.get_mut(service).filter(|r| r.active()) {
+            let why = format!(
+                "stopped at step {}/{}: {who} set the weight to {weight}",
+                r.step + 1,
+                r.steps.len(),
+            );
+            r.abort(why.clone());
+            if weight == WeightBp::ZERO {
+                *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
+            }
+            self.state.save(&self.state_path)?;
+            let line = format!("service {service}: rollout {why}");
+            warn!("{line}");
+            self.events.push(service, EventKind::Rollout, line.clone());
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+
+    /// Re-reads the config file. The whole file is validated first; a bad
+    /// file changes nothing.
+    pub fn reload(&mut self, who: &str) -> OpResult<Vec<String>> {
+        let file = read_config(self.config_path.as_deref())
+            .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
+        for (field, same) in [
+            (
+                "control_socket",
+                file.control_socket == self.file.control_socket,
+            ),
+            ("metrics", file.metrics == self.file.metrics),
+            ("state_dir", file.state_dir == self.file.state_dir),
+            (
+                "flow_table_size",
+                file.flow_table_size == self.file.flow_table_size,
+            ),
+        ] {
+            if !same {
+                return Err(OpError::new(
+                    Refusal::Conflict,
+                    format!("{field}: changing it needs a restart of canaryd"),
+                ));
+            }
+        }
+        let mut state = self.state.clone();
+        let next = state.effective(&file);
+        let lines = self.commit(next, state)?;
+        self.file = file;
+        for l in &lines {
+            info!("reload ({who}): {l}");
+        }
+        self.respawn_probes();
+        Ok(lines)
+    }
+
+    /// Sets a service's canary weight on behalf of `who`.
+    pub fn set_weight(
+        &mut self,
+        service: &str,
+        weight: WeightBp,
+        who: &str,
+    ) -> OpResult<Vec<String>> {
+        let i = self.service_index(service)?;
+        let old = self.running.services[i].weight();
+        if weight > WeightBp::ZERO && self.running.services[i].canary.is_empty() {
+            return Err(OpError::new(
+                Refusal::Conflict,
+                format!("service {service}: the canary pool is empty, the weight can only be 0"),
+            ));
+        }
+        let mut next = self.running.clone();
+        next.services[i].set_weight(weight);
+        let mut state = self.state.clone();
+        let file_bp = self.file_weight_bp(service);
+        state
+            .services
+            .entry(service.to_string())
+            .or_default()
+            .weight = Some(WeightOverride {
+            weight_bp: weight.bp(),
+            source: who.to_string(),
+            file_weight_bp: file_bp,
+        });
+        self.commit(next, state)?;
+        // Whatever set the weight last is in force now.
+        self.pending_rollbacks.remove(service);
+        let line = format!("service {service}: canary weight {old} -> {weight} ({who})");
+        info!("{line}");
+        Ok(vec![line])
+    }
+
+    /// Adds or removes a backend of one pool, through the Maglev
+    /// two-generation swap.
+    pub fn change_backend(
+        &mut self,
+        service: &str,
+        pool: Version,
+        addr: IpAddr,
+        add: bool,
+        who: &str,
+    ) -> OpResult<Vec<String>> {
+        let i = self.service_index(service)?;
+        let mut next = self.running.clone();
+        let s = &mut next.services[i];
+        let list = match pool {
+            Version::Stable => &mut s.stable,
+            Version::Canary => &mut s.canary,
+        };
+        if add {
+            if list.contains(&addr) {
+                return Err(OpError::new(
+                    Refusal::Conflict,
+                    format!("{addr} is already in the {} pool of {service}", pool.name()),
+                ));
+            }
+            list.push(addr);
+        } else {
+            let before = list.len();
+            list.retain(|a| *a != addr);
+            if list.len() == before {
+                return Err(OpError::new(
+                    Refusal::NotFound,
+                    format!("{addr} is not in the {} pool of {service}", pool.name()),
+                ));
+            }
+        }
+        let new_pool = list.clone();
+        next.validate()
+            .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
+        let file_pool = self
+            .file
+            .services
+            .iter()
+            .find(|f| f.name == service)
+            .map(|f| f.pool(pool).to_vec())
+            .unwrap_or_default();
+        let mut state = self.state.clone();
+        let o = state.services.entry(service.to_string()).or_default();
+        let slot = match pool {
+            Version::Stable => &mut o.stable,
+            Version::Canary => &mut o.canary,
+        };
+        *slot = Some(PoolOverride {
+            pool: new_pool,
+            file_pool,
+        });
+        let mut lines = self.commit(next, state)?;
+        // Probe the new pool (a new backend from now on, a removed one no more).
+        self.respawn_probes();
+        let line = format!(
+            "service {service}: {} backend {addr} {} ({who})",
+            pool.name(),
+            if add { "added" } else { "removed" }
+        );
+        info!("{line}");
+        lines.insert(0, line);
+        Ok(lines)
+    }
+
+    pub fn explain(&self, service: &str, client: &str) -> OpResult<Explain> {
+        let i = self.service_index(service)?;
+        let s = &self.running.services[i];
+        let (ip, port) = crate::dataplane::explain::parse_client(client)
+            .map_err(|e| OpError::new(Refusal::BadRequest, format!("{e:#}")))?;
+        let sid = self
+            .dp
+            .service_id(service)
+            .ok_or_else(|| OpError::new(Refusal::Internal, "service has no id"))?;
+        self.dp
+            .explain(sid, s, ip, port)
+            .map_err(|e| OpError::new(Refusal::BadRequest, format!("{e:#}")))
+    }
+}
+
+/// An API percent as a weight, with the API's error kind.
+pub fn weight_from_percent(percent: f64) -> OpResult<WeightBp> {
+    WeightBp::from_percent(percent)
+        .map_err(|e| OpError::new(Refusal::BadRequest, format!("weight {e}")))
+}

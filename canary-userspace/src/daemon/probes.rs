@@ -1,0 +1,136 @@
+//! The health-probe driver: (re)spawns the probe tasks and the external
+//! metric pollers for the running config, and turns a probe verdict into a
+//! data-plane change (the backend leaves or rejoins its pool) and, when no
+//! canary backend is left, a rollback.
+
+use super::*;
+
+impl Daemon {
+    /// Starts the health probes; their verdict changes come back through
+    /// `tx` to `health_changed`. Restarted on every reload.
+    pub fn start_probes(&mut self, tx: UnboundedSender<Transition>) {
+        self.probe_tx = Some(tx);
+        self.respawn_probes();
+    }
+
+    pub(super) fn respawn_probes(&mut self) {
+        let Some(tx) = self.probe_tx.clone() else {
+            return;
+        };
+        // Forget backends (or whole services) that are gone or unprobed.
+        let probed: std::collections::HashSet<(String, IpAddr)> = self
+            .running
+            .services
+            .iter()
+            .filter(|s| s.health.is_some())
+            .flat_map(|s| {
+                s.stable
+                    .iter()
+                    .chain(&s.canary)
+                    .map(move |b| (s.name.clone(), *b))
+            })
+            .collect();
+        self.health.retain(|k, _| probed.contains(k));
+        let forgot = self
+            .dp
+            .retain_health(|s, a| probed.contains(&(s.to_string(), a)));
+        if forgot {
+            // A backend no longer probed (or no longer configured) must not
+            // stay out of its pool.
+            let running = self.running.clone();
+            match self.dp.apply(&running) {
+                Ok(report) => report.lines.iter().for_each(|l| info!("{l}")),
+                Err(e) => error!("returning unprobed backends to their pools: {e:#}"),
+            }
+        }
+        let known = self
+            .health
+            .iter()
+            .map(|(k, h)| (k.clone(), h.healthy))
+            .collect();
+        self.probes = None;
+        self.probe_epoch += 1;
+        self.probes = Some(crate::rollout::health::spawn(
+            &self.running,
+            &known,
+            tx,
+            self.probe_epoch,
+        ));
+        self.pollers = None;
+        self.pollers = Some(crate::rollout::external::spawn(
+            &self.running,
+            self.readings.clone(),
+        ));
+    }
+
+    /// A probe verdict changed: the backend leaves or rejoins its pool's
+    /// Maglev table, and a canary pool with no healthy backend left rolls
+    /// the canary back.
+    pub fn health_changed(&mut self, t: Transition) {
+        if t.epoch != self.probe_epoch {
+            return; // from a probe set a reload replaced
+        }
+        let key = (t.service.clone(), t.addr);
+        let Some(svc) = self
+            .running
+            .services
+            .iter()
+            .find(|s| s.name == t.service)
+            .cloned()
+        else {
+            return;
+        };
+        if !svc.pool(t.version).contains(&t.addr) {
+            return; // a verdict from before a reload removed the backend
+        }
+        self.health.insert(
+            key,
+            BackendHealth {
+                healthy: t.healthy,
+                detail: t.detail.clone(),
+            },
+        );
+        self.dp.set_backend_health(&t.service, t.addr, t.healthy);
+        let line = format!(
+            "service {}: {} backend {} is {} ({})",
+            t.service,
+            t.version.name(),
+            t.addr,
+            if t.healthy {
+                "healthy again"
+            } else {
+                "unhealthy"
+            },
+            t.detail
+        );
+        if t.healthy {
+            info!("{line}");
+        } else {
+            warn!("{line}");
+        }
+        self.events.push(&t.service, EventKind::Health, line);
+        let running = self.running.clone();
+        match self.dp.apply(&running) {
+            Ok(report) => report.lines.iter().for_each(|l| info!("{l}")),
+            Err(e) => error!("applying the health change: {e:#}"),
+        }
+        let canary_down = !svc.canary.is_empty()
+            && svc
+                .canary
+                .iter()
+                .all(|b| self.dp.is_unhealthy(&svc.name, *b));
+        let rollout_active = self
+            .state
+            .rollouts
+            .get(&svc.name)
+            .is_some_and(|r| r.active());
+        if canary_down && !t.healthy && (svc.weight_bp() > 0 || rollout_active) {
+            let why = format!(
+                "no healthy canary backend: {} failed its probes ({})",
+                t.addr, t.detail
+            );
+            let reset = svc.rollout.as_ref().map(|r| r.on_rollback) == Some(OnRollback::Reset);
+            self.rollback_now(&svc.name, why, reset);
+        }
+    }
+}
