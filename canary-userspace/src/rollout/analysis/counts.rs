@@ -1,0 +1,72 @@
+//! What the analysis reads: per-version counters over a window, and
+//! quantiles of the log2 handshake histogram.
+
+use super::HISTOGRAM_BUCKETS;
+use serde::{Deserialize, Serialize};
+
+/// The `q`-quantile (0 ≤ q ≤ 1) of a log2 histogram in microseconds, with
+/// linear interpolation inside the bucket: the rank `q · total` falls in
+/// bucket `i` after `before` smaller samples, and the answer is
+/// `2^i + (rank - before) / h[i] · 2^i`. `None` for an empty histogram or a
+/// `q` outside `[0, 1]`.
+pub fn histogram_quantile(h: &[u64; HISTOGRAM_BUCKETS], q: f64) -> Option<f64> {
+    if !(0.0..=1.0).contains(&q) {
+        return None;
+    }
+    let total: u64 = h.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut before = 0.0;
+    for (i, &count) in h.iter().enumerate() {
+        if count == 0 {
+            continue;
+        }
+        let c = count as f64;
+        let lower = (1u64 << i) as f64;
+        if rank <= before + c {
+            let frac = ((rank - before) / c).clamp(0.0, 1.0);
+            return Some(lower + frac * lower);
+        }
+        before += c;
+    }
+    // Only reachable through rounding at q = 1: the top of the last bucket.
+    let last = h.iter().rposition(|&c| c > 0)?;
+    Some((1u64 << (last + 1)) as f64)
+}
+
+/// One version's counters over the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionCounts {
+    /// Connections attempted (SYNs forwarded to the version).
+    pub attempts: u64,
+    /// Of those, failed: RST from the backend or no SYN-ACK within the timeout.
+    pub failures: u64,
+    /// SYN -> SYN-ACK times; bucket `i` counts `[2^i, 2^(i+1))` µs.
+    pub handshake_us_log2: [u64; HISTOGRAM_BUCKETS],
+}
+
+impl Default for VersionCounts {
+    fn default() -> Self {
+        Self {
+            attempts: 0,
+            failures: 0,
+            handshake_us_log2: [0; HISTOGRAM_BUCKETS],
+        }
+    }
+}
+
+impl VersionCounts {
+    /// Failures over attempts, `None` without attempts.
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.attempts > 0).then(|| self.failures as f64 / self.attempts as f64)
+    }
+}
+
+/// Both versions over the same window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowCounts {
+    pub stable: VersionCounts,
+    pub canary: VersionCounts,
+}
