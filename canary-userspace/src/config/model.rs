@@ -1,0 +1,212 @@
+//! The configuration's model: the YAML file's structure, field by field,
+//! with serde's names and defaults. No rules here (validate.rs) and no
+//! derived values (resolve.rs).
+
+use super::resolve::*;
+use super::Version;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client-facing interface (where packets to the VIPs arrive).
+    pub interface: String,
+    /// Interfaces where backend replies arrive. Empty: the client-facing one
+    /// (a one-armed load balancer).
+    #[serde(default)]
+    pub backend_interfaces: Vec<String>,
+    /// Entries of the flow table (connection affinity). Fixed at load time.
+    #[serde(default)]
+    pub flow_table_size: Option<u32>,
+    /// The control API's Unix socket (root only, mode 0600). Default
+    /// /run/canary/canaryd.sock.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Address of the read-only Prometheus endpoint; none when absent.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
+    /// Where canaryd keeps what must survive a restart (weights set with
+    /// canaryctl, rollout progress). Default /var/lib/canary.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Affinity {
+    /// One client address, one version, across all its connections.
+    #[default]
+    SourceIp,
+    /// Each connection (5-tuple) is split on its own.
+    Flow,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideConfig {
+    pub cidr: IpNet,
+    pub version: Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub affinity: Affinity,
+    /// Percent of new connections sent to canary, 0 to 100, two decimals.
+    #[serde(default)]
+    pub canary_weight: f64,
+    pub stable: Vec<IpAddr>,
+    #[serde(default)]
+    pub canary: Vec<IpAddr>,
+    #[serde(default)]
+    pub overrides: Vec<OverrideConfig>,
+    /// Hash seed; every host of a fleet must use the same. Default: derived
+    /// from the service name.
+    #[serde(default)]
+    pub seed: Option<u32>,
+    /// Active health probes of every backend; none when absent.
+    #[serde(default)]
+    pub health: Option<HealthConfig>,
+    /// The step-wise rollout plan `canaryctl rollout start` runs.
+    #[serde(default)]
+    pub rollout: Option<RolloutConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    /// A TCP connect within the timeout.
+    #[default]
+    Tcp,
+    /// An HTTP/1.1 GET of `path` answered with `expect_status` within the
+    /// timeout (and within `max_latency`, if set).
+    Http,
+}
+
+/// Active probes: a backend that fails `unhealthy_after` probes in a row
+/// leaves its pool's Maglev table (open connections stay), and returns after
+/// `healthy_after` successes in a row. A pool whose every backend is unhealthy
+/// keeps them all (failing open); for the canary pool that also rolls the
+/// canary back (weight 0).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default)]
+    pub probe: ProbeKind,
+    /// Port probed; default the service port (required for UDP services).
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// An HTTP answer slower than this counts as a failure.
+    #[serde(default, with = "humantime_serde")]
+    pub max_latency: Option<Duration>,
+    #[serde(default = "default_probe_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRollback {
+    /// Canary connections already open are left to finish.
+    #[default]
+    Keep,
+    /// Canary connections are forgotten by the flow table at once, so their
+    /// next packets are split again (they break: the new backend has no
+    /// such connection).
+    Reset,
+}
+
+/// Limits of each step's analysis (see `analysis.rs` for the statistics).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// Ceiling on the canary's connection error ratio (RSTs and handshake
+    /// timeouts over connections), 0..1.
+    #[serde(default)]
+    pub max_error_ratio: Option<f64>,
+    /// Ceiling on the canary's p99 SYN -> SYN-ACK time, milliseconds.
+    #[serde(default)]
+    pub max_p99_handshake_ms: Option<f64>,
+    /// The canary's error ratio may be at most this multiple of stable's in
+    /// the same window (> 1); each step is sized to detect this regression.
+    #[serde(default)]
+    pub max_canary_vs_stable_ratio: Option<f64>,
+    /// Probability that a rollout of a canary as good as stable is rolled
+    /// back anyway (split over steps and checks).
+    #[serde(default = "default_alpha")]
+    pub false_alarm_rate: f64,
+    /// Probability of catching a canary exactly at the ratio limit.
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// No step passes with fewer canary connections than this.
+    #[serde(default = "default_min_canary_connections")]
+    pub min_canary_connections: u64,
+    /// A SYN with no SYN-ACK after this long is a failed connection.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// An application metric from Prometheus, per version.
+    #[serde(default)]
+    pub prometheus: Option<PrometheusCheck>,
+}
+
+/// An external metric: a PromQL query run for each version (`$version`
+/// replaced by `stable` or `canary`) against the Prometheus HTTP API. The
+/// canary fails the step when its value is above `max_value`, or above
+/// `max_canary_vs_stable_ratio` times stable's while stable's is above 0
+/// (`max_value` is required, for the stable-at-0 case). A step passes only with a
+/// fresh canary value (no value, or Prometheus unreachable: the step waits).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusCheck {
+    /// Base URL of the Prometheus server (http), e.g. http://127.0.0.1:9090.
+    pub url: String,
+    pub query: String,
+    #[serde(default)]
+    pub max_value: Option<f64>,
+    #[serde(default)]
+    pub max_canary_vs_stable_ratio: Option<f64>,
+    /// How often to query.
+    #[serde(default = "default_prometheus_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Canary weights in percent, rising, e.g. [5, 10, 15, 20, 50, 100].
+    pub steps: Vec<f64>,
+    /// Least observation time per step (a step also waits for the canary
+    /// connections its analysis needs).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub analysis: AnalysisConfig,
+    #[serde(default)]
+    pub on_rollback: OnRollback,
+}

@@ -1,0 +1,121 @@
+//! Resolution of defaults and derived values: the serde defaults of the
+//! model, the default seed, a service's weight and pools, the plan's
+//! statistical limits, the interfaces to attach to.
+
+use super::model::*;
+use super::Version;
+use canary_common::weight::WeightBp;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub(super) fn default_probe_path() -> String {
+    "/".into()
+}
+pub(super) fn default_expect_status() -> u16 {
+    200
+}
+pub(super) fn default_probe_interval() -> Duration {
+    Duration::from_secs(1)
+}
+pub(super) fn default_probe_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+pub(super) fn default_unhealthy_after() -> u32 {
+    3
+}
+pub(super) fn default_healthy_after() -> u32 {
+    2
+}
+
+pub(super) fn default_alpha() -> f64 {
+    0.01
+}
+pub(super) fn default_power() -> f64 {
+    0.9
+}
+pub(super) fn default_min_canary_connections() -> u64 {
+    100
+}
+pub(super) fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+pub(super) fn default_prometheus_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            max_error_ratio: None,
+            max_p99_handshake_ms: None,
+            max_canary_vs_stable_ratio: None,
+            false_alarm_rate: default_alpha(),
+            power: default_power(),
+            min_canary_connections: default_min_canary_connections(),
+            handshake_timeout: default_handshake_timeout(),
+            prometheus: None,
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// The statistics' limits for this plan.
+    pub fn limits(&self) -> crate::rollout::analysis::Limits {
+        let a = &self.analysis;
+        crate::rollout::analysis::Limits {
+            max_error_ratio: a.max_error_ratio,
+            max_canary_vs_stable_ratio: a.max_canary_vs_stable_ratio,
+            max_p99_handshake_ms: a.max_p99_handshake_ms,
+            alpha: a.false_alarm_rate,
+            steps: self.steps.len() as u32,
+            power: a.power,
+            min_canary_connections: a.min_canary_connections,
+        }
+    }
+}
+
+/// Default seed: FNV-1a of the service name, so every host derives the same.
+pub fn default_seed(name: &str) -> u32 {
+    name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
+}
+
+impl ServiceConfig {
+    /// The canary weight (0 when `canary_weight` is invalid; validation
+    /// refuses such a file before it is used).
+    pub fn weight(&self) -> WeightBp {
+        WeightBp::from_percent(self.canary_weight).unwrap_or(WeightBp::ZERO)
+    }
+    /// The weight in basis points.
+    pub fn weight_bp(&self) -> u32 {
+        self.weight().bp()
+    }
+    /// Sets the canary weight (the file's unit is percent).
+    pub fn set_weight(&mut self, w: WeightBp) {
+        self.canary_weight = w.percent();
+    }
+    pub fn seed(&self) -> u32 {
+        self.seed.unwrap_or_else(|| default_seed(&self.name))
+    }
+    pub fn pool(&self, v: Version) -> &[IpAddr] {
+        match v {
+            Version::Stable => &self.stable,
+            Version::Canary => &self.canary,
+        }
+    }
+}
+
+impl Config {
+    /// All interfaces the program attaches to, the client-facing one first.
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut all = vec![self.interface.clone()];
+        for i in &self.backend_interfaces {
+            if !all.contains(i) {
+                all.push(i.clone());
+            }
+        }
+        all
+    }
+}

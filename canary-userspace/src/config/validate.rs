@@ -1,0 +1,307 @@
+//! Validation of a whole config before anything touches a map: every
+//! rule, and an error that names the field it is about.
+
+use super::model::*;
+use super::Version;
+use anyhow::{bail, Context, Result};
+use canary_common::weight::WeightBp;
+use canary_common::{MAX_BACKENDS, MAX_OVERRIDES, MAX_SERVICES, WEIGHT_SCALE_BP};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        if self.interface.trim().is_empty() {
+            bail!("interface: must name the client-facing interface");
+        }
+        for (i, name) in self.backend_interfaces.iter().enumerate() {
+            if name.trim().is_empty() {
+                bail!("backend_interfaces[{i}]: empty interface name");
+            }
+        }
+        if let Some(p) = &self.control_socket {
+            if !p.is_absolute() {
+                bail!("control_socket: {} must be an absolute path", p.display());
+            }
+        }
+        if let Some(p) = &self.state_dir {
+            if !p.is_absolute() {
+                bail!("state_dir: {} must be an absolute path", p.display());
+            }
+        }
+        if let Some(size) = self.flow_table_size {
+            if !(1024..=16_777_216).contains(&size) {
+                bail!("flow_table_size: {size} is out of range (1024 to 16777216)");
+            }
+        }
+        if self.services.is_empty() {
+            bail!("services: at least one service is needed");
+        }
+        if self.services.len() > MAX_SERVICES as usize {
+            bail!(
+                "services: {} services, at most {MAX_SERVICES} are supported",
+                self.services.len()
+            );
+        }
+        let mut names = HashSet::new();
+        let mut vips: HashMap<(IpAddr, u16, Protocol), &str> = HashMap::new();
+        let mut vip_addrs = HashSet::new();
+        // NAT mode recognises replies by their source (backend, port, proto),
+        // so one backend port can serve only one service.
+        let mut backend_owner: HashMap<(IpAddr, u16, Protocol), &str> = HashMap::new();
+        let mut total_backends = 0usize;
+        let mut total_overrides = 0usize;
+        for (i, s) in self.services.iter().enumerate() {
+            let at = format!("services[{i}]");
+            let valid_name = !s.name.is_empty()
+                && s.name.len() <= 64
+                && s.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid_name {
+                bail!(
+                    "{at}.name: {:?} must be 1 to 64 letters, digits, '-' or '_'",
+                    s.name
+                );
+            }
+            let at = format!("services[{i}] ({})", s.name);
+            if !names.insert(s.name.as_str()) {
+                bail!("{at}.name: duplicate service name");
+            }
+            if s.port == 0 {
+                bail!("{at}.port: must be 1 to 65535");
+            }
+            if s.vip.is_unspecified() || s.vip.is_multicast() {
+                bail!("{at}.vip: {} is not a usable unicast address", s.vip);
+            }
+            if let Some(other) = vips.insert((s.vip, s.port, s.protocol), &s.name) {
+                bail!(
+                    "{at}.vip: {}:{} {:?} overlaps service {other} (same address, port and protocol)",
+                    s.vip,
+                    s.port,
+                    s.protocol
+                );
+            }
+            vip_addrs.insert(s.vip);
+            WeightBp::from_percent(s.canary_weight)
+                .with_context(|| format!("{at}.canary_weight"))?;
+            if s.stable.is_empty() {
+                bail!("{at}.stable: the stable pool needs at least one backend");
+            }
+            if s.weight_bp() > 0 && s.canary.is_empty() {
+                bail!(
+                    "{at}.canary_weight: {} percent but the canary pool is empty",
+                    s.canary_weight
+                );
+            }
+            let mut seen = HashSet::new();
+            for v in [Version::Stable, Version::Canary] {
+                for (j, b) in s.pool(v).iter().enumerate() {
+                    let field = format!("{at}.{}[{j}]", v.name());
+                    if b.is_ipv4() != s.vip.is_ipv4() {
+                        bail!(
+                            "{field}: {b} is not the same address family as the VIP {}",
+                            s.vip
+                        );
+                    }
+                    if b.is_unspecified() || b.is_multicast() {
+                        bail!("{field}: {b} is not a usable unicast address");
+                    }
+                    if !seen.insert(*b) {
+                        bail!("{field}: {b} appears twice in this service's pools");
+                    }
+                    if let Some(other) = backend_owner.insert((*b, s.port, s.protocol), &s.name) {
+                        bail!(
+                            "{field}: {b}:{} {:?} is already a backend of service {other}; \
+                             in NAT mode a backend port belongs to one service",
+                            s.port,
+                            s.protocol
+                        );
+                    }
+                    total_backends += 1;
+                }
+            }
+            for (j, o) in s.overrides.iter().enumerate() {
+                let field = format!("{at}.overrides[{j}]");
+                if o.cidr.addr().is_ipv4() != s.vip.is_ipv4() {
+                    bail!(
+                        "{field}.cidr: {} is not the same address family as the VIP {}",
+                        o.cidr,
+                        s.vip
+                    );
+                }
+                if o.cidr.trunc() != o.cidr {
+                    bail!(
+                        "{field}.cidr: {} has host bits set (did you mean {}?)",
+                        o.cidr,
+                        o.cidr.trunc()
+                    );
+                }
+                if o.version == Version::Canary && s.canary.is_empty() {
+                    bail!("{field}.version: canary, but the canary pool is empty");
+                }
+            }
+            let mut prefixes = HashSet::new();
+            for (j, o) in s.overrides.iter().enumerate() {
+                if !prefixes.insert(o.cidr) {
+                    bail!("{at}.overrides[{j}].cidr: {} is listed twice", o.cidr);
+                }
+            }
+            total_overrides += s.overrides.len();
+            if let Some(h) = &s.health {
+                validate_health(h, s).with_context(|| format!("{at}.health"))?;
+            }
+            if let Some(r) = &s.rollout {
+                validate_rollout(r, s).with_context(|| format!("{at}.rollout"))?;
+            }
+        }
+        for s in &self.services {
+            for b in s.stable.iter().chain(&s.canary) {
+                if vip_addrs.contains(b) {
+                    bail!("services ({}): backend {b} is also a VIP address", s.name);
+                }
+            }
+        }
+        if total_backends > MAX_BACKENDS as usize / 2 {
+            // Half the id space, so a reload can add a whole new set before
+            // the old ids are released.
+            bail!(
+                "services: {total_backends} backends in all, at most {} are supported",
+                MAX_BACKENDS / 2
+            );
+        }
+        if total_overrides > MAX_OVERRIDES as usize {
+            bail!("services: {total_overrides} overrides in all, at most {MAX_OVERRIDES}");
+        }
+        let _ = WEIGHT_SCALE_BP;
+        Ok(())
+    }
+}
+
+fn validate_health(h: &HealthConfig, s: &ServiceConfig) -> Result<()> {
+    if h.interval < Duration::from_millis(50) {
+        bail!("interval: {:?} is below 50ms", h.interval);
+    }
+    if h.timeout.is_zero() || h.timeout > h.interval {
+        bail!(
+            "timeout: {:?} must be above 0 and at most the interval {:?}",
+            h.timeout,
+            h.interval
+        );
+    }
+    if h.unhealthy_after == 0 || h.healthy_after == 0 {
+        bail!("unhealthy_after and healthy_after: must be at least 1");
+    }
+    if h.port == Some(0) {
+        bail!("port: must be 1 to 65535");
+    }
+    if s.protocol == Protocol::Udp && h.port.is_none() {
+        bail!("port: a UDP service's backends are probed over TCP; name the port");
+    }
+    if h.probe == ProbeKind::Http {
+        if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!(
+                "path: {:?} must start with '/' and contain no spaces",
+                h.path
+            );
+        }
+        if !(100..=599).contains(&h.expect_status) {
+            bail!("expect_status: {} is not an HTTP status", h.expect_status);
+        }
+    }
+    Ok(())
+}
+
+fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
+    if r.steps.is_empty() {
+        bail!("steps: at least one step is needed");
+    }
+    let mut last = 0.0;
+    for (i, step) in r.steps.iter().enumerate() {
+        WeightBp::from_percent(*step).with_context(|| format!("steps[{i}]"))?;
+        if *step <= last {
+            bail!("steps[{i}]: {step} must be above the step before ({last})");
+        }
+        last = *step;
+    }
+    if r.interval < Duration::from_millis(100) {
+        bail!("interval: {:?} is below 100ms", r.interval);
+    }
+    if s.canary.is_empty() {
+        bail!("the canary pool is empty: nothing to roll out");
+    }
+    let a = &r.analysis;
+    if let Some(p) = a.max_error_ratio {
+        if !(p > 0.0 && p < 1.0) {
+            bail!("analysis.max_error_ratio: {p} must be between 0 and 1");
+        }
+    }
+    if let Some(r) = a.max_canary_vs_stable_ratio {
+        if r.is_nan() || r <= 1.0 {
+            bail!("analysis.max_canary_vs_stable_ratio: {r} must be above 1");
+        }
+    }
+    if let Some(ms) = a.max_p99_handshake_ms {
+        if ms.is_nan() || ms <= 0.0 {
+            bail!("analysis.max_p99_handshake_ms: {ms} must be above 0");
+        }
+    }
+    if !(a.false_alarm_rate > 0.0 && a.false_alarm_rate < 0.5) {
+        bail!(
+            "analysis.false_alarm_rate: {} must be between 0 and 0.5",
+            a.false_alarm_rate
+        );
+    }
+    if !(a.power > 0.5 && a.power < 1.0) {
+        bail!("analysis.power: {} must be between 0.5 and 1", a.power);
+    }
+    if a.handshake_timeout < Duration::from_millis(100) {
+        bail!(
+            "analysis.handshake_timeout: {:?} is below 100ms",
+            a.handshake_timeout
+        );
+    }
+    if let Some(p) = &a.prometheus {
+        let uri: hyper::Uri = p
+            .url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("analysis.prometheus.url: {:?}: {e}", p.url))?;
+        if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            bail!(
+                "analysis.prometheus.url: {:?} must be an http:// URL with a host",
+                p.url
+            );
+        }
+        if !p.query.contains("$version") {
+            bail!(
+                "analysis.prometheus.query: must contain $version (replaced by stable or canary)"
+            );
+        }
+        if p.max_value.is_none() {
+            // The ratio alone cannot judge a canary while stable's value is 0
+            // (the healthy case for an error ratio).
+            bail!(
+                "analysis.prometheus.max_value: required (max_canary_vs_stable_ratio may be added)"
+            );
+        }
+        if let Some(r) = p.max_canary_vs_stable_ratio {
+            if r.is_nan() || r <= 1.0 {
+                bail!("analysis.prometheus.max_canary_vs_stable_ratio: {r} must be above 1");
+            }
+        }
+        if p.interval < Duration::from_millis(100) {
+            bail!(
+                "analysis.prometheus.interval: {:?} is below 100ms",
+                p.interval
+            );
+        }
+    }
+    let limits = a.max_error_ratio.is_some()
+        || a.max_canary_vs_stable_ratio.is_some()
+        || a.max_p99_handshake_ms.is_some();
+    if limits && s.protocol != Protocol::Tcp {
+        bail!("analysis: connection errors and handshake times are measured for TCP services only");
+    }
+    Ok(())
+}
