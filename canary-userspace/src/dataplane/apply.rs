@@ -11,6 +11,26 @@ pub struct ApplyReport {
     pub lines: Vec<String>,
 }
 
+/// One service as `apply` will write it: its config, its id, and its
+/// backends as (pool, address, backend id).
+type PlannedService<'a> = (&'a ServiceConfig, u32, Vec<(Version, IpAddr, u32)>);
+
+/// Everything `apply` decided before its first write.
+struct Plan<'a> {
+    ifindexes: BTreeMap<String, u32>,
+    ids: Ids,
+    /// Service slots the kernel has active now.
+    active_slots: HashSet<u32>,
+    services: Vec<PlannedService<'a>>,
+    planned_sids: HashSet<u32>,
+    /// Ids handed out afresh: their counters start from zero.
+    fresh_services: Vec<u32>,
+    fresh_backends: Vec<u32>,
+    want_vips: HashMap<VipKey, VipInfo>,
+    want_rev: HashMap<BackendAddrKey, ReverseNat>,
+    want_overrides: HashSet<(u32, canary_common::OverrideKeyData)>,
+}
+
 impl DataPlane {
     /// Makes the maps and attachments match `config`: a reconciliation of
     /// what the maps hold against what the config wants, so it is the same
@@ -18,6 +38,14 @@ impl DataPlane {
     /// pinned maps. Everything that can be checked without writing is checked
     /// first, so a config that cannot be applied changes nothing.
     pub fn apply(&mut self, config: &Config) -> Result<ApplyReport> {
+        let plan = self.plan(config)?;
+        self.write(config, plan)
+    }
+
+    /// The first half of `apply`, without a single write: the config checked
+    /// against what cannot change at run time, ids for every service and
+    /// backend, and the desired contents of the keyed maps.
+    fn plan<'a>(&self, config: &'a Config) -> Result<Plan<'a>> {
         config.validate()?;
         let mut ifindexes = BTreeMap::new();
         for iface in config.interfaces() {
@@ -28,12 +56,6 @@ impl DataPlane {
                 bail!("flow_table_size: changing the flow table size needs a restart of canaryd");
             }
         }
-        let prev = self.applied.clone();
-        let prev_service = |name: &str| {
-            prev.as_ref()
-                .and_then(|c| c.services.iter().find(|s| s.name == name))
-                .cloned()
-        };
 
         // Ids: kept for known services and backends, fresh ones for new.
         let mut ids = if self.adopted && self.applied.is_none() {
@@ -104,6 +126,42 @@ impl DataPlane {
                 want_overrides.insert(override_key(*sid, o.cidr.addr(), o.cidr.prefix_len()));
             }
         }
+
+        Ok(Plan {
+            ifindexes,
+            ids,
+            active_slots,
+            services: plan,
+            planned_sids,
+            fresh_services,
+            fresh_backends,
+            want_vips,
+            want_rev,
+            want_overrides,
+        })
+    }
+
+    /// The second half of `apply`: the writes, make-before-break, and the
+    /// Maglev tables built against the live ones (fewest slots moved).
+    fn write(&mut self, config: &Config, plan: Plan<'_>) -> Result<ApplyReport> {
+        let Plan {
+            ifindexes,
+            mut ids,
+            active_slots,
+            services: plan,
+            planned_sids,
+            fresh_services,
+            fresh_backends,
+            want_vips,
+            want_rev,
+            want_overrides,
+        } = plan;
+        let prev = self.applied.clone();
+        let prev_service = |name: &str| {
+            prev.as_ref()
+                .and_then(|c| c.services.iter().find(|s| s.name == name))
+                .cloned()
+        };
 
         let mut report = ApplyReport::default();
 
