@@ -103,10 +103,7 @@ impl DataPlane {
         for (s, sid, members) in &plan {
             let info = VipInfo {
                 service_id: *sid,
-                affinity: match s.affinity {
-                    Affinity::SourceIp => AFFINITY_SOURCE_IP,
-                    Affinity::Flow => AFFINITY_FLOW,
-                },
+                affinity: affinity_flag(s.affinity),
             };
             want_vips.insert(vip_key(s), info);
             want_vips.insert(vip_marker(s.vip), info);

@@ -3,18 +3,17 @@
 //! kernel runs (`canary_common::split`), in the kernel's order: flow table,
 //! then source-prefix override, then hash bucket against the weight.
 
-use crate::config::{Affinity, ServiceConfig, Version};
+use crate::config::{ServiceConfig, Version};
 pub use crate::control::api::parse_client;
 use crate::control::api::Explain;
+use crate::dataplane::keys::{affinity_flag, flow_key, override_lookup_key};
 use crate::dataplane::maps::Maps;
-use crate::dataplane::proto_number;
 use anyhow::{bail, Context, Result};
-use aya::maps::lpm_trie::Key as LpmKey;
-use canary_common::addr::{family, from_words, override_key, port_to_map, to_words};
+use canary_common::addr::from_words;
 use canary_common::weight::WeightBp;
 use canary_common::{
-    backend_hash, bucket, choose_version, maglev_base, maglev_slot, split_hash, FlowKey,
-    AFFINITY_FLOW, AFFINITY_SOURCE_IP, BACKEND_NONE,
+    backend_hash, bucket, choose_version, maglev_base, maglev_slot, split_hash, AFFINITY_FLOW,
+    BACKEND_NONE,
 };
 use std::net::IpAddr;
 
@@ -32,10 +31,7 @@ pub fn explain(
             s.vip
         );
     }
-    let affinity = match s.affinity {
-        Affinity::SourceIp => AFFINITY_SOURCE_IP,
-        Affinity::Flow => AFFINITY_FLOW,
-    };
+    let affinity = affinity_flag(s.affinity);
     if affinity == AFFINITY_FLOW && port.is_none() {
         bail!(
             "service {} splits per connection (affinity: flow): give CLIENT_IP:PORT",
@@ -46,15 +42,7 @@ pub fn explain(
         .services
         .get(&service_id, 0)
         .context("reading SERVICES")?;
-    let flow = FlowKey {
-        src: to_words(client),
-        dst: to_words(s.vip),
-        sport: port_to_map(port.unwrap_or(0)),
-        dport: port_to_map(s.port),
-        proto: proto_number(s.protocol),
-        family: family(client),
-        _pad: [0; 2],
-    };
+    let flow = flow_key(s, client, port);
     let h = split_hash(&flow, affinity, state.seed);
     let b = bucket(h);
 
@@ -96,8 +84,9 @@ pub fn explain(
     }
 
     // 2. Source-prefix override (the kernel's LPM lookup), else 3. the hash.
-    let (bits, data) = override_key(service_id, client, if client.is_ipv4() { 32 } else { 128 });
-    let (version, decided_by, reason, cidr) = match maps.overrides.get(&LpmKey::new(bits, data), 0)
+    let (version, decided_by, reason, cidr) = match maps
+        .overrides
+        .get(&override_lookup_key(service_id, client), 0)
     {
         Ok(v) => {
             let version = Version::from_index(v.version);

@@ -1,8 +1,9 @@
-//! Map keys from config values: the only encoder of VIP and backend keys
-//! (addresses and ports in the kernel's byte order, protocol numbers), used
-//! by `apply` and by `explain` alike.
+//! Map keys from config values: the only encoder of VIP, backend, flow and
+//! override keys (addresses and ports in the kernel's byte order, protocol
+//! numbers, affinity flags), used by `apply` and by `explain` alike.
 
 use super::*;
+use canary_common::{FlowKey, OverrideKeyData};
 
 pub fn proto_number(p: Protocol) -> u8 {
     match p {
@@ -37,4 +38,31 @@ pub(super) fn backend_addr_key(s: &ServiceConfig, b: IpAddr) -> BackendAddrKey {
         proto: proto_number(s.protocol),
         family: family(b),
     }
+}
+
+/// The VIP flag of an affinity mode.
+pub fn affinity_flag(a: Affinity) -> u32 {
+    match a {
+        Affinity::SourceIp => AFFINITY_SOURCE_IP,
+        Affinity::Flow => AFFINITY_FLOW,
+    }
+}
+
+/// The flow a client's connection to service `s` has (port 0 when unknown).
+pub fn flow_key(s: &ServiceConfig, client: IpAddr, port: Option<u16>) -> FlowKey {
+    FlowKey {
+        src: to_words(client),
+        dst: to_words(s.vip),
+        sport: port_to_map(port.unwrap_or(0)),
+        dport: port_to_map(s.port),
+        proto: proto_number(s.protocol),
+        family: family(client),
+        _pad: [0; 2],
+    }
+}
+
+/// The OVERRIDES lookup key of one client address (a full-length prefix).
+pub fn override_lookup_key(service_id: u32, client: IpAddr) -> LpmKey<OverrideKeyData> {
+    let (bits, data) = override_key(service_id, client, if client.is_ipv4() { 32 } else { 128 });
+    LpmKey::new(bits, data)
 }

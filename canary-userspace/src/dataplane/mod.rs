@@ -20,8 +20,8 @@ pub mod report;
 pub use apply::ApplyReport;
 pub use attach::{ifindex, remove_pins};
 pub use ids::Ids;
+pub use keys::{affinity_flag, flow_key, override_lookup_key, proto_number, vip_key};
 use keys::{backend_addr_key, vip_marker};
-pub use keys::{proto_number, vip_key};
 
 use crate::config::{Affinity, Config, Protocol, ServiceConfig, Version};
 use anyhow::{bail, Context, Result};
