@@ -3,7 +3,7 @@
 //! canary is (almost) never rolled back; a restart resumes the same step.
 
 use anyhow::{bail, Context, Result};
-use canary_tests::{Load, LoadBounds, ServerOptions, Topology, VIP_V4};
+use canary_tests::{LbConfig, Load, LoadBounds, ServerOptions, Service, Topology, VIP_V4};
 use canary_userspace::api::ServiceStatus;
 use canary_userspace::maps::Maps;
 use std::net::SocketAddr;
@@ -11,21 +11,17 @@ use std::time::{Duration, Instant};
 
 const HEALTH_PORT: u16 = 8080;
 
-/// One service, `shop`, with an HTTP-probed pool and the given rollout.
+/// One service, `shop`, with an HTTP-probed pool and the given rollout
+/// (its keys, indented six spaces).
 fn config(rollout: &str) -> String {
-    format!(
-        r#"
-interface: lb-client
-backend_interfaces: [lb-b1, lb-b2, lb-b3]
-services:
-  - name: shop
-    vip: 198.18.100.1
-    port: 80
-    protocol: tcp
-    canary_weight: 0
-    stable: [198.18.1.2, 198.18.2.2]
-    canary: [198.18.3.2]
-    health:
+    LbConfig::lab()
+        .service(
+            Service::tcp("shop", VIP_V4, 80)
+                .weight(0.0)
+                .stable(["198.18.1.2", "198.18.2.2"])
+                .canary(["198.18.3.2"])
+                .raw(&format!(
+                    "    health:
       probe: http
       port: {HEALTH_PORT}
       path: /healthz
@@ -34,8 +30,10 @@ services:
       unhealthy_after: 3
       healthy_after: 2
     rollout:
-{rollout}"#
-    )
+{rollout}"
+                )),
+        )
+        .yaml()
 }
 
 fn vip() -> SocketAddr {
