@@ -1,6 +1,7 @@
-//! Independent checksum verification: an RFC 1071 sum written here (never
-//! `canary_common::checksum`, the code under test) over the IPv4 header and
-//! the TCP/UDP pseudo-header and segment, plus the expected-rewrite check
+//! Independent checksum verification, twice over and never with
+//! `canary_common::checksum` (the code under test): an RFC 1071 sum written
+//! here over the IPv4 header and the TCP/UDP pseudo-header and segment, and
+//! etherparse's own checksum computation on the parsed frame; plus the expected-rewrite check
 //! "byte-identical to the input outside the rewritten fields, checksums
 //! valid" used for every forwarded frame.
 
@@ -84,6 +85,81 @@ pub fn verify_checksums(f: &[u8]) -> Result<(), String> {
             "{} checksum {stored:#06x} invalid (sum {total:#06x})",
             if proto == 6 { "TCP" } else { "UDP" }
         ));
+    }
+    verify_with_etherparse(f)
+}
+
+/// The second opinion: etherparse parses the frame and computes the IPv4
+/// header and TCP/UDP checksums itself; each must equal the stored one (0
+/// and 0xffff are the same one's-complement value; an IPv4 UDP checksum of
+/// 0 means "none").
+pub fn verify_with_etherparse(f: &[u8]) -> Result<(), String> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice, UdpHeader};
+    let same = |a: u16, b: u16| a == b || (a | b == 0xffff && (a == 0 || b == 0));
+    let p = SlicedPacket::from_ethernet(f).map_err(|e| format!("etherparse: {e}"))?;
+    let addrs = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            let want = h.to_header().calc_header_checksum();
+            if want != h.header_checksum() {
+                return Err(format!(
+                    "etherparse: IPv4 header checksum {:#06x}, computed {want:#06x}",
+                    h.header_checksum()
+                ));
+            }
+            (h.source().to_vec(), h.destination().to_vec())
+        }
+        Some(NetSlice::Ipv6(ip)) => (
+            ip.header().source().to_vec(),
+            ip.header().destination().to_vec(),
+        ),
+        _ => return Ok(()),
+    };
+    let v4 = addrs.0.len() == 4;
+    let computed = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => {
+            let c = if v4 {
+                t.calc_checksum_ipv4(
+                    addrs.0[..].try_into().unwrap(),
+                    addrs.1[..].try_into().unwrap(),
+                )
+            } else {
+                t.calc_checksum_ipv6(
+                    addrs.0[..].try_into().unwrap(),
+                    addrs.1[..].try_into().unwrap(),
+                )
+            };
+            Some(("TCP", t.checksum(), c))
+        }
+        Some(TransportSlice::Udp(u)) => {
+            let h: UdpHeader = u.to_header();
+            if v4 && h.checksum == 0 {
+                return Ok(());
+            }
+            let c = if v4 {
+                h.calc_checksum_ipv4_raw(
+                    addrs.0[..].try_into().unwrap(),
+                    addrs.1[..].try_into().unwrap(),
+                    u.payload(),
+                )
+            } else {
+                h.calc_checksum_ipv6_raw(
+                    addrs.0[..].try_into().unwrap(),
+                    addrs.1[..].try_into().unwrap(),
+                    u.payload(),
+                )
+            };
+            Some(("UDP", h.checksum, c))
+        }
+        _ => None,
+    };
+    if let Some((what, stored, c)) = computed {
+        let c = c.map_err(|e| format!("etherparse: {what} checksum: {e}"))?;
+        if !same(stored, c) {
+            return Err(format!(
+                "etherparse: {what} checksum {stored:#06x}, computed {c:#06x}"
+            ));
+        }
     }
     Ok(())
 }

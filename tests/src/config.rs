@@ -4,7 +4,7 @@
 //! takes). The output is plain YAML in the documented layout (two-space
 //! list items, four-space keys), so a test may still patch a line of it.
 //!
-//! ```ignore
+//! ```text
 //! let yaml = LbConfig::lab()
 //!     .service(Service::tcp("shop", VIP_V4, 80).affinity("source-ip").weight(10.0)
 //!         .stable(["198.18.1.2", "198.18.2.2"]).canary(["198.18.3.2"]))

@@ -7,6 +7,8 @@
 //! - Single-namespace `BPF_PROG_TEST_RUN` lab (`xdp_lab`, `prog_run`,
 //!   `packet`, `checksum`): the real program, packet in, packet out, with
 //!   independent packet builders and checksum verification.
+//! - `rollout`: watching a rollout (weight in the map, time to rollback,
+//!   the rollout's end).
 //! - `config`: the one builder of every config the suite, demo and bench use.
 //!
 //! Everything is torn down on drop (and on panic); names carry
@@ -24,6 +26,7 @@ pub mod nft;
 pub mod packet;
 pub mod prog_run;
 pub mod prometheus;
+pub mod rollout;
 pub mod topology;
 pub mod xdp_lab;
 
