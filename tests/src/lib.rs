@@ -1,20 +1,37 @@
-//! The network-namespace harness shared by the integration tests and the
-//! demo: a client, a load balancer and backends in their own namespaces,
-//! real servers, real clients, canaryd as a child process, nft counters as
-//! an independent witness. Everything is torn down on drop (and on panic);
-//! names carry `cnry-<pid>-<n>` so parallel runs do not clash and leftovers
-//! of crashed runs are recognised.
+//! The test lab shared by the integration tests, the demo and the bench.
+//!
+//! - Multi-namespace topology (`topology`, `netns`, `daemon`, `client`,
+//!   `load`, `nft`, `prometheus`, `cleanup`): a client, a load balancer and
+//!   backends in their own namespaces, real servers, real clients, canaryd
+//!   as a child process, nft counters as an independent witness.
+//! - Single-namespace `BPF_PROG_TEST_RUN` lab (`xdp_lab`, `prog_run`,
+//!   `packet`, `checksum`): the real program, packet in, packet out, with
+//!   independent packet builders and checksum verification.
+//! - `rollout`: watching a rollout (weight in the map, time to rollback,
+//!   the rollout's end).
+//! - `config`: the one builder of every config the suite, demo and bench use.
+//!
+//! Everything is torn down on drop (and on panic); names carry
+//! `cnry-<pid>-<n>` so parallel runs do not clash and leftovers of crashed
+//! runs are recognised.
 
+pub mod checksum;
 pub mod cleanup;
 pub mod client;
+pub mod config;
 pub mod daemon;
 pub mod load;
 pub mod netns;
 pub mod nft;
+pub mod packet;
+pub mod prog_run;
 pub mod prometheus;
+pub mod rollout;
 pub mod topology;
+pub mod xdp_lab;
 
 pub use client::{burst, tcp_connect, udp_request, Conn};
+pub use config::{LbConfig, Service};
 pub use daemon::Daemon;
 pub use load::{Load, LoadBounds};
 pub use netns::Netns;

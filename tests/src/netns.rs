@@ -1,7 +1,8 @@
 //! Network namespaces: create, run commands in, run Rust code in, delete.
 
 use anyhow::{bail, Context, Result};
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 /// A named network namespace (`/var/run/netns/NAME`). Deleted on drop.
 #[derive(Debug)]
@@ -22,6 +23,31 @@ pub fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// `ip -n NS -batch -` with `script` on its stdin; an error carries the
+/// script and ip's stderr.
+pub fn ip_batch(ns: &str, script: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    child
+        .stdin
+        .take()
+        .context("ip -batch stdin")?
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch failed: {}\nscript:\n{script}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 impl Netns {
     pub fn create(name: &str) -> Result<Netns> {
         run(Command::new("ip").args(["netns", "add", name]))?;
@@ -30,6 +56,13 @@ impl Netns {
         };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Like `create`, but first deletes a namespace of that name left by an
+    /// earlier run of this process id (a killed run whose pid came back).
+    pub fn recreate(name: &str) -> Result<Netns> {
+        let _ = run(Command::new("ip").args(["netns", "del", name]));
+        Netns::create(name)
     }
 
     pub fn path(&self) -> String {
@@ -46,6 +79,11 @@ impl Netns {
     /// `ip -n NAME args...`
     pub fn ip(&self, args: &[&str]) -> Result<Output> {
         run(Command::new("ip").args(["-n", &self.name]).args(args))
+    }
+
+    /// `ip -n NAME -batch -` with `script` on its stdin.
+    pub fn ip_batch(&self, script: &str) -> Result<()> {
+        ip_batch(&self.name, script)
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {

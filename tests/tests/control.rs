@@ -4,7 +4,9 @@
 
 use anyhow::{Context, Result};
 use canary_common::{VERSION_CANARY, VERSION_STABLE};
-use canary_tests::{burst, client_v4, daemon::Daemon, tcp_connect, Topology, VIP_V4};
+use canary_tests::{
+    burst, client_v4, daemon::Daemon, tcp_connect, LbConfig, Service, Topology, VIP_V4,
+};
 use canary_userspace::maps::Maps;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -14,25 +16,17 @@ use std::time::{Duration, Instant};
 const NOBODY: u32 = 65534;
 
 fn config(weight: f64) -> String {
-    format!(
-        r#"
-interface: lb-client
-backend_interfaces: [lb-b1, lb-b2, lb-b3]
-metrics: 127.0.0.1:9464
-services:
-  - name: shop
-    vip: 198.18.100.1
-    port: 80
-    protocol: tcp
-    affinity: source-ip
-    canary_weight: {weight}
-    stable: [198.18.1.2, 198.18.2.2]
-    canary: [198.18.3.2]
-    overrides:
-      - cidr: 198.18.30.0/24
-        version: canary
-"#
-    )
+    LbConfig::lab()
+        .metrics("127.0.0.1:9464")
+        .service(
+            Service::tcp("shop", VIP_V4, 80)
+                .affinity("source-ip")
+                .weight(weight)
+                .stable(["198.18.1.2", "198.18.2.2"])
+                .canary(["198.18.3.2"])
+                .force("198.18.30.0/24", "canary"),
+        )
+        .yaml()
 }
 
 fn vip() -> SocketAddr {

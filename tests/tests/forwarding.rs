@@ -5,7 +5,8 @@
 use anyhow::Result;
 use canary_common::{VERSION_CANARY, VERSION_STABLE};
 use canary_tests::{
-    burst, client_v4, client_v6, tcp_connect, udp_request, NftCounters, Topology, VIP_V4, VIP_V6,
+    burst, client_v4, client_v6, tcp_connect, udp_request, LbConfig, NftCounters, Service,
+    Topology, VIP_V4, VIP_V6,
 };
 use canary_userspace::config::Config;
 use canary_userspace::dataplane::vip_key;
@@ -14,41 +15,30 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-fn config(weight: f64, extra: &str) -> String {
-    format!(
-        r#"
-interface: lb-client
-backend_interfaces: [lb-b1, lb-b2, lb-b3]
-services:
-  - name: shop
-    vip: 198.18.100.1
-    port: 80
-    protocol: tcp
-    affinity: source-ip
-    canary_weight: {weight}
-    stable: [198.18.1.2, 198.18.2.2]
-    canary: [198.18.3.2]
-    overrides:
-      - cidr: 198.18.30.0/24
-        version: canary
-      - cidr: 198.18.31.0/24
-        version: stable
-  - name: shop6
-    vip: "2001:db8:100::1"
-    port: 80
-    protocol: tcp
-    canary_weight: {weight}
-    stable: ["2001:db8:1::2", "2001:db8:2::2"]
-    canary: ["2001:db8:3::2"]
-  - name: dns
-    vip: 198.18.100.2
-    port: 53
-    protocol: udp
-    canary_weight: {weight}
-    stable: [198.18.1.2, 198.18.2.2]
-    canary: [198.18.3.2]
-{extra}"#
-    )
+fn config(weight: f64) -> String {
+    LbConfig::lab()
+        .service(
+            Service::tcp("shop", VIP_V4, 80)
+                .affinity("source-ip")
+                .weight(weight)
+                .stable(["198.18.1.2", "198.18.2.2"])
+                .canary(["198.18.3.2"])
+                .force("198.18.30.0/24", "canary")
+                .force("198.18.31.0/24", "stable"),
+        )
+        .service(
+            Service::tcp("shop6", VIP_V6, 80)
+                .weight(weight)
+                .stable(["2001:db8:1::2", "2001:db8:2::2"])
+                .canary(["2001:db8:3::2"]),
+        )
+        .service(
+            Service::udp("dns", "198.18.100.2", 53)
+                .weight(weight)
+                .stable(["198.18.1.2", "198.18.2.2"])
+                .canary(["198.18.3.2"]),
+        )
+        .yaml()
 }
 
 fn is_canary(backend: &str) -> bool {
@@ -85,7 +75,7 @@ fn settled<T: PartialEq + Copy>(mut f: impl FnMut() -> T) -> T {
 fn vip_packet_counter_equals_what_clients_sent() -> Result<()> {
     let mut topo = Topology::new(3)?;
     topo.start_servers(80)?;
-    let yaml = config(10.0, "");
+    let yaml = config(10.0);
     let _d = topo.spawn_canaryd(Some(&yaml))?;
     let client_nft = NftCounters::install(
         &topo.client,
@@ -131,7 +121,7 @@ fn vip_packet_counter_equals_what_clients_sent() -> Result<()> {
 fn split_of_real_connections_is_binomial_and_sticky() -> Result<()> {
     let mut topo = Topology::new(3)?;
     topo.start_servers(80)?;
-    let yaml = config(10.0, "");
+    let yaml = config(10.0);
     let _d = topo.spawn_canaryd(Some(&yaml))?;
     let clients = 500u32;
     let per_client = 4;
@@ -188,7 +178,7 @@ fn split_of_real_connections_is_binomial_and_sticky() -> Result<()> {
 fn open_connections_survive_weight_changes() -> Result<()> {
     let mut topo = Topology::new(3)?;
     topo.start_servers(80)?;
-    let mut d = topo.spawn_canaryd(Some(&config(10.0, "")))?;
+    let mut d = topo.spawn_canaryd(Some(&config(10.0)))?;
     let vip = SocketAddr::new(VIP_V4.into(), 80);
     let client = &topo.client;
     let mut conns = client.run(|| {
@@ -198,7 +188,7 @@ fn open_connections_survive_weight_changes() -> Result<()> {
     })?;
     let started: Vec<String> = conns.iter().map(|c| c.backend.clone()).collect();
     for (step, weight) in [50.0, 0.0, 100.0].into_iter().enumerate() {
-        d.reload(&config(weight, "")).unwrap().expect("reload");
+        d.reload(&config(weight)).unwrap().expect("reload");
         for (i, c) in conns.iter_mut().enumerate() {
             c.ping(&format!("step {step} conn {i}"))?;
         }
@@ -234,7 +224,7 @@ fn overrides_ipv6_and_udp() -> Result<()> {
     let mut topo = Topology::new(3)?;
     topo.start_servers(80)?;
     topo.start_servers(53)?;
-    let mut d = topo.spawn_canaryd(Some(&config(0.0, "")))?;
+    let mut d = topo.spawn_canaryd(Some(&config(0.0)))?;
     let vip = SocketAddr::new(VIP_V4.into(), 80);
     let forced_canary: Vec<IpAddr> = (0..30).map(|i| client_v4(14 * 256 + i)).collect(); // 198.18.30.x
     let forced_stable: Vec<IpAddr> = (0..30).map(|i| client_v4(15 * 256 + i)).collect(); // 198.18.31.x
@@ -245,7 +235,7 @@ fn overrides_ipv6_and_udp() -> Result<()> {
         got.iter().all(|(_, b)| is_canary(b)),
         "override to canary at weight 0: {got:?}"
     );
-    d.reload(&config(100.0, "")).unwrap().expect("reload");
+    d.reload(&config(100.0)).unwrap().expect("reload");
     let got = topo
         .client
         .run(|| burst(&forced_stable, vip, Duration::from_secs(30)))?;
@@ -261,7 +251,7 @@ fn overrides_ipv6_and_udp() -> Result<()> {
         .client
         .run(|| burst(&v6, vip6, Duration::from_secs(30)))?;
     assert!(got.iter().all(|(_, b)| is_canary(b)));
-    d.reload(&config(0.0, "")).unwrap().expect("reload");
+    d.reload(&config(0.0)).unwrap().expect("reload");
     let v6: Vec<IpAddr> = (100..140).map(client_v6).collect();
     let got = topo
         .client

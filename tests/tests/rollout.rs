@@ -2,30 +2,26 @@
 //! is promoted step by step; a failing one is rolled back fast; an A/A
 //! canary is (almost) never rolled back; a restart resumes the same step.
 
-use anyhow::{bail, Context, Result};
-use canary_tests::{Load, LoadBounds, ServerOptions, Topology, VIP_V4};
-use canary_userspace::api::ServiceStatus;
+use anyhow::{Context, Result};
+use canary_tests::rollout::{time_to_weight_zero, wait_rollout_end, weight_bp};
+use canary_tests::{LbConfig, Load, LoadBounds, ServerOptions, Service, Topology, VIP_V4};
 use canary_userspace::maps::Maps;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const HEALTH_PORT: u16 = 8080;
 
-/// One service, `shop`, with an HTTP-probed pool and the given rollout.
+/// One service, `shop`, with an HTTP-probed pool and the given rollout
+/// (its keys, indented six spaces).
 fn config(rollout: &str) -> String {
-    format!(
-        r#"
-interface: lb-client
-backend_interfaces: [lb-b1, lb-b2, lb-b3]
-services:
-  - name: shop
-    vip: 198.18.100.1
-    port: 80
-    protocol: tcp
-    canary_weight: 0
-    stable: [198.18.1.2, 198.18.2.2]
-    canary: [198.18.3.2]
-    health:
+    LbConfig::lab()
+        .service(
+            Service::tcp("shop", VIP_V4, 80)
+                .weight(0.0)
+                .stable(["198.18.1.2", "198.18.2.2"])
+                .canary(["198.18.3.2"])
+                .raw(&format!(
+                    "    health:
       probe: http
       port: {HEALTH_PORT}
       path: /healthz
@@ -34,63 +30,14 @@ services:
       unhealthy_after: 3
       healthy_after: 2
     rollout:
-{rollout}"#
-    )
+{rollout}"
+                )),
+        )
+        .yaml()
 }
 
 fn vip() -> SocketAddr {
     SocketAddr::new(VIP_V4.into(), 80)
-}
-
-fn weight_bp(maps: &Maps) -> Result<u32> {
-    Ok(maps.services.get(&0, 0)?.weight_bp)
-}
-
-/// Time from now (just after a fault was switched on) until the canary
-/// weight in the map is 0, polled every 5 ms; after `limit`, an error with
-/// the service's status.
-fn time_to_weight_zero(
-    topo: &Topology,
-    maps: &Maps,
-    limit: Duration,
-    fault: &str,
-) -> Result<Duration> {
-    let t0 = Instant::now();
-    while weight_bp(maps)? != 0 {
-        if t0.elapsed() > limit {
-            bail!(
-                "{fault}: no rollback {limit:?} after the fault: {:#?}",
-                topo.service_status("shop")?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(t0.elapsed())
-}
-
-/// Polls status until the rollout is promoted or aborted (or `limit`
-/// passes); returns the final status and the steps seen on the way.
-fn wait_rollout_end(topo: &Topology, limit: Duration) -> Result<(ServiceStatus, Vec<usize>)> {
-    let end = Instant::now() + limit;
-    let mut seen = Vec::new();
-    loop {
-        let s = topo.service_status("shop")?;
-        let r = s.rollout.as_ref().context("no rollout in status")?;
-        if seen.last() != Some(&r.step) {
-            seen.push(r.step);
-        }
-        if r.phase == "promoted" || r.phase == "aborted" {
-            return Ok((s, seen));
-        }
-        if Instant::now() > end {
-            bail!(
-                "rollout still {} at step {} after {limit:?}: {r:#?}",
-                r.phase,
-                r.step
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn topology(rst_fraction: f64) -> Result<Topology> {

@@ -6,10 +6,12 @@
 //!
 //! Needs root. Run: `cargo test -p canary-tests --test split_accuracy`.
 
-mod common;
-
 use canary_common::{choose_version, reason, split_hash, AFFINITY_SOURCE_IP, PROTO_TCP};
-use common::*;
+use canary_tests::checksum::{fold, rfc1071_sum};
+use canary_tests::packet::{dst_addr, flow_key, tcp, v4, Tcp};
+use canary_tests::prog_run::XDP_REDIRECT;
+use canary_tests::xdp_lab::{assert_reasons, run_lab};
+use canary_tests::{LbConfig, Service};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -21,22 +23,15 @@ const STABLE: [&str; 2] = ["198.18.1.2", "198.18.2.2"];
 const CANARY: &str = "198.18.3.2";
 
 fn config(weight: f64) -> String {
-    format!(
-        r#"
-interface: lb-client
-backend_interfaces: [lb-b1, lb-b2, lb-b3]
-services:
-  - name: split
-    vip: 198.18.100.1
-    port: 80
-    protocol: tcp
-    affinity: source-ip
-    canary_weight: {weight}
-    stable: [{}, {}]
-    canary: [{CANARY}]
-"#,
-        STABLE[0], STABLE[1]
-    )
+    LbConfig::lab()
+        .service(
+            Service::tcp("split", std::net::Ipv4Addr::from(VIP), 80)
+                .affinity("source-ip")
+                .weight(weight)
+                .stable(STABLE)
+                .canary([CANARY]),
+        )
+        .yaml()
 }
 
 /// N distinct client addresses in 198.18.0.0/15, leaving out the LB and

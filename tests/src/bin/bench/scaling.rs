@@ -1,0 +1,117 @@
+//! Scaling: the flow-table hit against the number of flows in `FLOWS`, the
+//! new-flow path against backends per pool, and the apply time of each.
+
+use crate::per_packet::{fresh_v4, lab_backend, with_dp, Lab, LAB_VIP4};
+use crate::report::Report;
+use anyhow::{Context, Result};
+use canary_common::{FlowState, PROTO_TCP};
+use canary_tests::packet::{flow_key, tcp, Tcp as Kind};
+use canary_tests::prog_run::action_name as action;
+use std::net::IpAddr;
+use std::time::Instant;
+
+const G_FLOWS: &str = "scaling: established packet vs flows in FLOWS, limit = smallest";
+const G_BACKENDS: &str = "scaling: new-flow SYN vs backends per pool, limit = smallest";
+const G_APPLY: &str = "control plane: DataPlane::apply of a config (in process), limit = smallest";
+
+pub fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
+    let size = lab.size;
+    println!("{G_FLOWS}");
+    for &flows in size.flows {
+        // 25 % headroom: an LRU map evicts before it is full.
+        let table = (flows + flows / 4).max(1024);
+        with_dp(lab, &format!("flows{flows}"), table, 2, |dp, _| {
+            let ids = dp.ids();
+            let sid = *ids.services.get("web").context("no service web")?;
+            let bid = *ids
+                .backends
+                .get(&(sid, IpAddr::V4(lab_backend(false, 0))))
+                .context("no backend id")?;
+            let state = FlowState {
+                backend_id: bid,
+                version: 0,
+                service_id: sid,
+                ..FlowState::default()
+            };
+            let vip = IpAddr::V4(LAB_VIP4);
+            let t = Instant::now();
+            for i in 0..flows as usize {
+                let (s, p) = fresh_v4(i);
+                dp.maps
+                    .flows
+                    .insert(flow_key(s, p, vip, 80, PROTO_TCP), state, 0)?;
+            }
+            let fill = t.elapsed();
+            let stats0 =
+                dp.maps.version_stats(sid, 0)?.new_flows + dp.maps.version_stats(sid, 1)?.new_flows;
+            // Established packets of pre-filled flows, spread over the table.
+            // One untimed pass first: a connection's first packet looks its
+            // route up and caches the next hop in its flow entry; the timed
+            // pass is the steady state (a flow pays one lookup per second,
+            // when its cached next hop ages out).
+            let step = (flows as usize / size.single.max(1)).max(1) | 1;
+            let canary = dp.program()?;
+            let mut established = |n: usize| {
+                let (s, p) = fresh_v4((n * step) % flows as usize);
+                tcp(0, s, p, vip, 80, Kind::Ack)
+            };
+            let mut warm = 0usize;
+            lab.single(canary, 0, &mut established, &mut warm)?;
+            let mut n = 0usize;
+            let (k, a) = lab.single(canary, 0, &mut established, &mut n)?;
+            let stats1 =
+                dp.maps.version_stats(sid, 0)?.new_flows + dp.maps.version_stats(sid, 1)?.new_flows;
+            let misses = stats1 - stats0;
+            report.add(
+                G_FLOWS,
+                format!("established, {flows} flows (table {table})"),
+                k,
+                "ns/pkt",
+                format!(
+                    "{}, {misses} misses of {n}, filled in {:.1} s",
+                    action(a),
+                    fill.as_secs_f64()
+                ),
+            );
+            Ok(())
+        })?;
+    }
+    println!("{G_BACKENDS}");
+    let mut applies = Vec::new();
+    for &b in size.backends {
+        with_dp(lab, &format!("backends{b}"), 1 << 21, b, |dp, took| {
+            applies.push((b, took));
+            let canary = dp.program()?;
+            let vip = IpAddr::V4(LAB_VIP4);
+            let mut n = 0usize;
+            let (k, a) = lab.single(
+                canary,
+                0,
+                &mut |n| {
+                    let (s, p) = fresh_v4(n);
+                    tcp(0, s, p, vip, 80, Kind::Syn)
+                },
+                &mut n,
+            )?;
+            report.add(
+                G_BACKENDS,
+                format!("new-flow SYN, {b} backends per pool"),
+                k,
+                "ns/pkt",
+                action(a),
+            );
+            Ok(())
+        })?;
+    }
+    println!("{G_APPLY}");
+    for (b, took) in applies {
+        report.add(
+            G_APPLY,
+            format!("first apply, {b} backends per pool"),
+            took.as_secs_f64() * 1e3,
+            "ms",
+            "2 pools, Maglev tables built and written",
+        );
+    }
+    Ok(())
+}
