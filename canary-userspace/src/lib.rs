@@ -19,8 +19,3 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod rollout;
-
-// transitional: tests/ still imports this path
-pub use control::api;
-// transitional: tests/ still imports this path
-pub use dataplane::maps;

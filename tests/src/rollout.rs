@@ -4,8 +4,8 @@
 
 use crate::Topology;
 use anyhow::{bail, Context, Result};
-use canary_userspace::api::ServiceStatus;
-use canary_userspace::maps::Maps;
+use canary_userspace::control::api::ServiceStatus;
+use canary_userspace::dataplane::maps::Maps;
 use std::time::{Duration, Instant};
 
 /// The canary weight of service id 0 in the `SERVICES` map.

@@ -223,7 +223,7 @@ impl Topology {
     }
 
     pub fn pin_dir(&self) -> PathBuf {
-        canary_userspace::maps::pin_dir(&self.id)
+        canary_userspace::dataplane::maps::pin_dir(&self.id)
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -308,9 +308,12 @@ impl Topology {
     }
 
     /// One service as `canaryctl --json status SERVICE` reports it.
-    pub fn service_status(&self, service: &str) -> Result<canary_userspace::api::ServiceStatus> {
+    pub fn service_status(
+        &self,
+        service: &str,
+    ) -> Result<canary_userspace::control::api::ServiceStatus> {
         let out = self.ctl(&["--json", "status", service])?;
-        let status: canary_userspace::api::Status = serde_json::from_str(&out)?;
+        let status: canary_userspace::control::api::Status = serde_json::from_str(&out)?;
         status
             .services
             .into_iter()

@@ -26,8 +26,8 @@ use crate::prog_run::{test_run, Run};
 use anyhow::{Context, Result};
 use canary_common::{reason, FlowKey, FlowState, VersionStats};
 use canary_userspace::config::{Config, ServiceConfig};
+use canary_userspace::dataplane::maps::pin_dir;
 use canary_userspace::dataplane::DataPlane;
-use canary_userspace::maps::pin_dir;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -204,7 +204,7 @@ impl Lab {
     }
 
     pub fn datapath(&self) -> [u64; reason::COUNT as usize] {
-        self.dp().maps.datapath_stats().unwrap()
+        self.dp().maps().datapath_stats().unwrap()
     }
 
     pub fn sid(&self, service: &str) -> u32 {
@@ -226,7 +226,7 @@ impl Lab {
 
     pub fn vstats(&self, service: &str, version: u32) -> VersionStats {
         self.dp()
-            .maps
+            .maps()
             .version_stats(self.sid(service), version)
             .unwrap()
     }
@@ -253,7 +253,7 @@ impl Lab {
     }
 
     pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
-        self.dp().maps.flows.get(key, 0).ok()
+        self.dp().maps().flows.get(key, 0).ok()
     }
 }
 

@@ -7,7 +7,7 @@ use canary_common::{VERSION_CANARY, VERSION_STABLE};
 use canary_tests::{
     burst, client_v4, daemon::Daemon, tcp_connect, LbConfig, Service, Topology, VIP_V4,
 };
-use canary_userspace::maps::Maps;
+use canary_userspace::dataplane::maps::Maps;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};

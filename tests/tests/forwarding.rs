@@ -9,8 +9,8 @@ use canary_tests::{
     Topology, VIP_V4, VIP_V6,
 };
 use canary_userspace::config::Config;
+use canary_userspace::dataplane::maps::Maps;
 use canary_userspace::dataplane::vip_key;
-use canary_userspace::maps::Maps;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

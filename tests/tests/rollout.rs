@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use canary_tests::rollout::{time_to_weight_zero, wait_rollout_end, weight_bp};
 use canary_tests::{LbConfig, Load, LoadBounds, ServerOptions, Service, Topology, VIP_V4};
-use canary_userspace::maps::Maps;
+use canary_userspace::dataplane::maps::Maps;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

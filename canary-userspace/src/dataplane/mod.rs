@@ -57,13 +57,8 @@ pub fn ebpf_object() -> &'static [u8] {
 
 pub struct DataPlane {
     ebpf: Ebpf,
-    // transitional: tests/src/bin/bench.rs still reads `maps` and `instance`
-    // as fields; everything in canary-userspace goes through `maps()` and
-    // `instance()`. Both become private when the tests switch.
-    #[doc(hidden)]
-    pub maps: Maps,
-    #[doc(hidden)]
-    pub instance: String,
+    maps: Maps,
+    instance: String,
     pin_dir: PathBuf,
     /// XDP links by interface; each is pinned under `links/`, so it outlives
     /// this process.
@@ -166,9 +161,22 @@ impl DataPlane {
         &self.maps
     }
 
+    /// Direct write access to the maps, for the bench and tests that fill a
+    /// table (FLOWS at a million entries) without traffic. canaryd itself
+    /// writes only through `apply` and the methods below.
+    pub fn maps_mut(&mut self) -> &mut Maps {
+        &mut self.maps
+    }
+
     /// The instance name (the pin directory's name).
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// Makes every cached next hop stale at once (their connections' next
+    /// packets take a full route lookup). `apply` does it on every change.
+    pub fn bump_nexthop_gen(&mut self) -> Result<()> {
+        self.maps.bump_nexthop_gen()
     }
 
     /// The id the maps know service `name` by.

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use canary_tests::{burst, client_v4, Load, LoadBounds, ServerOptions, Topology, VIP_V4};
-use canary_userspace::api::ServiceStatus;
+use canary_userspace::control::api::ServiceStatus;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};

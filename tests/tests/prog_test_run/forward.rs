@@ -44,7 +44,7 @@ fn ipv4_syn_to_vip_is_dnat_ed_and_redirected() {
             other => panic!("not IPv4: {other:?}"),
         }
 
-        let bs = lab.dp().maps.backend_stats(flow.backend_id).unwrap();
+        let bs = lab.dp().maps().backend_stats(flow.backend_id).unwrap();
         assert_eq!(
             (bs.packets, bs.new_flows, bs.bytes),
             (1, 1, pkt.len() as u64)

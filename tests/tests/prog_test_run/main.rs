@@ -95,11 +95,11 @@ fn maglev_backend(lab: &Lab, service: &str, version: u32, key: &canary_common::F
         canary_userspace::config::Affinity::SourceIp => AFFINITY_SOURCE_IP,
         canary_userspace::config::Affinity::Flow => AFFINITY_FLOW,
     };
-    let state = lab.dp().maps.services.get(&sid, 0).unwrap();
+    let state = lab.dp().maps().services.get(&sid, 0).unwrap();
     let gen = state.live_gen[version as usize] & 1;
     let slot = maglev_slot(backend_hash(key, affinity, s.seed()));
     lab.dp()
-        .maps
+        .maps()
         .maglev
         .get(&(maglev_base(sid, version, gen) + slot), 0)
         .unwrap()

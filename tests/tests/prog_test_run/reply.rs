@@ -20,8 +20,8 @@ fn backend_replies_get_the_vip_back_as_source() {
             ..Rewrite::default()
         };
         let sid = lab.sid("web");
-        let health = |v: u32| lab.dp().maps.health_stats(sid, v).unwrap();
-        let pending = |k: &canary_common::FlowKey| lab.dp().maps.handshakes.get(k, 0).is_ok();
+        let health = |v: u32| lab.dp().maps().health_stats(sid, v).unwrap();
+        let pending = |k: &canary_common::FlowKey| lab.dp().maps().handshakes.get(k, 0).is_ok();
         assert!(pending(&key), "the SYN left a pending handshake");
 
         // Replies on the forwarded connection: rewritten. The first SYN-ACK

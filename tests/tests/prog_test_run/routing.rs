@@ -99,7 +99,7 @@ fn cached_next_hop_is_used_until_invalidated() {
         let (r, backend, _) = forward_one(lab, "web", &syn, &key, true);
         assert_eq!(r.action, XDP_REDIRECT);
         let side = backend_side(backend);
-        let entry = lab.dp().maps.flows.get(&key, 0).unwrap();
+        let entry = lab.dp().maps().flows.get(&key, 0).unwrap();
         let nh = entry.to_backend;
         assert_eq!(nh.ifindex, lab.ifindex[side as usize], "egress cached");
         assert_eq!((nh.dmac, nh.smac), (mac_nbr(side), mac_lb(side)));
@@ -127,7 +127,7 @@ fn cached_next_hop_is_used_until_invalidated() {
         let mut stale_used = false;
         for _ in 0..3 {
             set_mac(mac_nbr(side));
-            lab.dp_mut().maps.bump_nexthop_gen().unwrap();
+            lab.dp_mut().bump_nexthop_gen().unwrap();
             assert_eq!(lab.run(&ack, 0).out[0..6], mac_nbr(side), "re-learned");
             set_mac(new_mac);
             let r = lab.run(&ack, 0);
@@ -139,12 +139,12 @@ fn cached_next_hop_is_used_until_invalidated() {
         }
         assert!(stale_used, "the cached MAC was never used");
         // ... until the generation moves on.
-        lab.dp_mut().maps.bump_nexthop_gen().unwrap();
+        lab.dp_mut().bump_nexthop_gen().unwrap();
         let r = lab.run(&ack, 0);
         assert_eq!(r.action, XDP_REDIRECT);
         assert_eq!(r.out[0..6], new_mac, "looked up again after the bump");
         assert_eq!(
-            lab.dp().maps.flows.get(&key, 0).unwrap().to_backend.dmac,
+            lab.dp().maps().flows.get(&key, 0).unwrap().to_backend.dmac,
             new_mac
         );
         // With no bump at all (no canaryd running), it still expires: within
@@ -181,7 +181,7 @@ fn cached_next_hop_is_used_until_invalidated() {
         let reply = tcp(side, backend, 80, client, 40000, Tcp::Ack);
         let r = lab.run(&reply, side as usize);
         assert_eq!(r.action, XDP_REDIRECT);
-        let back = lab.dp().maps.flows.get(&key, 0).unwrap().to_client;
+        let back = lab.dp().maps().flows.get(&key, 0).unwrap().to_client;
         assert_eq!(back.ifindex, lab.ifindex[0]);
         assert_eq!((back.dmac, back.smac), (mac_nbr(0), mac_lb(0)));
         let again = lab.run(&reply, side as usize);

@@ -157,7 +157,7 @@ pub fn with_dp<R>(
     if let Err(e) = dp.teardown() {
         eprintln!("cleanup: teardown of {tag}: {e:#}");
     }
-    let dir = canary_userspace::maps::pin_dir(&dp.instance);
+    let dir = canary_userspace::dataplane::maps::pin_dir(&dp.instance());
     let _ = dataplane::remove_pins(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     r
@@ -185,9 +185,9 @@ fn micro_paths(lab: &Lab, report: &mut Report) -> Result<()> {
     let size = lab.size;
     with_dp(lab, "paths", 1 << 21, 2, |dp, _| {
         // The xdp_pass program of the same object, as the floor.
-        let instance = dp.instance.clone();
+        let instance = dp.instance().to_string();
         let mut ebpf = aya::EbpfLoader::new()
-            .default_map_pin_directory(canary_userspace::maps::pin_dir(&instance))
+            .default_map_pin_directory(canary_userspace::dataplane::maps::pin_dir(&instance))
             .load(dataplane::ebpf_object())?;
         let pass: &mut Xdp = ebpf
             .program_mut(dataplane::PASS_PROGRAM)
@@ -254,10 +254,10 @@ fn micro_paths(lab: &Lab, report: &mut Report) -> Result<()> {
         // The established connection's own backend answers (a reply from
         // another backend would not be this connection's).
         let entry = dp
-            .maps
+            .maps()
             .flows
             .get(&flow_key(client, 40000, vip, 80, PROTO_TCP), 0)?;
-        let info = dp.maps.backends.get(&entry.backend_id, 0)?;
+        let info = dp.maps().backends.get(&entry.backend_id, 0)?;
         let backend = canary_common::addr::from_words(info.addr, info.family as u8);
         let reply = tcp(1, backend, 80, client, 40000, Kind::Ack);
         let (k, a) = lab.single(canary, 1, &mut |_| reply.clone(), &mut n)?;

@@ -37,13 +37,13 @@ pub fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
             let t = Instant::now();
             for i in 0..flows as usize {
                 let (s, p) = fresh_v4(i);
-                dp.maps
+                dp.maps_mut()
                     .flows
                     .insert(flow_key(s, p, vip, 80, PROTO_TCP), state, 0)?;
             }
             let fill = t.elapsed();
-            let stats0 =
-                dp.maps.version_stats(sid, 0)?.new_flows + dp.maps.version_stats(sid, 1)?.new_flows;
+            let stats0 = dp.maps().version_stats(sid, 0)?.new_flows
+                + dp.maps().version_stats(sid, 1)?.new_flows;
             // Established packets of pre-filled flows, spread over the table.
             // One untimed pass first: a connection's first packet looks its
             // route up and caches the next hop in its flow entry; the timed
@@ -59,8 +59,8 @@ pub fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
             lab.single(canary, 0, &mut established, &mut warm)?;
             let mut n = 0usize;
             let (k, a) = lab.single(canary, 0, &mut established, &mut n)?;
-            let stats1 =
-                dp.maps.version_stats(sid, 0)?.new_flows + dp.maps.version_stats(sid, 1)?.new_flows;
+            let stats1 = dp.maps().version_stats(sid, 0)?.new_flows
+                + dp.maps().version_stats(sid, 1)?.new_flows;
             let misses = stats1 - stats0;
             report.add(
                 G_FLOWS,
