@@ -157,7 +157,7 @@ pub fn with_dp<R>(
     if let Err(e) = dp.teardown() {
         eprintln!("cleanup: teardown of {tag}: {e:#}");
     }
-    let dir = canary_userspace::dataplane::maps::pin_dir(&dp.instance());
+    let dir = canary_userspace::dataplane::maps::pin_dir(dp.instance());
     let _ = dataplane::remove_pins(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     r
