@@ -1,0 +1,42 @@
+//! The forward path, one for both families: a client -> VIP packet is
+//! decided, rewritten toward its backend (DNAT), sent on, its decision
+//! remembered and its traffic counted for its version and backend.
+
+use crate::classify::Packet;
+use crate::decide::{decide, nexthop_gen, remember};
+use crate::family::IpHdr;
+use crate::outcome::Outcome;
+use crate::{health, nat, route, stats};
+use aya_ebpf::programs::XdpContext;
+use canary_common::{reason, FlowKey, VipInfo};
+
+#[inline(always)]
+pub fn forward<H: IpHdr, const L3: usize>(
+    ctx: &XdpContext,
+    pkt: &Packet<H>,
+    vip: &VipInfo,
+) -> Outcome {
+    let flow = FlowKey::new(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, H::FAMILY);
+    let gen = nexthop_gen();
+    let target = match decide(&flow, vip, gen) {
+        Ok(t) => t,
+        Err(outcome) => return outcome,
+    };
+    health::note_syn(ctx, pkt.l4, &flow, &target);
+    let backend = H::addr(&target.addr);
+    if nat::dnat::<H>(ctx, pkt.ip, pkt.l4, pkt.proto, &pkt.dst, &backend).is_none() {
+        return Outcome::drop(reason::DROP_MALFORMED);
+    }
+    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, target.cached);
+    remember(ctx, &flow, &target, routed.learned, gen);
+    if routed.outcome.delivered() {
+        stats::count_forward(
+            target.service_id,
+            target.version,
+            target.backend_id,
+            pkt.frame_len as u64,
+            target.new_flow,
+        );
+    }
+    routed.outcome
+}
