@@ -18,6 +18,7 @@ extern crate std;
 
 pub mod checksum;
 pub mod hash;
+pub mod keys;
 pub mod maps;
 pub mod split;
 pub mod weight;

@@ -40,6 +40,9 @@ pub mod names {
 
 /// Services (VIPs) one data plane serves.
 pub const MAX_SERVICES: u32 = 64;
+/// `VIPS` entries: per service its (addr, port, proto) key and its
+/// address's marker (see [`VipKey::marker`]).
+pub const MAX_VIP_ENTRIES: u32 = MAX_SERVICES * 2;
 /// Backends across all services and pools (ids index `BACKENDS`).
 pub const MAX_BACKENDS: u32 = 4096;
 /// Maglev lookup table size per (service, version, generation). Prime, and

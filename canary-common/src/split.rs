@@ -79,15 +79,14 @@ mod tests {
 
     fn client(i: u32, sport: u16) -> FlowKey {
         let a = [198u8, 18, (16 + (i >> 8)) as u8, i as u8];
-        FlowKey {
-            src: [u32::from_ne_bytes(a), 0, 0, 0],
-            dst: [u32::from_ne_bytes([198, 18, 100, 1]), 0, 0, 0],
-            sport: sport.to_be(),
-            dport: 80u16.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        }
+        FlowKey::new(
+            [u32::from_ne_bytes(a), 0, 0, 0],
+            [u32::from_ne_bytes([198, 18, 100, 1]), 0, 0, 0],
+            sport.to_be(),
+            80u16.to_be(),
+            PROTO_TCP,
+            FAMILY_V4,
+        )
     }
 
     #[test]

@@ -10,14 +10,14 @@ use canary_common::{
     BackendAddrKey, BackendInfo, BackendStats, FlowKey, FlowState, HealthStats, OverrideKeyData,
     OverrideValue, PendingHandshake, ReverseNat, ServiceState, VersionStats, VipInfo, VipKey,
     DEFAULT_FLOW_TABLE_SIZE, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_HANDSHAKES, MAX_OVERRIDES,
-    MAX_SERVICES, MAX_TX_PORTS, NUM_VERSIONS,
+    MAX_SERVICES, MAX_TX_PORTS, MAX_VIP_ENTRIES, NUM_VERSIONS,
 };
 
 /// VIP (addr, port, proto) -> service. An entry with port 0 and proto 0 marks
 /// the address itself as a VIP, so packets we cannot split (fragments,
 /// options) are recognised as addressed to a VIP before their ports are read.
 #[map(name = "VIPS")]
-pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_SERVICES * 2, 0);
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_VIP_ENTRIES, 0);
 
 #[map(name = "SERVICES")]
 pub static SERVICES: Array<ServiceState> = Array::pinned(MAX_SERVICES, 0);

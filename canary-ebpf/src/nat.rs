@@ -1,37 +1,37 @@
-//! Address rewrites with incremental checksum updates (RFC 1624). The IPv4
-//! header checksum covers the addresses; the TCP and UDP checksums cover them
+//! Address rewrites with incremental checksum updates (RFC 1624), one pair
+//! for both families (`IpHdr` supplies the header fields). The IPv4 header
+//! checksum covers the addresses; the TCP and UDP checksums cover them
 //! through the pseudo-header, for both IPv4 and IPv6. A UDP checksum of 0
 //! means "none" and stays 0.
 
-use crate::parse::{bytes16, ptr_at};
+use crate::family::IpHdr;
+use crate::parse::ptr_at;
 use aya_ebpf::programs::XdpContext;
 use canary_common::{checksum, PROTO_TCP};
-use network_types::{
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    tcp::TcpHdr,
-    udp::UdpHdr,
-};
+use network_types::{tcp::TcpHdr, udp::UdpHdr};
 
+/// The L4 checksum after the address `old` became `new`. `None`: the frame
+/// does not hold the L4 header (nothing was written).
 #[inline(always)]
-fn l4_update<const N: usize>(
+fn l4_update<H: IpHdr>(
     ctx: &XdpContext,
     l4: usize,
     proto: u8,
-    old: &[u32; N],
-    new: &[u32; N],
+    old: &[u32; 4],
+    new: &[u32; 4],
 ) -> Option<()> {
     if proto == PROTO_TCP {
         let tcp = ptr_at::<TcpHdr>(ctx, l4)?;
         unsafe {
             let c = u16::from_ne_bytes((*tcp).check);
-            (*tcp).check = checksum::replace_words(c, old, new).to_ne_bytes();
+            (*tcp).check = H::l4_check(c, old, new).to_ne_bytes();
         }
     } else {
         let udp = ptr_at::<UdpHdr>(ctx, l4)?;
         unsafe {
             let c = u16::from_ne_bytes((*udp).check);
             if c != 0 {
-                let updated = checksum::udp_nonzero(checksum::replace_words(c, old, new));
+                let updated = checksum::udp_nonzero(H::l4_check(c, old, new));
                 (*udp).check = updated.to_ne_bytes();
             }
         }
@@ -41,66 +41,30 @@ fn l4_update<const N: usize>(
 
 /// Client -> VIP becomes client -> backend.
 #[inline(always)]
-pub fn dnat_v4(
+pub fn dnat<H: IpHdr>(
     ctx: &XdpContext,
-    ip: *mut Ipv4Hdr,
+    ip: *mut H,
     l4: usize,
     proto: u8,
-    vip: u32,
-    backend: u32,
+    vip: &[u32; 4],
+    backend: &[u32; 4],
 ) -> Option<()> {
-    l4_update(ctx, l4, proto, &[vip], &[backend])?;
-    unsafe {
-        let c = u16::from_ne_bytes((*ip).check);
-        (*ip).check = checksum::replace_words(c, &[vip], &[backend]).to_ne_bytes();
-        (*ip).dst_addr = backend.to_ne_bytes();
-    }
+    l4_update::<H>(ctx, l4, proto, vip, backend)?;
+    H::set_dst(ip, vip, backend);
     Some(())
 }
 
 /// Backend -> client becomes VIP -> client.
 #[inline(always)]
-pub fn snat_v4(
+pub fn snat<H: IpHdr>(
     ctx: &XdpContext,
-    ip: *mut Ipv4Hdr,
-    l4: usize,
-    proto: u8,
-    backend: u32,
-    vip: u32,
-) -> Option<()> {
-    l4_update(ctx, l4, proto, &[backend], &[vip])?;
-    unsafe {
-        let c = u16::from_ne_bytes((*ip).check);
-        (*ip).check = checksum::replace_words(c, &[backend], &[vip]).to_ne_bytes();
-        (*ip).src_addr = vip.to_ne_bytes();
-    }
-    Some(())
-}
-
-#[inline(always)]
-pub fn dnat_v6(
-    ctx: &XdpContext,
-    ip: *mut Ipv6Hdr,
-    l4: usize,
-    proto: u8,
-    vip: &[u32; 4],
-    backend: &[u32; 4],
-) -> Option<()> {
-    l4_update(ctx, l4, proto, vip, backend)?;
-    unsafe { (*ip).dst_addr = bytes16(backend) };
-    Some(())
-}
-
-#[inline(always)]
-pub fn snat_v6(
-    ctx: &XdpContext,
-    ip: *mut Ipv6Hdr,
+    ip: *mut H,
     l4: usize,
     proto: u8,
     backend: &[u32; 4],
     vip: &[u32; 4],
 ) -> Option<()> {
-    l4_update(ctx, l4, proto, backend, vip)?;
-    unsafe { (*ip).src_addr = bytes16(vip) };
+    l4_update::<H>(ctx, l4, proto, backend, vip)?;
+    H::set_src(ip, backend, vip);
     Some(())
 }

@@ -1,0 +1,171 @@
+//! Sending a rewritten packet on, for both families and both directions:
+//! through the connection's cached next hop when one applies, else by
+//! asking the kernel's FIB (`bpf_fib_lookup`) and redirecting out of the
+//! egress interface, or handing the packet to the stack when the kernel has
+//! work to do (resolve a neighbour, a VLAN device, an ICMP error to send).
+
+use crate::family::IpHdr;
+use crate::maps::TX_PORTS;
+use crate::outcome::Outcome;
+use crate::parse::ptr_at;
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_PROHIBIT,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+    EbpfContext,
+};
+use canary_common::{reason, NextHop};
+use network_types::eth::EthHdr;
+
+/// The verdict on a packet, and the next hop it was redirected to (for the
+/// flow entry's cache; `gen` is filled in by the caller).
+pub struct Routed {
+    pub outcome: Outcome,
+    pub learned: Option<NextHop>,
+}
+
+#[inline(always)]
+fn only(outcome: Outcome) -> Routed {
+    Routed {
+        outcome,
+        learned: None,
+    }
+}
+
+/// Forwards a rewritten packet: through its connection's cached next hop
+/// when there is a valid one that applies, else by a route lookup (whose
+/// next hop the caller may cache).
+#[inline(always)]
+pub fn send<H: IpHdr, const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut H,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    cached: Option<NextHop>,
+) -> Routed {
+    match cached.and_then(|nh| via_cached::<H, L3>(ctx, ip, &nh)) {
+        Some(outcome) => only(outcome),
+        None => lookup::<H, L3>(ctx, ip, proto, sport, dport),
+    }
+}
+
+/// Redirects with a cached next hop, as `finish` would have after a lookup.
+/// `None` (and the packet untouched) when the cache does not apply: a VLAN
+/// frame, an expiring TTL, a packet over the route's MTU, an egress port
+/// no longer in TX_PORTS. The caller then takes the slow path.
+#[inline(always)]
+fn via_cached<H: IpHdr, const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut H,
+    nh: &NextHop,
+) -> Option<Outcome> {
+    let (ttl, ip_len) = (H::ttl(ip), H::ip_len(ip));
+    if L3 != EthHdr::LEN || ttl <= 1 || ip_len > nh.mtu as usize {
+        return None;
+    }
+    TX_PORTS.get_ifindex(nh.ifindex)?;
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    H::decrement_ttl(ip);
+    unsafe {
+        (*eth).dst_addr = nh.dmac;
+        (*eth).src_addr = nh.smac;
+    }
+    Some(match TX_PORTS.redirect(nh.ifindex, 0) {
+        Ok(_) => Outcome::REDIRECT,
+        // The port vanished between the check and the redirect. The frame
+        // already carries the next hop's MACs, so the stack would discard
+        // it as not ours: count it as the drop it is.
+        Err(_) => Outcome::drop(reason::DROP_UNROUTABLE),
+    })
+}
+
+#[inline(always)]
+fn lookup<H: IpHdr, const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut H,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> Routed {
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    H::fib_query(ip, &mut p);
+    p.l4_protocol = proto;
+    p.sport = sport;
+    p.dport = dport;
+    let ttl = H::ttl(ip);
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    finish::<H, L3>(ctx, ip, &p, rc, ttl)
+}
+
+/// After a lookup: redirect if we may, else let the stack route. The TTL is
+/// decremented only when the packet really is redirected (the stack
+/// decrements it itself otherwise).
+#[inline(always)]
+fn finish<H: IpHdr, const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut H,
+    params: &FibParams,
+    rc: i64,
+    ttl: u8,
+) -> Routed {
+    let rc = rc as u32;
+    if rc == BPF_FIB_LKUP_RET_BLACKHOLE
+        || rc == BPF_FIB_LKUP_RET_UNREACHABLE
+        || rc == BPF_FIB_LKUP_RET_PROHIBIT
+    {
+        return only(Outcome::drop(reason::DROP_UNROUTABLE));
+    }
+    // NO_NEIGH, FRAG_NEEDED, NOT_FWDED, ...: the kernel knows what to do.
+    if rc != BPF_FIB_LKUP_RET_SUCCESS {
+        return only(Outcome::pass(reason::PASS_TO_STACK));
+    }
+    // A tagged frame must leave through the VLAN device the stack owns; an
+    // expiring TTL needs an ICMP time-exceeded from the stack.
+    if L3 != EthHdr::LEN || ttl <= 1 {
+        return only(Outcome::pass(reason::PASS_TO_STACK));
+    }
+    if TX_PORTS.get_ifindex(params.ifindex).is_none() {
+        return only(Outcome::pass(reason::PASS_TO_STACK));
+    }
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return only(Outcome::pass(reason::PASS_MALFORMED));
+    };
+    H::decrement_ttl(ip);
+    unsafe {
+        (*eth).dst_addr = params.dmac;
+        (*eth).src_addr = params.smac;
+    }
+    match TX_PORTS.redirect(params.ifindex, 0) {
+        Ok(_) => {
+            // On success the kernel reports the route's MTU in the same
+            // field the packet length went in; 0 (not reported): no cache.
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            Routed {
+                outcome: Outcome::REDIRECT,
+                learned: (mtu != 0).then_some(NextHop {
+                    ifindex: params.ifindex,
+                    gen: 0,
+                    mtu,
+                    dmac: params.dmac,
+                    smac: params.smac,
+                    _pad: [0; 2],
+                }),
+            }
+        }
+        // As in `via_cached`: rewritten for the next hop, the stack would
+        // drop it.
+        Err(_) => only(Outcome::drop(reason::DROP_UNROUTABLE)),
+    }
+}
