@@ -2,7 +2,6 @@
 //! TCP or UDP, built with etherparse (valid checksums as built), the MAC
 //! scheme of the lab namespace, header offsets, and small address helpers.
 
-use canary_common::FlowKey;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub const ETH_HLEN: usize = 14;
@@ -151,18 +150,7 @@ pub fn set_u16(f: &mut [u8], at: usize, v: u16) {
 }
 
 /// The flow key of a client -> VIP packet, as the data plane stores it.
-pub fn flow_key(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
-    use canary_common::addr::{family, port_to_map, to_words};
-    FlowKey {
-        src: to_words(src),
-        dst: to_words(dst),
-        sport: port_to_map(sport),
-        dport: port_to_map(dport),
-        proto,
-        family: family(src),
-        _pad: [0; 2],
-    }
-}
+pub use canary_common::addr::flow_key;
 
 /// (ethertype, L3 offset) after at most one 802.1Q tag.
 pub fn l3_offset(f: &[u8]) -> Option<(u16, usize)> {

@@ -13,31 +13,16 @@ pub fn proto_number(p: Protocol) -> u8 {
 }
 
 pub fn vip_key(s: &ServiceConfig) -> VipKey {
-    VipKey {
-        addr: to_words(s.vip),
-        port: port_to_map(s.port),
-        proto: proto_number(s.protocol),
-        family: family(s.vip),
-    }
+    canary_common::addr::vip_key(s.vip, s.port, proto_number(s.protocol))
 }
 
 /// The key marking an address as a VIP address (any port).
 pub(super) fn vip_marker(addr: IpAddr) -> VipKey {
-    VipKey {
-        addr: to_words(addr),
-        port: 0,
-        proto: 0,
-        family: family(addr),
-    }
+    canary_common::addr::vip_marker(addr)
 }
 
 pub(super) fn backend_addr_key(s: &ServiceConfig, b: IpAddr) -> BackendAddrKey {
-    BackendAddrKey {
-        addr: to_words(b),
-        port: port_to_map(s.port),
-        proto: proto_number(s.protocol),
-        family: family(b),
-    }
+    canary_common::addr::backend_addr_key(b, s.port, proto_number(s.protocol))
 }
 
 /// The VIP flag of an affinity mode.
@@ -50,15 +35,13 @@ pub fn affinity_flag(a: Affinity) -> u32 {
 
 /// The flow a client's connection to service `s` has (port 0 when unknown).
 pub fn flow_key(s: &ServiceConfig, client: IpAddr, port: Option<u16>) -> FlowKey {
-    FlowKey {
-        src: to_words(client),
-        dst: to_words(s.vip),
-        sport: port_to_map(port.unwrap_or(0)),
-        dport: port_to_map(s.port),
-        proto: proto_number(s.protocol),
-        family: family(client),
-        _pad: [0; 2],
-    }
+    canary_common::addr::flow_key(
+        client,
+        port.unwrap_or(0),
+        s.vip,
+        s.port,
+        proto_number(s.protocol),
+    )
 }
 
 /// The OVERRIDES lookup key of one client address (a full-length prefix).

@@ -55,7 +55,7 @@ pub fn expected_layout(flow_table_size: u32) -> Vec<(&'static str, u32, u32, u32
             names::VIPS,
             sz(size_of::<VipKey>()),
             sz(size_of::<VipInfo>()),
-            MAX_SERVICES * 2,
+            MAX_VIP_ENTRIES,
         ),
         (
             names::SERVICES,

@@ -30,7 +30,7 @@ use aya::maps::PerCpuValues;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{xdp::XdpLink, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use canary_common::addr::{family, override_key, port_to_map, to_words};
+use canary_common::addr::{family, override_key, to_words};
 use canary_common::weight::WeightBp;
 use canary_common::{
     maglev_base, BackendAddrKey, BackendInfo, HealthStats, OverrideValue, ReverseNat, ServiceState,
