@@ -624,3 +624,49 @@ fn unanswered_handshakes_are_counted_and_roll_back() -> Result<()> {
     );
     Ok(())
 }
+
+/// A rollout keeps the `on_rollback` (and analysis) it started with: a
+/// reload to `on_rollback: reset` in the middle of a rollout started with
+/// `keep` does not reset its open canary connections when it is aborted.
+#[test]
+fn a_reload_does_not_change_a_rollout_under_way() -> Result<()> {
+    let topo = topology(0.0)?;
+    let plan = |on: &str| {
+        config(&format!(
+            "      steps: [100]
+      interval: 60s
+      on_rollback: {on}
+"
+        ))
+    };
+    let mut d = topo.spawn_canaryd(Some(&plan("keep")))?;
+    topo.ctl(&["rollout", "start", "shop"])?;
+    let mut conns = topo.client.run(|| {
+        (0..10)
+            .map(|i| {
+                canary_tests::tcp_connect(canary_tests::client_v4(i), vip(), Duration::from_secs(2))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    assert!(
+        conns.iter().all(|c| c.backend == "b3"),
+        "weight 100 went to stable"
+    );
+    d.reload(&plan("reset"))?.map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        topo.service_status("shop")?.rollout.unwrap().phase,
+        "running"
+    );
+    topo.ctl(&["rollout", "abort", "shop"])?;
+    // A reset would run on its own thread over the (small) flow table.
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = conns
+        .iter_mut()
+        .filter_map(|c| c.ping("after the rollback").ok())
+        .count();
+    assert_eq!(
+        alive, 10,
+        "the rollout started with on_rollback: keep, but its canary connections were reset"
+    );
+    Ok(())
+}
