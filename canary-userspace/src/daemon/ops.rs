@@ -77,8 +77,62 @@ impl Daemon {
         for l in &lines {
             info!("reload ({who}): {l}");
         }
+        self.forget_gone_services();
         self.respawn_probes();
         Ok(lines)
+    }
+
+    /// Drops what the daemon keeps per service name for services the
+    /// running config no longer has, so one removed and added again starts
+    /// afresh (no old timeout counts, step clocks, counter baselines,
+    /// pending rollbacks or external readings). Probe verdicts are pruned
+    /// by `respawn_probes`. The destructuring names every field of `Daemon`
+    /// on purpose: a new field does not compile until it is decided here
+    /// whether it is kept per service.
+    pub(super) fn forget_gone_services(&mut self) {
+        let Daemon {
+            // Not keyed by service name.
+            dp: _,
+            instance: _,
+            config_path: _,
+            file: _,
+            running,
+            // Pruned by `RuntimeState::effective` on every reload.
+            state: _,
+            state_path: _,
+            // Whole snapshots of the data plane, replaced every second;
+            // status matches them by name and saturates counter resets.
+            prev: _,
+            last: _,
+            events: _,
+            // Pruned by `respawn_probes` (per configured backend).
+            health: _,
+            probes: _,
+            probe_tx: _,
+            probe_epoch: _,
+            readings,
+            pollers: _,
+            timeouts,
+            tick_prev,
+            pending_rollbacks,
+            step_began,
+            recent,
+            last_tick: _,
+            last_expiry: _,
+        } = self;
+        let known: std::collections::HashSet<&str> =
+            running.services.iter().map(|s| s.name.as_str()).collect();
+        timeouts.retain(|(name, _), _| known.contains(name.as_str()));
+        tick_prev.retain(|name, _| known.contains(name.as_str()));
+        step_began.retain(|name, _| known.contains(name.as_str()));
+        pending_rollbacks.retain(|name| known.contains(name.as_str()));
+        for (_, counts) in recent.iter_mut() {
+            counts.retain(|name, _| known.contains(name.as_str()));
+        }
+        readings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| known.contains(name.as_str()));
     }
 
     /// Sets a service's canary weight on behalf of `who`.
