@@ -430,3 +430,70 @@ fn a_non_root_caller_gets_403_before_its_body_is_read() -> Result<()> {
     assert_eq!(maps.services.get(&0, 0)?.weight_bp, 3000, "nothing changed");
     Ok(())
 }
+
+/// Every weight change the rollout engine did not make is an event with
+/// who, from and to (set-weight, rollback, promote, a reload that changes
+/// the file's weight); so are backend changes and reloads.
+#[test]
+fn operator_changes_and_reloads_are_events() -> Result<()> {
+    let mut topo = Topology::new(3)?;
+    topo.start_servers(80)?;
+    let mut d = topo.spawn_canaryd(Some(&config(10.0)))?;
+    topo.ctl(&["set-weight", "shop", "25"])?;
+    topo.ctl(&["rollback", "shop"])?;
+    topo.ctl(&["backends", "add", "shop", "canary", "198.18.4.2"])?;
+    topo.ctl(&["backends", "remove", "shop", "canary", "198.18.4.2"])?;
+    d.reload(&config(40.0))?.map_err(anyhow::Error::msg)?;
+    let out = topo.ctl(&["--json", "events"])?;
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    for e in &events {
+        println!("{e}");
+    }
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["kind"] == kind).collect()
+    };
+    let weights = of("weight");
+    let moves: Vec<(f64, f64, &str)> = weights
+        .iter()
+        .map(|e| {
+            (
+                e["from_percent"].as_f64().unwrap_or(-1.0),
+                e["to_percent"].as_f64().unwrap_or(-1.0),
+                e["who"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (10.0, 25.0, "canaryctl (uid 0)"),
+            (25.0, 0.0, "canaryctl (uid 0)"),
+            (0.0, 40.0, "SIGHUP"),
+        ],
+        "{out}"
+    );
+    assert!(weights.iter().all(|e| e["service"] == "shop"), "{out}");
+    let backends = of("backend");
+    assert_eq!(backends.len(), 2, "{out}");
+    assert!(
+        backends[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("canary backend 198.18.4.2 added"),
+        "{out}"
+    );
+    assert_eq!(backends[1]["who"], "canaryctl (uid 0)", "{out}");
+    let reloads = of("reload");
+    assert_eq!(reloads.len(), 1, "{out}");
+    assert_eq!(reloads[0]["who"], "SIGHUP", "{out}");
+    // The human listing names them too.
+    let text = topo.ctl(&["events"])?;
+    assert!(
+        text.contains(" weight ") && text.contains(" reload "),
+        "{text}"
+    );
+    Ok(())
+}

@@ -26,7 +26,17 @@ impl Daemon {
         weight: WeightBp,
         who: &str,
     ) -> OpResult<Vec<String>> {
+        let from = self
+            .service_index(service)
+            .map(|i| self.running.services[i].weight())?;
         let mut lines = self.set_weight(service, weight, who)?;
+        self.events.push_weight(
+            service,
+            who,
+            from.percent(),
+            weight.percent(),
+            format!("service {service}: canary weight {from} -> {weight} ({who})"),
+        );
         if let Some(r) = self.state.rollouts.get_mut(service).filter(|r| r.active()) {
             let why = format!(
                 "stopped at step {}/{}: {who} set the weight to {weight}",
@@ -72,6 +82,12 @@ impl Daemon {
         }
         let mut state = self.state.clone();
         let next = state.effective(&file);
+        let before: Vec<(String, WeightBp)> = self
+            .running
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.weight()))
+            .collect();
         let lines = self.commit(next, state)?;
         self.file = file;
         for l in &lines {
@@ -79,6 +95,45 @@ impl Daemon {
         }
         self.forget_gone_services();
         self.respawn_probes();
+        for s in &self.running.services {
+            let Some((_, from)) = before.iter().find(|(n, _)| *n == s.name) else {
+                continue;
+            };
+            let to = s.weight();
+            if *from != to {
+                let line = format!(
+                    "service {}: canary weight {from} -> {to} (reload by {who})",
+                    s.name
+                );
+                info!("{line}");
+                self.events
+                    .push_weight(&s.name, who, from.percent(), to.percent(), line);
+            }
+        }
+        let names: Vec<&str> = self
+            .running
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        let added: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !before.iter().any(|(b, _)| b == n))
+            .collect();
+        let removed: Vec<&str> = before
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !names.contains(n))
+            .collect();
+        let mut msg = format!("config reloaded by {who}: services {names:?}");
+        if !added.is_empty() {
+            msg += &format!(", added {added:?}");
+        }
+        if !removed.is_empty() {
+            msg += &format!(", removed {removed:?}");
+        }
+        self.events.push_by("*", EventKind::Reload, who, msg);
         Ok(lines)
     }
 
@@ -235,6 +290,8 @@ impl Daemon {
             if add { "added" } else { "removed" }
         );
         info!("{line}");
+        self.events
+            .push_by(service, EventKind::Backend, who, line.clone());
         lines.insert(0, line);
         Ok(lines)
     }
