@@ -406,5 +406,15 @@ mod tests {
             "\"promoted\""
         );
         assert_eq!(format!("{:<8}|", EventKind::Step), "step    |");
+        for k in [EventKind::Weight, EventKind::Backend, EventKind::Reload] {
+            let wire = serde_json::to_string(&k).unwrap();
+            assert_eq!(wire, format!("\"{}\"", k.as_str()));
+        }
+        // An event without the optional fields (an older canaryd's) parses.
+        let e: Event = serde_json::from_str(
+            r#"{"seq":1,"time":"t","service":"shop","kind":"health","message":"m"}"#,
+        )
+        .unwrap();
+        assert_eq!((e.who, e.from_percent, e.to_percent), (None, None, None));
     }
 }
