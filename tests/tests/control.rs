@@ -349,3 +349,151 @@ fn metrics_match_the_maps_and_the_socket_is_root_only() -> Result<()> {
     );
     Ok(())
 }
+
+/// The root check comes before anything else of a request is read: a
+/// non-root caller gets 403 whatever its body or query, never 400. The
+/// socket is opened to everyone for this test (as root, on the test's own
+/// socket) so that a real non-root process (curl under setpriv, uid
+/// nobody) reaches the server, which must refuse it from SO_PEERCRED.
+#[test]
+fn a_non_root_caller_gets_403_before_its_body_is_read() -> Result<()> {
+    let mut topo = Topology::new(3)?;
+    topo.start_servers(80)?;
+    let _d = topo.spawn_canaryd(Some(&config(30.0)))?;
+    let socket = topo.socket();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+    let call = |uid: Option<u32>, method: &str, path: &str, body: &str| -> Result<String> {
+        let mut cmd = match uid {
+            Some(uid) => {
+                let id = uid.to_string();
+                let mut c = std::process::Command::new("setpriv");
+                c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "curl"]);
+                c
+            }
+            None => std::process::Command::new("curl"),
+        };
+        cmd.args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .arg("--unix-socket")
+        .arg(&socket)
+        .args(["-X", method, "-H", "content-type: application/json"]);
+        if !body.is_empty() {
+            cmd.args(["--data-raw", body]);
+        }
+        let out = cmd.arg(format!("http://canaryd{path}")).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let requests = [
+        ("POST", "/v1/services/shop/weight", "{\"percent\": "),
+        (
+            "POST",
+            "/v1/services/shop/weight",
+            "{\"percent\": \"lots\"}",
+        ),
+        ("POST", "/v1/services/shop/weight", "{\"percent\": 150}"),
+        ("POST", "/v1/services/shop/backends/add", "not json"),
+        (
+            "POST",
+            "/v1/services/shop/backends/remove",
+            "{\"pool\": \"x\"}",
+        ),
+        ("GET", "/v1/events?after=soon", ""),
+        ("GET", "/v1/services/shop/explain", ""),
+        ("POST", "/v1/reload", ""),
+    ];
+    for (method, path, body) in requests {
+        let got = call(Some(NOBODY), method, path, body)?;
+        assert_eq!(got, "403", "nobody: {method} {path} {body:?}");
+    }
+    // The same malformed requests from root are refused for their content.
+    for (method, path, body) in &requests[..2] {
+        let got = call(None, method, path, body)?;
+        assert!(
+            got.starts_with('4') && got != "403",
+            "root: {path} {body:?}: {got}"
+        );
+    }
+    let maps = Maps::from_pins(&topo.pin_dir())?;
+    assert_eq!(maps.services.get(&0, 0)?.weight_bp, 3000, "nothing changed");
+    Ok(())
+}
+
+/// Every weight change the rollout engine did not make is an event with
+/// who, from and to (set-weight, rollback, promote, a reload that changes
+/// the file's weight); so are backend changes and reloads.
+#[test]
+fn operator_changes_and_reloads_are_events() -> Result<()> {
+    let mut topo = Topology::new(3)?;
+    topo.start_servers(80)?;
+    let mut d = topo.spawn_canaryd(Some(&config(10.0)))?;
+    topo.ctl(&["set-weight", "shop", "25"])?;
+    topo.ctl(&["rollback", "shop"])?;
+    topo.ctl(&["backends", "add", "shop", "canary", "198.18.4.2"])?;
+    topo.ctl(&["backends", "remove", "shop", "canary", "198.18.4.2"])?;
+    d.reload(&config(40.0))?.map_err(anyhow::Error::msg)?;
+    let out = topo.ctl(&["--json", "events"])?;
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    for e in &events {
+        println!("{e}");
+    }
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["kind"] == kind).collect()
+    };
+    let weights = of("weight");
+    let moves: Vec<(f64, f64, &str)> = weights
+        .iter()
+        .map(|e| {
+            (
+                e["from_percent"].as_f64().unwrap_or(-1.0),
+                e["to_percent"].as_f64().unwrap_or(-1.0),
+                e["who"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (10.0, 25.0, "canaryctl (uid 0)"),
+            (25.0, 0.0, "canaryctl (uid 0)"),
+            (0.0, 40.0, "SIGHUP"),
+        ],
+        "{out}"
+    );
+    assert!(weights.iter().all(|e| e["service"] == "shop"), "{out}");
+    let backends = of("backend");
+    assert_eq!(backends.len(), 2, "{out}");
+    assert!(
+        backends[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("canary backend 198.18.4.2 added"),
+        "{out}"
+    );
+    assert_eq!(backends[1]["who"], "canaryctl (uid 0)", "{out}");
+    let reloads = of("reload");
+    assert_eq!(reloads.len(), 1, "{out}");
+    assert_eq!(reloads[0]["who"], "SIGHUP", "{out}");
+    // The human listing names them too.
+    let text = topo.ctl(&["events"])?;
+    assert!(
+        text.contains(" weight ") && text.contains(" reload "),
+        "{text}"
+    );
+    Ok(())
+}

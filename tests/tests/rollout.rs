@@ -14,14 +14,17 @@ const HEALTH_PORT: u16 = 8080;
 /// One service, `shop`, with an HTTP-probed pool and the given rollout
 /// (its keys, indented six spaces).
 fn config(rollout: &str) -> String {
-    LbConfig::lab()
-        .service(
-            Service::tcp("shop", VIP_V4, 80)
-                .weight(0.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"])
-                .raw(&format!(
-                    "    health:
+    LbConfig::lab().service(shop(rollout)).yaml()
+}
+
+/// The service of `config`.
+fn shop(rollout: &str) -> Service {
+    Service::tcp("shop", VIP_V4, 80)
+        .weight(0.0)
+        .stable(["198.18.1.2", "198.18.2.2"])
+        .canary(["198.18.3.2"])
+        .raw(&format!(
+            "    health:
       probe: http
       port: {HEALTH_PORT}
       path: /healthz
@@ -31,9 +34,7 @@ fn config(rollout: &str) -> String {
       healthy_after: 2
     rollout:
 {rollout}"
-                )),
-        )
-        .yaml()
+        ))
 }
 
 fn vip() -> SocketAddr {
@@ -573,29 +574,7 @@ fn unanswered_handshakes_are_counted_and_roll_back() -> Result<()> {
     let mut load = Load::start(&topo.client, vip(), LoadBounds::default());
     topo.ctl(&["rollout", "start", "shop"])?;
     std::thread::sleep(Duration::from_millis(1000));
-    let b3 = &topo.backends[2].ns;
-    b3.exec(&["nft", "add", "table", "ip", "cnry_blackhole"])?;
-    b3.exec(&[
-        "nft",
-        "add",
-        "chain",
-        "ip",
-        "cnry_blackhole",
-        "in",
-        "{ type filter hook input priority 0 ; }",
-    ])?;
-    b3.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "ip",
-        "cnry_blackhole",
-        "in",
-        "tcp",
-        "dport",
-        "80",
-        "drop",
-    ])?;
+    blackhole_canary_port(&topo)?;
     let took = time_to_weight_zero(&topo, &maps, Duration::from_secs(30), "blackhole")?;
     let (ok, failed) = load.stop();
     let s = topo.service_status("shop")?;
@@ -621,6 +600,144 @@ fn unanswered_handshakes_are_counted_and_roll_back() -> Result<()> {
     assert_eq!(
         s.signals.stable.handshake_timeouts, 0,
         "stable had no timeouts"
+    );
+    Ok(())
+}
+
+/// A rollout keeps the `on_rollback` (and analysis) it started with: a
+/// reload to `on_rollback: reset` in the middle of a rollout started with
+/// `keep` does not reset its open canary connections when it is aborted.
+#[test]
+fn a_reload_does_not_change_a_rollout_under_way() -> Result<()> {
+    let topo = topology(0.0)?;
+    let plan = |on: &str| {
+        config(&format!(
+            "      steps: [100]
+      interval: 60s
+      on_rollback: {on}
+"
+        ))
+    };
+    let mut d = topo.spawn_canaryd(Some(&plan("keep")))?;
+    topo.ctl(&["rollout", "start", "shop"])?;
+    let mut conns = topo.client.run(|| {
+        (0..10)
+            .map(|i| {
+                canary_tests::tcp_connect(canary_tests::client_v4(i), vip(), Duration::from_secs(2))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    assert!(
+        conns.iter().all(|c| c.backend == "b3"),
+        "weight 100 went to stable"
+    );
+    d.reload(&plan("reset"))?.map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        topo.service_status("shop")?.rollout.unwrap().phase,
+        "running"
+    );
+    topo.ctl(&["rollout", "abort", "shop"])?;
+    // A reset would run on its own thread over the (small) flow table.
+    std::thread::sleep(Duration::from_millis(300));
+    let alive = conns
+        .iter_mut()
+        .filter_map(|c| c.ping("after the rollback").ok())
+        .count();
+    assert_eq!(
+        alive, 10,
+        "the rollout started with on_rollback: keep, but its canary connections were reset"
+    );
+    Ok(())
+}
+
+/// The canary server (b3) drops every SYN to port 80 from now on (its
+/// namespace, and the rule, go with the topology).
+fn blackhole_canary_port(topo: &Topology) -> Result<()> {
+    let b3 = &topo.backends[2].ns;
+    b3.exec(&["nft", "add", "table", "ip", "cnry_blackhole"])?;
+    b3.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "cnry_blackhole",
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    ])?;
+    b3.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "cnry_blackhole",
+        "in",
+        "tcp",
+        "dport",
+        "80",
+        "drop",
+    ])?;
+    Ok(())
+}
+
+/// What canaryd keeps per service name (handshake timeout counts, step
+/// clocks, counter baselines) goes with the service: a service removed by
+/// a reload and added again by the next one starts from nothing.
+#[test]
+fn a_service_removed_and_added_again_starts_afresh() -> Result<()> {
+    let topo = topology(0.0)?;
+    let other = Service::tcp("other", VIP_V4, 81).stable(["198.18.1.2"]);
+    let with_shop = LbConfig::lab()
+        .service(shop(
+            "      steps: [100]
+      interval: 60s
+      analysis:
+        handshake_timeout: 500ms
+",
+        ))
+        .service(other.clone())
+        .yaml();
+    let without_shop = LbConfig::lab().service(other).yaml();
+    let mut d = topo.spawn_canaryd(Some(&with_shop))?;
+    topo.ctl(&["set-weight", "shop", "100"])?;
+    blackhole_canary_port(&topo)?;
+    // Five handshakes the canary never answers.
+    for i in 0..5 {
+        let c = topo.client.run(|| {
+            canary_tests::tcp_connect(
+                canary_tests::client_v4(i),
+                vip(),
+                Duration::from_millis(300),
+            )
+        });
+        assert!(c.is_err(), "the blackholed canary answered");
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let n = topo
+            .service_status("shop")?
+            .signals
+            .canary
+            .handshake_timeouts;
+        if n >= 5 {
+            break n;
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "{n} handshake timeouts counted, not 5"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("shop: {counted} canary handshake timeouts before the reloads");
+
+    d.reload(&without_shop)?.map_err(anyhow::Error::msg)?;
+    let status = topo.ctl(&["--json", "status"])?;
+    let s: canary_userspace::api::Status = serde_json::from_str(&status)?;
+    assert!(s.services.iter().all(|s| s.name != "shop"), "{status}");
+    d.reload(&with_shop)?.map_err(anyhow::Error::msg)?;
+    let s = topo.service_status("shop")?;
+    assert_eq!(
+        s.signals.canary.handshake_timeouts, 0,
+        "the re-added shop inherited the old service's timeouts"
     );
     Ok(())
 }

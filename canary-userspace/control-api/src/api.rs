@@ -300,8 +300,14 @@ pub enum EventKind {
     Rollback,
     /// A backend's probe verdict changed.
     Health,
-    /// An operator changed a weight.
+    /// A canary weight changed by anything but the rollout engine: an
+    /// operator (set-weight, rollback, promote) or a reload that changed
+    /// the file's weight. `who`, `from_percent` and `to_percent` are set.
     Weight,
+    /// A backend was added to or removed from a pool at run time.
+    Backend,
+    /// The config file was re-read and applied (service `*`: all of them).
+    Reload,
 }
 
 impl EventKind {
@@ -313,6 +319,8 @@ impl EventKind {
             EventKind::Rollback => "rollback",
             EventKind::Health => "health",
             EventKind::Weight => "weight",
+            EventKind::Backend => "backend",
+            EventKind::Reload => "reload",
         }
     }
 }
@@ -332,6 +340,14 @@ pub struct Event {
     pub service: String,
     pub kind: EventKind,
     pub message: String,
+    /// Who asked (operator changes, reloads): "canaryctl (uid 0)", "SIGHUP".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
+    /// A weight event's canary weight before and after, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_percent: Option<f64>,
 }
 
 /// What a step should do now.
@@ -390,5 +406,15 @@ mod tests {
             "\"promoted\""
         );
         assert_eq!(format!("{:<8}|", EventKind::Step), "step    |");
+        for k in [EventKind::Weight, EventKind::Backend, EventKind::Reload] {
+            let wire = serde_json::to_string(&k).unwrap();
+            assert_eq!(wire, format!("\"{}\"", k.as_str()));
+        }
+        // An event without the optional fields (an older canaryd's) parses.
+        let e: Event = serde_json::from_str(
+            r#"{"seq":1,"time":"t","service":"shop","kind":"health","message":"m"}"#,
+        )
+        .unwrap();
+        assert_eq!((e.who, e.from_percent, e.to_percent), (None, None, None));
     }
 }

@@ -1,5 +1,6 @@
 //! The control API server: HTTP/1.1 + JSON (axum) on a Unix socket that only
-//! root can open (mode 0600, and each request's peer uid is checked again).
+//! root can open (mode 0600, and each request's peer uid is checked again,
+//! before anything else of the request is read: `root_only`).
 //! Routes and bodies: see `api.rs`.
 
 use crate::control::api::{ApiError, BackendChange, Change, SetWeight};
@@ -126,10 +127,26 @@ pub async fn serve(
         .route("/v1/events", get(events))
         .route("/v1/reload", post(reload))
         .route("/v1/teardown", post(teardown_handler))
+        // Outermost: the caller's uid is checked before any route runs its
+        // extractors (a bad body from a non-root caller is 403, not 400).
+        .layer(axum::middleware::from_fn(root_only))
         .with_state(ctx);
     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .await
         .context("control API")
+}
+
+/// Every request: a caller that is not root is refused before its path,
+/// query or body is looked at.
+async fn root_only(
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match peer.check_root() {
+        Ok(()) => next.run(req).await,
+        Err(fail) => fail.into_response(),
+    }
 }
 
 type Reply<T> = Result<Json<T>, Fail>;

@@ -76,6 +76,26 @@ impl Daemon {
         })
     }
 
+    /// What a rollback of `service` does to open canary connections: the
+    /// running rollout's own `on_rollback` (kept from its start), else the
+    /// config's plan's.
+    pub(super) fn on_rollback(&self, service: &str) -> Option<OnRollback> {
+        let frozen = self
+            .state
+            .rollouts
+            .get(service)
+            .filter(|r| r.active())
+            .and_then(|r| r.on_rollback);
+        frozen.or_else(|| {
+            self.running
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .and_then(|s| s.rollout.as_ref())
+                .map(|p| p.on_rollback)
+        })
+    }
+
     /// The engine's heartbeat (every `rollout::TICK` from the daemon's loop): expire
     /// unanswered handshakes, feed each running rollout its window, carry
     /// out what it decides, save the progress.
@@ -143,6 +163,9 @@ impl Daemon {
             let Some(mut r) = self.state.rollouts.get(&name).cloned() else {
                 continue;
             };
+            // The analysis and on_rollback the rollout started with, not
+            // the config's now (a reload does not change a rollout under way).
+            let plan = r.frozen_plan(&plan);
             let not_before = *self.step_began.entry(name.clone()).or_insert(now);
             let external = plan.analysis.prometheus.as_ref().map(|check| {
                 let readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
@@ -169,10 +192,16 @@ impl Daemon {
             .iter()
             .filter_map(|s| {
                 let sid = self.dp.service_id(&s.name)?;
-                let t = s
-                    .rollout
-                    .as_ref()
-                    .map(|r| r.analysis.handshake_timeout)
+                // A rollout under way keeps the timeout it started with.
+                let frozen = self
+                    .state
+                    .rollouts
+                    .get(&s.name)
+                    .filter(|r| r.active())
+                    .and_then(|r| r.analysis.as_ref());
+                let t = frozen
+                    .or(s.rollout.as_ref().map(|r| &r.analysis))
+                    .map(|a| a.handshake_timeout)
                     .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT);
                 Some((sid, t.as_nanos() as u64))
             })
@@ -298,7 +327,7 @@ impl Daemon {
                     )
                 })?;
                 let why = format!("aborted by {who} at step {}/{}", r.step + 1, r.steps.len());
-                let reset = svc.rollout.as_ref().map(|p| p.on_rollback) == Some(OnRollback::Reset);
+                let reset = self.on_rollback(service) == Some(OnRollback::Reset);
                 self.rollback_now(service, why.clone(), reset);
                 format!("service {service}: rollout {why}; canary weight 0")
             }

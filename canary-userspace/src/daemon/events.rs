@@ -1,5 +1,6 @@
 //! The daemon's event log: rollout steps, promotions, rollbacks, health
-//! changes and weight changes, numbered so a client can follow it
+//! changes, weight changes (not the engine's own steps), backend changes
+//! and reloads, numbered so a client can follow it
 //! (`GET /v1/events?after=N&wait_ms=M`, `canaryctl events --follow`). Kept in
 //! memory (the last 1000); what must survive a restart is in the state file.
 
@@ -19,6 +20,33 @@ pub struct Events {
 
 impl Events {
     pub fn push(&self, service: &str, kind: EventKind, message: impl Into<String>) {
+        self.push_event(service, kind, message.into(), None, None);
+    }
+
+    /// An event caused by `who` (an operator, a reload).
+    pub fn push_by(&self, service: &str, kind: EventKind, who: &str, message: impl Into<String>) {
+        self.push_event(service, kind, message.into(), Some(who.to_string()), None);
+    }
+
+    /// A weight change not made by the rollout engine: who, from, to.
+    pub fn push_weight(&self, service: &str, who: &str, from: f64, to: f64, message: String) {
+        self.push_event(
+            service,
+            EventKind::Weight,
+            message,
+            Some(who.to_string()),
+            Some((from, to)),
+        );
+    }
+
+    fn push_event(
+        &self,
+        service: &str,
+        kind: EventKind,
+        message: String,
+        who: Option<String>,
+        weight: Option<(f64, f64)>,
+    ) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let seq = log.back().map(|e| e.seq + 1).unwrap_or(1);
         log.push_back(Event {
@@ -26,7 +54,10 @@ impl Events {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             service: service.to_string(),
             kind,
-            message: message.into(),
+            message,
+            who,
+            from_percent: weight.map(|w| w.0),
+            to_percent: weight.map(|w| w.1),
         });
         while log.len() > KEEP {
             log.pop_front();

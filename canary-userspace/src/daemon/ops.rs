@@ -26,7 +26,17 @@ impl Daemon {
         weight: WeightBp,
         who: &str,
     ) -> OpResult<Vec<String>> {
+        let from = self
+            .service_index(service)
+            .map(|i| self.running.services[i].weight())?;
         let mut lines = self.set_weight(service, weight, who)?;
+        self.events.push_weight(
+            service,
+            who,
+            from.percent(),
+            weight.percent(),
+            format!("service {service}: canary weight {from} -> {weight} ({who})"),
+        );
         if let Some(r) = self.state.rollouts.get_mut(service).filter(|r| r.active()) {
             let why = format!(
                 "stopped at step {}/{}: {who} set the weight to {weight}",
@@ -72,13 +82,112 @@ impl Daemon {
         }
         let mut state = self.state.clone();
         let next = state.effective(&file);
+        let before: Vec<(String, WeightBp)> = self
+            .running
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.weight()))
+            .collect();
         let lines = self.commit(next, state)?;
         self.file = file;
         for l in &lines {
             info!("reload ({who}): {l}");
         }
+        self.forget_gone_services();
         self.respawn_probes();
+        for s in &self.running.services {
+            let Some((_, from)) = before.iter().find(|(n, _)| *n == s.name) else {
+                continue;
+            };
+            let to = s.weight();
+            if *from != to {
+                let line = format!(
+                    "service {}: canary weight {from} -> {to} (reload by {who})",
+                    s.name
+                );
+                info!("{line}");
+                self.events
+                    .push_weight(&s.name, who, from.percent(), to.percent(), line);
+            }
+        }
+        let names: Vec<&str> = self
+            .running
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        let added: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !before.iter().any(|(b, _)| b == n))
+            .collect();
+        let removed: Vec<&str> = before
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| !names.contains(n))
+            .collect();
+        let mut msg = format!("config reloaded by {who}: services {names:?}");
+        if !added.is_empty() {
+            msg += &format!(", added {added:?}");
+        }
+        if !removed.is_empty() {
+            msg += &format!(", removed {removed:?}");
+        }
+        self.events.push_by("*", EventKind::Reload, who, msg);
         Ok(lines)
+    }
+
+    /// Drops what the daemon keeps per service name for services the
+    /// running config no longer has, so one removed and added again starts
+    /// afresh (no old timeout counts, step clocks, counter baselines,
+    /// pending rollbacks or external readings). Probe verdicts are pruned
+    /// by `respawn_probes`. The destructuring names every field of `Daemon`
+    /// on purpose: a new field does not compile until it is decided here
+    /// whether it is kept per service.
+    pub(super) fn forget_gone_services(&mut self) {
+        let Daemon {
+            // Not keyed by service name.
+            dp: _,
+            instance: _,
+            config_path: _,
+            file: _,
+            running,
+            // Pruned by `RuntimeState::effective` on every reload.
+            state: _,
+            state_path: _,
+            // Whole snapshots of the data plane, replaced every second;
+            // status matches them by name and saturates counter resets.
+            prev: _,
+            last: _,
+            events: _,
+            // Pruned by `respawn_probes` (per configured backend).
+            health: _,
+            probes: _,
+            probe_tx: _,
+            probe_epoch: _,
+            readings,
+            pollers: _,
+            timeouts,
+            tick_prev,
+            pending_rollbacks,
+            step_began,
+            recent,
+            last_tick: _,
+            last_expiry: _,
+        } = self;
+        let known: std::collections::HashSet<&str> =
+            running.services.iter().map(|s| s.name.as_str()).collect();
+        timeouts.retain(|(name, _), _| known.contains(name.as_str()));
+        tick_prev.retain(|name, _| known.contains(name.as_str()));
+        step_began.retain(|name, _| known.contains(name.as_str()));
+        pending_rollbacks.retain(|name| known.contains(name.as_str()));
+        for (_, counts) in recent.iter_mut() {
+            counts.retain(|name, _| known.contains(name.as_str()));
+        }
+        readings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, _| known.contains(name.as_str()));
     }
 
     /// Sets a service's canary weight on behalf of `who`.
@@ -181,6 +290,8 @@ impl Daemon {
             if add { "added" } else { "removed" }
         );
         info!("{line}");
+        self.events
+            .push_by(service, EventKind::Backend, who, line.clone());
         lines.insert(0, line);
         Ok(lines)
     }

@@ -129,7 +129,7 @@ impl Daemon {
                 "no healthy canary backend: {} failed its probes ({})",
                 t.addr, t.detail
             );
-            let reset = svc.rollout.as_ref().map(|r| r.on_rollback) == Some(OnRollback::Reset);
+            let reset = self.on_rollback(&svc.name) == Some(OnRollback::Reset);
             self.rollback_now(&svc.name, why, reset);
         }
     }

@@ -13,7 +13,7 @@
 //!   step, or promoted after the last) or fail (roll back). Until the sample
 //!   is there the step waits, showing its progress.
 
-use crate::config::RolloutConfig;
+use crate::config::{AnalysisConfig, OnRollback, RolloutConfig};
 use crate::rollout::analysis::{
     analyze_detailed, recent_guard, Analysis, Verdict, VersionCounts, WindowCounts,
 };
@@ -78,6 +78,14 @@ pub struct Rollout {
     /// external metric now.
     #[serde(default)]
     pub final_passed: bool,
+    /// The analysis limits and the rollback policy as they were when the
+    /// rollout started: like the steps, a config edit does not change them
+    /// for a rollout under way. None in state files written before they
+    /// were kept: the current config's are used then (`frozen_plan`).
+    #[serde(default)]
+    pub analysis: Option<AnalysisConfig>,
+    #[serde(default)]
+    pub on_rollback: Option<OnRollback>,
 }
 
 /// The engine's tick: canaryd calls `Daemon::tick` (and so every running
@@ -141,12 +149,29 @@ impl Rollout {
             recent: VecDeque::new(),
             guard_looks: 0,
             final_passed: false,
+            analysis: Some(plan.analysis.clone()),
+            on_rollback: Some(plan.on_rollback),
         };
         let action = Action::SetWeight(
             bp(plan.steps[0]),
             format!("rollout step 1/{} ({}%)", plan.steps.len(), plan.steps[0]),
         );
         (r, action)
+    }
+
+    /// The plan this rollout runs by: the steps, interval, analysis and
+    /// `on_rollback` it started with; `current` (the config's plan now)
+    /// only fills in what an older state file did not keep.
+    pub fn frozen_plan(&self, current: &RolloutConfig) -> RolloutConfig {
+        RolloutConfig {
+            steps: self.steps.clone(),
+            interval: self.interval(),
+            analysis: self
+                .analysis
+                .clone()
+                .unwrap_or_else(|| current.analysis.clone()),
+            on_rollback: self.on_rollback.unwrap_or(current.on_rollback),
+        }
     }
 
     pub fn weight(&self) -> WeightBp {
@@ -181,7 +206,9 @@ impl Rollout {
     }
 
     /// Counts `delta` (this tick's counters) and `dt` of observation, and
-    /// decides. `external` is the external metric's judgement, if the plan
+    /// decides, by the limits the rollout started with (`plan`, the
+    /// config's current plan, only stands in for ones an old state file did
+    /// not keep). `external` is the external metric's judgement, if the plan
     /// has one: a failure rolls back at once, and a step passes only while
     /// it is healthy.
     pub fn tick(
@@ -197,7 +224,7 @@ impl Rollout {
         add(&mut self.window.stable, &delta.stable);
         add(&mut self.window.canary, &delta.canary);
         self.step_elapsed_ms += dt.as_millis() as u64;
-        let mut limits = plan.limits();
+        let mut limits = self.frozen_plan(plan).limits();
         limits.steps = self.steps.len() as u32;
         let a = analyze_detailed(&self.window, &limits);
         let verdict = a.verdict.clone();
@@ -492,6 +519,52 @@ mod tests {
             }
         }
         assert!(ticks <= 10, "caught after {ticks} ticks");
+    }
+
+    /// A config edit under way (here: a far stricter `max_error_ratio`)
+    /// does not change how the running rollout judges its steps: it keeps
+    /// the limits it started with, as it keeps its steps.
+    #[test]
+    fn a_running_rollout_keeps_the_analysis_it_started_with() {
+        let mut started = plan();
+        started.analysis.max_error_ratio = Some(0.2);
+        let (mut r, _) = Rollout::start(&started);
+        let mut edited = started.clone();
+        edited.analysis.max_error_ratio = Some(0.001);
+        edited.on_rollback = OnRollback::Reset;
+        // A canary failing 2 % of its connections: well within 0.2, far
+        // above 0.001 (the SPRT would cross at once).
+        let sec = Duration::from_secs(1);
+        let a = r.tick_(&edited, &counts((5000, 0), (2000, 40)), sec);
+        assert_eq!(a, Action::None, "judged by the edited limits: {a:?}");
+        assert!(matches!(
+            r.tick_(&edited, &counts((0, 0), (0, 0)), sec),
+            Action::SetWeight(w, _) if w.bp() == 5000
+        ));
+    }
+
+    #[test]
+    fn the_plan_is_frozen_and_old_state_files_fall_back_to_the_config() {
+        let mut started = plan();
+        started.analysis.max_error_ratio = Some(0.2);
+        let (r, _) = Rollout::start(&started);
+        let mut edited = started.clone();
+        edited.analysis.max_error_ratio = Some(0.001);
+        edited.on_rollback = OnRollback::Reset;
+        edited.steps = vec![1.0];
+        let frozen = r.frozen_plan(&edited);
+        assert_eq!(frozen, started);
+        // A state file from before the limits were kept still loads, and
+        // then the current config's limits stand in.
+        let mut old = serde_json::to_value(&r).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("analysis");
+        o.remove("on_rollback");
+        let back: Rollout = serde_json::from_value(old).unwrap();
+        assert_eq!(back.analysis, None);
+        let fallback = back.frozen_plan(&edited);
+        assert_eq!(fallback.analysis.max_error_ratio, Some(0.001));
+        assert_eq!(fallback.on_rollback, OnRollback::Reset);
     }
 
     #[test]
