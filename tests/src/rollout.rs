@@ -1,11 +1,13 @@
-//! Watching a rollout of the one-service configs the rollout tests use
-//! (service `shop`, id 0): the weight in the map, the time until a rollback
-//! sets it to 0, and the rollout's end as status reports it.
+//! The rollout tests' lab: the one-service config they use (service
+//! `shop`, id 0, HTTP-probed pools, a plan given per test), its topology and
+//! faults, and watching a rollout: the weight in the map, the time until a
+//! rollback sets it to 0, and the rollout's end as status reports it.
 
-use crate::Topology;
+use crate::{LbConfig, ServerOptions, Service, Topology, VIP_V4};
 use anyhow::{bail, Context, Result};
 use canary_userspace::control::api::ServiceStatus;
 use canary_userspace::dataplane::maps::Maps;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// The canary weight of service id 0 in the `SERVICES` map.
@@ -58,4 +60,77 @@ pub fn wait_rollout_end(topo: &Topology, limit: Duration) -> Result<(ServiceStat
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+pub const HEALTH_PORT: u16 = 8080;
+
+/// One service, `shop`, with an HTTP-probed pool and the given rollout
+/// (its keys, indented six spaces).
+pub fn config(rollout: &str) -> String {
+    LbConfig::lab().service(shop(rollout)).yaml()
+}
+
+/// The service of `config`.
+pub fn shop(rollout: &str) -> Service {
+    Service::tcp("shop", VIP_V4, 80)
+        .weight(0.0)
+        .stable(["198.18.1.2", "198.18.2.2"])
+        .canary(["198.18.3.2"])
+        .raw(&format!(
+            "    health:
+      probe: http
+      port: {HEALTH_PORT}
+      path: /healthz
+      interval: 250ms
+      timeout: 200ms
+      unhealthy_after: 3
+      healthy_after: 2
+    rollout:
+{rollout}"
+        ))
+}
+
+pub fn vip() -> SocketAddr {
+    SocketAddr::new(VIP_V4.into(), 80)
+}
+
+pub fn topology(rst_fraction: f64) -> Result<Topology> {
+    let mut topo = Topology::new(3)?;
+    topo.start_servers_with(
+        80,
+        &ServerOptions {
+            http_port: Some(HEALTH_PORT),
+            rst_fraction,
+        },
+    )?;
+    Ok(topo)
+}
+
+/// The canary server (b3) drops every SYN to port 80 from now on (its
+/// namespace, and the rule, go with the topology).
+pub fn blackhole_canary_port(topo: &Topology) -> Result<()> {
+    let b3 = &topo.backends[2].ns;
+    b3.exec(&["nft", "add", "table", "ip", "cnry_blackhole"])?;
+    b3.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "cnry_blackhole",
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    ])?;
+    b3.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "cnry_blackhole",
+        "in",
+        "tcp",
+        "dport",
+        "80",
+        "drop",
+    ])?;
+    Ok(())
 }

@@ -68,7 +68,7 @@ enum Command {
         action: RolloutAction,
         service: String,
     },
-    /// The daemon's events (rollout steps, rollbacks, health changes).
+    /// The daemon's events (rollout steps, rollbacks, health changes, weight and backend changes, reloads).
     Events {
         /// Keep printing new events until interrupted.
         #[arg(long, short)]
