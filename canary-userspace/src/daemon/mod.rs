@@ -161,7 +161,11 @@ impl Daemon {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let state_path = RuntimeState::path(&dir, instance);
         let mut state = RuntimeState::load(&state_path)?;
-        let running = state.effective(&file);
+        let effective = state.effective(&file);
+        for line in &effective.dropped {
+            warn!("{line}");
+        }
+        let running = effective.config;
         let mut dp = DataPlane::load(instance, running.flow_table_size)?;
         match dp.apply(&running) {
             Ok(report) => {

@@ -71,8 +71,9 @@ impl Daemon {
             }
         }
         let mut state = self.state.clone();
-        let next = state.effective(&file);
-        let lines = self.commit(next, state)?;
+        let effective = state.effective(&file);
+        let mut lines = effective.dropped;
+        lines.extend(self.commit(effective.config, state)?);
         self.file = file;
         for l in &lines {
             info!("reload ({who}): {l}");
