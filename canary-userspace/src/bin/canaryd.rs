@@ -66,7 +66,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(args)) {
-        error!("{e:#}");
+        // One line on stderr (the log goes there too: not repeated).
         eprintln!("canaryd: {e:#}");
         std::process::exit(1);
     }

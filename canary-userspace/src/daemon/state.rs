@@ -135,14 +135,49 @@ impl RuntimeState {
         state_dir.join(format!("{instance}.state.json"))
     }
 
-    /// The saved state, or an empty one when there is none yet.
+    /// The saved state, or an empty one when there is none yet. A file that
+    /// does not parse, or whose values break an invariant the daemon relies
+    /// on (a rollout step beyond its plan, a weight out of range), is an
+    /// error naming the file and the field: one line, never a panic later.
     pub fn load(path: &Path) -> Result<RuntimeState> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading state file {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RuntimeState::default()),
-            Err(e) => Err(e).with_context(|| format!("reading state file {}", path.display())),
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(RuntimeState::default())
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading state file {}", path.display()))
+            }
+        };
+        let state: RuntimeState = serde_json::from_slice(&bytes)
+            .with_context(|| format!("state file {}", path.display()))?;
+        state
+            .check()
+            .map_err(|e| anyhow::anyhow!("state file {}: {e}", path.display()))?;
+        Ok(state)
+    }
+
+    /// The invariants of a loaded state, as `field: problem`.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let max = WeightBp::FULL.bp();
+        for (name, o) in &self.services {
+            if let Some(w) = &o.weight {
+                for (field, bp) in [
+                    ("weight_bp", w.weight_bp),
+                    ("file_weight_bp", w.file_weight_bp),
+                ] {
+                    if bp > max {
+                        return Err(format!(
+                            "services.{name}.weight.{field}: {bp} is out of range (0 to {max})"
+                        ));
+                    }
+                }
+            }
         }
+        for (name, r) in &self.rollouts {
+            r.check().map_err(|e| format!("rollouts.{name}.{e}"))?;
+        }
+        Ok(())
     }
 
     /// Writes atomically (temp file + rename), so a crash leaves either the
@@ -395,6 +430,49 @@ services:
         let again = st.effective(&file);
         assert_eq!(again.config, eff.config);
         assert!(again.dropped.is_empty());
+    }
+
+    #[test]
+    fn load_refuses_state_the_engine_would_panic_on() {
+        let dir = std::env::temp_dir().join(format!("canary-state-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = RuntimeState::path(&dir, "x");
+        let window =
+            serde_json::to_value(crate::rollout::analysis::WindowCounts::default()).unwrap();
+        let rollout = |steps: serde_json::Value, step: u64| {
+            serde_json::json!({"rollouts": {"shop": {
+                "phase": "running", "steps": steps, "interval_ms": 1000, "step": step,
+                "step_elapsed_ms": 0, "window": window, "last": null, "reason": null,
+                "history": []}}})
+        };
+        let cases = [
+            (
+                rollout(serde_json::json!([5, 10, 20, 50, 80, 100]), 7),
+                "rollouts.shop.step: 7 is beyond the plan's 6 steps".to_string(),
+            ),
+            (
+                rollout(serde_json::json!([]), 0),
+                "rollouts.shop.steps: the plan is empty".to_string(),
+            ),
+            (
+                serde_json::json!({"services": {"shop": {"weight": {
+                    "weight_bp": 20000, "source": "x", "file_weight_bp": 0}}}}),
+                "services.shop.weight.weight_bp: 20000 is out of range (0 to 10000)".to_string(),
+            ),
+        ];
+        for (json, field) in cases {
+            std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+            let err = format!("{:#}", RuntimeState::load(&path).unwrap_err());
+            assert_eq!(err, format!("state file {}: {field}", path.display()));
+        }
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = format!("{:#}", RuntimeState::load(&path).unwrap_err());
+        assert!(
+            err.starts_with(&format!("state file {}: ", path.display())),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
