@@ -167,6 +167,17 @@ impl Daemon {
         }
         let running = effective.config;
         let mut dp = DataPlane::load(instance, running.flow_table_size)?;
+        // A data plane this process created is removed again when the start
+        // fails; one taken over from an earlier canaryd keeps forwarding.
+        let abandon = |dp: &mut DataPlane| {
+            if dp.adopted() {
+                error!("the pinned data plane is left running as it was");
+            } else if let Err(e) = dp.teardown() {
+                error!("removing the data plane this canaryd attached: {e:#}");
+            } else {
+                info!("the data plane this canaryd attached is removed again");
+            }
+        };
         match dp.apply(&running) {
             Ok(report) => {
                 for line in report.lines {
@@ -174,13 +185,7 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                // A data plane this process created is removed again; one
-                // taken over from an earlier canaryd keeps forwarding.
-                if dp.adopted() {
-                    log::error!("the pinned data plane is left running as it was");
-                } else {
-                    let _ = dp.teardown();
-                }
+                abandon(&mut dp);
                 return Err(e.context("applying the config"));
             }
         }
@@ -194,7 +199,10 @@ impl Daemon {
                 );
             }
         }
-        state.save(&state_path)?;
+        if let Err(e) = state.save(&state_path) {
+            abandon(&mut dp);
+            return Err(e.context("saving the run-time state"));
+        }
         Ok(Daemon {
             dp,
             instance: instance.to_string(),
