@@ -162,6 +162,7 @@ async fn run(args: Args) -> Result<()> {
             _ = tick.tick() => lock(&daemon).tick(),
             _ = sample.tick() => {
                 let mut d = lock(&daemon);
+                d.retry_save();
                 if let Err(e) = d.sample() {
                     error!("reading counters: {e:#}");
                 }

@@ -137,6 +137,9 @@ pub struct Daemon {
     recent: VecDeque<(Instant, HashMap<String, WindowCounts>)>,
     last_tick: Option<Instant>,
     last_expiry: Option<Instant>,
+    /// A change is live in the maps but its state save failed (why): the
+    /// save is retried (`retry_save`, and by the next change) until it works.
+    unsaved: Option<String>,
 }
 
 /// Reads the config file, or the built-in one.
@@ -227,6 +230,7 @@ impl Daemon {
             recent: VecDeque::new(),
             last_tick: None,
             last_expiry: None,
+            unsaved: None,
         })
     }
 
@@ -239,16 +243,68 @@ impl Daemon {
     }
 
     /// Applies `next` as the running config and, if that worked, records
-    /// `state` as the new run-time state.
+    /// `state` as the new run-time state. Once the maps have it the change
+    /// is live, so it is a success even if the state file cannot be written:
+    /// the answer and the log say so, and the save is retried later.
     fn commit(&mut self, next: Config, state: RuntimeState) -> OpResult<Vec<String>> {
-        let report = self
+        let mut report = self
             .dp
             .apply(&next)
             .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
         self.running = next;
         self.state = state;
-        self.state.save(&self.state_path)?;
+        if let Some(line) = self.save_state() {
+            report.lines.push(line);
+        }
         Ok(report.lines)
+    }
+
+    /// Saves the run-time state. On failure the change stays live but
+    /// unsaved: the line returned (and logged) says so, and `retry_save`
+    /// tries again.
+    fn save_state(&mut self) -> Option<String> {
+        match self.state.save(&self.state_path) {
+            Ok(()) => {
+                if self.unsaved.take().is_some() {
+                    info!("run-time state saved to {}", self.state_path.display());
+                }
+                None
+            }
+            Err(e) => {
+                self.unsaved = Some(format!("{e:#}"));
+                let line = self.unsaved_note();
+                if let Some(l) = &line {
+                    error!("{l}");
+                }
+                line
+            }
+        }
+    }
+
+    /// The line saying the run-time state is not saved, while it is not.
+    fn unsaved_note(&self) -> Option<String> {
+        self.unsaved.as_ref().map(|e| {
+            format!(
+                "applied, but not saved to {}: {e}; it will not survive a restart \
+                 (the save is retried)",
+                self.state_path.display()
+            )
+        })
+    }
+
+    /// Retries a failed state save (canaryd calls it every second). Logs
+    /// only when the save works again.
+    pub fn retry_save(&mut self) {
+        if self.unsaved.is_none() {
+            return;
+        }
+        if self.state.save(&self.state_path).is_ok() {
+            self.unsaved = None;
+            info!(
+                "run-time state saved to {} (an earlier save had failed)",
+                self.state_path.display()
+            );
+        }
     }
 
     fn service_index(&self, name: &str) -> OpResult<usize> {

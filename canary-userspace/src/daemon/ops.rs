@@ -37,7 +37,12 @@ impl Daemon {
             if weight == WeightBp::ZERO {
                 *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
             }
-            self.state.save(&self.state_path)?;
+            // The weight is live; a failed save is said once (set_weight
+            // already said it if its own save failed).
+            let noted = self.unsaved.is_some();
+            if self.save_state().is_some() && !noted {
+                lines.extend(self.unsaved_note());
+            }
             let line = format!("service {service}: rollout {why}");
             warn!("{line}");
             self.events.push(service, EventKind::Rollout, line.clone());
@@ -115,7 +120,7 @@ impl Daemon {
         self.pending_rollbacks.remove(service);
         let line = format!("service {service}: canary weight {old} -> {weight} ({who})");
         info!("{line}");
-        Ok(vec![line])
+        Ok(std::iter::once(line).chain(self.unsaved_note()).collect())
     }
 
     /// Adds or removes a backend of one pool, through the Maglev
