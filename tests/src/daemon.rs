@@ -88,6 +88,50 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Runs canaryd as `spawn` does, for a start that must fail: waits up to
+    /// `timeout` for it to exit (then kills it) and returns its exit status
+    /// and everything it wrote to stderr.
+    pub fn run_to_exit(
+        topo: &Topology,
+        config_yaml: &str,
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, String)> {
+        let bin = bin_path("canaryd")?;
+        let config_path = std::env::temp_dir().join(format!("{}-canaryd-exit.yaml", topo.id));
+        std::fs::write(&config_path, config_yaml)?;
+        let err_path = std::env::temp_dir().join(format!("{}-canaryd-exit.err", topo.id));
+        let err = std::fs::File::create(&err_path)?;
+        let mut child = topo
+            .lb
+            .command(bin.to_str().unwrap())
+            .args(["--instance", topo.instance(), "--stats-interval", "0"])
+            .arg("--control-socket")
+            .arg(topo.socket())
+            .arg("--state-dir")
+            .arg(topo.state_dir())
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .context("starting canaryd")?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                break stop_child(&mut child).context("canaryd could not be reaped")?;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&err_path);
+        let _ = std::fs::remove_file(&config_path);
+        Ok((status, stderr))
+    }
+
     fn wait_for(&mut self, want: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {

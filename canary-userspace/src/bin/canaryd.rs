@@ -66,7 +66,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(args)) {
-        error!("{e:#}");
+        // One line on stderr (the log goes there too: not repeated).
         eprintln!("canaryd: {e:#}");
         std::process::exit(1);
     }
@@ -119,6 +119,11 @@ async fn run(args: Args) -> Result<()> {
         });
         info!("metrics on http://{addr}/metrics (read-only)");
     }
+    // The signal handlers are in place before "ready": a SIGHUP sent the
+    // moment a supervisor sees it must reload, not kill canaryd.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     say("canaryd applied config");
     say("canaryd ready");
 
@@ -130,9 +135,6 @@ async fn run(args: Args) -> Result<()> {
         }
         None => None,
     };
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut sample = tokio::time::interval(Duration::from_secs(1));
     // The rollout engine's heartbeat: fast enough that a clear failure is
     // acted on within a fraction of a second.
@@ -162,6 +164,7 @@ async fn run(args: Args) -> Result<()> {
             _ = tick.tick() => lock(&daemon).tick(),
             _ = sample.tick() => {
                 let mut d = lock(&daemon);
+                d.retry_save();
                 if let Err(e) = d.sample() {
                     error!("reading counters: {e:#}");
                 }

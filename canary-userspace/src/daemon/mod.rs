@@ -137,6 +137,9 @@ pub struct Daemon {
     recent: VecDeque<(Instant, HashMap<String, WindowCounts>)>,
     last_tick: Option<Instant>,
     last_expiry: Option<Instant>,
+    /// A change is live in the maps but its state save failed (why): the
+    /// save is retried (`retry_save`, and by the next change) until it works.
+    unsaved: Option<String>,
 }
 
 /// Reads the config file, or the built-in one.
@@ -161,8 +164,23 @@ impl Daemon {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let state_path = RuntimeState::path(&dir, instance);
         let mut state = RuntimeState::load(&state_path)?;
-        let running = state.effective(&file);
+        let effective = state.effective(&file);
+        for line in &effective.dropped {
+            warn!("{line}");
+        }
+        let running = effective.config;
         let mut dp = DataPlane::load(instance, running.flow_table_size)?;
+        // A data plane this process created is removed again when the start
+        // fails; one taken over from an earlier canaryd keeps forwarding.
+        let abandon = |dp: &mut DataPlane| {
+            if dp.adopted() {
+                error!("the pinned data plane is left running as it was");
+            } else if let Err(e) = dp.teardown() {
+                error!("removing the data plane this canaryd attached: {e:#}");
+            } else {
+                info!("the data plane this canaryd attached is removed again");
+            }
+        };
         match dp.apply(&running) {
             Ok(report) => {
                 for line in report.lines {
@@ -170,13 +188,7 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                // A data plane this process created is removed again; one
-                // taken over from an earlier canaryd keeps forwarding.
-                if dp.adopted() {
-                    log::error!("the pinned data plane is left running as it was");
-                } else {
-                    let _ = dp.teardown();
-                }
+                abandon(&mut dp);
                 return Err(e.context("applying the config"));
             }
         }
@@ -190,7 +202,10 @@ impl Daemon {
                 );
             }
         }
-        state.save(&state_path)?;
+        if let Err(e) = state.save(&state_path) {
+            abandon(&mut dp);
+            return Err(e.context("saving the run-time state"));
+        }
         Ok(Daemon {
             dp,
             instance: instance.to_string(),
@@ -215,6 +230,7 @@ impl Daemon {
             recent: VecDeque::new(),
             last_tick: None,
             last_expiry: None,
+            unsaved: None,
         })
     }
 
@@ -227,16 +243,68 @@ impl Daemon {
     }
 
     /// Applies `next` as the running config and, if that worked, records
-    /// `state` as the new run-time state.
+    /// `state` as the new run-time state. Once the maps have it the change
+    /// is live, so it is a success even if the state file cannot be written:
+    /// the answer and the log say so, and the save is retried later.
     fn commit(&mut self, next: Config, state: RuntimeState) -> OpResult<Vec<String>> {
-        let report = self
+        let mut report = self
             .dp
             .apply(&next)
             .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
         self.running = next;
         self.state = state;
-        self.state.save(&self.state_path)?;
+        if let Some(line) = self.save_state() {
+            report.lines.push(line);
+        }
         Ok(report.lines)
+    }
+
+    /// Saves the run-time state. On failure the change stays live but
+    /// unsaved: the line returned (and logged) says so, and `retry_save`
+    /// tries again.
+    fn save_state(&mut self) -> Option<String> {
+        match self.state.save(&self.state_path) {
+            Ok(()) => {
+                if self.unsaved.take().is_some() {
+                    info!("run-time state saved to {}", self.state_path.display());
+                }
+                None
+            }
+            Err(e) => {
+                self.unsaved = Some(format!("{e:#}"));
+                let line = self.unsaved_note();
+                if let Some(l) = &line {
+                    error!("{l}");
+                }
+                line
+            }
+        }
+    }
+
+    /// The line saying the run-time state is not saved, while it is not.
+    fn unsaved_note(&self) -> Option<String> {
+        self.unsaved.as_ref().map(|e| {
+            format!(
+                "applied, but not saved to {}: {e}; it will not survive a restart \
+                 (the save is retried)",
+                self.state_path.display()
+            )
+        })
+    }
+
+    /// Retries a failed state save (canaryd calls it every second). Logs
+    /// only when the save works again.
+    pub fn retry_save(&mut self) {
+        if self.unsaved.is_none() {
+            return;
+        }
+        if self.state.save(&self.state_path).is_ok() {
+            self.unsaved = None;
+            info!(
+                "run-time state saved to {} (an earlier save had failed)",
+                self.state_path.display()
+            );
+        }
     }
 
     fn service_index(&self, name: &str) -> OpResult<usize> {

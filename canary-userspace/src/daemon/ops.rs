@@ -47,7 +47,12 @@ impl Daemon {
             if weight == WeightBp::ZERO {
                 *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
             }
-            self.state.save(&self.state_path)?;
+            // The weight is live; a failed save is said once (set_weight
+            // already said it if its own save failed).
+            let noted = self.unsaved.is_some();
+            if self.save_state().is_some() && !noted {
+                lines.extend(self.unsaved_note());
+            }
             let line = format!("service {service}: rollout {why}");
             warn!("{line}");
             self.events.push(service, EventKind::Rollout, line.clone());
@@ -81,14 +86,15 @@ impl Daemon {
             }
         }
         let mut state = self.state.clone();
-        let next = state.effective(&file);
+        let effective = state.effective(&file);
         let before: Vec<(String, WeightBp)> = self
             .running
             .services
             .iter()
             .map(|s| (s.name.clone(), s.weight()))
             .collect();
-        let lines = self.commit(next, state)?;
+        let mut lines = effective.dropped;
+        lines.extend(self.commit(effective.config, state)?);
         self.file = file;
         for l in &lines {
             info!("reload ({who}): {l}");
@@ -174,6 +180,7 @@ impl Daemon {
             recent,
             last_tick: _,
             last_expiry: _,
+            unsaved: _,
         } = self;
         let known: std::collections::HashSet<&str> =
             running.services.iter().map(|s| s.name.as_str()).collect();
@@ -223,7 +230,7 @@ impl Daemon {
         self.pending_rollbacks.remove(service);
         let line = format!("service {service}: canary weight {old} -> {weight} ({who})");
         info!("{line}");
-        Ok(vec![line])
+        Ok(std::iter::once(line).chain(self.unsaved_note()).collect())
     }
 
     /// Adds or removes a backend of one pool, through the Maglev

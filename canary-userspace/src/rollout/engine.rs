@@ -174,6 +174,27 @@ impl Rollout {
         }
     }
 
+    /// The invariants the engine indexes on, for a rollout read back from
+    /// the state file: `field: problem` (relative to this rollout).
+    pub fn check(&self) -> Result<(), String> {
+        let n = self.steps.len();
+        if n == 0 {
+            return Err("steps: the plan is empty".to_string());
+        }
+        for (i, p) in self.steps.iter().enumerate() {
+            if let Err(e) = WeightBp::from_percent(*p) {
+                return Err(format!("steps[{i}]: {e}"));
+            }
+        }
+        if self.step >= n {
+            return Err(format!(
+                "step: {} is beyond the plan's {n} steps",
+                self.step
+            ));
+        }
+        Ok(())
+    }
+
     pub fn weight(&self) -> WeightBp {
         bp(self.steps[self.step])
     }
@@ -407,6 +428,24 @@ mod tests {
             },
             on_rollback: OnRollback::Keep,
         }
+    }
+
+    #[test]
+    fn check_names_what_the_engine_would_index_out_of_bounds() {
+        let (mut r, _) = Rollout::start(&plan());
+        assert_eq!(r.check(), Ok(()));
+        r.step = 2;
+        assert_eq!(r.check(), Ok(()));
+        r.step = 7;
+        assert_eq!(
+            r.check(),
+            Err("step: 7 is beyond the plan's 3 steps".to_string())
+        );
+        r.step = 0;
+        r.steps[1] = 150.0;
+        assert!(r.check().unwrap_err().starts_with("steps[1]: "));
+        r.steps.clear();
+        assert_eq!(r.check(), Err("steps: the plan is empty".to_string()));
     }
 
     fn counts(stable: (u64, u64), canary: (u64, u64)) -> WindowCounts {
