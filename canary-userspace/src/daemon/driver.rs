@@ -28,9 +28,7 @@ impl Daemon {
             source: source.clone(),
             file_weight_bp,
         });
-        if let Err(e) = self.state.save(&self.state_path) {
-            error!("saving the rollback of {service}: {e:#}");
-        }
+        self.save_state();
         // Then the map. Should the whole-config apply fail (an interface
         // gone, say), weight 0 is written straight into the service entry,
         // and the full apply is retried every tick.
@@ -177,9 +175,7 @@ impl Daemon {
             self.act(&name, action, plan.on_rollback == OnRollback::Reset);
         }
         if changed {
-            if let Err(e) = self.state.save(&self.state_path) {
-                error!("saving the rollout state: {e:#}");
-            }
+            self.save_state();
         }
     }
 
@@ -313,7 +309,7 @@ impl Daemon {
                     }
                     self.step_began.insert(service.to_string(), Instant::now());
                 }
-                self.state.save(&self.state_path)?;
+                self.save_state();
                 let line = format!("service {service}: rollout {verb}d by {who}");
                 info!("{line}");
                 self.events.push(service, EventKind::Rollout, line.clone());
@@ -332,7 +328,8 @@ impl Daemon {
                 format!("service {service}: rollout {why}; canary weight 0")
             }
         };
-        Ok(vec![line])
+        // Live either way; a state that could not be saved is said.
+        Ok(std::iter::once(line).chain(self.unsaved_note()).collect())
     }
 }
 
