@@ -10,13 +10,15 @@
 //! (local routes plus non-local bind). VIPs are routed to the LB by default.
 
 use crate::cleanup;
+use crate::client::{tcp_connect, Conn};
 use crate::daemon::Daemon;
 use crate::netns::Netns;
 use anyhow::{Context, Result};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
@@ -293,6 +295,23 @@ impl Topology {
     /// built-in one.
     pub fn spawn_canaryd(&self, config_yaml: Option<&str>) -> Result<Daemon> {
         Daemon::spawn(self, config_yaml, &[])
+    }
+
+    /// Opens `n` TCP connections to `dst` from the client namespace, from
+    /// `client_v4(first)`, `client_v4(first + 1)`, ... and keeps them open;
+    /// the first that fails is the error.
+    pub fn open_v4(
+        &self,
+        first: u32,
+        n: u32,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Vec<Conn>> {
+        self.client.run(|| {
+            (first..first + n)
+                .map(|i| tcp_connect(client_v4(i), dst, timeout))
+                .collect()
+        })
     }
 
     /// `canaryctl args...` as root: its stdout, or an error carrying its

@@ -120,11 +120,7 @@ fn restart_without_loss() -> Result<()> {
     // new connection is visible: it would reach stable).
     topo.ctl(&["set-weight", "shop", "100"])?;
     let client = &topo.client;
-    let mut conns = client.run(|| {
-        (0..50)
-            .map(|i| tcp_connect(client_v4(3000 + i), vip(), Duration::from_secs(3)))
-            .collect::<Result<Vec<_>>>()
-    })?;
+    let mut conns = topo.open_v4(3000, 50, vip(), Duration::from_secs(3))?;
 
     let stop = AtomicBool::new(false);
     let made = AtomicU32::new(0);

@@ -5,8 +5,8 @@
 use anyhow::Result;
 use canary_common::{VERSION_CANARY, VERSION_STABLE};
 use canary_tests::{
-    burst, client_v4, client_v6, tcp_connect, udp_request, LbConfig, NftCounters, Service,
-    Topology, VIP_V4, VIP_V6,
+    burst, client_v4, client_v6, udp_request, LbConfig, NftCounters, Service, Topology, VIP_V4,
+    VIP_V6,
 };
 use canary_userspace::config::Config;
 use canary_userspace::dataplane::maps::Maps;
@@ -181,11 +181,7 @@ fn open_connections_survive_weight_changes() -> Result<()> {
     let mut d = topo.spawn_canaryd(Some(&config(10.0)))?;
     let vip = SocketAddr::new(VIP_V4.into(), 80);
     let client = &topo.client;
-    let mut conns = client.run(|| {
-        (0..50)
-            .map(|i| tcp_connect(client_v4(1000 + i), vip, Duration::from_secs(3)))
-            .collect::<Result<Vec<_>>>()
-    })?;
+    let mut conns = topo.open_v4(1000, 50, vip, Duration::from_secs(3))?;
     let started: Vec<String> = conns.iter().map(|c| c.backend.clone()).collect();
     for (step, weight) in [50.0, 0.0, 100.0].into_iter().enumerate() {
         d.reload(&config(weight)).unwrap().expect("reload");

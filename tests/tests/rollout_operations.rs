@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use canary_tests::rollout::{
     blackhole_canary_port, config, shop, topology, vip, wait_rollout_end, weight_bp,
 };
-use canary_tests::{LbConfig, Load, LoadBounds, Service, VIP_V4};
+use canary_tests::{Conn, LbConfig, Load, LoadBounds, Service, Topology, VIP_V4};
 use canary_userspace::dataplane::maps::Maps;
 use std::time::{Duration, Instant};
 
@@ -232,44 +232,15 @@ fn unhealthy_backend_leaves_its_pool_and_returns() -> Result<()> {
 #[test]
 fn open_canary_connections_survive_a_rollback_unless_reset() -> Result<()> {
     let topo = topology(0.0)?;
-    let plan = |on: &str| {
-        config(&format!(
-            "      steps: [100]
-      interval: 60s
-      on_rollback: {on}
-"
-        ))
-    };
-    let mut d = topo.spawn_canaryd(Some(&plan("keep")))?;
+    let mut d = topo.spawn_canaryd(Some(&one_full_step("keep")))?;
     for (on, base) in [("keep", 0u32), ("reset", 100)] {
         if on == "reset" {
-            d.reload(&plan("reset"))?.map_err(anyhow::Error::msg)?;
+            d.reload(&one_full_step("reset"))?
+                .map_err(anyhow::Error::msg)?;
         }
         topo.ctl(&["rollout", "start", "shop"])?;
-        let mut conns = topo.client.run(|| {
-            (0..10)
-                .map(|i| {
-                    canary_tests::tcp_connect(
-                        canary_tests::client_v4(base + i),
-                        vip(),
-                        Duration::from_secs(2),
-                    )
-                })
-                .collect::<Result<Vec<_>>>()
-        })?;
-        assert!(
-            conns.iter().all(|c| c.backend == "b3"),
-            "weight 100 went to stable"
-        );
-        topo.ctl(&["rollout", "abort", "shop"])?;
-        // A reset runs on its own thread over the flow table: give it a
-        // moment (the table is small here).
-        std::thread::sleep(Duration::from_millis(300));
-        let alive = conns
-            .iter_mut()
-            .map(|c| c.ping("after the rollback").is_ok())
-            .filter(|ok| *ok)
-            .count();
+        let mut conns = open_canary_connections(&topo, base)?;
+        let alive = abort_and_count_alive(&topo, &mut conns)?;
         println!("on_rollback: {on}: {alive} of 10 open canary connections still work");
         match on {
             "keep" => assert_eq!(alive, 10),
@@ -285,39 +256,16 @@ fn open_canary_connections_survive_a_rollback_unless_reset() -> Result<()> {
 #[test]
 fn a_reload_does_not_change_a_rollout_under_way() -> Result<()> {
     let topo = topology(0.0)?;
-    let plan = |on: &str| {
-        config(&format!(
-            "      steps: [100]
-      interval: 60s
-      on_rollback: {on}
-"
-        ))
-    };
-    let mut d = topo.spawn_canaryd(Some(&plan("keep")))?;
+    let mut d = topo.spawn_canaryd(Some(&one_full_step("keep")))?;
     topo.ctl(&["rollout", "start", "shop"])?;
-    let mut conns = topo.client.run(|| {
-        (0..10)
-            .map(|i| {
-                canary_tests::tcp_connect(canary_tests::client_v4(i), vip(), Duration::from_secs(2))
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
-    assert!(
-        conns.iter().all(|c| c.backend == "b3"),
-        "weight 100 went to stable"
-    );
-    d.reload(&plan("reset"))?.map_err(anyhow::Error::msg)?;
+    let mut conns = open_canary_connections(&topo, 0)?;
+    d.reload(&one_full_step("reset"))?
+        .map_err(anyhow::Error::msg)?;
     assert_eq!(
         topo.service_status("shop")?.rollout.unwrap().phase,
         "running"
     );
-    topo.ctl(&["rollout", "abort", "shop"])?;
-    // A reset would run on its own thread over the (small) flow table.
-    std::thread::sleep(Duration::from_millis(300));
-    let alive = conns
-        .iter_mut()
-        .filter_map(|c| c.ping("after the rollback").ok())
-        .count();
+    let alive = abort_and_count_alive(&topo, &mut conns)?;
     assert_eq!(
         alive, 10,
         "the rollout started with on_rollback: keep, but its canary connections were reset"
@@ -386,4 +334,38 @@ fn a_service_removed_and_added_again_starts_afresh() -> Result<()> {
         "the re-added shop inherited the old service's timeouts"
     );
     Ok(())
+}
+
+/// A plan of one step at 100 % that lasts (60 s) with the given
+/// `on_rollback`.
+fn one_full_step(on_rollback: &str) -> String {
+    config(&format!(
+        "      steps: [100]
+      interval: 60s
+      on_rollback: {on_rollback}
+"
+    ))
+}
+
+/// Ten connections from `client_v4(base)`.. while the weight is 100 %: all
+/// on the canary (b3), kept open.
+fn open_canary_connections(topo: &Topology, base: u32) -> Result<Vec<Conn>> {
+    let conns = topo.open_v4(base, 10, vip(), Duration::from_secs(2))?;
+    assert!(
+        conns.iter().all(|c| c.backend == "b3"),
+        "weight 100 went to stable"
+    );
+    Ok(conns)
+}
+
+/// Aborts the rollout and counts the connections that still answer. A
+/// reset runs on its own thread over the flow table: it gets a moment (the
+/// table is small here).
+fn abort_and_count_alive(topo: &Topology, conns: &mut [Conn]) -> Result<usize> {
+    topo.ctl(&["rollout", "abort", "shop"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(conns
+        .iter_mut()
+        .filter_map(|c| c.ping("after the rollback").ok())
+        .count())
 }

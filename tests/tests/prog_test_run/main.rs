@@ -23,8 +23,8 @@ mod reply;
 mod routing;
 
 use canary_common::{
-    backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, AFFINITY_FLOW,
-    AFFINITY_SOURCE_IP, PROTO_TCP, PROTO_UDP, VERSION_CANARY, VERSION_STABLE,
+    backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, PROTO_TCP,
+    PROTO_UDP, VERSION_CANARY, VERSION_STABLE,
 };
 pub use canary_tests::checksum::*;
 use canary_tests::netns::ip_batch;
@@ -33,6 +33,7 @@ pub use canary_tests::prog_run::*;
 pub use canary_tests::xdp_lab::*;
 use canary_tests::{LbConfig, Service};
 use canary_userspace::config::Version;
+use canary_userspace::dataplane::affinity_flag;
 use std::net::IpAddr;
 
 const VIP4: &str = "198.18.100.1";
@@ -79,10 +80,7 @@ fn config(weight: f64) -> String {
 /// configured seed and weight (what `canaryctl explain` says).
 fn predicted_version(lab: &Lab, service: &str, key: &canary_common::FlowKey) -> u32 {
     let s = lab.service(service);
-    let affinity = match s.affinity {
-        canary_userspace::config::Affinity::SourceIp => AFFINITY_SOURCE_IP,
-        canary_userspace::config::Affinity::Flow => AFFINITY_FLOW,
-    };
+    let affinity = affinity_flag(s.affinity);
     choose_version(split_hash(key, affinity, s.seed()), s.weight_bp())
 }
 
@@ -91,10 +89,7 @@ fn predicted_version(lab: &Lab, service: &str, key: &canary_common::FlowKey) -> 
 fn maglev_backend(lab: &Lab, service: &str, version: u32, key: &canary_common::FlowKey) -> u32 {
     let sid = lab.sid(service);
     let s = lab.service(service);
-    let affinity = match s.affinity {
-        canary_userspace::config::Affinity::SourceIp => AFFINITY_SOURCE_IP,
-        canary_userspace::config::Affinity::Flow => AFFINITY_FLOW,
-    };
+    let affinity = affinity_flag(s.affinity);
     let state = lab.dp().maps().services.get(&sid, 0).unwrap();
     let gen = state.live_gen[version as usize] & 1;
     let slot = maglev_slot(backend_hash(key, affinity, s.seed()));

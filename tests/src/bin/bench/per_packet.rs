@@ -117,6 +117,21 @@ impl Lab<'_> {
         Ok((median(rounds), action))
     }
 
+    /// `single` over IPv4 new-flow SYNs to `vip`:80, a fresh source
+    /// (`fresh_v4`) per packet, so every one misses FLOWS.
+    pub fn new_flow_syns(&self, prog: &Xdp, vip: IpAddr) -> Result<(f64, u32)> {
+        let mut n = 0usize;
+        self.single(
+            prog,
+            0,
+            &mut |n| {
+                let (s, p) = fresh_v4(n);
+                tcp(0, s, p, vip, 80, Kind::Syn)
+            },
+            &mut n,
+        )
+    }
+
     fn repeated(&self, prog: &Xdp, pkt: &[u8]) -> Result<(f64, u32)> {
         let mut v = Vec::new();
         let mut action = 0;
@@ -218,16 +233,7 @@ fn micro_paths(lab: &Lab, report: &mut Report) -> Result<()> {
         report.add(G_ONE, "xdp_pass (floor)", k, "ns/pkt", "");
         let (k, a) = lab.single(canary, 0, &mut |_| non_vip.clone(), &mut n)?;
         report.add(G_ONE, "canary, non-VIP packet", k, "ns/pkt", action(a));
-        let mut n = 0usize;
-        let (k, a) = lab.single(
-            canary,
-            0,
-            &mut |n| {
-                let (s, p) = fresh_v4(n);
-                tcp(0, s, p, vip, 80, Kind::Syn)
-            },
-            &mut n,
-        )?;
+        let (k, a) = lab.new_flow_syns(canary, vip)?;
         report.add(
             G_ONE,
             "canary, new-flow TCP SYN (FLOWS miss)",

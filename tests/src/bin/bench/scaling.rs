@@ -83,16 +83,7 @@ pub fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
             applies.push((b, took));
             let canary = dp.program()?;
             let vip = IpAddr::V4(LAB_VIP4);
-            let mut n = 0usize;
-            let (k, a) = lab.single(
-                canary,
-                0,
-                &mut |n| {
-                    let (s, p) = fresh_v4(n);
-                    tcp(0, s, p, vip, 80, Kind::Syn)
-                },
-                &mut n,
-            )?;
+            let (k, a) = lab.new_flow_syns(canary, vip)?;
             report.add(
                 G_BACKENDS,
                 format!("new-flow SYN, {b} backends per pool"),
