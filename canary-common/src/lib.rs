@@ -17,8 +17,10 @@
 extern crate std;
 
 pub mod checksum;
+pub mod flow;
 pub mod hash;
 pub mod keys;
+pub mod layout_v1;
 pub mod maps;
 pub mod split;
 pub mod weight;

@@ -18,9 +18,15 @@ pub mod names {
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const HANDSHAKES: &str = "HANDSHAKES";
     pub const HEALTH_STATS: &str = "HEALTH_STATS";
-    pub const NEXTHOP_GEN: &str = "NEXTHOP_GEN";
-    /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 14] = [
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const BACKEND_NEXTHOP: &str = "BACKEND_NEXTHOP";
+    pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
+    pub const FLOOD: &str = "FLOOD";
+    /// Layout 1's next-hop generation (replaced by `SETTINGS`): only
+    /// named so an upgrade can find and drop it.
+    pub const NEXTHOP_GEN_V1: &str = "NEXTHOP_GEN";
+    /// Every map of this layout, for pinning and cleanup.
+    pub const ALL: [&str; 17] = [
         VIPS,
         SERVICES,
         BACKENDS,
@@ -34,17 +40,29 @@ pub mod names {
         TX_PORTS,
         HANDSHAKES,
         HEALTH_STATS,
-        NEXTHOP_GEN,
+        SETTINGS,
+        BACKEND_NEXTHOP,
+        LOCAL_ADDRS,
+        FLOOD,
     ];
 }
 
-/// Services (VIPs) one data plane serves.
-pub const MAX_SERVICES: u32 = 64;
+/// The map layout this data plane uses. Layout 1 (before the flow
+/// lifecycle) had a 64-byte `FlowState`, `NEXTHOP_GEN` and 64 services /
+/// 4,096 backends; canaryd migrates its pins (see `layout_v1`).
+pub const LAYOUT_VERSION: u32 = 2;
+
+/// Services (VIPs) one data plane serves, at most. The Maglev tables are
+/// sized at load time for the services the config allows
+/// (`limits.services`), so this ceiling costs nothing until it is used.
+pub const MAX_SERVICES: u32 = 1024;
+/// `limits.services` when the config does not say.
+pub const DEFAULT_SERVICE_LIMIT: u32 = 256;
 /// `VIPS` entries: per service its (addr, port, proto) key and its
 /// address's marker (see [`VipKey::marker`]).
 pub const MAX_VIP_ENTRIES: u32 = MAX_SERVICES * 2;
 /// Backends across all services and pools (ids index `BACKENDS`).
-pub const MAX_BACKENDS: u32 = 4096;
+pub const MAX_BACKENDS: u32 = 16_384;
 /// Maglev lookup table size per (service, version, generation). Prime, and
 /// large against the pool sizes we expect (the paper wants M >> N; with
 /// M = 16381 a pool of 100 backends gets ~164 slots each).
@@ -54,6 +72,8 @@ pub const MAGLEV_TABLE_SIZE: u32 = 16381;
 pub const MAGLEV_GENERATIONS: u32 = 2;
 /// Flow table entries unless the config says otherwise.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// Local addresses canaryd lists for the reply path (`LOCAL_ADDRS`).
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
 /// Source-prefix override entries.
 pub const MAX_OVERRIDES: u32 = 16_384;
 /// Interfaces the program may redirect to.
@@ -118,7 +138,9 @@ pub struct ServiceState {
     pub pool_size: [u32; 2],
     /// Non-zero when the service is configured (an array slot always exists).
     pub active: u32,
-    pub _pad: u32,
+    /// Non-zero when the service has source-prefix overrides (a new flow of
+    /// a service without any skips the LPM lookup).
+    pub has_overrides: u32,
 }
 
 /// `BACKENDS` value, indexed by backend id.
@@ -146,13 +168,15 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// A next hop `bpf_fib_lookup` found for a connection (egress interface,
-/// MACs, the route's MTU), cached in its flow entry so its next packets skip
-/// the lookup (about 230 ns of the 380 an established packet costs). Valid
-/// while `gen` equals the program's current generation: `NEXTHOP_GEN[0]`
-/// (bumped by canaryd on every config change) plus the time in units of
-/// 2^30 ns, so a route or neighbour change is seen within about a second
-/// even with no canaryd running. `ifindex` 0: nothing cached.
+/// A next hop `bpf_fib_lookup` found (egress interface, MACs, the route's
+/// MTU), cached so later packets skip the lookup (about 230 ns): toward a
+/// backend per backend and CPU (`BACKEND_NEXTHOP`: the forward next hop
+/// depends only on the backend), toward a client in its flow entry. Valid
+/// while `gen` equals the program's current generation:
+/// `Settings::nexthop_gen` (bumped by canaryd on every config change) plus
+/// the time in units of 2^30 ns, so a route or neighbour change is seen
+/// within about a second even with no canaryd running. `ifindex` 0: nothing
+/// cached.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
@@ -166,26 +190,73 @@ pub struct NextHop {
     pub _pad: [u8; 2],
 }
 
-/// `FlowState::flags`: the backend reset this connection (counted once).
-pub const FLOW_RST_SEEN: u32 = 1;
-/// `FlowState::flags`: the backend closed this connection (a client SYN on
-/// the same 5-tuple is then a new connection).
-pub const FLOW_FIN_SEEN: u32 = 2;
-
-/// `FLOWS` value: where this connection went, fixed at its first packet,
-/// and the cached next hops of both directions.
+/// `FLOWS` value: where this connection went, fixed when it was decided,
+/// where it is in its life (see `crate::flow`), and the cached next hop of
+/// its replies. 36 bytes (layout 1's was 64): with the 40-byte key and the
+/// kernel's element header an entry spans two cache lines, not three.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
     pub backend_id: u32,
-    pub version: u32,
-    pub service_id: u32,
-    /// `FLOW_*` bits.
-    pub flags: u32,
-    /// Client -> backend.
-    pub to_backend: NextHop,
+    /// `VERSION_STABLE` or `VERSION_CANARY`.
+    pub version: u16,
+    /// `flow::FLOW_*` bits.
+    pub flags: u16,
+    /// Seconds of CLOCK_MONOTONIC when a packet last passed (updated at
+    /// most once a second, so an established packet rarely writes).
+    pub last_seen: u32,
     /// Backend -> client (replies).
     pub to_client: NextHop,
+}
+
+/// `SETTINGS[0]`: what canaryd tells the data plane besides the tables.
+/// Every field is an aligned 4-byte word, written whole by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Generation of cached next hops (see `NextHop`); bumped on changes.
+    pub nexthop_gen: u32,
+    /// New flows per second (host-wide) above which bare SYNs are decided
+    /// without state (flood mode). 0: flood mode off.
+    pub flood_new_flows_per_s: u32,
+    /// Idle timeouts in seconds; 0 takes the default (see `flow`).
+    pub timeouts: FlowTimeouts,
+}
+
+/// Idle timeouts of a flow entry by protocol and state, in seconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    /// TCP after the backend answered.
+    pub tcp_established: u32,
+    /// TCP before the backend answered (a SYN, maybe spoofed).
+    pub tcp_handshake: u32,
+    /// TCP after FIN both ways or a RST.
+    pub tcp_closing: u32,
+    /// UDP before the backend answered.
+    pub udp: u32,
+    /// UDP after the backend answered.
+    pub udp_replied: u32,
+}
+
+/// `FLOOD[0]`: the host-wide count of stateful new flows in the current
+/// second (flood mode starts when it passes the threshold).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodWindow {
+    /// CLOCK_MONOTONIC second this count is for.
+    pub second: u64,
+    /// Added to atomically by every CPU.
+    pub new_flows: u64,
+}
+
+/// `LOCAL_ADDRS` key: an address of this host (a backend's packet to it
+/// is this host's own connection, never reverse-NATed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LocalAddrKey {
+    pub addr: [u32; 4],
+    pub family: u32,
 }
 
 /// `OVERRIDES` LPM key data: the service id (big-endian, so it is matched
@@ -343,10 +414,24 @@ pub mod reason {
     pub const FLOW_HIT: u32 = 12;
     /// Flow-table insert failed (decision still applied, not remembered).
     pub const FLOW_INSERT_FAILED: u32 = 13;
-    /// From a backend's service address and port, but not a connection we
-    /// forwarded (a health probe from this host, say): passed untouched.
+    /// From a backend's service address and port to one of this host's own
+    /// addresses (a health probe from this host, say): passed untouched.
     pub const PASS_REPLY_NO_FLOW: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// A new entry in the flow table.
+    pub const FLOW_INSERT: u32 = 15;
+    /// A flow entry found expired (idle past its timeout, or closed and
+    /// reopened by a SYN): decided again and replaced.
+    pub const FLOW_EXPIRED: u32 = 16;
+    /// A bare SYN decided without state (flood mode): its entry is made
+    /// when the client's handshake ACK comes.
+    pub const SYN_STATELESS: u32 = 17;
+    /// A backend's reply with no flow entry (evicted, or the connection came
+    /// from another host), reverse-NATed all the same.
+    pub const REPLY_NO_FLOW_NAT: u32 = 18;
+    /// A TCP connection closed (FIN both ways, or a RST): its entry now
+    /// expires after `tcp_closing`.
+    pub const FLOW_CLOSED: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Names for logs and metrics, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -365,6 +450,11 @@ pub mod reason {
         "flow_hit",
         "flow_insert_failed",
         "pass_reply_no_flow",
+        "flow_insert",
+        "flow_expired",
+        "syn_stateless",
+        "reply_no_flow_nat",
+        "flow_closed",
     ];
 }
 
@@ -380,9 +470,14 @@ pub fn maglev_base(service_id: u32, version: u32, generation: u32) -> u32 {
     ((service_id * NUM_VERSIONS + version) * MAGLEV_GENERATIONS + generation) * MAGLEV_TABLE_SIZE
 }
 
-/// Entries of the flat `MAGLEV` array.
-pub const MAGLEV_ENTRIES: u32 =
-    MAX_SERVICES * NUM_VERSIONS * MAGLEV_GENERATIONS * MAGLEV_TABLE_SIZE;
+/// Entries of the flat `MAGLEV` array for `services` services (the array is
+/// sized at load time: 1,024 services' tables take 268 MB).
+pub const fn maglev_entries(services: u32) -> u32 {
+    services * NUM_VERSIONS * MAGLEV_GENERATIONS * MAGLEV_TABLE_SIZE
+}
+
+/// `MAGLEV` entries compiled into the object (resized by canaryd at load).
+pub const MAGLEV_ENTRIES: u32 = maglev_entries(DEFAULT_SERVICE_LIMIT);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -404,6 +499,10 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for PendingHandshake {}
     unsafe impl aya::Pod for HealthStats {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for FlowTimeouts {}
+    unsafe impl aya::Pod for FloodWindow {}
+    unsafe impl aya::Pod for LocalAddrKey {}
 }
 
 #[cfg(test)]
@@ -419,7 +518,10 @@ mod tests {
         assert_eq!(size_of::<BackendInfo>(), 32);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<NextHop>(), 24);
-        assert_eq!(size_of::<FlowState>(), 64);
+        assert_eq!(size_of::<FlowState>(), 36);
+        assert_eq!(size_of::<Settings>(), 28);
+        assert_eq!(size_of::<FloodWindow>(), 16);
+        assert_eq!(size_of::<LocalAddrKey>(), 20);
         assert_eq!(size_of::<OverrideKeyData>(), 20);
         assert_eq!(size_of::<BackendAddrKey>(), 20);
         assert_eq!(size_of::<ReverseNat>(), 32);
@@ -443,7 +545,7 @@ mod tests {
     #[test]
     fn maglev_tables_do_not_overlap() {
         let last = maglev_base(MAX_SERVICES - 1, 1, 1) + MAGLEV_TABLE_SIZE;
-        assert_eq!(last, MAGLEV_ENTRIES);
+        assert_eq!(last, maglev_entries(MAX_SERVICES));
         assert_eq!(maglev_base(0, 0, 1), MAGLEV_TABLE_SIZE);
         assert_eq!(maglev_base(0, 1, 0), 2 * MAGLEV_TABLE_SIZE);
     }
