@@ -15,6 +15,7 @@ mod ids;
 mod keys;
 pub mod maglev;
 pub mod maps;
+pub mod migrate;
 pub mod report;
 
 pub use apply::ApplyReport;
@@ -97,6 +98,7 @@ impl DataPlane {
         })?;
         let flows = flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_SIZE);
         let adopted = dir.join(canary_common::names::SERVICES).exists();
+        let aside = migrate::move_aside(&dir)?; // layout 1's pins: upgrade (migrate.rs)
         if adopted {
             crate::dataplane::maps::check_pinned_layout(&dir, flows)?;
             info!("adopting the pinned data plane in {}", dir.display());
@@ -121,6 +123,7 @@ impl DataPlane {
             .load()
             .context("loading the XDP program into the kernel (verifier)")?;
         let maps = Maps::from_ebpf(&mut ebpf)?;
+        aside.keep();
         Ok(DataPlane {
             ebpf,
             maps,
