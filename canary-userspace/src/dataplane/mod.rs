@@ -17,6 +17,7 @@ pub mod maglev;
 pub mod maps;
 pub mod migrate;
 pub mod report;
+pub mod sweep;
 
 pub use apply::ApplyReport;
 pub use attach::{ifindex, remove_pins};
