@@ -19,6 +19,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
@@ -214,10 +215,42 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     let broken = ping_all(&mut conns, "no canaryd");
     ensure!(broken.is_empty(), "with no canaryd running: {broken:?}");
 
-    // The upgrade: this canaryd with the same config.
+    // The upgrade: this canaryd with the same config, while a client keeps
+    // opening connections (the old program forwards until the switch; what
+    // it inserts meanwhile is copied after it).
     let started = Instant::now();
-    let new = Daemon::spawn(&topo, Some(&config(100.0)), &[])?;
+    let done = AtomicBool::new(false);
+    let (new, during) = std::thread::scope(|s| {
+        let opener = s.spawn(|| {
+            topo.client.run(|| {
+                let mut open = Vec::new();
+                let mut failed = Vec::new();
+                let mut i = 0;
+                while !done.load(Ordering::SeqCst) && i < 400 {
+                    match tcp_connect(client_v4(1200 + i), vip, timeout) {
+                        Ok(c) => open.push(c),
+                        Err(e) => failed.push(format!("{e:#}")),
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                (open, failed)
+            })
+        });
+        let new = Daemon::spawn(&topo, Some(&config(100.0)), &[]);
+        std::thread::sleep(Duration::from_millis(200));
+        done.store(true, Ordering::SeqCst);
+        (new, opener.join().expect("opener thread"))
+    });
+    let new = new?;
     let took = started.elapsed();
+    let (mut during, failed) = during;
+    println!(
+        "upgrade: {} connections opened during the upgrade, {} failed",
+        during.len(),
+        failed.len()
+    );
+    ensure!(failed.is_empty(), "connections opened during the upgrade failed: {failed:?}");
     let broken = ping_all(&mut conns, "upgraded");
     let log = new.log();
     let line = log
@@ -238,7 +271,8 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("unparsable: {line}"))?;
-    // The 50, and the one made at weight 100 (closed, but layout 1 kept it).
+    // The 50, the one made at weight 100 (closed, but layout 1 kept it),
+    // and those opened during the upgrade before the switch.
     ensure!(carried > CONNS as u64, "{line}");
     ensure!(line.contains(" 0 skipped"), "{line}");
     ensure!(log.contains("upgrade from layout 1: old maps removed"), "{log}");
@@ -273,6 +307,8 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let broken = ping_all(&mut conns, "later");
     ensure!(broken.is_empty(), "after the upgrade: {broken:?}");
+    let broken = ping_all(&mut during, "opened during the upgrade");
+    ensure!(broken.is_empty(), "opened during the upgrade, broken after: {broken:?}");
     let mut fresh = topo
         .client
         .run(|| tcp_connect(client_v4(1101), vip, timeout))?;
