@@ -154,7 +154,11 @@ fn ping_all(conns: &mut [canary_tests::Conn], what: &str) -> Vec<(usize, String)
     conns
         .iter_mut()
         .enumerate()
-        .filter_map(|(i, c)| c.ping(&format!("{what} {i}")).err().map(|e| (i, format!("{e:#}"))))
+        .filter_map(|(i, c)| {
+            c.ping(&format!("{what} {i}"))
+                .err()
+                .map(|e| (i, format!("{e:#}")))
+        })
         .collect()
 }
 
@@ -185,7 +189,11 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     );
     let mut conns = topo.open_v4(1000, CONNS, vip, timeout)?;
     for c in &conns {
-        ensure!(STABLE_NAMES.contains(&c.backend.as_str()), "went to {}", c.backend);
+        ensure!(
+            STABLE_NAMES.contains(&c.backend.as_str()),
+            "went to {}",
+            c.backend
+        );
     }
     let broken = ping_all(&mut conns, "before");
     ensure!(broken.is_empty(), "before the upgrade: {broken:?}");
@@ -196,7 +204,11 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     let fresh = topo
         .client
         .run(|| tcp_connect(client_v4(1100), vip, timeout))?;
-    ensure!(fresh.backend == "b3", "weight 100, new connection on {}", fresh.backend);
+    ensure!(
+        fresh.backend == "b3",
+        "weight 100, new connection on {}",
+        fresh.backend
+    );
     drop(fresh);
     let broken = ping_all(&mut conns, "weight 100");
     ensure!(broken.is_empty(), "after the weight change: {broken:?}");
@@ -250,7 +262,10 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
         during.len(),
         failed.len()
     );
-    ensure!(failed.is_empty(), "connections opened during the upgrade failed: {failed:?}");
+    ensure!(
+        failed.is_empty(),
+        "connections opened during the upgrade failed: {failed:?}"
+    );
     let broken = ping_all(&mut conns, "upgraded");
     let log = new.log();
     let line = log
@@ -275,11 +290,20 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     // and those opened during the upgrade before the switch.
     ensure!(carried > CONNS as u64, "{line}");
     ensure!(line.contains(" 0 skipped"), "{line}");
-    ensure!(log.contains("upgrade from layout 1: old maps removed"), "{log}");
+    ensure!(
+        log.contains("upgrade from layout 1: old maps removed"),
+        "{log}"
+    );
 
     // The old pins are gone; the pinned maps are this layout's.
-    ensure!(!migrate::aside_dir(&pins).exists(), "layout1/ is still there");
-    ensure!(!pins.join("NEXTHOP_GEN").exists(), "NEXTHOP_GEN is still pinned");
+    ensure!(
+        !migrate::aside_dir(&pins).exists(),
+        "layout1/ is still there"
+    );
+    ensure!(
+        !pins.join("NEXTHOP_GEN").exists(),
+        "NEXTHOP_GEN is still pinned"
+    );
     ensure!(
         value_size(&pins.join("FLOWS"))? as usize == std::mem::size_of::<FlowState>(),
         "FLOWS is not layout 2's"
@@ -288,9 +312,10 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     // Each connection's entry in the new table names its stable backend.
     let flows: BpfHashMap<MapData, FlowKey, FlowState> =
         BpfHashMap::try_from(Map::from_map_data(MapData::from_pin(pins.join("FLOWS"))?)?)?;
-    let backends: aya::maps::Array<MapData, canary_common::BackendInfo> = aya::maps::Array::try_from(
-        Map::from_map_data(MapData::from_pin(pins.join("BACKENDS"))?)?,
-    )?;
+    let backends: aya::maps::Array<MapData, canary_common::BackendInfo> =
+        aya::maps::Array::try_from(Map::from_map_data(MapData::from_pin(
+            pins.join("BACKENDS"),
+        )?)?)?;
     for (i, c) in conns.iter().enumerate() {
         let local = c.stream.get_ref().local_addr()?;
         let key = addr::flow_key(local.ip(), local.port(), VIP_V4.into(), 80, PROTO_TCP);
@@ -300,7 +325,11 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
         let b = backends.get(&state.backend_id, 0)?;
         let b_addr = addr::from_words(b.addr, b.family as u8);
         let want: IpAddr = STABLE[c.backend[1..].parse::<usize>()? - 1].parse()?;
-        ensure!(b_addr == want, "connection {i} on {} but its entry names {b_addr}", c.backend);
+        ensure!(
+            b_addr == want,
+            "connection {i} on {} but its entry names {b_addr}",
+            c.backend
+        );
     }
 
     // Still working a little later, and a new connection follows weight 100.
@@ -308,7 +337,10 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     let broken = ping_all(&mut conns, "later");
     ensure!(broken.is_empty(), "after the upgrade: {broken:?}");
     let broken = ping_all(&mut during, "opened during the upgrade");
-    ensure!(broken.is_empty(), "opened during the upgrade, broken after: {broken:?}");
+    ensure!(
+        broken.is_empty(),
+        "opened during the upgrade, broken after: {broken:?}"
+    );
     let mut fresh = topo
         .client
         .run(|| tcp_connect(client_v4(1101), vip, timeout))?;

@@ -181,7 +181,11 @@ pub fn move_aside(dir: &Path) -> Result<MovedAside> {
     };
     for name in pins {
         std::fs::rename(dir.join(&name), aside.join(&name)).with_context(|| {
-            format!("moving pin {name} of {} into {}", dir.display(), aside.display())
+            format!(
+                "moving pin {name} of {} into {}",
+                dir.display(),
+                aside.display()
+            )
         })?; // the guard puts back what was moved
         guard.moved.push(name);
     }
@@ -440,22 +444,45 @@ mod tests {
     fn mapping() -> Mapping {
         let mut m = Mapping::default();
         let vip: IpAddr = "198.18.100.1".parse().unwrap();
-        m.insert(vip_key(vip, 80, PROTO_TCP), "198.18.1.2".parse().unwrap(), 5);
-        m.insert(vip_key(vip, 80, PROTO_TCP), "198.18.2.2".parse().unwrap(), 6);
+        m.insert(
+            vip_key(vip, 80, PROTO_TCP),
+            "198.18.1.2".parse().unwrap(),
+            5,
+        );
+        m.insert(
+            vip_key(vip, 80, PROTO_TCP),
+            "198.18.2.2".parse().unwrap(),
+            6,
+        );
         let vip6: IpAddr = "2001:db8:100::1".parse().unwrap();
-        m.insert(vip_key(vip6, 80, PROTO_TCP), "2001:db8:1::2".parse().unwrap(), 7);
+        m.insert(
+            vip_key(vip6, 80, PROTO_TCP),
+            "2001:db8:1::2".parse().unwrap(),
+            7,
+        );
         m
     }
 
     fn key(client: &str, vip: &str, port: u16, proto: u8) -> FlowKey {
-        flow_key(client.parse().unwrap(), 40000, vip.parse().unwrap(), port, proto)
+        flow_key(
+            client.parse().unwrap(),
+            40000,
+            vip.parse().unwrap(),
+            port,
+            proto,
+        )
     }
 
     #[test]
     fn a_flow_keeps_its_backend_under_its_new_id() {
         let k = key("198.18.16.1", "198.18.100.1", 80, PROTO_TCP);
         // Old id 3 named 198.18.2.2 (old service id 9); its new id is 6.
-        let old = FlowStateV1 { backend_id: 3, version: 1, service_id: 9, ..Default::default() };
+        let old = FlowStateV1 {
+            backend_id: 3,
+            version: 1,
+            service_id: 9,
+            ..Default::default()
+        };
         let got = translate(&k, &old, Some(&backend("198.18.2.2", 9)), &mapping(), 100).unwrap();
         assert_eq!(got.backend_id, 6);
         assert_eq!(got.version, 1);
@@ -469,7 +496,10 @@ mod tests {
 
     #[test]
     fn gone_services_and_backends_are_skipped() {
-        let old = FlowStateV1 { backend_id: 3, ..Default::default() };
+        let old = FlowStateV1 {
+            backend_id: 3,
+            ..Default::default()
+        };
         let b = backend("198.18.1.2", 0);
         // Another port, another protocol, another address: not a VIP now.
         for k in [
@@ -477,7 +507,10 @@ mod tests {
             key("198.18.16.1", "198.18.100.1", 80, PROTO_UDP),
             key("198.18.16.1", "198.18.100.2", 80, PROTO_TCP),
         ] {
-            assert_eq!(translate(&k, &old, Some(&b), &mapping(), 0), Err(Skip::Service));
+            assert_eq!(
+                translate(&k, &old, Some(&b), &mapping(), 0),
+                Err(Skip::Service)
+            );
         }
         let k = key("198.18.16.1", "198.18.100.1", 80, PROTO_TCP);
         // A backend no longer in the pools, an empty slot, an id past the table.
@@ -500,15 +533,28 @@ mod tests {
     #[test]
     fn closed_flows_stay_closed() {
         let k = key("198.18.16.1", "198.18.100.1", 80, PROTO_TCP);
-        let old = FlowStateV1 { backend_id: 0, flags: 1, ..Default::default() };
+        let old = FlowStateV1 {
+            backend_id: 0,
+            flags: 1,
+            ..Default::default()
+        };
         let got = translate(&k, &old, Some(&backend("198.18.1.2", 0)), &mapping(), 0).unwrap();
         assert!(closing(got.flags));
     }
 
     #[test]
     fn summary_counts_both_passes() {
-        let before = Counts { copied: 48, no_backend: 1, ..Default::default() };
-        let after = Counts { copied: 2, no_service: 3, failed: 1, ..Default::default() };
+        let before = Counts {
+            copied: 48,
+            no_backend: 1,
+            ..Default::default()
+        };
+        let after = Counts {
+            copied: 2,
+            no_service: 3,
+            failed: 1,
+            ..Default::default()
+        };
         assert_eq!(
             summary(&before, &after),
             "upgrade from layout 1: 50 open flows carried over (48 before the switch, 2 after), \
