@@ -2,7 +2,8 @@
 //! from git by `cargo xtask build-previous`) serves 50 open connections and
 //! exits, leaving its data plane pinned and attached; this canaryd starts on
 //! its pins, migrates the flow table and swaps its program in. The 50
-//! connections keep working in both directions.
+//! connections (and 10 over IPv6) keep working in both directions, and so
+//! do those a client opens while the upgrade runs.
 //!
 //! The test could fail: before the upgrade the old canaryd's weight goes
 //! from 0 to 100, so a connection whose flow entry is not carried over is
@@ -13,7 +14,9 @@ use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
 use canary_common::{addr, FlowKey, FlowState, PROTO_TCP};
 use canary_tests::daemon::stop_child;
-use canary_tests::{client_v4, tcp_connect, Daemon, LbConfig, Service, Topology, VIP_V4};
+use canary_tests::{
+    client_v4, client_v6, tcp_connect, Daemon, LbConfig, Service, Topology, VIP_V4, VIP_V6,
+};
 use canary_userspace::dataplane::migrate;
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +29,8 @@ use std::time::{Duration, Instant};
 const STABLE: [&str; 2] = ["198.18.1.2", "198.18.2.2"];
 const CANARY: &str = "198.18.3.2";
 const CONNS: u32 = 50;
+/// IPv6 connections besides (the same path, the other address family).
+const CONNS6: u32 = 10;
 
 /// The previous layout's canaryd: CANARY_PREVIOUS_CANARYD (set by
 /// `cargo xtask test`), else where `cargo xtask build-previous` puts it.
@@ -51,6 +56,12 @@ fn config(weight: f64) -> String {
                 .weight(weight)
                 .stable(STABLE)
                 .canary([CANARY]),
+        )
+        .service(
+            Service::tcp("shop6", VIP_V6, 80)
+                .weight(weight)
+                .stable(["2001:db8:1::2", "2001:db8:2::2"])
+                .canary(["2001:db8:3::2"]),
         )
         .yaml()
 }
@@ -195,8 +206,23 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
             c.backend
         );
     }
+    let vip6 = SocketAddr::new(VIP_V6.into(), 80);
+    let mut conns6 = topo.client.run(|| {
+        (0..CONNS6)
+            .map(|i| tcp_connect(client_v6(i), vip6, timeout))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    for c in conns.iter().chain(&conns6) {
+        ensure!(
+            STABLE_NAMES.contains(&c.backend.as_str()),
+            "went to {}",
+            c.backend
+        );
+    }
     let broken = ping_all(&mut conns, "before");
     ensure!(broken.is_empty(), "before the upgrade: {broken:?}");
+    let broken = ping_all(&mut conns6, "before");
+    ensure!(broken.is_empty(), "IPv6, before the upgrade: {broken:?}");
 
     // Weight 100: the open connections stay (their flow entries), a new
     // one goes to the canary backend: a decision made again would move them.
@@ -278,6 +304,8 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
         "{} of {CONNS} connections broken by the upgrade: {broken:?}\n{log}",
         broken.len()
     );
+    let broken = ping_all(&mut conns6, "upgraded");
+    ensure!(broken.is_empty(), "IPv6, broken by the upgrade: {broken:?}");
     let line = line.with_context(|| format!("no migration line in the log:\n{log}"))?;
     // "N open flows carried over (B before the switch, A after), S skipped ..."
     let carried: u64 = line
@@ -286,9 +314,9 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("unparsable: {line}"))?;
-    // The 50, the one made at weight 100 (closed, but layout 1 kept it),
-    // and those opened during the upgrade before the switch.
-    ensure!(carried > CONNS as u64, "{line}");
+    // The 50 and the 10, the one made at weight 100 (closed, but layout 1
+    // kept it), and those opened during the upgrade before the switch.
+    ensure!(carried > (CONNS + CONNS6) as u64, "{line}");
     ensure!(line.contains(" 0 skipped"), "{line}");
     ensure!(
         log.contains("upgrade from layout 1: old maps removed"),
@@ -316,15 +344,25 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
         aya::maps::Array::try_from(Map::from_map_data(MapData::from_pin(
             pins.join("BACKENDS"),
         )?)?)?;
-    for (i, c) in conns.iter().enumerate() {
+    for (i, c) in conns.iter().chain(&conns6).enumerate() {
         let local = c.stream.get_ref().local_addr()?;
-        let key = addr::flow_key(local.ip(), local.port(), VIP_V4.into(), 80, PROTO_TCP);
+        let vip: IpAddr = if local.is_ipv4() {
+            VIP_V4.into()
+        } else {
+            VIP_V6.into()
+        };
+        let key = addr::flow_key(local.ip(), local.port(), vip, 80, PROTO_TCP);
         let state = flows
             .get(&key, 0)
             .with_context(|| format!("connection {i} ({local}) has no flow entry"))?;
         let b = backends.get(&state.backend_id, 0)?;
         let b_addr = addr::from_words(b.addr, b.family as u8);
-        let want: IpAddr = STABLE[c.backend[1..].parse::<usize>()? - 1].parse()?;
+        let n = c.backend[1..].parse::<usize>()?;
+        let want: IpAddr = if local.is_ipv4() {
+            format!("198.18.{n}.2").parse()?
+        } else {
+            format!("2001:db8:{n}::2").parse()?
+        };
         ensure!(
             b_addr == want,
             "connection {i} on {} but its entry names {b_addr}",
@@ -336,6 +374,8 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let broken = ping_all(&mut conns, "later");
     ensure!(broken.is_empty(), "after the upgrade: {broken:?}");
+    let broken = ping_all(&mut conns6, "later");
+    ensure!(broken.is_empty(), "IPv6, after the upgrade: {broken:?}");
     let broken = ping_all(&mut during, "opened during the upgrade");
     ensure!(
         broken.is_empty(),
