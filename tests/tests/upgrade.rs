@@ -387,6 +387,47 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     fresh.ping("new")?;
     ensure!(fresh.backend == "b3", "new connection on {}", fresh.backend);
     drop(new);
+
+    // Going back is refused, and harms nothing: the previous canaryd does
+    // not take this layout's pins over.
+    let config_path = std::env::temp_dir().join(format!("{}-old-again.yaml", topo.id));
+    std::fs::write(&config_path, config(100.0))?;
+    let mut again = topo
+        .lb
+        .command(old_bin.to_str().unwrap())
+        .args(["--instance", topo.instance(), "--stats-interval", "0"])
+        .arg("--control-socket")
+        .arg(topo.socket())
+        .arg("--state-dir")
+        .arg(topo.state_dir())
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = again.try_wait()? {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            stop_child(&mut again);
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = std::fs::remove_file(&config_path);
+    let mut err = String::new();
+    if let Some(mut e) = again.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut err)?;
+    }
+    ensure!(
+        status.is_some_and(|s| !s.success()) && err.contains("remove the old data plane first"),
+        "the previous canaryd on this layout's pins: {status:?}\n{err}"
+    );
+    let broken = ping_all(&mut conns, "after a refused downgrade");
+    ensure!(broken.is_empty(), "after a refused downgrade: {broken:?}");
     Ok(())
 }
 
