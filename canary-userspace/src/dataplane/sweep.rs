@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 pub struct SweepTotals {
     /// Completed passes.
     pub sweeps: u64,
-    /// Entries the sweeps removed.
+    /// Entries the sweeps removed (the first pass's included).
     pub removed: u64,
+    /// Entries the first pass removed.
+    pub removed_by_first_sweep: u64,
     /// Entries left after the last pass.
     pub entries: u64,
     /// Entries left after the first pass (the estimate's baseline).
@@ -34,10 +36,6 @@ pub struct SweepTotals {
     /// first and the last pass began.
     pub inserts_at_first_sweep: u64,
     pub inserts_at_last_sweep: u64,
-    /// The data path's in-place replacements of expired entries
-    /// (`reason::FLOW_EXPIRED`) at the same two moments.
-    pub replaced_at_first_sweep: u64,
-    pub replaced_at_last_sweep: u64,
     /// When the last pass ended, and how long it took.
     pub last: Option<Instant>,
     pub last_duration: Duration,
@@ -52,14 +50,16 @@ impl SweepTotals {
         evictions_estimate(
             self.inserts_at_last_sweep
                 .saturating_sub(self.inserts_at_first_sweep),
-            self.removed,
+            self.removed - self.removed_by_first_sweep,
             self.entries,
             first,
         )
     }
 }
 
-/// Entries the LRU must have evicted: every insert made an entry; the
+/// Entries the LRU must have evicted: every insert made an entry (the data
+/// path counts `FLOW_INSERT` only for new keys, not for an expired entry it
+/// replaces in place); the
 /// sweep's removals and the table's growth since the baseline account for
 /// some; the rest were evicted.
 /// `max(0, inserts - swept_removed - (entries_now - entries_at_first_sweep))`,
@@ -139,14 +139,12 @@ fn run(dir: &Path, totals: &Mutex<SweepTotals>, every: &AtomicU64, stop: &Atomic
                 if t.entries_at_first_sweep.is_none() {
                     t.entries_at_first_sweep = Some(pass.entries);
                     t.inserts_at_first_sweep = pass.inserts;
-                    t.replaced_at_first_sweep = pass.replaced;
-                } else {
-                    t.removed += pass.removed;
+                    t.removed_by_first_sweep = pass.removed;
                 }
+                t.removed += pass.removed;
                 t.sweeps += 1;
                 t.entries = pass.entries;
                 t.inserts_at_last_sweep = pass.inserts;
-                t.replaced_at_last_sweep = pass.replaced;
                 t.last = Some(Instant::now());
                 t.last_duration = began.elapsed();
             }
@@ -178,7 +176,6 @@ struct Pass {
     entries: u64,
     removed: u64,
     inserts: u64,
-    replaced: u64,
 }
 
 fn open(dir: &Path, name: &str) -> Result<Map> {
@@ -189,10 +186,7 @@ fn open(dir: &Path, name: &str) -> Result<Map> {
 }
 
 fn counter(stats: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
-    stats
-        .get(&index, 0)
-        .map(|v| v.iter().sum())
-        .unwrap_or(0)
+    stats.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
 }
 
 /// Removes the expired entries and counts the rest. Each expired entry is
@@ -207,7 +201,6 @@ fn sweep_once(dir: &Path, stop: &AtomicBool) -> Result<Pass> {
     let mut del: HashMap<MapData, FlowKey, FlowState> = open(dir, names::FLOWS)?.try_into()?;
     let timeouts = settings.get(&0, 0)?.timeouts;
     let inserts = counter(&stats, reason::FLOW_INSERT);
-    let replaced = counter(&stats, reason::FLOW_EXPIRED);
     let now_s = super::monotonic_s();
     let mut seen = 0u64;
     let mut removed = 0u64;
@@ -241,7 +234,6 @@ fn sweep_once(dir: &Path, stop: &AtomicBool) -> Result<Pass> {
         entries: seen.saturating_sub(removed),
         removed,
         inserts,
-        replaced,
     })
 }
 
@@ -274,7 +266,8 @@ mod tests {
         t.entries_at_first_sweep = Some(4096);
         t.inserts_at_first_sweep = 10_000;
         t.inserts_at_last_sweep = 12_000;
-        t.removed = 500;
+        t.removed = 700;
+        t.removed_by_first_sweep = 200;
         t.entries = 4096;
         assert_eq!(t.evictions_estimate(), 1500);
     }
