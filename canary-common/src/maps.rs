@@ -78,8 +78,8 @@ pub const MAX_LOCAL_ADDRS: u32 = 1024;
 pub const MAX_OVERRIDES: u32 = 16_384;
 /// Interfaces the program may redirect to.
 pub const MAX_TX_PORTS: u32 = 64;
-/// TCP handshakes in flight (SYN forwarded, no SYN-ACK yet). An LRU: under a
-/// SYN flood the oldest are forgotten rather than new ones refused.
+/// TCP handshakes in flight (SYN forwarded, no SYN-ACK yet). When full, a
+/// new one is not timed (flood mode skips them altogether).
 pub const MAX_HANDSHAKES: u32 = 65_536;
 /// Buckets of the SYN -> SYN-ACK histogram: bucket `i` counts times in
 /// `[2^i, 2^(i+1))` microseconds (bucket 0 also takes anything below 1 us).

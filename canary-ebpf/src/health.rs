@@ -91,8 +91,8 @@ fn handshake_started(flow: &FlowKey, service_id: u32, version: u32) {
         service_id,
         version,
     };
-    // BPF_NOEXIST: never restart a handshake in flight. An LRU: a full
-    // table forgets the oldest handshake, never this one.
+    // BPF_NOEXIST: never restart a handshake in flight. A full table
+    // refuses: this handshake goes untimed (see `HANDSHAKES`).
     let _ = HANDSHAKES.insert(flow, &pending, aya_ebpf::bindings::BPF_NOEXIST as u64);
 }
 

@@ -57,13 +57,14 @@ pub static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(canary_common:
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
 
-/// TCP handshakes in flight: SYN forwarded, no SYN-ACK seen yet. One shared
-/// LRU list: per-CPU lists (BPF_F_NO_COMMON_LRU) were faster but split the
-/// capacity over every possible CPU, and with one NIC queue all inserts land
-/// on one CPU's share (a few hundred entries on a big host).
+/// TCP handshakes in flight: SYN forwarded, no SYN-ACK seen yet. A plain
+/// hash, not an LRU: when it is full (SYNs nobody answers, faster than
+/// canaryd expires them) a new handshake is simply not timed, at the cost
+/// of a failed insert; an LRU would evict on every SYN, which measured
+/// ~600 ns a SYN (`cargo xtask bench`). canaryd removes the entries older
+/// than the handshake timeout and counts them as failed connections.
 #[map(name = "HANDSHAKES")]
-pub static HANDSHAKES: LruHashMap<FlowKey, PendingHandshake> =
-    LruHashMap::pinned(MAX_HANDSHAKES, 0);
+pub static HANDSHAKES: HashMap<FlowKey, PendingHandshake> = HashMap::pinned(MAX_HANDSHAKES, 0);
 
 /// Passive health signals per (service, version).
 #[map(name = "HEALTH_STATS")]

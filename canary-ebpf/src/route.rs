@@ -75,10 +75,7 @@ fn via_cached<H: IpHdr, const L3: usize>(
     // in the map; should it vanish anyway, the redirect fails below.
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     H::decrement_ttl(ip);
-    unsafe {
-        (*eth).dst_addr = nh.dmac;
-        (*eth).src_addr = nh.smac;
-    }
+    set_macs(eth, &nh.dmac, &nh.smac);
     Some(match TX_PORTS.redirect(nh.ifindex, 0) {
         Ok(_) => Outcome::REDIRECT,
         // The port vanished between the check and the redirect. The frame
@@ -86,6 +83,17 @@ fn via_cached<H: IpHdr, const L3: usize>(
         // it as not ours: count it as the drop it is.
         Err(_) => Outcome::drop(reason::DROP_UNROUTABLE),
     })
+}
+
+/// Verifier-friendly and cheap: a plain `(*eth).dst_addr = mac` becomes a
+/// call to a byte-loop `memmove` (the packet and the source may alias, as
+/// far as LLVM knows); a non-overlapping copy of 6 bytes is expanded inline.
+#[inline(always)]
+fn set_macs(eth: *mut EthHdr, dmac: &[u8; 6], smac: &[u8; 6]) {
+    unsafe {
+        core::ptr::copy_nonoverlapping(dmac.as_ptr(), (*eth).dst_addr.as_mut_ptr(), 6);
+        core::ptr::copy_nonoverlapping(smac.as_ptr(), (*eth).src_addr.as_mut_ptr(), 6);
+    }
 }
 
 #[inline(always)]
@@ -148,10 +156,7 @@ fn finish<H: IpHdr, const L3: usize>(
         return only(Outcome::pass(reason::PASS_MALFORMED));
     };
     H::decrement_ttl(ip);
-    unsafe {
-        (*eth).dst_addr = params.dmac;
-        (*eth).src_addr = params.smac;
-    }
+    set_macs(eth, &params.dmac, &params.smac);
     match TX_PORTS.redirect(params.ifindex, 0) {
         Ok(_) => {
             // On success the kernel reports the route's MTU in the same

@@ -124,6 +124,8 @@ pub fn remove_pins(dir: &std::path::Path) -> Result<()> {
                 .with_context(|| format!("removing pin {}", path.display()))?;
         }
     }
+    // An upgrade interrupted midway leaves the old layout's pins aside.
+    super::migrate::remove_aside(dir)?;
     let _ = std::fs::remove_dir(dir);
     // The shared parent goes too once the last instance has left it.
     if let Some(parent) = dir.parent() {
