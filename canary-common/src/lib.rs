@@ -28,5 +28,6 @@ pub mod weight;
 #[cfg(feature = "user")]
 pub mod addr;
 
+pub use flow::DEFAULT_TIMEOUTS;
 pub use maps::*;
 pub use split::*;

@@ -1,17 +1,26 @@
 //! Decide where a client -> VIP packet goes: the flow table first (an open
-//! connection stays on its backend); on a miss, a source-prefix override or
-//! hash bucket vs weight picks the version, and the live Maglev table of
-//! that pool the backend. The decision functions themselves are
-//! `canary_common`'s, shared with `canaryctl explain`. Also the flow
-//! table's bookkeeping: remembering a new decision and the next hops cached
-//! in an entry.
+//! connection stays on its backend); on a miss, or an entry that is no
+//! longer this connection's (expired, or closed and reopened by a SYN), a
+//! source-prefix override or hash bucket vs weight picks the version, and
+//! the live Maglev table of that pool the backend. The decision functions
+//! themselves are `canary_common`'s, shared with `canaryctl explain`; the
+//! decision is a pure function of the packet and the tables, so a
+//! connection whose entry is gone is decided the same way again.
+//!
+//! Also the flow table's bookkeeping: the entry's life (`flow`), remembering
+//! a new decision, flood mode, and the next hops cached per backend.
 
-use crate::maps::{BACKENDS, FLOWS, MAGLEV, NEXTHOP_GEN, OVERRIDES, SERVICES};
+use crate::clock::Now;
+use crate::maps::{BACKENDS, BACKEND_NEXTHOP, FLOOD, FLOWS, MAGLEV, OVERRIDES, SERVICES};
 use crate::outcome::Outcome;
 use crate::stats::count;
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    programs::XdpContext,
+};
 use aya_log_ebpf::warn;
+use canary_common::flow::{after_client, closing, still_valid, Tcp};
 use canary_common::{
     backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey, FlowState,
     NextHop, OverrideKeyData, VipInfo, BACKEND_NONE,
@@ -20,35 +29,51 @@ use canary_common::{
 /// errno of an insert that found the key (BPF_NOEXIST).
 const EEXIST: i32 = 17;
 
+/// What to do with the flow table once the packet is routed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Remember {
+    /// An established connection: its entry is up to date.
+    Nothing,
+    /// A new connection: insert (the first CPU to decide it wins).
+    Insert,
+    /// The entry found was no longer this connection's: overwrite it.
+    Replace,
+    /// A bare SYN in flood mode: no state until the handshake's ACK.
+    Stateless,
+}
+
 /// Where a client -> VIP packet goes.
 pub struct Target {
     pub service_id: u32,
     pub version: u32,
     pub backend_id: u32,
     pub addr: [u32; 4],
-    pub new_flow: bool,
-    /// The flow entry of an established connection (None: a new one, to be
-    /// remembered once it is routed).
-    pub entry: Option<*mut FlowState>,
-    /// Its cached next hop toward the backend, if still valid.
-    pub cached: Option<NextHop>,
+    pub remember: Remember,
+    /// The flags a new entry starts with (the client's packet applied).
+    pub flags: u16,
+    /// The backend's cached next hop (this CPU's); `ifindex` 0 when none is
+    /// valid. Verifier: not an `Option`, whose undefined payload LLVM
+    /// spills on the `None` path (`R4 !read_ok`).
+    pub cached: NextHop,
 }
 
-/// The generation a cached next hop must carry (see `NextHop`): canaryd's
-/// counter plus the time in units of 2^30 ns (about 1.07 s). Both only go
-/// up, so a cached next hop expires within about a second even while no
-/// canaryd runs (the data plane outlives it), and at once when canaryd
-/// bumps the counter.
-#[inline(always)]
-pub fn nexthop_gen() -> u32 {
-    let epoch = (unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() } >> 30) as u32;
-    NEXTHOP_GEN.get(0).copied().unwrap_or(0).wrapping_add(epoch)
+impl Target {
+    /// A connection decided by this packet (not found in the table).
+    #[inline(always)]
+    pub fn new_flow(&self) -> bool {
+        self.remember != Remember::Nothing
+    }
 }
 
-/// A cached next hop, if it is set and of the current generation.
+/// A cached next hop if it is set and of the current generation, else an
+/// empty one (`ifindex` 0).
 #[inline(always)]
-pub fn valid(nh: &NextHop, gen: u32) -> Option<NextHop> {
-    (nh.ifindex != 0 && nh.gen == gen).then_some(*nh)
+pub fn valid(nh: &NextHop, gen: u32) -> NextHop {
+    if nh.ifindex != 0 && nh.gen == gen {
+        *nh
+    } else {
+        NextHop::default()
+    }
 }
 
 /// The version forced on this client by a source-prefix override, if any.
@@ -60,25 +85,86 @@ fn override_version(service_id: u32, flow: &FlowKey) -> Option<u32> {
         .map(|v| v.version & 1)
 }
 
-/// Flow table first; on a miss, override or hash bucket vs weight, then the
-/// live Maglev table of the chosen pool. A new decision is remembered by
-/// the caller once the packet is routed (`remember`). `Err`: the packet is
+/// Flood mode: may this bare SYN create state? Counts it against the
+/// host-wide budget of `threshold` per second. The window's reset races
+/// between CPUs at a second's boundary; a few SYNs more or less is fine.
+#[inline(always)]
+fn within_new_flow_budget(now: &Now) -> bool {
+    let threshold = now.settings.flood_new_flows_per_s;
+    if threshold == 0 {
+        return true;
+    }
+    let Some(w) = FLOOD.get_ptr_mut(0) else {
+        return true;
+    };
+    let second = now.secs as u64;
+    unsafe {
+        if (*w).second != second {
+            (*w).second = second;
+            (*w).new_flows = 0;
+        }
+        let counter = core::ptr::addr_of_mut!((*w).new_flows);
+        // BPF's atomic add (core offers no 64-bit fetch_add on this target);
+        // then a read: a CPU may see another's add, which is all we need.
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {v}",
+            p = in(reg) counter,
+            v = in(reg) 1u64,
+        );
+        core::ptr::read_volatile(counter) <= threshold as u64
+    }
+}
+
+/// The flow table's answer for an established connection: its backend and
+/// version, with the entry moved along by this packet. `None`: no entry,
+/// or one that is no longer this connection's (`Some(true)` in the second
+/// field then: it must be replaced, not inserted).
+#[inline(always)]
+fn established(flow: &FlowKey, tcp: &Tcp, now: &Now) -> (Option<(u32, u32)>, bool) {
+    let Some(f) = FLOWS.get_ptr_mut(flow) else {
+        return (None, false);
+    };
+    let state = unsafe { &mut *f };
+    if !still_valid(state, flow.proto, tcp, now.secs, &now.settings.timeouts) {
+        count(reason::FLOW_EXPIRED);
+        return (None, true);
+    }
+    count(reason::FLOW_HIT);
+    // Writes only when something changed: an established packet in the
+    // same second as the last one writes nothing.
+    let flags = after_client(state.flags, tcp);
+    if flags != state.flags {
+        if closing(flags) && !closing(state.flags) {
+            count(reason::FLOW_CLOSED);
+        }
+        state.flags = flags;
+    }
+    if state.last_seen != now.secs {
+        state.last_seen = now.secs;
+    }
+    (Some((state.backend_id, (state.version & 1) as u32)), false)
+}
+
+/// Flow table first; else override or hash bucket vs weight, then the live
+/// Maglev table of the chosen pool. A new decision is remembered by the
+/// caller once the packet is routed (`remember`). `Err`: the packet is
 /// dropped (`drop_no_backend`).
 #[inline(always)]
-pub fn decide(flow: &FlowKey, vip: &VipInfo, gen: u32) -> Result<Target, Outcome> {
+pub fn decide(flow: &FlowKey, vip: &VipInfo, tcp: &Tcp, now: &Now) -> Result<Target, Outcome> {
     const NO_BACKEND: Outcome = Outcome::drop(reason::DROP_NO_BACKEND);
     let service_id = vip.service_id;
-    let (backend_id, version, entry, cached) = match FLOWS.get_ptr_mut(flow) {
-        Some(f) => {
-            count(reason::FLOW_HIT);
-            let (backend_id, version, nh) =
-                unsafe { ((*f).backend_id, (*f).version & 1, (*f).to_backend) };
-            (backend_id, version, Some(f), valid(&nh, gen))
-        }
+    let (found, replace) = established(flow, tcp, now);
+    let (backend_id, version, remember) = match found {
+        Some((backend_id, version)) => (backend_id, version, Remember::Nothing),
         None => {
             // The service entry matters only to a new decision.
             let svc = SERVICES.get(service_id).ok_or(NO_BACKEND)?;
-            let version = match override_version(service_id, flow) {
+            let forced = if svc.has_overrides != 0 {
+                override_version(service_id, flow)
+            } else {
+                None
+            };
+            let version = match forced {
                 Some(v) => {
                     count(reason::OVERRIDE_HIT);
                     v
@@ -95,17 +181,28 @@ pub fn decide(flow: &FlowKey, vip: &VipInfo, gen: u32) -> Result<Target, Outcome
             if backend_id == BACKEND_NONE {
                 return Err(NO_BACKEND);
             }
-            (backend_id, version, None, None)
+            let remember = if tcp.bare_syn() && !within_new_flow_budget(now) {
+                Remember::Stateless
+            } else if replace {
+                Remember::Replace
+            } else {
+                Remember::Insert
+            };
+            (backend_id, version, remember)
         }
     };
     let backend = BACKENDS.get(backend_id).ok_or(NO_BACKEND)?;
+    let cached = match BACKEND_NEXTHOP.get(backend_id) {
+        Some(nh) => valid(nh, now.gen),
+        None => NextHop::default(),
+    };
     Ok(Target {
         service_id,
         version,
         backend_id,
         addr: backend.addr,
-        new_flow: entry.is_none(),
-        entry,
+        remember,
+        flags: after_client(0, tcp),
         cached,
     })
 }
@@ -118,50 +215,49 @@ fn stamped(learned: Option<NextHop>, gen: u32) -> Option<NextHop> {
     })
 }
 
-/// Records a new connection's decision (with the next hop it was just
-/// routed to), or refreshes an established one's next hop.
+/// Keeps the next hop the packet was just routed to for its backend (this
+/// CPU's copy), and records a new connection's decision.
 #[inline(always)]
-pub fn remember(ctx: &XdpContext, flow: &FlowKey, t: &Target, learned: Option<NextHop>, gen: u32) {
-    let learned = stamped(learned, gen);
-    match t.entry {
-        Some(_) => {
-            if let Some(nh) = learned {
-                // Looked up again: the entry seen before the route lookup may
-                // have been evicted and reused for another connection since
-                // (an LRU reuses freed elements at once).
-                if let Some(e) = FLOWS.get_ptr_mut(flow) {
-                    if unsafe { (*e).backend_id } == t.backend_id {
-                        unsafe { (*e).to_backend = nh };
-                    }
-                }
-            }
+pub fn remember(ctx: &XdpContext, flow: &FlowKey, t: &Target, learned: Option<NextHop>, now: &Now) {
+    if let Some(nh) = stamped(learned, now.gen) {
+        if let Some(slot) = BACKEND_NEXTHOP.get_ptr_mut(t.backend_id) {
+            unsafe { *slot = nh };
         }
-        None => {
-            let state = FlowState {
-                backend_id: t.backend_id,
-                version: t.version,
-                service_id: t.service_id,
-                flags: 0,
-                to_backend: learned.unwrap_or_default(),
-                to_client: NextHop::default(),
-            };
-            // BPF_NOEXIST: if another CPU decided this connection meanwhile,
-            // its decision stays (the first one wins, for every packet after).
-            match FLOWS.insert(flow, &state, BPF_NOEXIST as u64) {
-                Ok(()) => {}
-                Err(e) if e == -EEXIST => {}
-                Err(_) => {
-                    // Rare (the LRU evicts instead of failing): worth a log line.
-                    count(reason::FLOW_INSERT_FAILED);
-                    warn!(ctx, "flow table insert failed for service {}", t.service_id);
-                }
-            }
+    }
+    let flags = match t.remember {
+        Remember::Nothing => return,
+        Remember::Stateless => {
+            count(reason::SYN_STATELESS);
+            return;
+        }
+        Remember::Insert => BPF_NOEXIST,
+        Remember::Replace => BPF_ANY,
+    };
+    let state = FlowState {
+        backend_id: t.backend_id,
+        version: t.version as u16,
+        flags: t.flags,
+        last_seen: now.secs,
+        to_client: NextHop::default(),
+    };
+    // BPF_NOEXIST: if another CPU decided this connection meanwhile, its
+    // decision stays (the first one wins, for every packet after).
+    match FLOWS.insert(flow, &state, flags as u64) {
+        // A replaced entry was counted as expired; occupancy is unchanged.
+        Ok(()) if t.remember == Remember::Insert => count(reason::FLOW_INSERT),
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {}
+        Err(_) => {
+            // Rare (the LRU evicts instead of failing): worth a log line.
+            count(reason::FLOW_INSERT_FAILED);
+            warn!(ctx, "flow table insert failed for service {}", t.service_id);
         }
     }
 }
 
 /// Keeps the next hop a reply was just routed to in its flow entry (looked
-/// up again, as in `remember`: the entry may have been reused meanwhile).
+/// up again: the entry seen before the route lookup may have been evicted
+/// and reused for another connection since, and an LRU reuses at once).
 #[inline(always)]
 pub fn remember_reply(flow: &FlowKey, backend_id: u32, learned: Option<NextHop>, gen: u32) {
     if let Some(nh) = stamped(learned, gen) {

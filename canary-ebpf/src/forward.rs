@@ -3,7 +3,8 @@
 //! remembered and its traffic counted for its version and backend.
 
 use crate::classify::Packet;
-use crate::decide::{decide, nexthop_gen, remember};
+use crate::clock;
+use crate::decide::{decide, remember};
 use crate::family::IpHdr;
 use crate::outcome::Outcome;
 use crate::{health, nat, route, stats};
@@ -17,25 +18,29 @@ pub fn forward<H: IpHdr, const L3: usize>(
     vip: &VipInfo,
 ) -> Outcome {
     let flow = FlowKey::new(pkt.src, pkt.dst, pkt.sport, pkt.dport, pkt.proto, H::FAMILY);
-    let gen = nexthop_gen();
-    let target = match decide(&flow, vip, gen) {
+    // Never None (see clock::now); the stack is the harmless answer.
+    let Some(now) = clock::now() else {
+        return Outcome::pass(reason::PASS_TO_STACK);
+    };
+    let tcp = health::tcp_flags(ctx, pkt.l4, pkt.proto);
+    let target = match decide(&flow, vip, &tcp, &now) {
         Ok(t) => t,
         Err(outcome) => return outcome,
     };
-    health::note_syn(ctx, pkt.l4, &flow, &target);
+    health::note_syn(&tcp, &flow, &target);
     let backend = H::addr(&target.addr);
     if nat::dnat::<H>(ctx, pkt.ip, pkt.l4, pkt.proto, &pkt.dst, &backend).is_none() {
         return Outcome::drop(reason::DROP_MALFORMED);
     }
-    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, target.cached);
-    remember(ctx, &flow, &target, routed.learned, gen);
+    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, &target.cached);
+    remember(ctx, &flow, &target, routed.learned, &now);
     if routed.outcome.delivered() {
         stats::count_forward(
             target.service_id,
             target.version,
             target.backend_id,
             pkt.frame_len as u64,
-            target.new_flow,
+            target.new_flow(),
         );
     }
     routed.outcome

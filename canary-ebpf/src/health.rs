@@ -1,96 +1,84 @@
 //! TCP flags and the passive health signals they carry: a client's SYN
 //! starts a handshake the backend must answer; the backend's SYN-ACK ends
 //! it (its time goes into a log2 histogram) and its RST counts against its
-//! version. Also the per-connection FIN/RST flags in the flow entry that
-//! tell a reused 5-tuple from a retransmission.
+//! version. Also a backend's packets moving its flow entry along (answered,
+//! FIN, RST: see `canary_common::flow`).
 
-use crate::decide::Target;
+use crate::decide::{Remember, Target};
 use crate::maps::{HANDSHAKES, HEALTH_STATS};
 use crate::parse::ptr_at;
+use crate::stats::count;
 use aya_ebpf::programs::XdpContext;
+use canary_common::flow::{after_backend, closing, Tcp, FLOW_RST_COUNTED};
 use canary_common::{
-    handshake_bucket, version_stats_index, FlowKey, FlowState, PendingHandshake, FLOW_FIN_SEEN,
-    FLOW_RST_SEEN, PROTO_TCP,
+    handshake_bucket, reason, version_stats_index, FlowKey, FlowState, PendingHandshake, PROTO_TCP,
 };
 use network_types::tcp::TcpHdr;
 
-/// TCP flags that matter to health signals.
-struct TcpFlags {
-    syn: bool,
-    ack: bool,
-    rst: bool,
-    fin: bool,
-}
-
+/// The flags of a TCP packet (all false for UDP).
 #[inline(always)]
-fn tcp_flags(ctx: &XdpContext, l4: usize) -> Option<TcpFlags> {
-    let tcp = ptr_at::<TcpHdr>(ctx, l4)?;
+pub fn tcp_flags(ctx: &XdpContext, l4: usize, proto: u8) -> Tcp {
+    if proto != PROTO_TCP {
+        return Tcp::default();
+    }
+    let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4) else {
+        return Tcp::default();
+    };
     unsafe {
-        Some(TcpFlags {
+        Tcp {
             syn: (*tcp).syn() != 0,
             ack: (*tcp).ack() != 0,
             rst: (*tcp).rst() != 0,
             fin: (*tcp).fin() != 0,
-        })
-    }
-}
-
-/// A client's SYN (not a SYN-ACK) opening a connection starts a handshake
-/// the backend must answer: on a new flow, or on a known one whose last
-/// connection the backend closed or reset (the client reuses the 5-tuple;
-/// the per-connection flags start over). A SYN on a live connection (a
-/// retransmission, a late duplicate) starts none.
-#[inline(always)]
-pub fn note_syn(ctx: &XdpContext, l4: usize, flow: &FlowKey, target: &Target) {
-    if flow.proto != PROTO_TCP {
-        return;
-    }
-    let Some(f) = tcp_flags(ctx, l4) else {
-        return;
-    };
-    if !f.syn || f.ack {
-        return;
-    }
-    match target.entry {
-        None => handshake_started(flow, target.service_id, target.version),
-        Some(entry) => {
-            if unsafe { (*entry).flags } & (FLOW_RST_SEEN | FLOW_FIN_SEEN) != 0 {
-                unsafe { (*entry).flags = 0 };
-                handshake_started(flow, target.service_id, target.version);
-            }
         }
     }
 }
 
+/// A client's bare SYN that opened a connection with state (a new entry, or
+/// one replacing a closed connection's) starts a handshake the backend must
+/// answer. A SYN on a live connection (a retransmission) starts none, nor
+/// does one decided without state in flood mode (no per-SYN state at all).
+#[inline(always)]
+pub fn note_syn(tcp: &Tcp, flow: &FlowKey, target: &Target) {
+    if tcp.bare_syn() && matches!(target.remember, Remember::Insert | Remember::Replace) {
+        handshake_started(flow, target.service_id, target.version);
+    }
+}
+
 /// A backend's packet on a connection we forwarded (`flow` as the client
-/// sent it, `entry` its flow entry): FIN and RST are remembered in the
-/// entry; a SYN-ACK or the connection's first RST is a health signal for
-/// the version.
+/// sent it, `entry` its flow entry if it still has one): the entry moves
+/// along; a SYN-ACK or a RST is a health signal for the version (a RST
+/// once per connection while it has an entry).
 #[inline(always)]
 pub fn note_reply(
-    ctx: &XdpContext,
-    l4: usize,
+    tcp: &Tcp,
     flow: &FlowKey,
-    entry: *mut FlowState,
+    entry: Option<*mut FlowState>,
     service_id: u32,
     version: u32,
+    now_s: u32,
 ) {
-    if flow.proto != PROTO_TCP {
-        return;
+    let mut rst = tcp.rst;
+    if let Some(e) = entry {
+        let state = unsafe { &mut *e };
+        let mut flags = after_backend(state.flags, tcp);
+        if rst {
+            rst = state.flags & FLOW_RST_COUNTED == 0;
+            flags |= FLOW_RST_COUNTED;
+        }
+        if flags != state.flags {
+            if closing(flags) && !closing(state.flags) {
+                count(reason::FLOW_CLOSED);
+            }
+            state.flags = flags;
+        }
+        if state.last_seen != now_s {
+            state.last_seen = now_s;
+        }
     }
-    let Some(f) = tcp_flags(ctx, l4) else {
-        return;
-    };
-    // One reset counts once per connection, however many RSTs.
-    let rst = f.rst && unsafe { (*entry).flags } & FLOW_RST_SEEN == 0;
-    if rst {
-        unsafe { (*entry).flags |= FLOW_RST_SEEN };
-    }
-    if f.fin {
-        unsafe { (*entry).flags |= FLOW_FIN_SEEN };
-    }
-    if rst || (f.syn && f.ack) {
-        backend_signal(flow, service_id, version, f.syn && f.ack, rst);
+    let syn_ack = tcp.syn && tcp.ack;
+    if rst || syn_ack {
+        backend_signal(flow, service_id, version, syn_ack, rst);
     }
 }
 

@@ -40,9 +40,12 @@
 //!   go to the stack already rewritten (`pass_to_stack`). Unroutable:
 //!   XDP_DROP (`drop_unroutable`).
 #![no_std]
+// BPF's atomic add (see decide::within_new_flow_budget).
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod classify;
+mod clock;
 mod decide;
 mod family;
 mod forward;

@@ -7,10 +7,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use canary_common::{
-    BackendAddrKey, BackendInfo, BackendStats, FlowKey, FlowState, HealthStats, OverrideKeyData,
-    OverrideValue, PendingHandshake, ReverseNat, ServiceState, VersionStats, VipInfo, VipKey,
-    DEFAULT_FLOW_TABLE_SIZE, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_HANDSHAKES, MAX_OVERRIDES,
-    MAX_SERVICES, MAX_TX_PORTS, MAX_VIP_ENTRIES, NUM_VERSIONS,
+    BackendAddrKey, BackendInfo, BackendStats, FloodWindow, FlowKey, FlowState, HealthStats,
+    LocalAddrKey, NextHop, OverrideKeyData, OverrideValue, PendingHandshake, ReverseNat,
+    ServiceState, Settings, VersionStats, VipInfo, VipKey, DEFAULT_FLOW_TABLE_SIZE,
+    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_HANDSHAKES, MAX_LOCAL_ADDRS, MAX_OVERRIDES, MAX_SERVICES,
+    MAX_TX_PORTS, MAX_VIP_ENTRIES, NUM_VERSIONS,
 };
 
 /// VIP (addr, port, proto) -> service. An entry with port 0 and proto 0 marks
@@ -25,10 +26,14 @@ pub static SERVICES: Array<ServiceState> = Array::pinned(MAX_SERVICES, 0);
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 
-/// Flat array of Maglev tables, see `canary_common::maglev_base`.
+/// Flat array of Maglev tables, see `canary_common::maglev_base`. Sized by
+/// canaryd at load for the services its config allows.
 #[map(name = "MAGLEV")]
 pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_ENTRIES, 0);
 
+/// Open connections: their decision, their state (`canary_common::flow`)
+/// and the next hop of their replies. canaryd sizes it at load and sweeps
+/// out expired entries; the data path treats an expired entry as gone.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(DEFAULT_FLOW_TABLE_SIZE, 0);
 
@@ -65,7 +70,23 @@ pub static HANDSHAKES: LruHashMap<FlowKey, PendingHandshake> =
 pub static HEALTH_STATS: PerCpuArray<HealthStats> =
     PerCpuArray::pinned(MAX_SERVICES * NUM_VERSIONS, 0);
 
-/// The generation a cached next hop must carry to be used (see
-/// `canary_common::NextHop`); canaryd bumps it.
-#[map(name = "NEXTHOP_GEN")]
-pub static NEXTHOP_GEN: Array<u32> = Array::pinned(1, 0);
+/// What canaryd tells the data plane besides the tables (next-hop
+/// generation, flood threshold, flow timeouts). One entry.
+#[map(name = "SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// The next hop toward each backend, per CPU: it depends only on the
+/// backend, so a new connection's SYN needs no route lookup; per CPU, so
+/// concurrent refreshes never tear an entry.
+#[map(name = "BACKEND_NEXTHOP")]
+pub static BACKEND_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// This host's own addresses (canaryd keeps them current): a backend's
+/// packet to one of them is the host's own connection (a health probe),
+/// never reverse-NATed.
+#[map(name = "LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+
+/// Stateful new flows in the current second, host-wide (flood mode).
+#[map(name = "FLOOD")]
+pub static FLOOD: Array<FloodWindow> = Array::pinned(1, 0);

@@ -1,21 +1,25 @@
 //! The reply path, one for both families: a packet from a backend's service
-//! address and port (REVERSE_NAT) on a connection we forwarded gets the VIP
-//! back as its source (reverse NAT), is sent on and counted; a SYN-ACK or
-//! RST is also a health signal. From a backend's service port but not on
-//! a forwarded connection (this host's own health probes):
-//! passed untouched (`pass_reply_no_flow`). A reply the backend fragments
-//! (or sends with IPv4 options or IPv6 extension headers) never gets here
-//! and is passed untouched (`pass_not_vip`): keep the backends' path MTU at
-//! or above the client side's so replies are not fragmented.
+//! address and port (REVERSE_NAT) gets the VIP back as its source (reverse
+//! NAT), is sent on and counted; a SYN-ACK or RST is also a health signal.
+//! The flow entry is not needed: a connection whose entry was evicted (or
+//! that another host of the fleet forwarded) is rewritten all the same
+//! (`reply_no_flow_nat`). Only a packet to one of this host's own addresses
+//! (LOCAL_ADDRS: the host's health probes share the backend's address and
+//! port) is passed untouched (`pass_reply_no_flow`). A reply the backend
+//! fragments (or sends with IPv4 options or IPv6 extension headers) never
+//! gets here and is passed untouched (`pass_not_vip`): keep the backends'
+//! path MTU at or above the client side's so replies are not fragmented.
 
 use crate::classify::Packet;
-use crate::decide::{nexthop_gen, remember_reply, valid};
+use crate::clock;
+use crate::decide::{remember_reply, valid};
 use crate::family::IpHdr;
-use crate::maps::{FLOWS, REVERSE_NAT};
+use crate::maps::{FLOWS, LOCAL_ADDRS, REVERSE_NAT};
 use crate::outcome::Outcome;
+use crate::stats::count;
 use crate::{health, nat, route, stats};
 use aya_ebpf::programs::XdpContext;
-use canary_common::{reason, BackendAddrKey, FlowKey};
+use canary_common::{reason, BackendAddrKey, FlowKey, LocalAddrKey, NextHop};
 
 /// `None`: not from a backend's service port (or not rewritable), so not a
 /// reply at all; the caller passes it as not ours.
@@ -31,18 +35,32 @@ pub fn reply<H: IpHdr, const L3: usize>(ctx: &XdpContext, pkt: &Packet<H>) -> Op
     );
     // The connection as the client sent it: client -> VIP.
     let flow = FlowKey::new(pkt.dst, vip, pkt.dport, pkt.sport, pkt.proto, H::FAMILY);
-    // Only connections we forwarded are rewritten: the host's own
-    // connections to a backend (health probes) share its address and port
-    // but are not ours to translate.
-    let Some(entry) = FLOWS.get_ptr_mut(&flow) else {
-        return Some(Outcome::pass(reason::PASS_REPLY_NO_FLOW));
+    let entry = FLOWS.get_ptr_mut(&flow);
+    if entry.is_none() {
+        let local = LocalAddrKey {
+            addr: pkt.dst,
+            family: H::FAMILY as u32,
+        };
+        if unsafe { LOCAL_ADDRS.get(&local) }.is_some() {
+            return Some(Outcome::pass(reason::PASS_REPLY_NO_FLOW));
+        }
+        count(reason::REPLY_NO_FLOW_NAT);
+    }
+    // Never None (see clock::now); the stack is the harmless answer.
+    let Some(now) = clock::now() else {
+        return Some(Outcome::pass(reason::PASS_TO_STACK));
     };
-    health::note_reply(ctx, pkt.l4, &flow, entry, service_id, version);
+    let tcp = health::tcp_flags(ctx, pkt.l4, pkt.proto);
+    health::note_reply(&tcp, &flow, entry, service_id, version, now.secs);
     nat::snat::<H>(ctx, pkt.ip, pkt.l4, pkt.proto, &pkt.src, &vip)?;
-    let gen = nexthop_gen();
-    let cached = valid(unsafe { &(*entry).to_client }, gen);
-    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, cached);
-    remember_reply(&flow, backend_id, routed.learned, gen);
+    let cached = match entry {
+        Some(e) => valid(unsafe { &(*e).to_client }, now.gen),
+        None => NextHop::default(),
+    };
+    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, &cached);
+    if entry.is_some() {
+        remember_reply(&flow, backend_id, routed.learned, now.gen);
+    }
     if routed.outcome.delivered() {
         stats::count_reply(service_id, version, backend_id, pkt.frame_len as u64);
     }

@@ -36,7 +36,7 @@ fn only(outcome: Outcome) -> Routed {
 }
 
 /// Forwards a rewritten packet: through its connection's cached next hop
-/// when there is a valid one that applies, else by a route lookup (whose
+/// when there is one (`ifindex` non-zero) that applies, else by a route lookup (whose
 /// next hop the caller may cache).
 #[inline(always)]
 pub fn send<H: IpHdr, const L3: usize>(
@@ -45,12 +45,14 @@ pub fn send<H: IpHdr, const L3: usize>(
     proto: u8,
     sport: u16,
     dport: u16,
-    cached: Option<NextHop>,
+    cached: &NextHop,
 ) -> Routed {
-    match cached.and_then(|nh| via_cached::<H, L3>(ctx, ip, &nh)) {
-        Some(outcome) => only(outcome),
-        None => lookup::<H, L3>(ctx, ip, proto, sport, dport),
+    if cached.ifindex != 0 {
+        if let Some(outcome) = via_cached::<H, L3>(ctx, ip, cached) {
+            return only(outcome);
+        }
     }
+    lookup::<H, L3>(ctx, ip, proto, sport, dport)
 }
 
 /// Redirects with a cached next hop, as `finish` would have after a lookup.

@@ -54,6 +54,8 @@ pub enum Tcp {
     SynAck,
     /// A reset (with ACK), as a backend sends it.
     Rst,
+    /// FIN with ACK: one side closing.
+    Fin,
 }
 
 fn tcp_step(
@@ -68,6 +70,7 @@ fn tcp_step(
         Tcp::Ack => t.ack(0x2000_0001).psh(),
         Tcp::SynAck => t.syn().ack(0x1000_0001),
         Tcp::Rst => t.rst().ack(0x1000_0001),
+        Tcp::Fin => t.fin().ack(0x2000_0001),
     }
 }
 

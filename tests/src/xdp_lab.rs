@@ -24,7 +24,9 @@ use crate::netns::Netns;
 use crate::packet::{mac_lb, mac_nbr, mac_peer, mac_str};
 use crate::prog_run::{test_run, Run};
 use anyhow::{Context, Result};
-use canary_common::{reason, FlowKey, FlowState, VersionStats};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+use canary_common::addr::to_words;
+use canary_common::{names, reason, FlowKey, FlowState, LocalAddrKey, NextHop, Settings, VersionStats};
 use canary_userspace::config::{Config, ServiceConfig};
 use canary_userspace::dataplane::maps::pin_dir;
 use canary_userspace::dataplane::DataPlane;
@@ -173,6 +175,8 @@ where
         };
         lab.dp = Some(DataPlane::load(&name, flow_table_size).expect("loading"));
         lab.apply_config(config);
+        // What canaryd does for every address of its namespace.
+        lab.add_local_addrs(&lab_local_addrs());
         body(&mut lab);
         // `lab` drops here, inside the namespace.
     });
@@ -255,6 +259,85 @@ impl Lab {
     pub fn flow(&self, key: &FlowKey) -> Option<FlowState> {
         self.dp().maps().flows.get(key, 0).ok()
     }
+
+    /// Overwrites a flow entry (to age it, say).
+    pub fn set_flow(&mut self, key: &FlowKey, state: FlowState) {
+        self.dp_mut().maps_mut().flows.insert(key, state, 0).unwrap();
+    }
+
+    pub fn remove_flow(&mut self, key: &FlowKey) {
+        self.dp_mut().maps_mut().flows.remove(key).unwrap();
+    }
+
+    /// A map of this lab's data plane, opened through its pin (what an
+    /// independent reader sees, whatever handles `DataPlane` keeps).
+    fn pinned(&self, name: &str) -> MapData {
+        let path = pin_dir(&self.instance).join(name);
+        MapData::from_pin(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+    }
+
+    pub fn settings(&self) -> Settings {
+        let a: Array<_, Settings> = Array::try_from(Map::Array(self.pinned(names::SETTINGS))).unwrap();
+        a.get(&0, 0).unwrap()
+    }
+
+    pub fn set_settings(&self, settings: Settings) {
+        let mut a: Array<_, Settings> =
+            Array::try_from(Map::Array(self.pinned(names::SETTINGS))).unwrap();
+        a.set(0, settings, 0).unwrap();
+    }
+
+    /// Every CPU's cached next hop toward a backend.
+    pub fn backend_nexthops(&self, backend_id: u32) -> Vec<NextHop> {
+        let a: PerCpuArray<_, NextHop> =
+            PerCpuArray::try_from(Map::PerCpuArray(self.pinned(names::BACKEND_NEXTHOP))).unwrap();
+        a.get(&backend_id, 0).unwrap().iter().copied().collect()
+    }
+
+    /// The cached next hop toward a backend on the CPU that has one (a lab
+    /// thread may move between CPUs; all entries set must agree).
+    pub fn backend_nexthop(&self, backend_id: u32) -> NextHop {
+        let set: Vec<NextHop> = self
+            .backend_nexthops(backend_id)
+            .into_iter()
+            .filter(|n| n.ifindex != 0)
+            .collect();
+        set.last().copied().unwrap_or_default()
+    }
+
+    /// Lists `addrs` as this host's own in LOCAL_ADDRS (what canaryd does
+    /// for every address of its namespace).
+    pub fn add_local_addrs(&self, addrs: &[IpAddr]) {
+        let mut m: BpfHashMap<_, LocalAddrKey, u32> =
+            BpfHashMap::try_from(Map::HashMap(self.pinned(names::LOCAL_ADDRS))).unwrap();
+        for a in addrs {
+            let family = if a.is_ipv4() { 4 } else { 6 };
+            m.insert(LocalAddrKey { addr: to_words(*a), family }, 1, 0).unwrap();
+        }
+    }
+
+    pub fn local_addrs(&self) -> Vec<LocalAddrKey> {
+        let m: BpfHashMap<_, LocalAddrKey, u32> =
+            BpfHashMap::try_from(Map::HashMap(self.pinned(names::LOCAL_ADDRS))).unwrap();
+        m.keys().map(|k| k.unwrap()).collect()
+    }
+}
+
+/// The LB's own addresses in the standard addressing.
+pub fn lab_local_addrs() -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = (0..4).map(|i| format!("198.18.{i}.1").parse().unwrap()).collect();
+    v.push("2001:db8::1".parse().unwrap());
+    for i in 1..4 {
+        v.push(format!("2001:db8:{i}::1").parse().unwrap());
+    }
+    v
+}
+
+/// Seconds of CLOCK_MONOTONIC: the clock of a flow entry's `last_seen`.
+pub fn monotonic_secs() -> u32 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u32
 }
 
 /// Asserts that exactly the listed reasons moved, each by the given amount.

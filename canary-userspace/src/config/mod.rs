@@ -234,6 +234,149 @@ services:
         }
     }
 
+    const FLOW_TABLE: &str = r#"flow_table:
+  size: 4096
+  timeouts:
+    tcp_established: 1h
+    tcp_handshake: 30s
+    tcp_closing: 5s
+    udp: 10s
+    udp_replied: 1m
+  syn_flood_threshold: 1000
+  sweep_interval: 2s
+limits:
+  services: 8
+"#;
+
+    #[test]
+    fn flow_table_and_limits_default_like_conntrack() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            c.flow_table_entries(),
+            canary_common::DEFAULT_FLOW_TABLE_SIZE
+        );
+        assert_eq!(
+            c.flow_table.timeouts.to_map(),
+            canary_common::flow::DEFAULT_TIMEOUTS
+        );
+        assert_eq!(
+            c.flow_table.timeouts.tcp_established,
+            Duration::from_secs(7440)
+        );
+        assert_eq!(c.flow_table.syn_flood_threshold, 50_000);
+        assert_eq!(c.flow_table.sweep_interval, Duration::from_secs(5));
+        assert_eq!(c.limits.services, canary_common::DEFAULT_SERVICE_LIMIT);
+    }
+
+    #[test]
+    fn flow_table_and_limits_parse() {
+        let c = Config::parse(&format!("{FLOW_TABLE}{GOOD}")).unwrap();
+        assert_eq!(c.flow_table_entries(), 4096);
+        let t = c.flow_table.timeouts.to_map();
+        assert_eq!(
+            (
+                t.tcp_established,
+                t.tcp_handshake,
+                t.tcp_closing,
+                t.udp,
+                t.udp_replied
+            ),
+            (3600, 30, 5, 10, 60)
+        );
+        assert_eq!(c.flow_table.syn_flood_threshold, 1000);
+        assert_eq!(c.flow_table.sweep_interval, Duration::from_secs(2));
+        assert_eq!(c.limits.services, 8);
+        // The older spelling still works, and 64 entries are enough.
+        let old = Config::parse(&format!("flow_table_size: 64\n{GOOD}")).unwrap();
+        assert_eq!(old.flow_table_entries(), 64);
+        let off = FLOW_TABLE.replace("syn_flood_threshold: 1000", "syn_flood_threshold: 0");
+        assert_eq!(
+            Config::parse(&format!("{off}{GOOD}"))
+                .unwrap()
+                .flow_table
+                .syn_flood_threshold,
+            0
+        );
+    }
+
+    #[test]
+    fn bad_flow_table_and_limits_name_the_key() {
+        let good = format!("{FLOW_TABLE}{GOOD}");
+        let cases = [
+            (good.replace("size: 4096", "size: 63"), "flow_table.size"),
+            (
+                good.replace("size: 4096", "size: 16777217"),
+                "flow_table.size",
+            ),
+            (format!("flow_table_size: 32\n{GOOD}"), "flow_table_size"),
+            (format!("flow_table_size: 4096\n{good}"), "not both"),
+            (
+                good.replace("tcp_closing: 5s", "tcp_closing: 0s"),
+                "flow_table.timeouts.tcp_closing",
+            ),
+            (
+                good.replace("udp: 10s", "udp: 1500ms"),
+                "flow_table.timeouts.udp: 1.5s must be whole seconds",
+            ),
+            (
+                good.replace("tcp_established: 1h", "tcp_established: 31days"),
+                "flow_table.timeouts.tcp_established",
+            ),
+            (
+                good.replace("tcp_handshake: 30s", "tcp_handshake: soon"),
+                "tcp_handshake",
+            ),
+            (
+                good.replace("sweep_interval: 2s", "sweep_interval: 500ms"),
+                "flow_table.sweep_interval",
+            ),
+            (
+                good.replace("sweep_interval: 2s", "sweep_interval: 6m"),
+                "flow_table.sweep_interval",
+            ),
+            (
+                good.replace("syn_flood_threshold: 1000", "syn_flood_threshold: -1"),
+                "syn_flood_threshold",
+            ),
+            (
+                good.replace("  size: 4096\n", "  size: 4096\n  colour: red\n"),
+                "colour",
+            ),
+            (
+                good.replace("services: 8", "services: 0"),
+                "limits.services",
+            ),
+            (
+                good.replace("services: 8", "services: 1025"),
+                "limits.services",
+            ),
+            (
+                good.replace("services: 8", "services: 1\n  vips: 2"),
+                "vips",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = err_of(&text);
+            assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn more_services_than_the_limit_are_refused() {
+        let two = format!(
+            "limits:\n  services: 1\n{GOOD}{}",
+            r#"  - name: shop2
+    vip: 198.18.100.2
+    port: 80
+    protocol: tcp
+    stable: [198.18.5.2]
+"#
+        );
+        let e = err_of(&two);
+        assert!(e.contains("limits.services is 1"), "{e}");
+        assert!(Config::parse(&two.replace("services: 1\n", "services: 2\n")).is_ok());
+    }
+
     #[test]
     fn default_seed_is_stable_across_hosts() {
         // FNV-1a reference value for "shop".

@@ -20,8 +20,15 @@ pub struct Config {
     #[serde(default)]
     pub backend_interfaces: Vec<String>,
     /// Entries of the flow table (connection affinity). Fixed at load time.
+    /// The older spelling of `flow_table.size` (still accepted; not both).
     #[serde(default)]
     pub flow_table_size: Option<u32>,
+    /// The flow table: size, idle timeouts, SYN-flood threshold, sweep.
+    #[serde(default)]
+    pub flow_table: FlowTableConfig,
+    /// Sizes fixed when the data plane is loaded.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// The control API's Unix socket (root only, mode 0600). Default
     /// /run/canary/canaryd.sock.
     #[serde(default)]
@@ -209,4 +216,54 @@ pub struct RolloutConfig {
     pub analysis: AnalysisConfig,
     #[serde(default)]
     pub on_rollback: OnRollback,
+}
+
+/// `flow_table:`. The size is fixed at load time (a restart changes it);
+/// timeouts, threshold and sweep interval change on reload.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowTableConfig {
+    /// Entries (64 ..= 16777216); default 262144.
+    #[serde(default)]
+    pub size: Option<u32>,
+    #[serde(default)]
+    pub timeouts: FlowTimeoutsConfig,
+    /// Stateful new flows per second (host-wide) above which bare SYNs are
+    /// decided without a flow entry (flood mode). 0: flood mode off.
+    #[serde(default = "default_syn_flood_threshold")]
+    pub syn_flood_threshold: u32,
+    /// How often canaryd removes expired entries and counts occupancy.
+    #[serde(default = "default_sweep_interval", with = "humantime_serde")]
+    pub sweep_interval: Duration,
+}
+
+/// `flow_table.timeouts:`: idle timeouts of a flow entry, whole seconds.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowTimeoutsConfig {
+    /// TCP after the backend answered (RFC 5382: at least 2 h 4 min).
+    #[serde(default = "default_tcp_established", with = "humantime_serde")]
+    pub tcp_established: Duration,
+    /// TCP before the backend answered (conntrack's SYN_SENT: 2 min).
+    #[serde(default = "default_tcp_handshake", with = "humantime_serde")]
+    pub tcp_handshake: Duration,
+    /// TCP after FIN both ways or a RST (conntrack's CLOSE: 10 s).
+    #[serde(default = "default_tcp_closing", with = "humantime_serde")]
+    pub tcp_closing: Duration,
+    /// UDP before the backend answered (conntrack's unreplied: 30 s).
+    #[serde(default = "default_udp", with = "humantime_serde")]
+    pub udp: Duration,
+    /// UDP after the backend answered (conntrack's stream: 2 min).
+    #[serde(default = "default_udp_replied", with = "humantime_serde")]
+    pub udp_replied: Duration,
+}
+
+/// `limits:`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Services this data plane can hold (1 ..= 1024): sizes the Maglev
+    /// tables (256 KiB per service). A restart changes it.
+    #[serde(default = "default_service_limit")]
+    pub services: u32,
 }

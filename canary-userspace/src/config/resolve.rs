@@ -5,6 +5,7 @@
 use super::model::*;
 use super::Version;
 use canary_common::weight::WeightBp;
+use canary_common::{FlowTimeouts, DEFAULT_FLOW_TABLE_SIZE, DEFAULT_SERVICE_LIMIT};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -42,6 +43,78 @@ pub(super) fn default_handshake_timeout() -> Duration {
 
 pub(super) fn default_prometheus_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+pub(super) fn default_syn_flood_threshold() -> u32 {
+    50_000
+}
+pub(super) fn default_sweep_interval() -> Duration {
+    Duration::from_secs(5)
+}
+const DEFAULT_TIMEOUTS: FlowTimeouts = canary_common::flow::DEFAULT_TIMEOUTS;
+pub(super) fn default_tcp_established() -> Duration {
+    Duration::from_secs(DEFAULT_TIMEOUTS.tcp_established as u64)
+}
+pub(super) fn default_tcp_handshake() -> Duration {
+    Duration::from_secs(DEFAULT_TIMEOUTS.tcp_handshake as u64)
+}
+pub(super) fn default_tcp_closing() -> Duration {
+    Duration::from_secs(DEFAULT_TIMEOUTS.tcp_closing as u64)
+}
+pub(super) fn default_udp() -> Duration {
+    Duration::from_secs(DEFAULT_TIMEOUTS.udp as u64)
+}
+pub(super) fn default_udp_replied() -> Duration {
+    Duration::from_secs(DEFAULT_TIMEOUTS.udp_replied as u64)
+}
+pub(super) fn default_service_limit() -> u32 {
+    DEFAULT_SERVICE_LIMIT
+}
+
+impl Default for FlowTableConfig {
+    fn default() -> Self {
+        FlowTableConfig {
+            size: None,
+            timeouts: FlowTimeoutsConfig::default(),
+            syn_flood_threshold: default_syn_flood_threshold(),
+            sweep_interval: default_sweep_interval(),
+        }
+    }
+}
+
+impl Default for FlowTimeoutsConfig {
+    fn default() -> Self {
+        FlowTimeoutsConfig {
+            tcp_established: default_tcp_established(),
+            tcp_handshake: default_tcp_handshake(),
+            tcp_closing: default_tcp_closing(),
+            udp: default_udp(),
+            udp_replied: default_udp_replied(),
+        }
+    }
+}
+
+impl FlowTimeoutsConfig {
+    /// The timeouts as the data plane takes them (seconds; validation keeps
+    /// them whole and within 1 s ..= 30 d).
+    pub fn to_map(&self) -> FlowTimeouts {
+        let s = |d: Duration| d.as_secs().min(u32::MAX as u64) as u32;
+        FlowTimeouts {
+            tcp_established: s(self.tcp_established),
+            tcp_handshake: s(self.tcp_handshake),
+            tcp_closing: s(self.tcp_closing),
+            udp: s(self.udp),
+            udp_replied: s(self.udp_replied),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            services: default_service_limit(),
+        }
+    }
 }
 
 impl Default for AnalysisConfig {
@@ -108,6 +181,15 @@ impl ServiceConfig {
 }
 
 impl Config {
+    /// Entries of the flow table: `flow_table.size`, or the older top-level
+    /// `flow_table_size`, or the default.
+    pub fn flow_table_entries(&self) -> u32 {
+        self.flow_table
+            .size
+            .or(self.flow_table_size)
+            .unwrap_or(DEFAULT_FLOW_TABLE_SIZE)
+    }
+
     /// All interfaces the program attaches to, the client-facing one first.
     pub fn interfaces(&self) -> Vec<String> {
         let mut all = vec![self.interface.clone()];

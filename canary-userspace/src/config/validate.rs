@@ -30,17 +30,18 @@ impl Config {
                 bail!("state_dir: {} must be an absolute path", p.display());
             }
         }
-        if let Some(size) = self.flow_table_size {
-            if !(1024..=16_777_216).contains(&size) {
-                bail!("flow_table_size: {size} is out of range (1024 to 16777216)");
-            }
+        validate_flow_table(self)?;
+        let limit = self.limits.services;
+        if !(1..=MAX_SERVICES).contains(&limit) {
+            bail!("limits.services: {limit} is out of range (1 to {MAX_SERVICES})");
         }
         if self.services.is_empty() {
             bail!("services: at least one service is needed");
         }
-        if self.services.len() > MAX_SERVICES as usize {
+        if self.services.len() > limit as usize {
             bail!(
-                "services: {} services, at most {MAX_SERVICES} are supported",
+                "services: {} services, but limits.services is {limit} \
+                 (raise it, up to {MAX_SERVICES}; that needs a restart of canaryd)",
                 self.services.len()
             );
         }
@@ -177,6 +178,48 @@ impl Config {
         let _ = WEIGHT_SCALE_BP;
         Ok(())
     }
+}
+
+/// Flow table sizes the config accepts.
+pub const FLOW_TABLE_MIN: u32 = 64;
+pub const FLOW_TABLE_MAX: u32 = 16_777_216;
+
+fn validate_flow_table(c: &Config) -> Result<()> {
+    let ft = &c.flow_table;
+    if let (Some(_), Some(_)) = (ft.size, c.flow_table_size) {
+        bail!("flow_table_size: set flow_table.size or the older flow_table_size, not both");
+    }
+    for (key, size) in [
+        ("flow_table.size", ft.size),
+        ("flow_table_size", c.flow_table_size),
+    ] {
+        if let Some(size) = size {
+            if !(FLOW_TABLE_MIN..=FLOW_TABLE_MAX).contains(&size) {
+                bail!("{key}: {size} is out of range ({FLOW_TABLE_MIN} to {FLOW_TABLE_MAX})");
+            }
+        }
+    }
+    let t = &ft.timeouts;
+    const MAX_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 3600);
+    for (key, d) in [
+        ("tcp_established", t.tcp_established),
+        ("tcp_handshake", t.tcp_handshake),
+        ("tcp_closing", t.tcp_closing),
+        ("udp", t.udp),
+        ("udp_replied", t.udp_replied),
+    ] {
+        if d.subsec_nanos() != 0 {
+            bail!("flow_table.timeouts.{key}: {d:?} must be whole seconds");
+        }
+        if d < Duration::from_secs(1) || d > MAX_TIMEOUT {
+            bail!("flow_table.timeouts.{key}: {d:?} is out of range (1s to 30d)");
+        }
+    }
+    let sweep = ft.sweep_interval;
+    if sweep < Duration::from_secs(1) || sweep > Duration::from_secs(300) {
+        bail!("flow_table.sweep_interval: {sweep:?} is out of range (1s to 5m)");
+    }
+    Ok(())
 }
 
 fn validate_health(h: &HealthConfig, s: &ServiceConfig) -> Result<()> {

@@ -169,7 +169,10 @@ impl Daemon {
             warn!("{line}");
         }
         let running = effective.config;
-        let mut dp = DataPlane::load(instance, running.flow_table_size)?;
+        let mut dp = DataPlane::load_with(
+            instance,
+            crate::dataplane::LoadOptions::from_config(&running),
+        )?;
         // A data plane this process created is removed again when the start
         // fails; one taken over from an earlier canaryd keeps forwarding.
         let abandon = |dp: &mut DataPlane| {

@@ -74,8 +74,12 @@ impl Daemon {
             ("metrics", file.metrics == self.file.metrics),
             ("state_dir", file.state_dir == self.file.state_dir),
             (
-                "flow_table_size",
-                file.flow_table_size == self.file.flow_table_size,
+                "flow_table.size",
+                file.flow_table_entries() == self.file.flow_table_entries(),
+            ),
+            (
+                "limits.services",
+                file.limits.services == self.file.limits.services,
             ),
         ] {
             if !same {

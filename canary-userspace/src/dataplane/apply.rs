@@ -52,9 +52,20 @@ impl DataPlane {
             ifindexes.insert(iface.clone(), ifindex(&iface)?);
         }
         if let Some(prev) = &self.applied {
-            if prev.flow_table_size != config.flow_table_size {
-                bail!("flow_table_size: changing the flow table size needs a restart of canaryd");
+            if prev.flow_table_entries() != config.flow_table_entries() {
+                bail!("flow_table.size: changing the flow table size needs a restart of canaryd");
             }
+            if prev.limits.services != config.limits.services {
+                bail!("limits.services: changing the service limit needs a restart of canaryd");
+            }
+        }
+        if config.services.len() > self.options.services as usize {
+            bail!(
+                "limits.services: {} services, but this data plane was loaded for {} \
+                 (changing limits.services needs a restart of canaryd)",
+                config.services.len(),
+                self.options.services
+            );
         }
 
         // Ids: kept for known services and backends, fresh ones for new.
@@ -77,7 +88,7 @@ impl DataPlane {
         let mut fresh_backends = Vec::new();
         for s in &config.services {
             let known = ids.services.contains_key(&s.name);
-            let sid = ids.service(&s.name, &active_slots)?;
+            let sid = ids.service(&s.name, &active_slots, self.options.services)?;
             if !known {
                 fresh_services.push(sid);
             }
@@ -273,6 +284,7 @@ impl DataPlane {
             state.weight_bp = s.weight_bp();
             state.seed = s.seed();
             state.active = 1;
+            state.has_overrides = u32::from(!s.overrides.is_empty());
             // One write: weight, seed and the live generations switch together.
             self.maps.services.set(*sid, state, 0)?;
             match (old_weight, &old) {
@@ -338,7 +350,18 @@ impl DataPlane {
             report.lines.push(format!("service {name}: removed"));
         }
 
-        // 5. Interfaces: redirect ports, then attachments.
+        // 5. Settings (timeouts, flood threshold; written whole) and this
+        //    host's addresses, then interfaces: redirect ports, then
+        //    attachments.
+        let settings = Settings {
+            nexthop_gen: 0,
+            flood_new_flows_per_s: config.flow_table.syn_flood_threshold,
+            timeouts: config.flow_table.timeouts.to_map(),
+        };
+        self.maps
+            .write_settings(settings)
+            .context("writing SETTINGS")?;
+        self.refresh_local_addrs().context("filling LOCAL_ADDRS")?;
         let wanted: HashSet<u32> = ifindexes.values().copied().collect();
         for idx in ifindexes.values() {
             self.maps.tx_ports.insert(*idx, *idx, None, 0)?;

@@ -115,7 +115,9 @@ pub fn remove_pins(dir: &std::path::Path) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir(dir.join("links"));
-    for name in canary_common::names::ALL {
+    // Layout 1's NEXTHOP_GEN too, should its pins never have been migrated.
+    let v1 = [canary_common::names::NEXTHOP_GEN_V1];
+    for name in canary_common::names::ALL.iter().chain(v1.iter()) {
         let path = dir.join(name);
         if path.exists() {
             std::fs::remove_file(&path)

@@ -65,8 +65,13 @@ pub fn explain(
 
     // 1. An open connection keeps its backend.
     if port.is_some() {
-        if let Ok(f) = maps.flows.get(&flow, 0) {
-            let version = Version::from_index(f.version);
+        // An entry idle past its timeout is gone for the data path too.
+        let timeouts = maps.settings().map(|x| x.timeouts).unwrap_or_default();
+        let live = maps.flows.get(&flow, 0).ok().filter(|f| {
+            !canary_common::flow::expired(f, flow.proto, super::monotonic_s(), &timeouts)
+        });
+        if let Some(f) = live {
+            let version = Version::from_index(f.version as u32);
             let backend = backend_addr(f.backend_id)?;
             return Ok(Explain {
                 backend,

@@ -15,16 +15,27 @@ pub struct Ids {
 }
 
 impl Ids {
-    /// The id of service `name`; a new one avoids ids in use and slots the
+    /// The id of service `name`; a new one, below `limit` (the services
+    /// the Maglev tables are sized for), avoids ids in use and slots the
     /// kernel still has active (adopted, about to be removed).
-    pub(super) fn service(&mut self, name: &str, active_slots: &HashSet<u32>) -> Result<u32> {
+    pub(super) fn service(
+        &mut self,
+        name: &str,
+        active_slots: &HashSet<u32>,
+        limit: u32,
+    ) -> Result<u32> {
         if let Some(id) = self.services.get(name) {
             return Ok(*id);
         }
         let used: HashSet<u32> = self.services.values().copied().collect();
-        let id = (0..MAX_SERVICES)
+        let id = (0..limit.min(MAX_SERVICES))
             .find(|i| !used.contains(i) && !active_slots.contains(i))
-            .context("no free service id")?;
+            .with_context(|| {
+                format!(
+                    "no free service id below limits.services ({limit}); services being \
+                     removed keep theirs until the reload completes"
+                )
+            })?;
         self.services.insert(name.to_string(), id);
         Ok(id)
     }

@@ -7,8 +7,8 @@ use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, 
 use aya::Ebpf;
 use canary_common::{
     names, reason, version_stats_index, BackendAddrKey, BackendInfo, BackendStats, FlowKey,
-    FlowState, HealthStats, OverrideKeyData, OverrideValue, PendingHandshake, ReverseNat,
-    ServiceState, VersionStats, VipInfo, VipKey,
+    FlowState, HealthStats, LocalAddrKey, OverrideKeyData, OverrideValue, PendingHandshake,
+    ReverseNat, ServiceState, Settings, VersionStats, VipInfo, VipKey,
 };
 use std::path::{Path, PathBuf};
 
@@ -45,8 +45,9 @@ pub fn ensure_bpffs() -> Result<()> {
 
 /// What a pinned map must look like to be adopted: (name, key size, value
 /// size, max entries). aya reuses a pin by name without checking, so a pin
-/// left by an incompatible canaryd must be caught here.
-pub fn expected_layout(flow_table_size: u32) -> Vec<(&'static str, u32, u32, u32)> {
+/// left by an incompatible canaryd must be caught here. `services` is
+/// `limits.services` (it sizes `MAGLEV`).
+pub fn expected_layout(flow_table_size: u32, services: u32) -> Vec<(&'static str, u32, u32, u32)> {
     use canary_common::*;
     use std::mem::size_of;
     let sz = |n: usize| n as u32;
@@ -69,7 +70,7 @@ pub fn expected_layout(flow_table_size: u32) -> Vec<(&'static str, u32, u32, u32
             sz(size_of::<BackendInfo>()),
             MAX_BACKENDS,
         ),
-        (names::MAGLEV, 4, 4, MAGLEV_ENTRIES),
+        (names::MAGLEV, 4, 4, maglev_entries(services)),
         (
             names::FLOWS,
             sz(size_of::<FlowKey>()),
@@ -113,14 +114,27 @@ pub fn expected_layout(flow_table_size: u32) -> Vec<(&'static str, u32, u32, u32
             sz(size_of::<HealthStats>()),
             MAX_SERVICES * NUM_VERSIONS,
         ),
-        (names::NEXTHOP_GEN, 4, 4, 1),
+        (names::SETTINGS, 4, sz(size_of::<Settings>()), 1),
+        (
+            names::BACKEND_NEXTHOP,
+            4,
+            sz(size_of::<NextHop>()),
+            MAX_BACKENDS,
+        ),
+        (
+            names::LOCAL_ADDRS,
+            sz(size_of::<LocalAddrKey>()),
+            4,
+            MAX_LOCAL_ADDRS,
+        ),
+        (names::FLOOD, 4, sz(size_of::<FloodWindow>()), 1),
     ]
 }
 
 /// Checks the pins in `dir` against [`expected_layout`]; a clear error
 /// names the first map that differs.
-pub fn check_pinned_layout(dir: &Path, flow_table_size: u32) -> Result<()> {
-    for (name, key, value, max) in expected_layout(flow_table_size) {
+pub fn check_pinned_layout(dir: &Path, flow_table_size: u32, services: u32) -> Result<()> {
+    for (name, key, value, max) in expected_layout(flow_table_size, services) {
         let path = dir.join(name);
         if !path.exists() {
             continue;
@@ -134,7 +148,11 @@ pub fn check_pinned_layout(dir: &Path, flow_table_size: u32) -> Result<()> {
                  remove the old data plane first (`canaryctl teardown`, or canaryd --on-exit teardown)",
                 path.display(),
                 (key, value, max),
-                if name == names::FLOWS { " (was flow_table_size changed?)" } else { "" }
+                match name {
+                    names::FLOWS => " (was flow_table.size changed?)",
+                    names::MAGLEV => " (was limits.services changed?)",
+                    _ => "",
+                }
             );
         }
     }
@@ -155,7 +173,8 @@ pub struct Maps {
     pub tx_ports: DevMapHash<MapData>,
     pub handshakes: HashMap<MapData, FlowKey, PendingHandshake>,
     pub health_stats: PerCpuArray<MapData, HealthStats>,
-    pub nexthop_gen: Array<MapData, u32>,
+    pub settings: Array<MapData, Settings>,
+    pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
@@ -198,7 +217,8 @@ impl Maps {
             tx_ports: typed(get(names::TX_PORTS)?, names::TX_PORTS)?,
             handshakes: typed(get(names::HANDSHAKES)?, names::HANDSHAKES)?,
             health_stats: typed(get(names::HEALTH_STATS)?, names::HEALTH_STATS)?,
-            nexthop_gen: typed(get(names::NEXTHOP_GEN)?, names::NEXTHOP_GEN)?,
+            settings: typed(get(names::SETTINGS)?, names::SETTINGS)?,
+            local_addrs: typed(get(names::LOCAL_ADDRS)?, names::LOCAL_ADDRS)?,
         })
     }
 
@@ -226,9 +246,48 @@ impl Maps {
     /// packets look their route up again (after a config change; without a
     /// bump they age out within about a second in the kernel).
     pub fn bump_nexthop_gen(&mut self) -> Result<()> {
-        let gen = self.nexthop_gen.get(&0, 0).unwrap_or(0);
-        self.nexthop_gen.set(0, gen.wrapping_add(1), 0)?;
+        let mut settings = self.settings()?;
+        settings.nexthop_gen = settings.nexthop_gen.wrapping_add(1);
+        self.settings.set(0, settings, 0)?;
         Ok(())
+    }
+
+    /// `SETTINGS[0]` as the data plane reads it.
+    pub fn settings(&self) -> Result<Settings> {
+        Ok(self.settings.get(&0, 0)?)
+    }
+
+    /// Writes `SETTINGS[0]` whole, with the next-hop generation bumped (so
+    /// every cached next hop is looked up again).
+    pub fn write_settings(&mut self, mut next: Settings) -> Result<()> {
+        let gen = self.settings().map(|s| s.nexthop_gen).unwrap_or(0);
+        next.nexthop_gen = gen.wrapping_add(1);
+        self.settings.set(0, next, 0)?;
+        Ok(())
+    }
+
+    /// Makes `LOCAL_ADDRS` hold exactly `addrs` (at most `MAX_LOCAL_ADDRS`);
+    /// returns (added, removed).
+    pub fn sync_local_addrs(&mut self, addrs: &[std::net::IpAddr]) -> Result<(usize, usize)> {
+        let want: std::collections::HashSet<LocalAddrKey> = addrs
+            .iter()
+            .take(canary_common::MAX_LOCAL_ADDRS as usize)
+            .map(|a| local_addr_key(*a))
+            .collect();
+        let have: std::collections::HashSet<LocalAddrKey> =
+            self.local_addrs.keys().filter_map(|k| k.ok()).collect();
+        let mut added = 0;
+        for k in want.difference(&have) {
+            self.local_addrs.insert(k, 1, 0)?;
+            added += 1;
+        }
+        let mut removed = 0;
+        for k in have.difference(&want) {
+            if self.local_addrs.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok((added, removed))
     }
 
     /// Passive health signals of a service's version, summed over CPUs.
@@ -297,6 +356,14 @@ impl Maps {
             .filter_map(|(i, b)| b.ok().map(|b| (i as u32, b)))
             .filter(|(_, b)| b.family != 0 && b.service_id == service_id)
             .collect()
+    }
+}
+
+/// The `LOCAL_ADDRS` key of one of this host's addresses.
+pub fn local_addr_key(addr: std::net::IpAddr) -> LocalAddrKey {
+    LocalAddrKey {
+        addr: canary_common::addr::to_words(addr),
+        family: canary_common::addr::family(addr) as u32,
     }
 }
 

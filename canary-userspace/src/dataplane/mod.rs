@@ -34,8 +34,9 @@ use canary_common::addr::{family, override_key, to_words};
 use canary_common::weight::WeightBp;
 use canary_common::{
     maglev_base, BackendAddrKey, BackendInfo, HealthStats, OverrideValue, ReverseNat, ServiceState,
-    VersionStats, VipInfo, VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP, DEFAULT_FLOW_TABLE_SIZE,
-    MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
+    Settings, VersionStats, VipInfo, VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP,
+    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_SERVICE_LIMIT, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    PROTO_TCP, PROTO_UDP,
 };
 use log::{error, info, warn};
 use maps::{pin_dir, Maps};
@@ -55,8 +56,64 @@ pub fn ebpf_object() -> &'static [u8] {
     EBPF_OBJECT
 }
 
+/// What is sized when the data plane is loaded (a restart changes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `FLOWS` entries (`flow_table.size`).
+    pub flow_table_size: u32,
+    /// Services the `MAGLEV` tables are sized for (`limits.services`).
+    pub services: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_table_size: DEFAULT_FLOW_TABLE_SIZE,
+            services: DEFAULT_SERVICE_LIMIT,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// The sizes a config asks for.
+    pub fn from_config(config: &Config) -> LoadOptions {
+        LoadOptions {
+            flow_table_size: config.flow_table_entries(),
+            services: config.limits.services,
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in whole seconds: the clock of the flow entries'
+/// `last_seen` (`bpf_ktime_get_coarse_ns() / 1e9`).
+pub fn monotonic_s() -> u32 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u32)
+        .unwrap_or(0)
+}
+
+/// Every address of every interface in this network namespace (what
+/// `LOCAL_ADDRS` holds: a backend's packet to one of them is this host's
+/// own connection, passed untouched).
+pub fn local_addresses() -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("listing this host's addresses")? {
+        let Some(a) = ifa.address else { continue };
+        if let Some(v4) = a.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = a.as_sockaddr_in6() {
+            out.push(IpAddr::V6(v6.ip()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 pub struct DataPlane {
     ebpf: Ebpf,
+    /// Sizes fixed at load.
+    options: LoadOptions,
     maps: Maps,
     instance: String,
     pin_dir: PathBuf,
@@ -82,6 +139,18 @@ impl DataPlane {
     /// Loads the embedded object with its maps pinned under
     /// /sys/fs/bpf/canary/<instance>/.
     pub fn load(instance: &str, flow_table_size: Option<u32>) -> Result<DataPlane> {
+        DataPlane::load_with(
+            instance,
+            LoadOptions {
+                flow_table_size: flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_SIZE),
+                ..LoadOptions::default()
+            },
+        )
+    }
+
+    /// `load` with every load-time size (`flow_table.size`,
+    /// `limits.services`).
+    pub fn load_with(instance: &str, options: LoadOptions) -> Result<DataPlane> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this canaryd was built without its XDP object; build it with `cargo xtask build`"
@@ -95,15 +164,25 @@ impl DataPlane {
                 dir.display()
             )
         })?;
-        let flows = flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_SIZE);
+        let flows = options.flow_table_size;
+        if !(1..=MAX_SERVICES).contains(&options.services) {
+            bail!(
+                "limits.services: {} is out of range (1 to {MAX_SERVICES})",
+                options.services
+            );
+        }
         let adopted = dir.join(canary_common::names::SERVICES).exists();
         if adopted {
-            crate::dataplane::maps::check_pinned_layout(&dir, flows)?;
+            crate::dataplane::maps::check_pinned_layout(&dir, flows, options.services)?;
             info!("adopting the pinned data plane in {}", dir.display());
         }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .map_max_entries(canary_common::names::FLOWS, flows)
+            .map_max_entries(
+                canary_common::names::MAGLEV,
+                canary_common::maglev_entries(options.services),
+            )
             .load(EBPF_OBJECT)
             .context("loading the XDP object")?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -120,9 +199,14 @@ impl DataPlane {
         program
             .load()
             .context("loading the XDP program into the kernel (verifier)")?;
-        let maps = Maps::from_ebpf(&mut ebpf)?;
+        let mut maps = Maps::from_ebpf(&mut ebpf)?;
+        // This host's own addresses before anything is attached, so a reply
+        // to one of its probes is never rewritten.
+        maps.sync_local_addrs(&local_addresses()?)
+            .context("filling LOCAL_ADDRS")?;
         Ok(DataPlane {
             ebpf,
+            options,
             maps,
             instance: instance.to_string(),
             pin_dir: dir,
@@ -171,6 +255,30 @@ impl DataPlane {
     /// The instance name (the pin directory's name).
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// The sizes this data plane was loaded with.
+    pub fn options(&self) -> LoadOptions {
+        self.options
+    }
+
+    /// Where this data plane's maps are pinned.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
+    }
+
+    /// Makes `LOCAL_ADDRS` match this host's addresses now (canaryd calls
+    /// it every few seconds); returns (added, removed).
+    pub fn refresh_local_addrs(&mut self) -> Result<(usize, usize)> {
+        let addrs = local_addresses()?;
+        if addrs.len() > canary_common::MAX_LOCAL_ADDRS as usize {
+            warn!(
+                "this host has {} addresses; LOCAL_ADDRS holds the first {}",
+                addrs.len(),
+                canary_common::MAX_LOCAL_ADDRS
+            );
+        }
+        self.maps.sync_local_addrs(&addrs)
     }
 
     /// Makes every cached next hop stale at once (their connections' next
@@ -236,6 +344,14 @@ impl DataPlane {
         let Some(sid) = self.service_id(service) else {
             return;
         };
+        // Flow entries name their backend, not their service: every
+        // BACKENDS entry of the service (drained ones too).
+        let backends: HashSet<u32> = self
+            .maps
+            .backends_of(sid)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         let path = self.pin_dir.join(canary_common::names::FLOWS);
         let service = service.to_string();
         std::thread::spawn(move || {
@@ -249,7 +365,9 @@ impl DataPlane {
                 let doomed: Vec<_> = flows
                     .iter()
                     .filter_map(|r| r.ok())
-                    .filter(|(_, f)| f.service_id == sid && f.version & 1 == version)
+                    .filter(|(_, f)| {
+                        backends.contains(&f.backend_id) && u32::from(f.version & 1) == version
+                    })
                     .map(|(k, _)| k)
                     .collect();
                 Ok(doomed.iter().filter(|k| flows.remove(k).is_ok()).count())

@@ -10,13 +10,15 @@
 //!
 //! Modules: `forward` (client -> VIP), `reply` (backend -> client),
 //! `checksum`, `policy` (not ours; overrides), `malformed` (the shape
-//! table), `routing` (next hops and their cache).
+//! table), `routing` (next hops and their cache), `lifecycle` (a flow
+//! entry's life, flood mode, replies without an entry).
 //!
 //! Needs root (netns, bpffs, BPF). Run:
 //! `cargo test -p canary-tests --test prog_test_run`.
 
 mod checksum;
 mod forward;
+mod lifecycle;
 mod malformed;
 mod policy;
 mod reply;
