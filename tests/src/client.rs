@@ -181,7 +181,7 @@ static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::n
 impl PushConn {
     /// Connects from `src` to `dst`, reads the banner and starts reading.
     pub fn open(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<PushConn> {
-        let mut c = tcp_connect(src, dst, timeout)?;
+        let c = tcp_connect(src, dst, timeout)?;
         let local = c.stream.get_ref().local_addr()?;
         // The reader wakes up this often to see whether it should stop.
         c.stream

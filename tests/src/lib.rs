@@ -33,7 +33,7 @@ pub mod topology;
 pub mod xdp_lab;
 
 pub use client::{burst, tcp_connect, udp_request, Conn};
-pub use config::{LbConfig, Service};
+pub use config::{FlowTable, LbConfig, Service};
 pub use daemon::Daemon;
 pub use load::{Load, LoadBounds};
 pub use netns::Netns;
