@@ -272,6 +272,11 @@ impl SynFlood {
         }
     }
 
+    /// Whether the flood has ended (a bound reached, or an error).
+    pub fn finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
     /// Waits for the flood to reach a bound.
     pub fn wait(mut self) -> Result<FloodReport> {
         self.join()

@@ -1,0 +1,140 @@
+//! How fast can the lab flood? Builds a topology (client, LB with canaryd,
+//! three backends serving port 80), sends a spoofed-SYN flood to the VIP
+//! from the client namespace (see `canary_tests::flood`) and reports what
+//! was sent and what arrived where, with optional legitimate load alongside.
+//!
+//! ```text
+//! canary-synflood [--secs S] [--sources N] [--pps P] [--load] [--flow-table-size N --threshold T]
+//! ```
+//! `--flow-table-size`/`--threshold` write a `flow_table:` section (a
+//! canaryd that knows it); `--load` runs short connections (connect,
+//! banner, one echo; 3 s timeout, 20 ms apart) during the flood and counts
+//! failures. Root only; everything is torn down at the end.
+
+use anyhow::{Context, Result};
+use aya::maps::{Map, MapData, PerCpuArray};
+use canary_common::reason;
+use canary_tests::flood::SynFlood;
+use canary_tests::{FlowTable, LbConfig, Load, LoadBounds, Service, Topology, VIP_V4};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+fn datapath(topo: &Topology) -> Result<[u64; reason::COUNT as usize]> {
+    let path = topo.pin_dir().join(canary_common::maps::names::DATAPATH_STATS);
+    let map = Map::from_map_data(MapData::from_pin(&path).context("DATAPATH_STATS pin")?)?;
+    let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map)?;
+    let mut out = [0u64; reason::COUNT as usize];
+    for (i, slot) in out.iter_mut().enumerate() {
+        // Counters the running program does not have (an older layout) read as 0.
+        if let Ok(v) = arr.get(&(i as u32), 0) {
+            *slot = v.iter().sum();
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let secs: f64 = opt("--secs").map(|s| s.parse()).transpose()?.unwrap_or(10.0);
+    let sources: u32 = opt("--sources").map(|s| s.parse()).transpose()?.unwrap_or(60_000);
+    let pps: u64 = opt("--pps").map(|s| s.parse()).transpose()?.unwrap_or(0);
+    let with_load = args.iter().any(|a| a == "--load");
+
+    let mut topo = Topology::new(3)?;
+    topo.start_servers(80)?;
+    topo.route_flood_sources()?;
+    let mut cfg = LbConfig::lab();
+    if let Some(size) = opt("--flow-table-size") {
+        let mut ft = FlowTable::new().size(size.parse()?);
+        if let Some(t) = opt("--threshold") {
+            ft = ft.syn_flood_threshold(t.parse()?);
+        }
+        cfg = cfg.flow_table(ft);
+    }
+    let yaml = cfg
+        .service(
+            Service::tcp("shop", VIP_V4, 80)
+                .weight(10.0)
+                .stable(["198.18.1.2", "198.18.2.2"])
+                .canary(["198.18.3.2"]),
+        )
+        .yaml();
+    let _d = topo.spawn_canaryd(Some(&yaml))?;
+    let vip = SocketAddrV4::new(VIP_V4, 80);
+    // Warm up: neighbours resolved, routes cached.
+    topo.open_v4(0, 3, SocketAddr::V4(vip), Duration::from_secs(3))?;
+
+    let before = datapath(&topo)?;
+    let c0 = Topology::link_stats(&topo.client, "eth0")?;
+    let l0 = Topology::link_stats(&topo.lb, "lb-client")?;
+    let mut load = with_load.then(|| {
+        Load::start(
+            &topo.client,
+            SocketAddr::V4(vip),
+            LoadBounds {
+                clients: 1000,
+                first_client: 100,
+                max_connections: 100_000,
+                max_time: Duration::from_secs_f64(secs),
+                pause: Duration::from_millis(20),
+                timeout: Duration::from_secs(3),
+                ping: true,
+            },
+        )
+    });
+    let spec = topo.flood_spec(
+        vip,
+        sources,
+        u64::MAX / 2,
+        Duration::from_secs_f64(secs),
+        pps,
+    )?;
+    let t = Instant::now();
+    let flood = SynFlood::start(&topo.client, spec);
+    let report = flood.wait()?;
+    let (ok, failed) = load.as_mut().map(|l| l.stop()).unwrap_or((0, 0));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = datapath(&topo)?;
+    let c1 = Topology::link_stats(&topo.client, "eth0")?;
+    let l1 = Topology::link_stats(&topo.lb, "lb-client")?;
+    let d = |r: u32| after[r as usize] - before[r as usize];
+    let xdp_total: u64 = (0..reason::COUNT)
+        .filter(|&r| r != reason::OVERRIDE_HIT)
+        .map(d)
+        .sum();
+    println!(
+        "flood: {} SYNs sent in {:.2} s = {:.0} pps from {} distinct sources ({} refused by the socket); wall {:.2} s",
+        report.sent,
+        report.elapsed.as_secs_f64(),
+        report.pps(),
+        report.distinct_sources,
+        report.refused,
+        t.elapsed().as_secs_f64()
+    );
+    println!(
+        "client eth0: tx {} (dropped {}); LB lb-client: rx {} (dropped {})",
+        c1.2 - c0.2,
+        c1.3 - c0.3,
+        l1.0 - l0.0,
+        l1.1 - l0.1
+    );
+    println!("LB XDP outcomes during the flood (both directions, {xdp_total} in all):");
+    for r in 0..reason::COUNT {
+        if d(r) > 0 {
+            println!("  {:<20} {}", reason::NAMES[r as usize], d(r));
+        }
+    }
+    if let Some(l) = &load {
+        println!(
+            "legitimate connections during the flood: {ok} ok, {failed} failed; first errors: {:?}",
+            l.errors.lock().unwrap()
+        );
+    }
+    Ok(())
+}
