@@ -29,7 +29,7 @@ fn ipv4_syn_to_vip_is_dnat_ed_and_redirected() {
         let pool = lab.service("web").pool(Version::from_index(version));
         assert!(pool.contains(&backend), "{backend} not in {pool:?}");
         let flow = lab.flow(&key).unwrap();
-        assert_eq!(flow.service_id, lab.sid("web"));
+        assert_eq!(flow.version as u32, version);
         assert_eq!(flow.backend_id, maglev_backend(lab, "web", version, &key));
         assert_eq!(dst_addr(&r.out), backend);
 

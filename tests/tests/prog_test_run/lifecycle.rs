@@ -30,7 +30,7 @@ fn open(lab: &Lab, client: &str, port: u16) -> Conn {
         &key,
         true,
         XDP_REDIRECT,
-        &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
+        &[(reason::FWD_REDIRECT, 1)],
         "SYN",
     );
     Conn { client, port, key, backend, side: backend_side(backend) }
@@ -123,7 +123,7 @@ fn idle_entries_expire_by_protocol_and_state() {
         let aged = |lab: &mut Lab, key, flags, idle: u32| {
             let mut e: FlowState = lab.flow(key).unwrap();
             e.flags = flags;
-            e.last_seen = monotonic_secs() - idle;
+            e.last_seen = monotonic_secs().wrapping_sub(idle);
             lab.set_flow(key, e);
         };
         aged(lab, &c.key, FLOW_REPLIED, d.tcp_established - 2);
@@ -149,7 +149,7 @@ fn idle_entries_expire_by_protocol_and_state() {
         lab.set_settings(s);
         let (client, vip) = (v4("198.18.16.10"), v4(VIP_UDP));
         let key = flow_key(client, 5353, vip, 53, PROTO_UDP);
-        let q = udp(0, client, 5353, vip, 53, b"q");
+        let q = udp(0, client, 5353, vip, 53, b"q", false);
         expect(lab, &q, 0, XDP_REDIRECT, false,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)], "UDP query");
         aged(lab, &key, 0, 3);

@@ -186,7 +186,7 @@ fn forward_one(
         "VERSION_STATS of {service}/{v}"
     );
     assert_eq!(delta(before[1 - v], after[1 - v]), ZERO, "other version");
-    (r, lab.backend_addr(flow.backend_id), flow.version)
+    (r, lab.backend_addr(flow.backend_id), flow.version as u32)
 }
 
 /// The one assert of a single packet's fate: runs `pkt` arriving on side
@@ -213,7 +213,7 @@ fn expect(
 }
 
 /// `forward_one` with its action and DATAPATH_STATS moves asserted: what
-/// most client -> VIP checks repeat.
+/// most client -> VIP checks repeat. A new flow also moves `flow_insert`.
 #[allow(clippy::too_many_arguments)]
 fn forward_expect(
     lab: &Lab,
@@ -228,6 +228,11 @@ fn forward_expect(
     let dp0 = lab.datapath();
     let (r, backend, version) = forward_one(lab, service, pkt, key, new_flow);
     assert_eq!(r.action, action, "{what}: action");
-    assert_reasons(&dp0, &lab.datapath(), reasons, what);
+    // A new flow's entry is an insert (`flow_insert`) on top of `reasons`.
+    let mut reasons = reasons.to_vec();
+    if new_flow {
+        reasons.push((reason::FLOW_INSERT, 1));
+    }
+    assert_reasons(&dp0, &lab.datapath(), &reasons, what);
     (r, backend, version)
 }

@@ -27,13 +27,14 @@ fn backend_replies_get_the_vip_back_as_source() {
         // Replies on the forwarded connection: rewritten. The first SYN-ACK
         // records the handshake (count and histogram) and ends it; a
         // retransmitted one is not counted again; a RST is counted.
+        // The RST also closes the connection (`flow_closed`).
         let cases = [
-            (Tcp::SynAck, (1, 0)),
-            (Tcp::SynAck, (0, 0)),
-            (Tcp::Ack, (0, 0)),
-            (Tcp::Rst, (0, 1)),
+            (Tcp::SynAck, (1, 0), 0),
+            (Tcp::SynAck, (0, 0), 0),
+            (Tcp::Ack, (0, 0), 0),
+            (Tcp::Rst, (0, 1), 1),
         ];
-        for (kind, (want_synacks, want_rsts)) in cases {
+        for (kind, (want_synacks, want_rsts), closed) in cases {
             let side = backend_side(backend);
             let reply = tcp(side, backend, 80, client, 40000, kind);
             let before = both(lab, "web");
@@ -44,7 +45,7 @@ fn backend_replies_get_the_vip_back_as_source() {
                 side as usize,
                 XDP_REDIRECT,
                 false,
-                &[(reason::FWD_REDIRECT, 1)],
+                &[(reason::FWD_REDIRECT, 1), (reason::FLOW_CLOSED, closed)],
                 &format!("reply {kind:?} from {backend}"),
             );
             assert_rewritten(&r.out, &reply, to_client(vip), "reply");

@@ -149,14 +149,16 @@ fn cached_next_hop_is_used_until_invalidated() {
         // its SYN needs no route lookup, so it carries the cached MAC even
         // after the neighbour changed (retried like the check above, in
         // case an epoch boundary falls in between).
-        let c2 = v4("198.18.16.99");
-        let p2 = (40100..41100u16)
-            .find(|p| {
-                let k = flow_key(c2, *p, vip, 80, PROTO_TCP);
+        // (`web` splits by source address: vary the client, not the port.)
+        let p2 = 40100;
+        let c2 = (100..250u8)
+            .map(|i| v4(&format!("198.18.16.{i}")))
+            .find(|c| {
+                let k = flow_key(*c, p2, vip, 80, PROTO_TCP);
                 let v = predicted_version(lab, "web", &k);
                 maglev_backend(lab, "web", v, &k) == entry.backend_id
             })
-            .expect("a client port for the same backend");
+            .expect("a client for the same backend");
         let same_backend = flow_key(c2, p2, vip, 80, PROTO_TCP);
         let mut cached_used = false;
         for _ in 0..3 {

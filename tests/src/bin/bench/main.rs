@@ -13,7 +13,8 @@
 //! Every figure is printed with its ratio to the limit of its group, and
 //! written to `results.json` and `results.svg` in `$CANARY_BENCH_OUT` (or
 //! `target/bench`, or `--out DIR`). `--smoke` runs one short iteration of
-//! everything (for the test suite, well under 30 s).
+//! everything (for the test suite, well under 30 s); `--micro` only parts
+//! 1 and 2.
 //!
 //! Traffic stays inside namespaces this process creates (198.18.0.0/15,
 //! 2001:db8::/32); every loop is bounded in count and time; the namespaces,
@@ -79,6 +80,8 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let smoke = args.iter().any(|a| a == "--smoke");
+    // The per-packet and scaling parts only (minutes less; no end to end).
+    let micro_only = args.iter().any(|a| a == "--micro");
     let out = match args.iter().position(|a| a == "--out") {
         Some(i) => PathBuf::from(args.get(i + 1).expect("--out DIR")),
         None => std::env::var_os("CANARY_BENCH_OUT")
@@ -87,10 +90,10 @@ fn main() {
     };
     let out = if smoke { out.join("smoke") } else { out };
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: canary-bench [--smoke] [--out DIR]   (root)");
+        println!("usage: canary-bench [--smoke] [--micro] [--out DIR]   (root)");
         return;
     }
-    match run(if smoke { SMOKE } else { FULL }, smoke, &out) {
+    match run(if smoke { SMOKE } else { FULL }, smoke, micro_only, &out) {
         Ok(()) => {}
         Err(e) => {
             eprintln!("canary-bench: error: {e:#}");
@@ -99,7 +102,7 @@ fn main() {
     }
 }
 
-fn run(size: Size, smoke: bool, out: &std::path::Path) -> Result<()> {
+fn run(size: Size, smoke: bool, micro_only: bool, out: &std::path::Path) -> Result<()> {
     let start = Instant::now();
     let mut report = Report::default();
     let mut failures = Vec::new();
@@ -114,7 +117,9 @@ fn run(size: Size, smoke: bool, out: &std::path::Path) -> Result<()> {
         eprintln!("canary-bench: per-packet part failed: {e:#}");
         failures.push(format!("per-packet: {e:#}"));
     }
-    if let Err(e) = end_to_end::end_to_end(size, &mut report) {
+    if micro_only {
+        println!("(--micro: end-to-end part skipped)");
+    } else if let Err(e) = end_to_end::end_to_end(size, &mut report) {
         eprintln!("canary-bench: end-to-end part failed: {e:#}");
         failures.push(format!("end to end: {e:#}"));
     }

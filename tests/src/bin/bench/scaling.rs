@@ -27,10 +27,13 @@ pub fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
                 .backends
                 .get(&(sid, IpAddr::V4(lab_backend(false, 0))))
                 .context("no backend id")?;
+            // Answered connections, seen now (an idle-expired entry would
+            // be decided again: a miss, not the hit measured here).
             let state = FlowState {
                 backend_id: bid,
                 version: 0,
-                service_id: sid,
+                flags: canary_common::flow::FLOW_REPLIED,
+                last_seen: canary_tests::xdp_lab::monotonic_secs(),
                 ..FlowState::default()
             };
             let vip = IpAddr::V4(LAB_VIP4);
