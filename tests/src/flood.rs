@@ -160,6 +160,22 @@ pub fn run(spec: &FloodSpec, stop: &AtomicBool, progress: &AtomicU64) -> Result<
         }
     }
     let fd = Fd(fd);
+    // skb priority 1 (TC_PRIO_FILLER): the lowest band of pfifo_fast's
+    // (and prio's) default map (`Topology::route_flood_sources` puts one on the client's
+    // eth0), below ordinary traffic (priority 0).
+    let prio: libc::c_int = 1;
+    if unsafe {
+        libc::setsockopt(
+            fd.0,
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            &prio as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    } != 0
+    {
+        bail!("SO_PRIORITY: {}", std::io::Error::last_os_error());
+    }
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();

@@ -33,6 +33,41 @@ fn datapath(topo: &Topology) -> Result<[u64; reason::COUNT as usize]> {
     Ok(out)
 }
 
+/// TcpExt counters of a namespace (/proc/net/netstat read from inside it).
+fn tcp_ext(ns: &canary_tests::Netns) -> Result<std::collections::BTreeMap<String, u64>> {
+    let out = ns.exec(&["cat", "/proc/net/netstat"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut m = std::collections::BTreeMap::new();
+    for pair in lines.chunks(2) {
+        if let [h, v] = pair {
+            if h.starts_with("TcpExt:") {
+                for (k, v) in h.split_whitespace().zip(v.split_whitespace()).skip(1) {
+                    m.insert(k.to_string(), v.parse().unwrap_or(0));
+                }
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Drops on every link of the lab, by namespace and interface.
+fn drops(topo: &Topology) -> Result<Vec<(String, u64, u64)>> {
+    let mut out = Vec::new();
+    let mut add = |ns: &canary_tests::Netns, ifname: &str| -> Result<()> {
+        let (_, rxd, _, txd) = Topology::link_stats(ns, ifname)?;
+        out.push((format!("{}:{ifname}", ns.name.rsplit('-').next().unwrap_or("")), rxd, txd));
+        Ok(())
+    };
+    add(&topo.client, "eth0")?;
+    add(&topo.lb, "lb-client")?;
+    for (i, b) in topo.backends.iter().enumerate() {
+        add(&topo.lb, &format!("lb-b{}", i + 1))?;
+        add(&b.ns, "eth0")?;
+    }
+    Ok(out)
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let opt = |flag: &str| {
@@ -71,6 +106,8 @@ fn main() -> Result<()> {
     topo.open_v4(0, 3, SocketAddr::V4(vip), Duration::from_secs(3))?;
 
     let before = datapath(&topo)?;
+    let drops0 = drops(&topo)?;
+    let ext0: Vec<_> = topo.backends.iter().map(|b| tcp_ext(&b.ns)).collect::<Result<_>>()?;
     let c0 = Topology::link_stats(&topo.client, "eth0")?;
     let l0 = Topology::link_stats(&topo.lb, "lb-client")?;
     let mut load = with_load.then(|| {
@@ -129,6 +166,29 @@ fn main() -> Result<()> {
         if d(r) > 0 {
             println!("  {:<20} {}", reason::NAMES[r as usize], d(r));
         }
+    }
+    println!("link drops (rx, tx) during the flood:");
+    for ((name, rx0, tx0), (_, rx1, tx1)) in drops0.iter().zip(drops(&topo)?) {
+        if rx1 > *rx0 || tx1 > *tx0 {
+            println!("  {name:<12} rx {} tx {}", rx1 - rx0, tx1 - tx0);
+        }
+    }
+    for (b, e0) in topo.backends.iter().zip(&ext0) {
+        let e1 = tcp_ext(&b.ns)?;
+        let keys = [
+            "SyncookiesSent",
+            "SyncookiesRecv",
+            "SyncookiesFailed",
+            "ListenOverflows",
+            "ListenDrops",
+            "TCPReqQFullDoCookies",
+            "TCPReqQFullDrop",
+        ];
+        let parts: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{k} {}", e1.get(*k).unwrap_or(&0) - e0.get(*k).unwrap_or(&0)))
+            .collect();
+        println!("  backend {}: {}", b.name, parts.join(", "));
     }
     if let Some(l) = &load {
         println!(
