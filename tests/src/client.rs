@@ -41,13 +41,20 @@ pub fn tcp_connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> Result<Co
 }
 
 impl Conn {
-    /// Sends a line and checks it comes back.
+    /// Sends a line and checks it comes back (skipping the unprompted
+    /// `push K` lines of a pushing server).
     pub fn ping(&mut self, msg: &str) -> Result<()> {
         self.stream
             .get_mut()
             .write_all(format!("{msg}\n").as_bytes())?;
         let mut back = String::new();
-        self.stream.read_line(&mut back)?;
+        loop {
+            back.clear();
+            self.stream.read_line(&mut back)?;
+            if !back.starts_with("push ") || msg.starts_with("push ") {
+                break;
+            }
+        }
         if back.trim_end() != msg {
             bail!("echo mismatch: sent {msg:?}, got {back:?}");
         }
