@@ -6,8 +6,8 @@
 use anyhow::{bail, Result};
 use canary_common::weight::WeightBp;
 use canary_control::api::{
-    parse_client, Change, RolloutVerb, ServiceStatus, Status, Version, VersionStatus,
-    DEFAULT_SOCKET,
+    parse_client, Change, FlowTableStatus, RolloutVerb, ServiceStatus, Status, Version,
+    VersionStatus, DEFAULT_SOCKET,
 };
 use canary_control::client::Client;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -282,6 +282,9 @@ fn render_status(status: &Status, with_datapath: bool) -> String {
     for s in &status.services {
         render_service(&mut out, s);
     }
+    if with_datapath && status.flow_table.size > 0 {
+        out.push_str(&render_flow_table(&status.flow_table));
+    }
     if with_datapath && !status.datapath.is_empty() {
         out.push_str("data path:");
         for (reason, n) in &status.datapath {
@@ -292,6 +295,30 @@ fn render_status(status: &Status, with_datapath: bool) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The host-wide "flow table:" line.
+fn render_flow_table(ft: &FlowTableStatus) -> String {
+    let swept = match ft.swept_at_age_ms {
+        Some(ms) => format!("as of the sweep {:.1} s ago", ms as f64 / 1000.0),
+        None => "not swept yet".to_string(),
+    };
+    format!(
+        "flow table: {} of {} entries ({:.1}%, {swept}); {} inserts, {} insert failures, \
+         {} expired, ~{} evicted (estimate), {} closed; flood mode {} ({} stateless SYNs); \
+         {} replies NATed without an entry\n",
+        ft.entries,
+        ft.size,
+        ft.entries as f64 * 100.0 / ft.size.max(1) as f64,
+        ft.inserts,
+        ft.insert_failures,
+        ft.expired,
+        ft.evictions_estimate,
+        ft.closed,
+        if ft.flood_mode { "ON" } else { "off" },
+        ft.syn_stateless,
+        ft.reply_no_flow_nat,
+    )
 }
 
 fn render_service(out: &mut String, s: &ServiceStatus) {
@@ -388,5 +415,38 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
     }
     if s.rollbacks > 0 {
         out.push_str(&format!("  rollbacks so far: {}\n", s.rollbacks));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flow_table_line_has_its_figures() {
+        let ft = FlowTableStatus {
+            size: 4096,
+            entries: 1024,
+            swept_at_age_ms: Some(1500),
+            inserts: 5000,
+            evictions_estimate: 900,
+            flood_mode: true,
+            syn_stateless: 77,
+            ..Default::default()
+        };
+        let line = render_flow_table(&ft);
+        for needle in [
+            "flow table: 1024 of 4096 entries (25.0%, as of the sweep 1.5 s ago)",
+            "5000 inserts",
+            "~900 evicted (estimate)",
+            "flood mode ON (77 stateless SYNs)",
+        ] {
+            assert!(line.contains(needle), "{line:?} lacks {needle:?}");
+        }
+        let none = render_flow_table(&FlowTableStatus {
+            size: 64,
+            ..Default::default()
+        });
+        assert!(none.contains("not swept yet") && none.contains("flood mode off"));
     }
 }

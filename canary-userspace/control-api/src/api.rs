@@ -246,6 +246,44 @@ pub struct Status {
     pub services: Vec<ServiceStatus>,
     /// Data-path outcome counters by reason name (`canary_common::reason`).
     pub datapath: BTreeMap<String, u64>,
+    /// The flow table: occupancy, churn, flood mode (absent from an older
+    /// canaryd: all zero).
+    #[serde(default)]
+    pub flow_table: FlowTableStatus,
+}
+
+/// The flow table host-wide. Counters are the data path's (since the data
+/// plane was loaded) unless said otherwise.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct FlowTableStatus {
+    /// Entries the table holds at most (`flow_table.size`).
+    pub size: u64,
+    /// Entries as of the last sweep.
+    pub entries: u64,
+    /// How long ago the last sweep ended (none yet: `None`).
+    pub swept_at_age_ms: Option<u64>,
+    /// New entries (`flow_insert`).
+    pub inserts: u64,
+    /// Inserts that failed (`flow_insert_failed`).
+    pub insert_failures: u64,
+    /// Entries gone by their idle timeout: replaced by the data path
+    /// (`flow_expired`) plus removed by canaryd's sweeps.
+    pub expired: u64,
+    /// Entries the sweeps removed (since this canaryd started).
+    pub swept_removed: u64,
+    /// LRU evictions, estimated since this canaryd's first sweep:
+    /// inserts - swept - growth of the table, at least 0.
+    pub evictions_estimate: u64,
+    /// TCP connections closed (FIN both ways or a RST; `flow_closed`).
+    pub closed: u64,
+    /// Bare SYNs are being decided without state (a SYN flood).
+    pub flood_mode: bool,
+    /// Bare SYNs decided without state (`syn_stateless`).
+    pub syn_stateless: u64,
+    /// Backend replies reverse-NATed without a flow entry
+    /// (`reply_no_flow_nat`).
+    pub reply_no_flow_nat: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -308,6 +346,9 @@ pub enum EventKind {
     Backend,
     /// The config file was re-read and applied (service `*`: all of them).
     Reload,
+    /// SYN-flood mode started or ended (service `*`: host-wide).
+    #[serde(rename = "syn_flood")]
+    SynFlood,
 }
 
 impl EventKind {
@@ -321,6 +362,7 @@ impl EventKind {
             EventKind::Weight => "weight",
             EventKind::Backend => "backend",
             EventKind::Reload => "reload",
+            EventKind::SynFlood => "syn_flood",
         }
     }
 }
@@ -406,7 +448,12 @@ mod tests {
             "\"promoted\""
         );
         assert_eq!(format!("{:<8}|", EventKind::Step), "step    |");
-        for k in [EventKind::Weight, EventKind::Backend, EventKind::Reload] {
+        for k in [
+            EventKind::Weight,
+            EventKind::Backend,
+            EventKind::Reload,
+            EventKind::SynFlood,
+        ] {
             let wire = serde_json::to_string(&k).unwrap();
             assert_eq!(wire, format!("\"{}\"", k.as_str()));
         }
@@ -416,5 +463,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!((e.who, e.from_percent, e.to_percent), (None, None, None));
+        assert_eq!(EventKind::SynFlood.as_str(), "syn_flood");
+        // A status without `flow_table` (an older canaryd's) parses.
+        let s: Status =
+            serde_json::from_str(r#"{"instance":"t","services":[],"datapath":{}}"#).unwrap();
+        assert_eq!(s.flow_table, FlowTableStatus::default());
     }
 }

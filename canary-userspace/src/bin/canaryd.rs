@@ -101,6 +101,7 @@ async fn run(args: Args) -> Result<()> {
             return Err(e);
         }
     };
+    daemon.start_sweeper();
     let logger = daemon.take_logger();
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
     daemon.start_probes(probe_tx);
@@ -165,6 +166,7 @@ async fn run(args: Args) -> Result<()> {
             _ = sample.tick() => {
                 let mut d = lock(&daemon);
                 d.retry_save();
+                d.flow_housekeeping();
                 if let Err(e) = d.sample() {
                     error!("reading counters: {e:#}");
                 }

@@ -202,6 +202,7 @@ pub fn encode_status(status: &Status) -> Result<String> {
             b_reply.get_or_create(&l).inc_by(b.reply_packets);
         }
     }
+    flow_table(&mut r, status);
     for (reason, n) in &status.datapath {
         datapath
             .get_or_create(&vec![("reason", reason.clone())])
@@ -210,6 +211,69 @@ pub fn encode_status(status: &Status) -> Result<String> {
     let mut out = String::new();
     encode(&mut out, &r).context("encoding metrics")?;
     Ok(out)
+}
+
+/// The flow table's figures (host-wide, no labels).
+fn flow_table(r: &mut Registry, status: &Status) {
+    let ft = &status.flow_table;
+    let gauge = |r: &mut Registry, name: &str, help: &str, v: f64| {
+        let g = Gauge::<f64, AtomicU64>::default();
+        g.set(v);
+        r.register(name, help, g);
+    };
+    let counter = |r: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help, c);
+    };
+    gauge(
+        r,
+        "flow_table_size",
+        "Entries the flow table holds at most (flow_table.size)",
+        ft.size as f64,
+    );
+    gauge(
+        r,
+        "flow_table_entries",
+        "Entries in the flow table as of canaryd's last sweep",
+        ft.entries as f64,
+    );
+    counter(
+        r,
+        "flow_table_inserts",
+        "New flow-table entries made by the data path",
+        ft.inserts,
+    );
+    counter(
+        r,
+        "flow_table_insert_failures",
+        "Flow-table inserts that failed (the decision applied, not remembered)",
+        ft.insert_failures,
+    );
+    counter(
+        r,
+        "flow_table_expired",
+        "Flow-table entries gone by their idle timeout (replaced by the data path or removed by the sweep)",
+        ft.expired,
+    );
+    counter(
+        r,
+        "flow_table_evictions_estimated",
+        "Flow-table entries the LRU evicted, estimated: inserts - swept - table growth since canaryd's first sweep",
+        ft.evictions_estimate,
+    );
+    gauge(
+        r,
+        "syn_flood_mode",
+        "1 while bare SYNs are decided without flow-table state (SYN-flood mode)",
+        if ft.flood_mode { 1.0 } else { 0.0 },
+    );
+    counter(
+        r,
+        "syn_stateless",
+        "Bare SYNs decided without flow-table state (flood mode)",
+        ft.syn_stateless,
+    );
 }
 
 /// Binds the metrics listener (before the data plane is touched, so a busy
@@ -278,6 +342,17 @@ mod tests {
                 rollbacks: 2,
             }],
             datapath: [("forwarded".to_string(), 1020u64)].into(),
+            flow_table: crate::control::api::FlowTableStatus {
+                size: 4096,
+                entries: 1000,
+                inserts: 5000,
+                insert_failures: 1,
+                expired: 3000,
+                evictions_estimate: 900,
+                flood_mode: true,
+                syn_stateless: 77,
+                ..Default::default()
+            },
         }
     }
 
@@ -321,6 +396,18 @@ mod tests {
             text.contains("# TYPE canary_version_packets counter"),
             "{text}"
         );
+        for (series, v) in [
+            ("canary_flow_table_size", 4096.0),
+            ("canary_flow_table_entries", 1000.0),
+            ("canary_flow_table_inserts_total", 5000.0),
+            ("canary_flow_table_insert_failures_total", 1.0),
+            ("canary_flow_table_expired_total", 3000.0),
+            ("canary_flow_table_evictions_estimated_total", 900.0),
+            ("canary_syn_flood_mode", 1.0),
+            ("canary_syn_stateless_total", 77.0),
+        ] {
+            assert_eq!(sample(series), v, "{series}");
+        }
     }
 
     /// No connections in the last interval: the share is absent, not 0.

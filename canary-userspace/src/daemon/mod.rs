@@ -10,6 +10,7 @@
 
 mod driver;
 pub mod events;
+mod flows;
 mod ops;
 mod probes;
 pub mod state;
@@ -23,6 +24,7 @@ use crate::control::api::{
     VersionSignals, VersionStatus,
 };
 use crate::dataplane::report::{self, Snapshot};
+use crate::dataplane::sweep::Sweeper;
 use crate::dataplane::DataPlane;
 use crate::rollout::analysis::{histogram_quantile, VersionCounts, WindowCounts};
 use crate::rollout::engine::{Action, Phase, Rollout};
@@ -140,6 +142,12 @@ pub struct Daemon {
     /// A change is live in the maps but its state save failed (why): the
     /// save is retried (`retry_save`, and by the next change) until it works.
     unsaved: Option<String>,
+    /// The flow-table sweep thread (started by canaryd).
+    sweeper: Option<Sweeper>,
+    /// SYN-flood mode as the data path's counters show it.
+    flood: flows::FloodWatch,
+    /// When LOCAL_ADDRS was last compared with this host's addresses.
+    local_addrs_at: Option<Instant>,
 }
 
 /// Reads the config file, or the built-in one.
@@ -234,6 +242,9 @@ impl Daemon {
             last_tick: None,
             last_expiry: None,
             unsaved: None,
+            sweeper: None,
+            flood: flows::FloodWatch::default(),
+            local_addrs_at: None,
         })
     }
 
@@ -256,6 +267,7 @@ impl Daemon {
             .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
         self.running = next;
         self.state = state;
+        self.flow_config_changed();
         if let Some(line) = self.save_state() {
             report.lines.push(line);
         }
@@ -330,6 +342,9 @@ impl Daemon {
 
     /// Removes the data plane and the saved run-time state.
     pub fn teardown(&mut self) -> Result<()> {
+        if let Some(s) = self.sweeper.take() {
+            s.stop();
+        }
         let _ = std::fs::remove_file(&self.state_path);
         self.dp.teardown()
     }

@@ -185,6 +185,10 @@ impl Daemon {
             last_tick: _,
             last_expiry: _,
             unsaved: _,
+            // Host-wide, not per service.
+            sweeper: _,
+            flood: _,
+            local_addrs_at: _,
         } = self;
         let known: std::collections::HashSet<&str> =
             running.services.iter().map(|s| s.name.as_str()).collect();

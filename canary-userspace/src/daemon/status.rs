@@ -220,6 +220,7 @@ impl Daemon {
             instance: self.instance.clone(),
             services,
             datapath,
+            flow_table: self.flow_table_status(&now.datapath),
         })
     }
 }

@@ -361,6 +361,30 @@ impl DataPlane {
         self.maps
             .write_settings(settings)
             .context("writing SETTINGS")?;
+        if let Some(p) = prev.as_ref().filter(|p| p.flow_table != config.flow_table) {
+            let ft = &config.flow_table;
+            let (t, was) = (&ft.timeouts, &p.flow_table.timeouts);
+            let d = humantime::format_duration;
+            report.lines.push(format!(
+                "flow table: idle timeouts tcp established {} (was {}), handshake {} (was {}), \
+                 closing {} (was {}), udp {} (was {}), udp replied {} (was {}); \
+                 flood mode above {} new flows/s (was {}); swept every {} (was {})",
+                d(t.tcp_established),
+                d(was.tcp_established),
+                d(t.tcp_handshake),
+                d(was.tcp_handshake),
+                d(t.tcp_closing),
+                d(was.tcp_closing),
+                d(t.udp),
+                d(was.udp),
+                d(t.udp_replied),
+                d(was.udp_replied),
+                ft.syn_flood_threshold,
+                p.flow_table.syn_flood_threshold,
+                d(ft.sweep_interval),
+                d(p.flow_table.sweep_interval),
+            ));
+        }
         self.refresh_local_addrs().context("filling LOCAL_ADDRS")?;
         let wanted: HashSet<u32> = ifindexes.values().copied().collect();
         for idx in ifindexes.values() {

@@ -16,6 +16,7 @@ mod keys;
 pub mod maglev;
 pub mod maps;
 pub mod report;
+pub mod sweep;
 
 pub use apply::ApplyReport;
 pub use attach::{ifindex, remove_pins};
