@@ -65,18 +65,29 @@ fn datapath(topo: &Topology) -> Result<[u64; reason::COUNT as usize]> {
     Maps::from_pins(&topo.pin_dir())?.datapath_stats()
 }
 
+/// How long ago the last sweep ended, in ms (u64::MAX before the first).
+fn swept_age(v: &Value) -> u64 {
+    v["flow_table"]["swept_at_age_ms"].as_u64().unwrap_or(u64::MAX)
+}
+
 /// Waits for the next sweep (swept_at_age_ms goes down) and returns the
 /// status after it; bounded by `timeout`.
 fn after_next_sweep(topo: &Topology, timeout: Duration) -> Result<Value> {
     let end = Instant::now() + timeout;
-    let first = ft(&status(topo)?, "swept_at_age_ms");
+    let mut prev = swept_age(&status(topo)?);
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let s = status(topo)?;
-        if ft(&s, "swept_at_age_ms") < first {
+        let age = swept_age(&s);
+        if age < prev {
             return Ok(s);
         }
-        anyhow::ensure!(Instant::now() < end, "no sweep within {timeout:?}");
+        prev = age;
+        anyhow::ensure!(
+            Instant::now() < end,
+            "no sweep within {timeout:?}: {}",
+            s["flow_table"]
+        );
     }
 }
 
@@ -88,8 +99,8 @@ fn after_next_sweep(topo: &Topology, timeout: Duration) -> Result<Value> {
 /// to pace it), with legitimate new connections alongside.
 ///
 /// Bounds: 0 of 100 broken, where broken = reset or closed, a line out of
-/// order, an echo missing 5 s after the flood, fewer than 5 pushes in the 2 s
-/// after it, or a gap of more than 2 s between two pushes (20 push intervals:
+/// order, an echo missing 5 s after the flood, fewer than 5 pushes in the 1 s
+/// after it (10 are due), or a gap of more than 2 s between two pushes (20 push intervals:
 /// TCP's retransmissions of a dropped segment on a path that works take
 /// 0.2 + 0.4 + 0.8 s at most for three losses in a row). New connections
 /// during the flood (connect, banner, one echo, 3 s timeout: three SYN
@@ -216,16 +227,19 @@ fn syn_flood_breaks_no_live_connection_and_new_ones_succeed() -> Result<()> {
     // The live connections, after the flood.
     let mut broken = Vec::new();
     let mut worst_gap = Duration::ZERO;
+    let pushes_at_end: Vec<u64> = conns.iter().map(|c| c.health().pushes).collect();
     for (i, c) in conns.iter_mut().enumerate() {
         let _ = c.send(&format!("after {i}"));
     }
+    std::thread::sleep(Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(4);
     for (i, c) in conns.iter().enumerate() {
-        let echoed = c.wait_echoes(Duration::from_secs(5));
-        let pushed = c.wait_pushes(5, Duration::from_secs(2));
+        let echoed = c.wait_echoes(deadline.saturating_duration_since(Instant::now()));
         let h = c.health();
+        let pushed = h.pushes - pushes_at_end[i];
         worst_gap = worst_gap.max(h.max_gap);
-        if !echoed || !pushed || h.error.is_some() || h.max_gap > Duration::from_secs(2) {
-            broken.push((i, c.backend.clone(), h));
+        if !echoed || pushed < 5 || h.error.is_some() || h.max_gap > Duration::from_secs(2) {
+            broken.push((i, c.backend.clone(), pushed, h));
         }
     }
     let attempts = ok + failed;
@@ -262,7 +276,7 @@ fn syn_flood_breaks_no_live_connection_and_new_ones_succeed() -> Result<()> {
         let on = events(&topo, "syn_flood")?;
         let off_event = on[events_before..]
             .iter()
-            .any(|e| e["message"].as_str().unwrap_or("").contains("off"));
+            .any(|e| e["message"].as_str().unwrap_or("").starts_with("flood mode off"));
         if s["flow_table"]["flood_mode"] == false && off_event {
             break (flood_end.elapsed(), s);
         }
@@ -286,11 +300,13 @@ fn syn_flood_breaks_no_live_connection_and_new_ones_succeed() -> Result<()> {
     assert!(
         flood_events[events_before..]
             .iter()
-            .any(|e| e["message"].as_str().unwrap_or("").contains("on")
+            .any(|e| e["message"].as_str().unwrap_or("").starts_with("flood mode on")
                 && e["service"] == "*"),
         "no 'flood mode on' event: {flood_events:?}"
     );
     assert!(ft(&s, "syn_stateless") > 0, "status: {s}");
+    // On for about 9 of the flood's 10 s, read about once a second.
+    assert!(flood_mode_seen, "the status never showed flood mode during the flood");
     Ok(())
 }
 
@@ -344,7 +360,7 @@ fn occupancy_returns_to_baseline_after_10000_short_connections() -> Result<()> {
     let mut last_age = u64::MAX;
     let mut sample = |curve: &mut Vec<(f64, u64)>| -> Result<u64> {
         let s = status(&topo)?;
-        let age = ft(&s, "swept_at_age_ms");
+        let age = swept_age(&s);
         let e = ft(&s, "entries");
         if age < last_age {
             curve.push((start.elapsed().as_secs_f64(), e));
@@ -414,8 +430,8 @@ fn occupancy_returns_to_baseline_after_10000_short_connections() -> Result<()> {
 }
 
 /// A flow table of 64 entries. A live connection (server pushes every
-/// 100 ms, client sends now and then) goes quiet for 3 s while 300 other
-/// connections come and go; its entry is evicted (it is not in FLOWS any
+/// 100 ms, client sends now and then) goes quiet for 4 s while other
+/// connections come and go (100 at a time, up to 3 s); its entry is evicted (it is not in FLOWS any
 /// more). Then its server speaks first (a reply without an entry), and the
 /// client sends: both directions work, on the same backend.
 #[test]
@@ -441,28 +457,35 @@ fn evicted_live_connection_keeps_working_both_ways() -> Result<()> {
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let entry = maps.flows.get(&key, 0).context("the connection has no entry")?;
 
-    // Quiet: no push, no send for 3 s; meanwhile 300 connections churn.
-    conn.send("quiet 3000")?;
+    // Quiet: no push, no send for 4 s; meanwhile other connections churn,
+    // 100 at a time, until the entry is gone (at most 3 s of churn: the
+    // kernel's LRU keeps an entry that was used recently a while longer).
+    conn.send("quiet 4000")?;
     anyhow::ensure!(conn.wait_echoes(Duration::from_secs(3)), "{:?}", conn.health());
     let quiet_from = Instant::now();
     let before = datapath(&topo)?;
-    let sources: Vec<IpAddr> = (100..400).map(client_v4).collect();
-    let churned = topo
-        .client
-        .run(|| burst(&sources, vip(), Duration::from_secs(20)))?;
+    let mut churned = 0u32;
+    let mut evicted = false;
+    while !evicted && quiet_from.elapsed() < Duration::from_secs(3) {
+        let sources: Vec<IpAddr> = (0..100).map(|i| client_v4(100 + (churned + i) % 3000)).collect();
+        churned += topo
+            .client
+            .run(|| burst(&sources, vip(), Duration::from_secs(2)))?
+            .len() as u32;
+        evicted = maps.flows.get(&key, 0).is_err();
+    }
     let churn_time = quiet_from.elapsed();
-    let evicted = maps.flows.get(&key, 0).is_err();
     let mid = datapath(&topo)?;
-    anyhow::ensure!(
-        churn_time < Duration::from_millis(2500),
-        "the churn took {churn_time:?}, longer than the quiet period allows"
-    );
     println!(
-        "{} connections churned in {churn_time:?}; flow_insert +{}; our entry evicted: {evicted}",
-        churned.len(),
+        "{churned} connections churned in {churn_time:?}; flow_insert +{}; our entry evicted: {evicted}",
         mid[reason::FLOW_INSERT as usize] - before[reason::FLOW_INSERT as usize]
     );
     assert!(evicted, "the live connection's entry was not evicted");
+    anyhow::ensure!(
+        quiet_from.elapsed() < Duration::from_millis(3800),
+        "the churn outlasted the quiet period ({:?})",
+        quiet_from.elapsed()
+    );
 
     // The server speaks first: pushes resume after the quiet period and
     // arrive with no entry in the table.

@@ -196,5 +196,18 @@ fn main() -> Result<()> {
             l.errors.lock().unwrap()
         );
     }
+    if let Some(secs) = opt("--watch") {
+        // The status after the flood, once a second.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs.parse()?) {
+            if let Ok(out) = topo.ctl(&["--json", "status"]) {
+                let v: serde_json::Value = serde_json::from_str(&out)?;
+                println!("+{:5.1} s flow_table {}", t.elapsed().as_secs_f64(), v["flow_table"]);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        println!("{}", topo.ctl(&["events"])?);
+        println!("--- canaryd log ---\n{}", _d.log());
+    }
     Ok(())
 }
