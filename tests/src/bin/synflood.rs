@@ -5,7 +5,14 @@
 //!
 //! ```text
 //! canary-synflood [--secs S] [--sources N] [--pps P] [--load] [--flow-table-size N --threshold T]
+//!                 [--legacy-size N] [--conns N] [--watch S]
 //! ```
+//! `--legacy-size` writes the older top-level `flow_table_size:` instead
+//! (a canaryd before `flow_table:`); `--conns N` opens N live connections
+//! to pushing servers (every 100 ms) before the flood, has each send a line
+//! about once a second during it, and counts those broken (as the
+//! `flow_table` test does); `--watch S` prints the status for S seconds
+//! after the flood.
 //! `--flow-table-size`/`--threshold` write a `flow_table:` section (a
 //! canaryd that knows it); `--load` runs short connections (connect,
 //! banner, one echo; 3 s timeout, 20 ms apart) during the flood and counts
@@ -15,7 +22,8 @@ use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use canary_common::reason;
 use canary_tests::flood::SynFlood;
-use canary_tests::{FlowTable, LbConfig, Load, LoadBounds, Service, Topology, VIP_V4};
+use canary_tests::client::PushConn;
+use canary_tests::{client_v4, FlowTable, LbConfig, Load, LoadBounds, Service, Topology, VIP_V4};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -81,8 +89,13 @@ fn main() -> Result<()> {
     let pps: u64 = opt("--pps").map(|s| s.parse()).transpose()?.unwrap_or(0);
     let with_load = args.iter().any(|a| a == "--load");
 
+    let conns_n: u32 = opt("--conns").map(|s| s.parse()).transpose()?.unwrap_or(0);
     let mut topo = Topology::new(3)?;
-    topo.start_servers(80)?;
+    if conns_n > 0 {
+        topo.start_push_servers(80, 100)?;
+    } else {
+        topo.start_servers(80)?;
+    }
     topo.route_flood_sources()?;
     let mut cfg = LbConfig::lab();
     if let Some(size) = opt("--flow-table-size") {
@@ -92,7 +105,11 @@ fn main() -> Result<()> {
         }
         cfg = cfg.flow_table(ft);
     }
-    let yaml = cfg
+    let legacy = opt("--legacy-size")
+        .map(|n| format!("flow_table_size: {n}\n"))
+        .unwrap_or_default();
+    let yaml = legacy
+        + &cfg
         .service(
             Service::tcp("shop", VIP_V4, 80)
                 .weight(10.0)
@@ -125,6 +142,14 @@ fn main() -> Result<()> {
             },
         )
     });
+    let mut conns: Vec<PushConn> = topo.client.run(|| {
+        (0..conns_n)
+            .map(|i| PushConn::open(client_v4(3000 + i), SocketAddr::V4(vip), Duration::from_secs(3)))
+            .collect::<Result<_>>()
+    })?;
+    for c in &conns {
+        c.mark();
+    }
     let spec = topo.flood_spec(
         vip,
         sources,
@@ -134,7 +159,19 @@ fn main() -> Result<()> {
     )?;
     let t = Instant::now();
     let flood = SynFlood::start(&topo.client, spec);
+    let mut tick = 0usize;
+    while !flood.finished() {
+        for c in conns.iter_mut().skip(tick % 10).step_by(10) {
+            let _ = c.send(&format!("ping {tick}"));
+        }
+        tick += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let report = flood.wait()?;
+    let pushes_at_end: Vec<u64> = conns.iter().map(|c| c.health().pushes).collect();
+    for c in conns.iter_mut() {
+        let _ = c.send("after");
+    }
     let (ok, failed) = load.as_mut().map(|l| l.stop()).unwrap_or((0, 0));
     std::thread::sleep(Duration::from_millis(500));
     let after = datapath(&topo)?;
@@ -189,6 +226,22 @@ fn main() -> Result<()> {
             .map(|k| format!("{k} {}", e1.get(*k).unwrap_or(&0) - e0.get(*k).unwrap_or(&0)))
             .collect();
         println!("  backend {}: {}", b.name, parts.join(", "));
+    }
+    if conns_n > 0 {
+        std::thread::sleep(Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let mut broken = 0;
+        for (c, p0) in conns.iter().zip(&pushes_at_end) {
+            let echoed = c.wait_echoes(deadline.saturating_duration_since(Instant::now()));
+            let h = c.health();
+            if !echoed || h.pushes - p0 < 5 || h.error.is_some() || h.max_gap > Duration::from_secs(2) {
+                broken += 1;
+                if broken <= 3 {
+                    println!("  broken: {h:?}");
+                }
+            }
+        }
+        println!("live connections: {broken} of {conns_n} broken");
     }
     if let Some(l) = &load {
         println!(
