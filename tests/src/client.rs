@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::io::{BufRead, BufReader, Write};
 use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -252,7 +252,9 @@ impl PushConn {
 
     pub fn health(&self) -> PushHealth {
         let s = &self.shared;
-        let since = s.now_ms().saturating_sub(s.last_push_ms.load(Ordering::SeqCst));
+        let since = s
+            .now_ms()
+            .saturating_sub(s.last_push_ms.load(Ordering::SeqCst));
         PushHealth {
             pushes: s.pushes.load(Ordering::SeqCst),
             echoes: s.echoes.load(Ordering::SeqCst),

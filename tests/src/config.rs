@@ -308,7 +308,10 @@ mod tests {
         let parsed = c.config();
         assert_eq!(parsed.flow_table_entries(), 4096);
         assert_eq!(parsed.flow_table.syn_flood_threshold, 2000);
-        assert_eq!(parsed.flow_table.sweep_interval, std::time::Duration::from_secs(1));
+        assert_eq!(
+            parsed.flow_table.sweep_interval,
+            std::time::Duration::from_secs(1)
+        );
         assert_eq!(parsed.limits.services, 8);
         // Nothing set: no section, canaryd's defaults.
         assert!(!LbConfig::lab().yaml().contains("flow_table"));

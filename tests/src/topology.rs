@@ -353,9 +353,8 @@ impl Topology {
         // (band 2 of its default priomap) and the clients' packets
         // (priority 0) in the band above (band 1): it is the LB's
         // behaviour under the flood that is measured, not this queue's.
-        self.client.exec(&[
-            "tc", "qdisc", "add", "dev", "eth0", "root", "pfifo_fast",
-        ])?;
+        self.client
+            .exec(&["tc", "qdisc", "add", "dev", "eth0", "root", "pfifo_fast"])?;
         Ok(())
     }
 

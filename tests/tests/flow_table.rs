@@ -18,7 +18,9 @@ use canary_common::addr::flow_key;
 use canary_common::{reason, PROTO_TCP};
 use canary_tests::client::PushConn;
 use canary_tests::flood::SynFlood;
-use canary_tests::{client_v4, burst, FlowTable, LbConfig, Load, LoadBounds, Service, Topology, VIP_V4};
+use canary_tests::{
+    burst, client_v4, FlowTable, LbConfig, Load, LoadBounds, Service, Topology, VIP_V4,
+};
 use canary_userspace::dataplane::maps::Maps;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -67,7 +69,9 @@ fn datapath(topo: &Topology) -> Result<[u64; reason::COUNT as usize]> {
 
 /// How long ago the last sweep ended, in ms (u64::MAX before the first).
 fn swept_age(v: &Value) -> u64 {
-    v["flow_table"]["swept_at_age_ms"].as_u64().unwrap_or(u64::MAX)
+    v["flow_table"]["swept_at_age_ms"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
 }
 
 /// Waits for the next sweep (swept_at_age_ms goes down) and returns the
@@ -259,7 +263,10 @@ fn syn_flood_breaks_no_live_connection_and_new_ones_succeed() -> Result<()> {
         report.elapsed
     );
     assert!(broken.is_empty(), "broken connections: {broken:#?}");
-    assert!(attempts >= 100, "only {attempts} new connections were tried");
+    assert!(
+        attempts >= 100,
+        "only {attempts} new connections were tried"
+    );
     assert!(
         ok as f64 >= 0.99 * attempts as f64,
         "{failed} of {attempts} new connections failed: {errors:?}"
@@ -274,9 +281,12 @@ fn syn_flood_breaks_no_live_connection_and_new_ones_succeed() -> Result<()> {
     let (mode_off, s) = loop {
         let s = status(&topo)?;
         let on = events(&topo, "syn_flood")?;
-        let off_event = on[events_before..]
-            .iter()
-            .any(|e| e["message"].as_str().unwrap_or("").starts_with("flood mode off"));
+        let off_event = on[events_before..].iter().any(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("flood mode off")
+        });
         if s["flow_table"]["flood_mode"] == false && off_event {
             break (flood_end.elapsed(), s);
         }
@@ -298,15 +308,19 @@ fn syn_flood_breaks_no_live_connection_and_new_ones_succeed() -> Result<()> {
             .collect::<Vec<_>>()
     );
     assert!(
-        flood_events[events_before..]
-            .iter()
-            .any(|e| e["message"].as_str().unwrap_or("").starts_with("flood mode on")
-                && e["service"] == "*"),
+        flood_events[events_before..].iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("flood mode on")
+            && e["service"] == "*"),
         "no 'flood mode on' event: {flood_events:?}"
     );
     assert!(ft(&s, "syn_stateless") > 0, "status: {s}");
     // On for about 9 of the flood's 10 s, read about once a second.
-    assert!(flood_mode_seen, "the status never showed flood mode during the flood");
+    assert!(
+        flood_mode_seen,
+        "the status never showed flood mode during the flood"
+    );
     Ok(())
 }
 
@@ -370,7 +384,10 @@ fn occupancy_returns_to_baseline_after_10000_short_connections() -> Result<()> {
     };
     while loads
         .iter()
-        .map(|l| l.ok.load(std::sync::atomic::Ordering::SeqCst) + l.failed.load(std::sync::atomic::Ordering::SeqCst))
+        .map(|l| {
+            l.ok.load(std::sync::atomic::Ordering::SeqCst)
+                + l.failed.load(std::sync::atomic::Ordering::SeqCst)
+        })
         .sum::<u64>()
         < 10_000
         && start.elapsed() < Duration::from_secs(65)
@@ -453,21 +470,36 @@ fn evicted_live_connection_keeps_working_both_ways() -> Result<()> {
         "before: {:?}",
         conn.health()
     );
-    let key = flow_key(conn.local.ip(), conn.local.port(), VIP_V4.into(), 80, PROTO_TCP);
+    let key = flow_key(
+        conn.local.ip(),
+        conn.local.port(),
+        VIP_V4.into(),
+        80,
+        PROTO_TCP,
+    );
     let maps = Maps::from_pins(&topo.pin_dir())?;
-    let entry = maps.flows.get(&key, 0).context("the connection has no entry")?;
+    let entry = maps
+        .flows
+        .get(&key, 0)
+        .context("the connection has no entry")?;
 
     // Quiet: no push, no send for 4 s; meanwhile other connections churn,
     // 100 at a time, until the entry is gone (at most 3 s of churn: the
     // kernel's LRU keeps an entry that was used recently a while longer).
     conn.send("quiet 4000")?;
-    anyhow::ensure!(conn.wait_echoes(Duration::from_secs(3)), "{:?}", conn.health());
+    anyhow::ensure!(
+        conn.wait_echoes(Duration::from_secs(3)),
+        "{:?}",
+        conn.health()
+    );
     let quiet_from = Instant::now();
     let before = datapath(&topo)?;
     let mut churned = 0u32;
     let mut evicted = false;
     while !evicted && quiet_from.elapsed() < Duration::from_secs(3) {
-        let sources: Vec<IpAddr> = (0..100).map(|i| client_v4(100 + (churned + i) % 3000)).collect();
+        let sources: Vec<IpAddr> = (0..100)
+            .map(|i| client_v4(100 + (churned + i) % 3000))
+            .collect();
         churned += topo
             .client
             .run(|| burst(&sources, vip(), Duration::from_secs(2)))?
@@ -496,8 +528,8 @@ fn evicted_live_connection_keeps_working_both_ways() -> Result<()> {
         conn.health()
     );
     let after_push = datapath(&topo)?;
-    let nat_no_flow = after_push[reason::REPLY_NO_FLOW_NAT as usize]
-        - before[reason::REPLY_NO_FLOW_NAT as usize];
+    let nat_no_flow =
+        after_push[reason::REPLY_NO_FLOW_NAT as usize] - before[reason::REPLY_NO_FLOW_NAT as usize];
     // Then the client: its line comes back.
     conn.send("after eviction")?;
     let echoed = conn.wait_echoes(Duration::from_secs(3));
@@ -512,10 +544,16 @@ fn evicted_live_connection_keeps_working_both_ways() -> Result<()> {
     );
     let h = conn.health();
     assert!(h.error.is_none(), "{h:?}");
-    assert!(nat_no_flow > 0, "no reply was reverse-NATed without an entry");
+    assert!(
+        nat_no_flow > 0,
+        "no reply was reverse-NATed without an entry"
+    );
     assert!(echoed && pushed, "{h:?}");
     let again = again.context("no entry after the client's packet")?;
-    assert_eq!(again.backend_id, entry.backend_id, "the connection moved backend");
+    assert_eq!(
+        again.backend_id, entry.backend_id,
+        "the connection moved backend"
+    );
     assert!(
         ft(&s, "evictions_estimate") > 0,
         "status shows no eviction: {}",

@@ -21,14 +21,16 @@
 use anyhow::{Context, Result};
 use aya::maps::{Map, MapData, PerCpuArray};
 use canary_common::reason;
-use canary_tests::flood::SynFlood;
 use canary_tests::client::PushConn;
+use canary_tests::flood::SynFlood;
 use canary_tests::{client_v4, FlowTable, LbConfig, Load, LoadBounds, Service, Topology, VIP_V4};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 fn datapath(topo: &Topology) -> Result<[u64; reason::COUNT as usize]> {
-    let path = topo.pin_dir().join(canary_common::maps::names::DATAPATH_STATS);
+    let path = topo
+        .pin_dir()
+        .join(canary_common::maps::names::DATAPATH_STATS);
     let map = Map::from_map_data(MapData::from_pin(&path).context("DATAPATH_STATS pin")?)?;
     let arr: PerCpuArray<MapData, u64> = PerCpuArray::try_from(map)?;
     let mut out = [0u64; reason::COUNT as usize];
@@ -64,7 +66,11 @@ fn drops(topo: &Topology) -> Result<Vec<(String, u64, u64)>> {
     let mut out = Vec::new();
     let mut add = |ns: &canary_tests::Netns, ifname: &str| -> Result<()> {
         let (_, rxd, _, txd) = Topology::link_stats(ns, ifname)?;
-        out.push((format!("{}:{ifname}", ns.name.rsplit('-').next().unwrap_or("")), rxd, txd));
+        out.push((
+            format!("{}:{ifname}", ns.name.rsplit('-').next().unwrap_or("")),
+            rxd,
+            txd,
+        ));
         Ok(())
     };
     add(&topo.client, "eth0")?;
@@ -84,8 +90,14 @@ fn main() -> Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let secs: f64 = opt("--secs").map(|s| s.parse()).transpose()?.unwrap_or(10.0);
-    let sources: u32 = opt("--sources").map(|s| s.parse()).transpose()?.unwrap_or(60_000);
+    let secs: f64 = opt("--secs")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(10.0);
+    let sources: u32 = opt("--sources")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(60_000);
     let pps: u64 = opt("--pps").map(|s| s.parse()).transpose()?.unwrap_or(0);
     let with_load = args.iter().any(|a| a == "--load");
 
@@ -110,13 +122,13 @@ fn main() -> Result<()> {
         .unwrap_or_default();
     let yaml = legacy
         + &cfg
-        .service(
-            Service::tcp("shop", VIP_V4, 80)
-                .weight(10.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
-        )
-        .yaml();
+            .service(
+                Service::tcp("shop", VIP_V4, 80)
+                    .weight(10.0)
+                    .stable(["198.18.1.2", "198.18.2.2"])
+                    .canary(["198.18.3.2"]),
+            )
+            .yaml();
     let _d = topo.spawn_canaryd(Some(&yaml))?;
     let vip = SocketAddrV4::new(VIP_V4, 80);
     // Warm up: neighbours resolved, routes cached.
@@ -124,7 +136,11 @@ fn main() -> Result<()> {
 
     let before = datapath(&topo)?;
     let drops0 = drops(&topo)?;
-    let ext0: Vec<_> = topo.backends.iter().map(|b| tcp_ext(&b.ns)).collect::<Result<_>>()?;
+    let ext0: Vec<_> = topo
+        .backends
+        .iter()
+        .map(|b| tcp_ext(&b.ns))
+        .collect::<Result<_>>()?;
     let c0 = Topology::link_stats(&topo.client, "eth0")?;
     let l0 = Topology::link_stats(&topo.lb, "lb-client")?;
     let mut load = with_load.then(|| {
@@ -144,7 +160,13 @@ fn main() -> Result<()> {
     });
     let mut conns: Vec<PushConn> = topo.client.run(|| {
         (0..conns_n)
-            .map(|i| PushConn::open(client_v4(3000 + i), SocketAddr::V4(vip), Duration::from_secs(3)))
+            .map(|i| {
+                PushConn::open(
+                    client_v4(3000 + i),
+                    SocketAddr::V4(vip),
+                    Duration::from_secs(3),
+                )
+            })
             .collect::<Result<_>>()
     })?;
     for c in &conns {
@@ -223,7 +245,12 @@ fn main() -> Result<()> {
         ];
         let parts: Vec<String> = keys
             .iter()
-            .map(|k| format!("{k} {}", e1.get(*k).unwrap_or(&0) - e0.get(*k).unwrap_or(&0)))
+            .map(|k| {
+                format!(
+                    "{k} {}",
+                    e1.get(*k).unwrap_or(&0) - e0.get(*k).unwrap_or(&0)
+                )
+            })
             .collect();
         println!("  backend {}: {}", b.name, parts.join(", "));
     }
@@ -234,7 +261,11 @@ fn main() -> Result<()> {
         for (c, p0) in conns.iter().zip(&pushes_at_end) {
             let echoed = c.wait_echoes(deadline.saturating_duration_since(Instant::now()));
             let h = c.health();
-            if !echoed || h.pushes - p0 < 5 || h.error.is_some() || h.max_gap > Duration::from_secs(2) {
+            if !echoed
+                || h.pushes - p0 < 5
+                || h.error.is_some()
+                || h.max_gap > Duration::from_secs(2)
+            {
                 broken += 1;
                 if broken <= 3 {
                     println!("  broken: {h:?}");
@@ -255,7 +286,11 @@ fn main() -> Result<()> {
         while t.elapsed() < Duration::from_secs(secs.parse()?) {
             if let Ok(out) = topo.ctl(&["--json", "status"]) {
                 let v: serde_json::Value = serde_json::from_str(&out)?;
-                println!("+{:5.1} s flow_table {}", t.elapsed().as_secs_f64(), v["flow_table"]);
+                println!(
+                    "+{:5.1} s flow_table {}",
+                    t.elapsed().as_secs_f64(),
+                    v["flow_table"]
+                );
             }
             std::thread::sleep(Duration::from_secs(1));
         }
