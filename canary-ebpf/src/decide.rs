@@ -153,7 +153,17 @@ fn established(flow: &FlowKey, tcp: &Tcp, now: &Now) -> (Option<(u32, u32)>, boo
 pub fn decide(flow: &FlowKey, vip: &VipInfo, tcp: &Tcp, now: &Now) -> Result<Target, Outcome> {
     const NO_BACKEND: Outcome = Outcome::drop(reason::DROP_NO_BACKEND);
     let service_id = vip.service_id;
-    let (found, replace) = established(flow, tcp, now);
+    // Flood mode: a bare SYN over the budget is decided without touching
+    // the flow table at all (a cold lookup is most of a miss's cost). A
+    // retransmitted SYN of an open connection is decided the same way
+    // unless the weights changed in between; a handshake not yet complete
+    // then moves to the new choice, which TCP survives.
+    let stateless = tcp.bare_syn() && !within_new_flow_budget(now);
+    let (found, replace) = if stateless {
+        (None, false)
+    } else {
+        established(flow, tcp, now)
+    };
     let (backend_id, version, remember) = match found {
         Some((backend_id, version)) => (backend_id, version, Remember::Nothing),
         None => {
@@ -181,7 +191,7 @@ pub fn decide(flow: &FlowKey, vip: &VipInfo, tcp: &Tcp, now: &Now) -> Result<Tar
             if backend_id == BACKEND_NONE {
                 return Err(NO_BACKEND);
             }
-            let remember = if tcp.bare_syn() && !within_new_flow_budget(now) {
+            let remember = if stateless {
                 Remember::Stateless
             } else if replace {
                 Remember::Replace

@@ -57,8 +57,8 @@ pub fn send<H: IpHdr, const L3: usize>(
 
 /// Redirects with a cached next hop, as `finish` would have after a lookup.
 /// `None` (and the packet untouched) when the cache does not apply: a VLAN
-/// frame, an expiring TTL, a packet over the route's MTU, an egress port
-/// no longer in TX_PORTS. The caller then takes the slow path.
+/// frame, an expiring TTL, a packet over the route's MTU. The caller then
+/// takes the slow path.
 #[inline(always)]
 fn via_cached<H: IpHdr, const L3: usize>(
     ctx: &XdpContext,
@@ -69,7 +69,10 @@ fn via_cached<H: IpHdr, const L3: usize>(
     if L3 != EthHdr::LEN || ttl <= 1 || ip_len > nh.mtu as usize {
         return None;
     }
-    TX_PORTS.get_ifindex(nh.ifindex)?;
+    // No TX_PORTS check first (one lookup less per packet): a next hop is
+    // cached only after a redirect to its port succeeded, and canaryd bumps
+    // the generation whenever TX_PORTS changes, so a valid cached port is
+    // in the map; should it vanish anyway, the redirect fails below.
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     H::decrement_ttl(ip);
     unsafe {

@@ -3,7 +3,9 @@
 //! - `setup`: install what is missing (Debian packages, bpf-linker).
 //! - `build-ebpf`: build the XDP program for `bpfel-unknown-none`.
 //! - `build [--release]`: the eBPF object, then the workspace binaries.
-//! - `test [-- ARGS]`: setup, build, and the whole test suite (root).
+//! - `build-previous`: canaryd of the previous map layout, from git (the
+//!   upgrade test starts it first).
+//! - `test [-- ARGS]`: setup, build, build-previous, and the whole test suite (root).
 //! - `demo [-- ARGS]`: setup, build, and run the demo (root).
 //! - `bench [-- ARGS]`: setup, release build, and run the benchmark (root).
 
@@ -11,6 +13,7 @@ mod bench;
 mod cmd;
 mod ebpf;
 mod ebpf_object;
+mod previous;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +60,13 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Build canaryd of the previous map layout from git, for the upgrade test
+    ///
+    /// A detached git worktree of the previous layout's last commit in
+    /// target/previous-layout/src, built by its own `cargo xtask build` into
+    /// target/previous-layout/target (cached). `cargo xtask test` runs it and
+    /// passes the binary to the tests in CANARY_PREVIOUS_CANARYD.
+    BuildPrevious,
     /// Set up, build, and run the whole test suite (needs root)
     ///
     /// Root because the integration tests create network namespaces and load
@@ -94,6 +104,7 @@ fn main() -> ExitCode {
         Task::Setup { dry_run } => setup::run(dry_run).map(|()| ExitCode::SUCCESS),
         Task::BuildEbpf => ebpf::build(&root).map(|_| ExitCode::SUCCESS),
         Task::Build { release } => build(&root, release).map(|()| ExitCode::SUCCESS),
+        Task::BuildPrevious => previous::build(&root).map(|_| ExitCode::SUCCESS),
         Task::Test { args } => test(&root, &args),
         Task::Demo { args } => demo(&root, &args),
         Task::Bench { args } => bench::run(&root, &args),
@@ -229,9 +240,9 @@ impl Phases {
                 Ok(()) => "ok".to_string(),
                 Err(e) => format!("FAILED: {e}"),
             };
-            println!("  {name:<12}{:>9}  {outcome}", secs(*took));
+            println!("  {name:<15}{:>9}  {outcome}", secs(*took));
         }
-        println!("  {:<12}{:>9}", "total", secs(self.start.elapsed()));
+        println!("  {:<15}{:>9}", "total", secs(self.start.elapsed()));
         self.done.iter().all(|(_, _, r)| r.is_ok())
     }
 }
@@ -250,7 +261,17 @@ fn test(root: &Path, extra: &[String]) -> Result<ExitCode> {
                 .args(["build", "--workspace", "--bins", "--tests"])
                 .run()
         })
-        && phases.run("test", || cargo(root).args(cargo_test_args(extra)).run());
+        && {
+            // Only the upgrade test needs it: without it that test fails
+            // with the reason, the others still run.
+            phases.run("build-previous", || previous::build(root).map(|_| ()));
+            phases.run("test", || {
+                cargo(root)
+                    .env(previous::ENV, previous::canaryd_path(root))
+                    .args(cargo_test_args(extra))
+                    .run()
+            })
+        };
     if phases.summary() {
         println!("xtask: all tests passed");
         Ok(ExitCode::SUCCESS)

@@ -400,7 +400,7 @@ impl DataPlane {
         for k in stale_ports {
             let _ = self.maps.tx_ports.remove(k);
         }
-        self.attach_interfaces(&ifindexes, &mut report)?;
+        self.attach_migrating(&ifindexes, config, &ids, &mut report)?;
 
         let keep_services: HashSet<String> =
             config.services.iter().map(|s| s.name.clone()).collect();

@@ -15,6 +15,7 @@ mod ids;
 mod keys;
 pub mod maglev;
 pub mod maps;
+pub mod migrate;
 pub mod report;
 pub mod sweep;
 
@@ -173,6 +174,7 @@ impl DataPlane {
             );
         }
         let adopted = dir.join(canary_common::names::SERVICES).exists();
+        let aside = migrate::move_aside(&dir)?; // layout 1's pins: upgrade (migrate.rs)
         if adopted {
             crate::dataplane::maps::check_pinned_layout(&dir, flows, options.services)?;
             info!("adopting the pinned data plane in {}", dir.display());
@@ -205,6 +207,7 @@ impl DataPlane {
         // to one of its probes is never rewritten.
         maps.sync_local_addrs(&local_addresses()?)
             .context("filling LOCAL_ADDRS")?;
+        aside.keep();
         Ok(DataPlane {
             ebpf,
             options,

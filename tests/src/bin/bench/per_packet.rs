@@ -291,6 +291,24 @@ fn micro_paths(lab: &Lab, report: &mut Report) -> Result<()> {
             "ns/pkt",
             format!("{}, source in 198.18.24.0/24", action(a)),
         );
+        // Flood mode: every SYN over a budget of 1 per second is decided
+        // without state (no FLOWS or HANDSHAKES insert).
+        // (Through the pins: `dp` is borrowed by the program handle.)
+        let mut pinned = canary_userspace::dataplane::maps::Maps::from_pins(dp.pin_dir())?;
+        let mut settings = pinned.settings()?;
+        settings.flood_new_flows_per_s = 1;
+        pinned.write_settings(settings)?;
+        let (k, a) = lab.new_flow_syns(canary, vip)?;
+        let stateless = dp.maps().datapath_stats()?[canary_common::reason::SYN_STATELESS as usize];
+        report.add(
+            G_ONE,
+            "canary, new-flow SYN in flood mode (no state)",
+            k,
+            "ns/pkt",
+            format!("{}, {stateless} SYNs stateless", action(a)),
+        );
+        settings.flood_new_flows_per_s = 0;
+        pinned.write_settings(settings)?;
         let mut n = 0usize;
         let vip6 = IpAddr::V6(LAB_VIP6);
         let (k, a) = lab.single(
