@@ -144,9 +144,24 @@ fn syn_flood_breaks_no_live_connection_and_new_ones_succeed() -> Result<()> {
     let before = datapath(&topo)?;
     let events_before = events(&topo, "syn_flood")?.len();
 
+    let flood_time = Duration::from_secs(10);
+    let pps: u64 = std::env::var("CANARY_FLOOD_PPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let spec = topo.flood_spec(
+        SocketAddrV4::new(VIP_V4, 80),
+        60_000,
+        5_000_000,
+        flood_time,
+        pps,
+    )?;
+    for c in &conns {
+        c.mark();
+    }
+    let flood = SynFlood::start(&topo.client, spec);
     // Legitimate new connections during the flood: two clients in turn,
     // bounded by the flood's time.
-    let flood_time = Duration::from_secs(10);
     let mut loads: Vec<Load> = [1000u32, 2000]
         .into_iter()
         .map(|first| {
@@ -165,21 +180,6 @@ fn syn_flood_breaks_no_live_connection_and_new_ones_succeed() -> Result<()> {
             )
         })
         .collect();
-    let pps: u64 = std::env::var("CANARY_FLOOD_PPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let spec = topo.flood_spec(
-        SocketAddrV4::new(VIP_V4, 80),
-        60_000,
-        5_000_000,
-        flood_time,
-        pps,
-    )?;
-    for c in &conns {
-        c.mark();
-    }
-    let flood = SynFlood::start(&topo.client, spec);
     // While it runs: each connection sends a line about once a second (ten
     // every 100 ms), and the status is read about once a second.
     let mut flood_mode_seen = false;
@@ -504,7 +504,11 @@ fn evicted_live_connection_keeps_working_both_ways() -> Result<()> {
             .client
             .run(|| burst(&sources, vip(), Duration::from_secs(2)))?
             .len() as u32;
-        evicted = maps.flows.get(&key, 0).is_err();
+        evicted = match maps.flows.get(&key, 0) {
+            Err(aya::maps::MapError::KeyNotFound) => true,
+            Err(e) => return Err(e).context("reading FLOWS"),
+            Ok(_) => false,
+        };
     }
     let churn_time = quiet_from.elapsed();
     let mid = datapath(&topo)?;
@@ -528,8 +532,10 @@ fn evicted_live_connection_keeps_working_both_ways() -> Result<()> {
         conn.health()
     );
     let after_push = datapath(&topo)?;
+    // Counted from the end of the churn: the churned connections' last
+    // replies (some evicted too) are not counted with ours.
     let nat_no_flow =
-        after_push[reason::REPLY_NO_FLOW_NAT as usize] - before[reason::REPLY_NO_FLOW_NAT as usize];
+        after_push[reason::REPLY_NO_FLOW_NAT as usize] - mid[reason::REPLY_NO_FLOW_NAT as usize];
     // Then the client: its line comes back.
     conn.send("after eviction")?;
     let echoed = conn.wait_echoes(Duration::from_secs(3));
