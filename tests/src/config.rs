@@ -9,6 +9,11 @@
 //!     .service(Service::tcp("shop", VIP_V4, 80).affinity("source-ip").weight(10.0)
 //!         .stable(["198.18.1.2", "198.18.2.2"]).canary(["198.18.3.2"]))
 //!     .yaml();
+//! let small = LbConfig::lab()
+//!     .flow_table(FlowTable::new().size(4096).syn_flood_threshold(2000)
+//!         .timeout("tcp_closing", "2s").sweep_interval("1s"))
+//!     .service(...)
+//!     .yaml();
 //! ```
 
 use canary_userspace::config::Config;
@@ -20,7 +25,71 @@ pub struct LbConfig {
     interface: String,
     backend_interfaces: Vec<String>,
     metrics: Option<String>,
+    flow_table: Option<FlowTable>,
+    limit_services: Option<u32>,
     services: Vec<Service>,
+}
+
+/// The `flow_table:` section; a key left unset is left out (canaryd's
+/// default).
+#[derive(Debug, Clone, Default)]
+pub struct FlowTable {
+    size: Option<u32>,
+    timeouts: Vec<(String, String)>,
+    syn_flood_threshold: Option<u32>,
+    sweep_interval: Option<String>,
+}
+
+impl FlowTable {
+    pub fn new() -> FlowTable {
+        FlowTable::default()
+    }
+
+    /// `size:` entries (64 ..= 16777216).
+    pub fn size(mut self, entries: u32) -> FlowTable {
+        self.size = Some(entries);
+        self
+    }
+
+    /// One of `timeouts:` (`tcp_established`, `tcp_handshake`,
+    /// `tcp_closing`, `udp`, `udp_replied`) as humantime (`"2s"`, `"2h 4m"`).
+    pub fn timeout(mut self, key: &str, value: &str) -> FlowTable {
+        self.timeouts.retain(|(k, _)| k != key);
+        self.timeouts.push((key.into(), value.into()));
+        self
+    }
+
+    /// `syn_flood_threshold:` stateful new flows per second (0: off).
+    pub fn syn_flood_threshold(mut self, per_s: u32) -> FlowTable {
+        self.syn_flood_threshold = Some(per_s);
+        self
+    }
+
+    /// `sweep_interval:` as humantime (1s ..= 5m).
+    pub fn sweep_interval(mut self, value: &str) -> FlowTable {
+        self.sweep_interval = Some(value.into());
+        self
+    }
+
+    fn yaml(&self) -> String {
+        let mut y = String::from("flow_table:\n");
+        if let Some(n) = self.size {
+            y += &format!("  size: {n}\n");
+        }
+        if !self.timeouts.is_empty() {
+            y += "  timeouts:\n";
+            for (k, v) in &self.timeouts {
+                y += &format!("    {k}: {v}\n");
+            }
+        }
+        if let Some(n) = self.syn_flood_threshold {
+            y += &format!("  syn_flood_threshold: {n}\n");
+        }
+        if let Some(v) = &self.sweep_interval {
+            y += &format!("  sweep_interval: {v}\n");
+        }
+        y
+    }
 }
 
 /// One entry of `services:`.
@@ -59,6 +128,8 @@ impl LbConfig {
             interface: "lb-client".into(),
             backend_interfaces: vec!["lb-b1".into(), "lb-b2".into(), "lb-b3".into()],
             metrics: None,
+            flow_table: None,
+            limit_services: None,
             services: Vec::new(),
         }
     }
@@ -71,6 +142,18 @@ impl LbConfig {
     /// `metrics: ADDR` (the Prometheus listener).
     pub fn metrics(mut self, addr: &str) -> LbConfig {
         self.metrics = Some(addr.into());
+        self
+    }
+
+    /// The `flow_table:` section.
+    pub fn flow_table(mut self, ft: FlowTable) -> LbConfig {
+        self.flow_table = Some(ft);
+        self
+    }
+
+    /// `limits: services: N` (sizes the Maglev tables; restart to change).
+    pub fn limit_services(mut self, n: u32) -> LbConfig {
+        self.limit_services = Some(n);
         self
     }
 
@@ -89,6 +172,12 @@ impl LbConfig {
         );
         if let Some(m) = &self.metrics {
             y += &format!("metrics: {m}\n");
+        }
+        if let Some(ft) = &self.flow_table {
+            y += &ft.yaml();
+        }
+        if let Some(n) = self.limit_services {
+            y += &format!("limits:\n  services: {n}\n");
         }
         y += "services:\n";
         for s in &self.services {
@@ -187,5 +276,44 @@ impl Service {
         }
         y += &self.raw;
         y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_table_section_is_the_documented_layout_and_parses() {
+        let c = LbConfig::lab()
+            .flow_table(
+                FlowTable::new()
+                    .size(4096)
+                    .timeout("tcp_closing", "2s")
+                    .timeout("udp", "10s")
+                    .timeout("tcp_closing", "3s")
+                    .syn_flood_threshold(2000)
+                    .sweep_interval("1s"),
+            )
+            .limit_services(8)
+            .service(Service::tcp("web", "198.18.100.1", 80).stable(["198.18.1.2"]));
+        let y = c.yaml();
+        assert!(
+            y.contains(
+                "flow_table:\n  size: 4096\n  timeouts:\n    udp: 10s\n    tcp_closing: 3s\n  \
+                 syn_flood_threshold: 2000\n  sweep_interval: 1s\nlimits:\n  services: 8\n"
+            ),
+            "{y}"
+        );
+        let parsed = c.config();
+        assert_eq!(parsed.flow_table_entries(), 4096);
+        assert_eq!(parsed.flow_table.syn_flood_threshold, 2000);
+        assert_eq!(
+            parsed.flow_table.sweep_interval,
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(parsed.limits.services, 8);
+        // Nothing set: no section, canaryd's defaults.
+        assert!(!LbConfig::lab().yaml().contains("flow_table"));
     }
 }

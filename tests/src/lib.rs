@@ -9,6 +9,7 @@
 //!   independent packet builders and checksum verification.
 //! - `rollout`: watching a rollout (weight in the map, time to rollback,
 //!   the rollout's end).
+//! - `flood`: a spoofed-SYN flood generator (AF_PACKET, bounded).
 //! - `config`: the one builder of every config the suite, demo and bench use.
 //!
 //! Everything is torn down on drop (and on panic); names carry
@@ -20,6 +21,7 @@ pub mod cleanup;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod flood;
 pub mod load;
 pub mod netns;
 pub mod nft;
@@ -31,7 +33,7 @@ pub mod topology;
 pub mod xdp_lab;
 
 pub use client::{burst, tcp_connect, udp_request, Conn};
-pub use config::{LbConfig, Service};
+pub use config::{FlowTable, LbConfig, Service};
 pub use daemon::Daemon;
 pub use load::{Load, LoadBounds};
 pub use netns::Netns;

@@ -254,7 +254,22 @@ impl Topology {
         Ok(())
     }
 
+    /// Starts servers that also push a line unprompted every `push_ms` on
+    /// each service connection (`canary-testsrv --push-ms`; read them with
+    /// `client::PushConn`).
+    pub fn start_push_servers(&mut self, port: u16, push_ms: u64) -> Result<()> {
+        self.spawn_servers(
+            port,
+            &ServerOptions::default(),
+            &["--push-ms".into(), push_ms.to_string()],
+        )
+    }
+
     pub fn start_servers_with(&mut self, port: u16, opts: &ServerOptions) -> Result<()> {
+        self.spawn_servers(port, opts, &[])
+    }
+
+    fn spawn_servers(&mut self, port: u16, opts: &ServerOptions, more: &[String]) -> Result<()> {
         let bin = bin_path("canary-testsrv")?;
         for b in &self.backends {
             let fault_file = self.fault_file(&b.name);
@@ -267,6 +282,7 @@ impl Topology {
             if opts.rst_fraction > 0.0 {
                 extra.extend(["--rst-fraction".into(), opts.rst_fraction.to_string()]);
             }
+            extra.extend(more.iter().cloned());
             let mut child =
                 b.ns.command(bin.to_str().unwrap())
                     .args(["--name", &b.name, "--port", &port.to_string()])
@@ -314,6 +330,71 @@ impl Topology {
         })
     }
 
+    /// Routes for a spoofed-SYN flood from `flood::FLOOD_NET`: the LB sends
+    /// what comes back for those sources (the backends' SYN-ACKs, reverse-
+    /// NATed) to the client namespace, which drops it (a blackhole route; it
+    /// does not forward either). Nothing leaves the lab's namespaces.
+    pub fn route_flood_sources(&self) -> Result<()> {
+        let net = format!(
+            "{}/{}",
+            crate::flood::FLOOD_NET,
+            crate::flood::FLOOD_PREFIX_LEN
+        );
+        self.lb.ip(&["route", "add", &net, "via", "198.18.0.2"])?;
+        self.client.ip(&["route", "add", "blackhole", &net])?;
+        // The client's eth0 is the lab's "internet" and the flood's only
+        // way out. The generator writes faster than the link to the LB
+        // drains (a 256-packet veth ring, with back pressure to a qdisc when
+        // there is one): in one FIFO the legitimate clients' packets would be
+        // dropped there, before the LB ever sees them, and the handshake ACK
+        // of a connection a backend answered with a SYN cookie is never
+        // retransmitted. So the flood (skb priority 1, "filler", see
+        // `flood::run`) queues in the lowest band of a pfifo_fast qdisc
+        // (band 2 of its default priomap) and the clients' packets
+        // (priority 0) in the band above (band 1): it is the LB's
+        // behaviour under the flood that is measured, not this queue's.
+        self.client
+            .exec(&["tc", "qdisc", "add", "dev", "eth0", "root", "pfifo_fast"])?;
+        Ok(())
+    }
+
+    /// A flood from the client's `eth0` to `dst` (IPv4), frames addressed to
+    /// the LB's `lb-client`; run it with `flood::SynFlood::start(&topo.client, spec)`.
+    pub fn flood_spec(
+        &self,
+        dst: std::net::SocketAddrV4,
+        sources: u32,
+        max_packets: u64,
+        max_time: Duration,
+        pps: u64,
+    ) -> Result<crate::flood::FloodSpec> {
+        Ok(crate::flood::FloodSpec {
+            ifname: "eth0".into(),
+            src_mac: mac(&self.client, "eth0")?,
+            dst_mac: mac(&self.lb, "lb-client")?,
+            dst,
+            sources,
+            max_packets,
+            max_time,
+            pps,
+        })
+    }
+
+    /// An interface's packet counters in a namespace:
+    /// (rx_packets, rx_dropped, tx_packets, tx_dropped).
+    pub fn link_stats(ns: &Netns, ifname: &str) -> Result<(u64, u64, u64, u64)> {
+        let out = ns.ip(&["-s", "-j", "link", "show", ifname])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let s = &v[0]["stats64"];
+        let n = |dir: &str, k: &str| s[dir][k].as_u64().unwrap_or(0);
+        Ok((
+            n("rx", "packets"),
+            n("rx", "dropped"),
+            n("tx", "packets"),
+            n("tx", "dropped"),
+        ))
+    }
+
     /// `canaryctl args...` as root: its stdout, or an error carrying its
     /// stderr when it fails.
     pub fn ctl(&self, args: &[&str]) -> Result<String> {
@@ -358,6 +439,21 @@ impl Topology {
         cmd.arg("--socket").arg(self.socket()).args(args);
         Ok(cmd.stdin(Stdio::null()).output()?)
     }
+}
+
+/// The MAC address of `ifname` in `ns`.
+pub fn mac(ns: &Netns, ifname: &str) -> Result<[u8; 6]> {
+    let out = ns.ip(&["-j", "link", "show", ifname])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let text = v[0]["address"]
+        .as_str()
+        .with_context(|| format!("no address for {ifname}"))?;
+    let mut m = [0u8; 6];
+    for (i, part) in text.split(':').enumerate() {
+        anyhow::ensure!(i < 6, "MAC {text}");
+        m[i] = u8::from_str_radix(part, 16)?;
+    }
+    Ok(m)
 }
 
 fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {

@@ -14,15 +14,21 @@
 //!   application's own metrics show), anything else: healthy;
 //! - `--rst-fraction X`: reset this fraction of service connections at
 //!   random (a baseline error rate, the same on every backend).
+//!
+//! Option for flow-table tests:
+//! - `--push-ms N`: the server also speaks unprompted: every N ms it writes
+//!   `push K` (K = 0, 1, ...) on every service connection, between echoed
+//!   lines (never inside one). A line `quiet MS` is echoed and holds this
+//!   connection's pushes for MS milliseconds (an idle but open connection).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Fault {
@@ -136,13 +142,16 @@ fn main() {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let usage = "usage: canary-testsrv --name NAME --port PORT [--http-port P] [--fault-file F] [--rst-fraction X]";
+    let usage = "usage: canary-testsrv --name NAME --port PORT [--http-port P] [--fault-file F] [--rst-fraction X] [--push-ms N]";
     let name = opt("--name").expect(usage);
     let port: u16 = opt("--port").expect(usage).parse().expect("port");
     let faults = opt("--fault-file").map(PathBuf::from);
     let rst_fraction: f64 = opt("--rst-fraction")
         .map(|x| x.parse().expect("fraction"))
         .unwrap_or(0.0);
+    let push_ms: u64 = opt("--push-ms")
+        .map(|x| x.parse().expect("push interval"))
+        .unwrap_or(0);
 
     let tcp = listener(port);
     let any: SocketAddr = format!("[::]:{port}").parse().unwrap();
@@ -196,6 +205,13 @@ fn main() {
         }
         open.fetch_add(1, Ordering::SeqCst);
         let (name, open) = (name.clone(), open.clone());
+        if push_ms > 0 {
+            std::thread::spawn(move || {
+                serve_pushing(stream, &name, Duration::from_millis(push_ms));
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+            continue;
+        }
         std::thread::spawn(move || {
             let _ = stream.write_all(format!("{name}\n").as_bytes());
             let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -209,4 +225,65 @@ fn main() {
             open.fetch_sub(1, Ordering::SeqCst);
         });
     }
+}
+
+/// `--push-ms`: the banner, then echoed lines and, every `every`, an
+/// unprompted `push K` line; the two writers share the stream under a lock
+/// so lines never interleave. Ends when the peer closes or a write fails.
+fn serve_pushing(stream: TcpStream, name: &str, every: Duration) {
+    let writer = Arc::new(Mutex::new(stream.try_clone().unwrap()));
+    if writer
+        .lock()
+        .unwrap()
+        .write_all(format!("{name}\n").as_bytes())
+        .is_err()
+    {
+        return;
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let quiet_until = Arc::new(Mutex::new(Instant::now()));
+    let pusher = {
+        let (writer, done, quiet_until) = (writer.clone(), done.clone(), quiet_until.clone());
+        std::thread::spawn(move || {
+            let mut k = 0u64;
+            let mut next = Instant::now() + every;
+            while !done.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep((next - now).min(Duration::from_millis(20)));
+                    continue;
+                }
+                next += every;
+                if next < now {
+                    next = now + every; // fell behind: no burst to catch up
+                }
+                if *quiet_until.lock().unwrap() > now {
+                    continue;
+                }
+                if writer
+                    .lock()
+                    .unwrap()
+                    .write_all(format!("push {k}\n").as_bytes())
+                    .is_err()
+                {
+                    break;
+                }
+                k += 1;
+            }
+        })
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        if let Some(ms) = line.trim_end().strip_prefix("quiet ") {
+            let ms: u64 = ms.parse().unwrap_or(0);
+            *quiet_until.lock().unwrap() = Instant::now() + Duration::from_millis(ms);
+        }
+        if writer.lock().unwrap().write_all(line.as_bytes()).is_err() {
+            break;
+        }
+        line.clear();
+    }
+    done.store(true, Ordering::SeqCst);
+    let _ = pusher.join();
 }
