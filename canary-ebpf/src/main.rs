@@ -9,7 +9,8 @@
 //! `Outcome`, counted once here in DATAPATH_STATS. The modules:
 //! - `classify`: IP header and ports; the shapes that cannot be split.
 //! - `family`: the trait over `Ipv4Hdr`/`Ipv6Hdr` the paths are generic over.
-//! - `decide`: flow table, override or hash vs weight, Maglev; remembering.
+//! - `decide`: flow table, override or hash vs weight, Maglev; remembering,
+//!   flood mode. `clock`: the time and canaryd's settings, once a packet.
 //! - `forward` / `reply`: the client -> VIP path (DNAT) and the backend ->
 //!   client path (reverse NAT).
 //! - `route`: cached next hop, or `bpf_fib_lookup` + redirect, or the stack.
@@ -24,17 +25,21 @@
 //! - IP not addressed to a VIP and not a backend's reply: XDP_PASS, untouched
 //!   (`pass_not_vip`). So is a packet to a VIP address on a port or protocol
 //!   that is not configured (ICMP echo, say).
-//! - to a configured VIP: flow-table hit keeps the connection's backend;
-//!   a miss is decided (source-prefix override, else hash bucket vs weight),
-//!   a backend picked from the pool's live Maglev table and remembered. The
-//!   destination is rewritten (DNAT) with incremental checksum updates.
-//! - from a backend's service port (a reply): see `reply`.
+//! - to a configured VIP: a flow-table hit keeps the connection's backend
+//!   (and moves its entry along: FIN, RST, last seen); a miss, or an entry
+//!   that expired or was closed and reopened by a SYN, is decided (source-
+//!   prefix override, else hash bucket vs weight), a backend picked from the
+//!   pool's live Maglev table and remembered; in flood mode a bare SYN over
+//!   the budget is decided without touching the table (`syn_stateless`).
+//!   The destination is rewritten (DNAT) with incremental checksum updates.
+//! - from a backend's service port (a reply): see `reply`; it needs no flow
+//!   entry.
 //! - rewritten packets are routed with `bpf_fib_lookup` and redirected out of
 //!   the egress interface (TTL decremented, MACs set) when that interface is
-//!   in TX_PORTS; the next hop is then cached in the flow entry (each
-//!   direction its own), and the connection's later packets use it while
-//!   its generation is current (it ages in about a second, and canaryd bumps
-//!   `NEXTHOP_GEN` on config changes) and they fit the route's MTU;
+//!   in TX_PORTS; the next hop is then cached, per backend and CPU toward a
+//!   backend (`BACKEND_NEXTHOP`), in the flow entry toward a client, and
+//!   used while its generation is current (it ages in about a second, and
+//!   canaryd bumps it on config changes) and the packet fits the route's MTU;
 //!   otherwise, and when the kernel must resolve a neighbour,
 //!   handle a VLAN, or send an ICMP (TTL expiring, fragmentation needed), they
 //!   go to the stack already rewritten (`pass_to_stack`). Unroutable:

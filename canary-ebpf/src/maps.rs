@@ -3,6 +3,7 @@
 //! Layouts and names come from `canary_common::maps`.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -27,9 +28,11 @@ pub static SERVICES: Array<ServiceState> = Array::pinned(MAX_SERVICES, 0);
 pub static BACKENDS: Array<BackendInfo> = Array::pinned(MAX_BACKENDS, 0);
 
 /// Flat array of Maglev tables, see `canary_common::maglev_base`. Sized by
-/// canaryd at load for the services its config allows.
+/// canaryd at load for the services its config allows, and memory-mapped
+/// by it (BPF_F_MMAPABLE): a table is 16,381 entries, 1,024 services have
+/// 2,048 of them, one syscall per entry would take a minute.
 #[map(name = "MAGLEV")]
-pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_ENTRIES, 0);
+pub static MAGLEV: Array<u32> = Array::pinned(MAGLEV_ENTRIES, BPF_F_MMAPABLE);
 
 /// Open connections: their decision, their state (`canary_common::flow`)
 /// and the next hop of their replies. canaryd sizes it at load and sweeps

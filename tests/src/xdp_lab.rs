@@ -192,7 +192,11 @@ impl Lab {
         self.dp.as_mut().unwrap()
     }
 
-    pub fn apply_config(&mut self, config: Config) {
+    /// Applies `config` with flood mode off: these tests send SYNs far
+    /// faster than any budget, and expect state for each (the flood-mode
+    /// test turns it on through SETTINGS).
+    pub fn apply_config(&mut self, mut config: Config) {
+        config.flow_table.syn_flood_threshold = 0;
         self.dp_mut().apply(&config).expect("applying the config");
         self.config = config;
     }

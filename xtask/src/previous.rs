@@ -3,8 +3,8 @@
 //! it starts the old canaryd, then the new one on its pins.
 //!
 //! The source is a detached git worktree of [`COMMIT`] in
-//! `target/previous-layout/src`, built by its own `cargo xtask build` into
-//! `target/previous-layout/target`; a stamp file makes later calls free.
+//! `target/previous-layout/src`, built by its own `cargo xtask build-ebpf`
+//! and `cargo build` of canaryd into `target/previous-layout/target`; a stamp file makes later calls free.
 
 use std::path::{Path, PathBuf};
 
@@ -85,14 +85,23 @@ pub fn build(root: &Path) -> Result<PathBuf> {
             .run()
             .with_context(|| format!("checking out {short} in {}", src.display()))?;
     }
+    // Its own eBPF object, then canaryd alone (not the whole old workspace:
+    // CI has two cores).
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    Cmd::new(cargo)
-        .current_dir(&src)
-        .env("CARGO_TARGET_DIR", base(root).join("target"))
-        .args(["xtask", "build"])
-        .stdin_null()
-        .run()
-        .with_context(|| format!("building canaryd of commit {short} (the previous map layout)"))?;
+    for args in [
+        &["xtask", "build-ebpf"][..],
+        &["build", "-p", "canary-userspace", "--bin", "canaryd"][..],
+    ] {
+        Cmd::new(&cargo)
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", base(root).join("target"))
+            .args(args)
+            .stdin_null()
+            .run()
+            .with_context(|| {
+                format!("building canaryd of commit {short} (the previous map layout)")
+            })?;
+    }
     if !bin.is_file() {
         bail!(
             "the previous layout's build succeeded but {} is missing",

@@ -422,9 +422,7 @@ impl DataPlane {
 
     pub(super) fn read_maglev(&self, sid: u32, version: u32, generation: u32) -> Result<Vec<u32>> {
         let base = maglev_base(sid, version, generation);
-        (0..MAGLEV_TABLE_SIZE)
-            .map(|i| Ok(self.maps.maglev.get(&(base + i), 0)?))
-            .collect()
+        self.maps.maglev_mem.read(base, MAGLEV_TABLE_SIZE as usize)
     }
 
     /// Per-version counters and health signals of a fresh (possibly reused)
@@ -454,9 +452,6 @@ impl DataPlane {
         table: &[u32],
     ) -> Result<()> {
         let base = maglev_base(sid, version, generation);
-        for (i, id) in table.iter().enumerate() {
-            self.maps.maglev.set(base + i as u32, id, 0)?;
-        }
-        Ok(())
+        self.maps.maglev_mem.write(base, table)
     }
 }

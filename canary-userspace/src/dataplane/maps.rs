@@ -163,7 +163,9 @@ pub struct Maps {
     pub vips: HashMap<MapData, VipKey, VipInfo>,
     pub services: Array<MapData, ServiceState>,
     pub backends: Array<MapData, BackendInfo>,
+    /// Single entries (explain); whole tables go through `maglev_mem`.
     pub maglev: Array<MapData, u32>,
+    pub maglev_mem: MaglevMem,
     pub flows: HashMap<MapData, FlowKey, FlowState>,
     pub overrides: LpmTrie<MapData, OverrideKeyData, OverrideValue>,
     pub reverse_nat: HashMap<MapData, BackendAddrKey, ReverseNat>,
@@ -175,6 +177,108 @@ pub struct Maps {
     pub health_stats: PerCpuArray<MapData, HealthStats>,
     pub settings: Array<MapData, Settings>,
     pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
+}
+
+/// The `MAGLEV` array mapped into this process (it is created
+/// BPF_F_MMAPABLE): whole tables are written and read with memory stores
+/// instead of a syscall per entry. The kernel lays array values out 8 bytes
+/// apart (it rounds the value size up to 8), so entry `i` is the low half
+/// (little-endian) of the `i`th u64. The data path reads a table only after
+/// `ServiceState::live_gen` points at it, and that flip is a map update
+/// (a syscall, so a full barrier) made after the copy.
+pub struct MaglevMem {
+    ptr: std::ptr::NonNull<u64>,
+    entries: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; writes
+// need `&mut self`.
+unsafe impl Send for MaglevMem {}
+unsafe impl Sync for MaglevMem {}
+
+impl MaglevMem {
+    fn map(map: &Map) -> Result<MaglevMem> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let Map::Array(data) = map else {
+            anyhow::bail!("map MAGLEV has an unexpected type");
+        };
+        let entries = data.info()?.max_entries() as usize;
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (entries * STRIDE).div_ceil(page) * page;
+        let fd = data.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of the map's own memory, `bytes` long
+        // (the kernel rounds the array's memory up to whole pages).
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context(
+                "memory-mapping MAGLEV (a pin from before it was BPF_F_MMAPABLE? tear the data plane down first)",
+            );
+        }
+        Ok(MaglevMem {
+            ptr: std::ptr::NonNull::new(ptr as *mut u64).context("mmap returned null")?,
+            entries,
+            bytes,
+        })
+    }
+
+    fn range(&self, base: u32, len: usize) -> Result<std::ops::Range<usize>> {
+        let start = base as usize;
+        let end = start + len;
+        if end > self.entries {
+            anyhow::bail!("MAGLEV entries {start}..{end} beyond its {} entries", self.entries);
+        }
+        Ok(start..end)
+    }
+
+    /// Writes `table` at entry `base`.
+    pub fn write(&mut self, base: u32, table: &[u32]) -> Result<()> {
+        let r = self.range(base, table.len())?;
+        for (i, id) in r.zip(table) {
+            // SAFETY: in bounds (checked); the mapping lives as long as
+            // self. A whole aligned word: the kernel never sees half of it.
+            unsafe { std::ptr::write_volatile(self.ptr.as_ptr().add(i), slot(*id)) };
+        }
+        Ok(())
+    }
+
+    /// The `len` entries from `base`.
+    pub fn read(&self, base: u32, len: usize) -> Result<Vec<u32>> {
+        let r = self.range(base, len)?;
+        // SAFETY: as in `write`.
+        Ok(r.map(|i| unslot(unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(i)) }))
+            .collect())
+    }
+}
+
+/// Bytes between two array values in the kernel's layout.
+const STRIDE: usize = 8;
+
+/// A u32 value in its 8-byte array slot: its bytes first, then padding.
+fn slot(id: u32) -> u64 {
+    let b = id.to_ne_bytes();
+    u64::from_ne_bytes([b[0], b[1], b[2], b[3], 0, 0, 0, 0])
+}
+
+fn unslot(v: u64) -> u32 {
+    let b = v.to_ne_bytes();
+    u32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+}
+
+impl Drop for MaglevMem {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.bytes) };
+    }
 }
 
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
@@ -203,11 +307,14 @@ impl Maps {
     }
 
     fn from_fn(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Maps> {
+        let maglev = get(names::MAGLEV)?;
+        let maglev_mem = MaglevMem::map(&maglev)?;
         Ok(Maps {
             vips: typed(get(names::VIPS)?, names::VIPS)?,
             services: typed(get(names::SERVICES)?, names::SERVICES)?,
             backends: typed(get(names::BACKENDS)?, names::BACKENDS)?,
-            maglev: typed(get(names::MAGLEV)?, names::MAGLEV)?,
+            maglev: typed(maglev, names::MAGLEV)?,
+            maglev_mem,
             flows: typed(get(names::FLOWS)?, names::FLOWS)?,
             overrides: typed(get(names::OVERRIDES)?, names::OVERRIDES)?,
             reverse_nat: typed(get(names::REVERSE_NAT)?, names::REVERSE_NAT)?,
