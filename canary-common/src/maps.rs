@@ -61,8 +61,10 @@ pub const DEFAULT_SERVICE_LIMIT: u32 = 256;
 /// `VIPS` entries: per service its (addr, port, proto) key and its
 /// address's marker (see [`VipKey::marker`]).
 pub const MAX_VIP_ENTRIES: u32 = MAX_SERVICES * 2;
-/// Backends across all services and pools (ids index `BACKENDS`).
-pub const MAX_BACKENDS: u32 = 16_384;
+/// Backend ids across all services and pools (ids index `BACKENDS`). A
+/// config may use half (16,384), so a reload can bring a whole new set
+/// before the old ids are released.
+pub const MAX_BACKENDS: u32 = 32_768;
 /// Maglev lookup table size per (service, version, generation). Prime, and
 /// large against the pool sizes we expect (the paper wants M >> N; with
 /// M = 16381 a pool of 100 backends gets ~164 slots each).

@@ -44,6 +44,8 @@ pub struct Size {
     pub threads: usize,
     pub swaps: usize,
     pub e2e_rounds: usize,
+    /// Services in the services-scale rows (16 backends each).
+    pub services: usize,
 }
 
 const FULL: Size = Size {
@@ -57,6 +59,7 @@ const FULL: Size = Size {
     threads: 4,
     swaps: 5,
     e2e_rounds: 3,
+    services: 1024,
 };
 
 const SMOKE: Size = Size {
@@ -70,6 +73,7 @@ const SMOKE: Size = Size {
     threads: 2,
     swaps: 1,
     e2e_rounds: 1,
+    services: 128,
 };
 
 pub fn median(mut v: Vec<f64>) -> f64 {

@@ -223,7 +223,8 @@ pub fn micro(size: Size, report: &mut Report) -> Result<()> {
             _ns: &ns,
         };
         micro_paths(&lab, report)?;
-        crate::scaling::micro_scaling(&lab, report)
+        crate::scaling::micro_scaling(&lab, report)?;
+        crate::scaling::micro_services(&lab, report)
     })
 }
 

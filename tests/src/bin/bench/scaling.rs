@@ -109,3 +109,107 @@ pub fn micro_scaling(lab: &Lab, report: &mut Report) -> Result<()> {
     }
     Ok(())
 }
+
+const G_SVC_EST: &str =
+    "scaling: established packet vs services configured (16 backends each), limit = 2 services";
+const G_SVC_SYN: &str =
+    "scaling: new-flow SYN vs services configured (16 backends each), limit = 2 services";
+
+/// A config of `services` TCP services with 8 stable and 8 canary backends
+/// each. Service 0 (VIP 198.18.128.1) has the lab's neighboured backends
+/// (so its packets are really forwarded); the others' backends are in
+/// 198.19.0.0/16 and never routed. 1,024 services make 16,384 backends,
+/// the most a config may have.
+fn services_config(services: usize, limit: usize) -> canary_tests::LbConfig {
+    use canary_tests::Service;
+    use std::net::Ipv4Addr;
+    let mut cfg = canary_tests::LbConfig::lab()
+        .backend_interfaces(&["lb-b1", "lb-b2"])
+        .limit_services(limit as u32);
+    for i in 0..services {
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 1)) + i as u32);
+        let pool = |canary: bool| -> Vec<Ipv4Addr> {
+            (0..8)
+                .map(|j| {
+                    if i == 0 {
+                        lab_backend(canary, j)
+                    } else {
+                        let k = (i * 16 + canary as usize * 8 + j) as u32;
+                        Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + k)
+                    }
+                })
+                .collect()
+        };
+        cfg = cfg.service(
+            Service::tcp(&format!("svc{i}"), vip, 80)
+                .affinity("flow")
+                .weight(10.0)
+                .stable(pool(false))
+                .canary(pool(true)),
+        );
+    }
+    cfg
+}
+
+/// The per-packet paths with 2 services and with 1,024 services / 16,384
+/// backends (128 in the smoke run), in data planes loaded alike
+/// (limits.services = the most): the id space and the Maglev array grow,
+/// the per-packet work must not.
+pub fn micro_services(lab: &Lab, report: &mut Report) -> Result<()> {
+    use canary_tests::packet::Tcp as Kind;
+    use canary_userspace::dataplane::{DataPlane, LoadOptions};
+    println!("{G_SVC_EST} / {G_SVC_SYN}");
+    let most = lab.size.services;
+    for services in [2usize, most] {
+        let instance = format!("cnry-{}-bench-svc{services}", std::process::id());
+        let mut dp = DataPlane::load_with(
+            &instance,
+            LoadOptions {
+                flow_table_size: 1 << 20,
+                services: most as u32,
+            },
+        )?;
+        let result = (|| -> Result<()> {
+            let mut config = services_config(services, most).config();
+            config.flow_table.syn_flood_threshold = 0;
+            let t = Instant::now();
+            dp.apply(&config)?;
+            let took = t.elapsed();
+            let prog = dp.program()?;
+            let vip = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 128, 1));
+            let (syn, a) = lab.new_flow_syns(prog, vip)?;
+            let client: IpAddr = "198.18.16.5".parse()?;
+            let _ = canary_tests::prog_run::test_run(
+                prog,
+                &tcp(0, client, 40000, vip, 80, Kind::Syn),
+                lab.ifindex[0],
+                1,
+            )?;
+            let ack = tcp(0, client, 40000, vip, 80, Kind::Ack);
+            let mut n = 0usize;
+            let (est, a2) = lab.single(prog, 0, &mut |_| ack.clone(), &mut n)?;
+            let what = format!("{services} services, {} backends", services * 16);
+            report.add(
+                G_SVC_EST,
+                format!("established packet, {what}"),
+                est,
+                "ns/pkt",
+                action(a2),
+            );
+            report.add(
+                G_SVC_SYN,
+                format!("new-flow SYN, {what}"),
+                syn,
+                "ns/pkt",
+                format!("{}, applied in {:.2} s", action(a), took.as_secs_f64()),
+            );
+            Ok(())
+        })();
+        let _ = dp.teardown();
+        let dir = canary_userspace::dataplane::maps::pin_dir(&instance);
+        let _ = canary_userspace::dataplane::remove_pins(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        result?;
+    }
+    Ok(())
+}
