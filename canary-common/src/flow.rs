@@ -61,7 +61,8 @@ impl Tcp {
 /// FIN both ways, or a RST: the connection is over.
 #[inline(always)]
 pub const fn closing(flags: u16) -> bool {
-    flags & FLOW_RST != 0 || flags & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND) == (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND)
+    flags & FLOW_RST != 0
+        || flags & (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND) == (FLOW_FIN_CLIENT | FLOW_FIN_BACKEND)
 }
 
 #[inline(always)]
@@ -102,7 +103,13 @@ pub const fn expired(state: &FlowState, proto: u8, now_s: u32, t: &FlowTimeouts)
 /// flags `tcp` at `now_s`? Not when it expired, nor when a bare SYN comes
 /// on a closing entry (the client reuses the 5-tuple for a new connection).
 #[inline(always)]
-pub const fn still_valid(state: &FlowState, proto: u8, tcp: &Tcp, now_s: u32, t: &FlowTimeouts) -> bool {
+pub const fn still_valid(
+    state: &FlowState,
+    proto: u8,
+    tcp: &Tcp,
+    now_s: u32,
+    t: &FlowTimeouts,
+) -> bool {
     if expired(state, proto, now_s, t) {
         return false;
     }
@@ -140,13 +147,37 @@ mod tests {
     use super::*;
     use crate::maps::PROTO_UDP;
 
-    const FIN: Tcp = Tcp { syn: false, ack: true, fin: true, rst: false };
-    const RST: Tcp = Tcp { syn: false, ack: false, fin: false, rst: true };
-    const SYN: Tcp = Tcp { syn: true, ack: false, fin: false, rst: false };
-    const ACK: Tcp = Tcp { syn: false, ack: true, fin: false, rst: false };
+    const FIN: Tcp = Tcp {
+        syn: false,
+        ack: true,
+        fin: true,
+        rst: false,
+    };
+    const RST: Tcp = Tcp {
+        syn: false,
+        ack: false,
+        fin: false,
+        rst: true,
+    };
+    const SYN: Tcp = Tcp {
+        syn: true,
+        ack: false,
+        fin: false,
+        rst: false,
+    };
+    const ACK: Tcp = Tcp {
+        syn: false,
+        ack: true,
+        fin: false,
+        rst: false,
+    };
 
     fn entry(flags: u16, last_seen: u32) -> FlowState {
-        FlowState { flags, last_seen, ..Default::default() }
+        FlowState {
+            flags,
+            last_seen,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -175,7 +206,10 @@ mod tests {
 
     #[test]
     fn expiry_is_strictly_after_the_timeout_and_survives_wrap() {
-        let t = FlowTimeouts { udp: 5, ..DEFAULT_TIMEOUTS };
+        let t = FlowTimeouts {
+            udp: 5,
+            ..DEFAULT_TIMEOUTS
+        };
         let e = entry(0, 100);
         assert!(!expired(&e, PROTO_UDP, 105, &t));
         assert!(expired(&e, PROTO_UDP, 106, &t));
@@ -186,8 +220,17 @@ mod tests {
 
     #[test]
     fn zero_timeouts_take_the_defaults() {
-        let zero = FlowTimeouts { tcp_established: 0, tcp_handshake: 0, tcp_closing: 0, udp: 0, udp_replied: 0 };
-        assert_eq!(timeout(PROTO_TCP, FLOW_REPLIED, &zero), DEFAULT_TIMEOUTS.tcp_established);
+        let zero = FlowTimeouts {
+            tcp_established: 0,
+            tcp_handshake: 0,
+            tcp_closing: 0,
+            udp: 0,
+            udp_replied: 0,
+        };
+        assert_eq!(
+            timeout(PROTO_TCP, FLOW_REPLIED, &zero),
+            DEFAULT_TIMEOUTS.tcp_established
+        );
         assert_eq!(timeout(PROTO_UDP, 0, &zero), DEFAULT_TIMEOUTS.udp);
     }
 
@@ -195,10 +238,22 @@ mod tests {
     fn a_syn_reopens_only_a_closing_entry() {
         let d = DEFAULT_TIMEOUTS;
         let open = entry(FLOW_REPLIED, 10);
-        assert!(still_valid(&open, PROTO_TCP, &SYN, 11, &d), "a retransmitted SYN keeps its backend");
+        assert!(
+            still_valid(&open, PROTO_TCP, &SYN, 11, &d),
+            "a retransmitted SYN keeps its backend"
+        );
         let closed = entry(FLOW_REPLIED | FLOW_RST, 10);
         assert!(!still_valid(&closed, PROTO_TCP, &SYN, 11, &d));
-        assert!(still_valid(&closed, PROTO_TCP, &ACK, 11, &d), "the last ACKs still find it");
-        assert!(!still_valid(&closed, PROTO_TCP, &ACK, 10 + d.tcp_closing + 1, &d));
+        assert!(
+            still_valid(&closed, PROTO_TCP, &ACK, 11, &d),
+            "the last ACKs still find it"
+        );
+        assert!(!still_valid(
+            &closed,
+            PROTO_TCP,
+            &ACK,
+            10 + d.tcp_closing + 1,
+            &d
+        ));
     }
 }

@@ -60,7 +60,13 @@ mod tests {
     #[test]
     fn v1_entries_keep_backend_version_and_closure() {
         assert_eq!(core::mem::size_of::<FlowStateV1>(), 64);
-        let old = FlowStateV1 { backend_id: 7, version: 1, service_id: 3, flags: 1, ..Default::default() };
+        let old = FlowStateV1 {
+            backend_id: 7,
+            version: 1,
+            service_id: 3,
+            flags: 1,
+            ..Default::default()
+        };
         let new = old.upgrade(9, 1234);
         assert_eq!((new.backend_id, new.version, new.last_seen), (9, 1, 1234));
         assert!(closing(new.flags));

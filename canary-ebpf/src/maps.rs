@@ -10,9 +10,9 @@ use aya_ebpf::{
 use canary_common::{
     BackendAddrKey, BackendInfo, BackendStats, FloodWindow, FlowKey, FlowState, HealthStats,
     LocalAddrKey, NextHop, OverrideKeyData, OverrideValue, PendingHandshake, ReverseNat,
-    ServiceState, Settings, VersionStats, VipInfo, VipKey, DEFAULT_FLOW_TABLE_SIZE,
-    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_HANDSHAKES, MAX_LOCAL_ADDRS, MAX_OVERRIDES, MAX_SERVICES,
-    MAX_TX_PORTS, MAX_VIP_ENTRIES, NUM_VERSIONS,
+    ServiceState, Settings, VersionStats, VipInfo, VipKey, DEFAULT_FLOW_TABLE_SIZE, MAGLEV_ENTRIES,
+    MAX_BACKENDS, MAX_HANDSHAKES, MAX_LOCAL_ADDRS, MAX_OVERRIDES, MAX_SERVICES, MAX_TX_PORTS,
+    MAX_VIP_ENTRIES, NUM_VERSIONS,
 };
 
 /// VIP (addr, port, proto) -> service. An entry with port 0 and proto 0 marks

@@ -26,7 +26,9 @@ use crate::prog_run::{test_run, Run};
 use anyhow::{Context, Result};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use canary_common::addr::to_words;
-use canary_common::{names, reason, FlowKey, FlowState, LocalAddrKey, NextHop, Settings, VersionStats};
+use canary_common::{
+    names, reason, FlowKey, FlowState, LocalAddrKey, NextHop, Settings, VersionStats,
+};
 use canary_userspace::config::{Config, ServiceConfig};
 use canary_userspace::dataplane::maps::pin_dir;
 use canary_userspace::dataplane::DataPlane;
@@ -266,7 +268,11 @@ impl Lab {
 
     /// Overwrites a flow entry (to age it, say).
     pub fn set_flow(&mut self, key: &FlowKey, state: FlowState) {
-        self.dp_mut().maps_mut().flows.insert(key, state, 0).unwrap();
+        self.dp_mut()
+            .maps_mut()
+            .flows
+            .insert(key, state, 0)
+            .unwrap();
     }
 
     pub fn remove_flow(&mut self, key: &FlowKey) {
@@ -281,7 +287,8 @@ impl Lab {
     }
 
     pub fn settings(&self) -> Settings {
-        let a: Array<_, Settings> = Array::try_from(Map::Array(self.pinned(names::SETTINGS))).unwrap();
+        let a: Array<_, Settings> =
+            Array::try_from(Map::Array(self.pinned(names::SETTINGS))).unwrap();
         a.get(&0, 0).unwrap()
     }
 
@@ -316,7 +323,15 @@ impl Lab {
             BpfHashMap::try_from(Map::HashMap(self.pinned(names::LOCAL_ADDRS))).unwrap();
         for a in addrs {
             let family = if a.is_ipv4() { 4 } else { 6 };
-            m.insert(LocalAddrKey { addr: to_words(*a), family }, 1, 0).unwrap();
+            m.insert(
+                LocalAddrKey {
+                    addr: to_words(*a),
+                    family,
+                },
+                1,
+                0,
+            )
+            .unwrap();
         }
     }
 
@@ -329,7 +344,9 @@ impl Lab {
 
 /// The LB's own addresses in the standard addressing.
 pub fn lab_local_addrs() -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = (0..4).map(|i| format!("198.18.{i}.1").parse().unwrap()).collect();
+    let mut v: Vec<IpAddr> = (0..4)
+        .map(|i| format!("198.18.{i}.1").parse().unwrap())
+        .collect();
     v.push("2001:db8::1".parse().unwrap());
     for i in 1..4 {
         v.push(format!("2001:db8:{i}::1").parse().unwrap());
@@ -339,7 +356,10 @@ pub fn lab_local_addrs() -> Vec<IpAddr> {
 
 /// Seconds of CLOCK_MONOTONIC: the clock of a flow entry's `last_seen`.
 pub fn monotonic_secs() -> u32 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u32
 }

@@ -154,7 +154,10 @@ fn canary_share_is_binomial_and_monotone_through_the_real_program() {
             assert_reasons(
                 &dp0,
                 &lab.datapath(),
-                &[(reason::FWD_REDIRECT, N as u64), (reason::FLOW_INSERT, N as u64)],
+                &[
+                    (reason::FWD_REDIRECT, N as u64),
+                    (reason::FLOW_INSERT, N as u64),
+                ],
                 &format!("weight {percent}%"),
             );
             canary_sets.push(in_canary);

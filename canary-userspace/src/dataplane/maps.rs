@@ -235,7 +235,10 @@ impl MaglevMem {
         let start = base as usize;
         let end = start + len;
         if end > self.entries {
-            anyhow::bail!("MAGLEV entries {start}..{end} beyond its {} entries", self.entries);
+            anyhow::bail!(
+                "MAGLEV entries {start}..{end} beyond its {} entries",
+                self.entries
+            );
         }
         Ok(start..end)
     }
@@ -255,8 +258,10 @@ impl MaglevMem {
     pub fn read(&self, base: u32, len: usize) -> Result<Vec<u32>> {
         let r = self.range(base, len)?;
         // SAFETY: as in `write`.
-        Ok(r.map(|i| unslot(unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(i)) }))
-            .collect())
+        Ok(
+            r.map(|i| unslot(unsafe { std::ptr::read_volatile(self.ptr.as_ptr().add(i)) }))
+                .collect(),
+        )
     }
 }
 

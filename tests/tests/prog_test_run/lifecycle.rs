@@ -33,14 +33,20 @@ fn open(lab: &Lab, client: &str, port: u16) -> Conn {
         &[(reason::FWD_REDIRECT, 1)],
         "SYN",
     );
-    Conn { client, port, key, backend, side: backend_side(backend) }
+    Conn {
+        client,
+        port,
+        key,
+        backend,
+        side: backend_side(backend),
+    }
 }
 
 impl Conn {
-    fn from_client(&self, kind: Tcp) -> Vec<u8> {
+    fn client_sends(&self, kind: Tcp) -> Vec<u8> {
         tcp(0, self.client, self.port, v4(VIP4), 80, kind)
     }
-    fn from_backend(&self, kind: Tcp) -> Vec<u8> {
+    fn backend_sends(&self, kind: Tcp) -> Vec<u8> {
         tcp(self.side, self.backend, 80, self.client, self.port, kind)
     }
     fn flags(&self, lab: &Lab) -> u16 {
@@ -58,25 +64,67 @@ fn fin_both_ways_closes_and_a_syn_reopens() {
             v.extend_from_slice(extra);
             v
         };
-        expect(lab, &c.from_backend(Tcp::SynAck), c.side as usize, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1)], "SYN-ACK");
+        expect(
+            lab,
+            &c.backend_sends(Tcp::SynAck),
+            c.side as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1)],
+            "SYN-ACK",
+        );
         assert_eq!(c.flags(lab), FLOW_REPLIED);
-        expect(lab, &c.from_client(Tcp::Fin), 0, XDP_REDIRECT, false, &hit(&[]), "client FIN");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Fin),
+            0,
+            XDP_REDIRECT,
+            false,
+            &hit(&[]),
+            "client FIN",
+        );
         assert_eq!(c.flags(lab), FLOW_REPLIED | FLOW_FIN_CLIENT, "half closed");
         assert!(!closing(c.flags(lab)));
-        expect(lab, &c.from_backend(Tcp::Fin), c.side as usize, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_CLOSED, 1)], "backend FIN");
+        expect(
+            lab,
+            &c.backend_sends(Tcp::Fin),
+            c.side as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_CLOSED, 1)],
+            "backend FIN",
+        );
         assert!(closing(c.flags(lab)));
-        assert_eq!(c.flags(lab), FLOW_REPLIED | FLOW_FIN_CLIENT | FLOW_FIN_BACKEND);
+        assert_eq!(
+            c.flags(lab),
+            FLOW_REPLIED | FLOW_FIN_CLIENT | FLOW_FIN_BACKEND
+        );
         // The last ACK still finds the connection's entry.
-        expect(lab, &c.from_client(Tcp::Ack), 0, XDP_REDIRECT, false, &hit(&[]), "last ACK");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Ack),
+            0,
+            XDP_REDIRECT,
+            false,
+            &hit(&[]),
+            "last ACK",
+        );
         // A SYN on the closed 5-tuple is a new connection: decided again,
         // the entry replaced (not a new insert: occupancy is unchanged).
         let before = both(lab, "web");
-        expect(lab, &c.from_client(Tcp::Syn), 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)], "SYN reusing the 5-tuple");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Syn),
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
+            "SYN reusing the 5-tuple",
+        );
         let after = both(lab, "web");
-        let new_flows: u64 = (0..2).map(|v| after[v].new_flows - before[v].new_flows).sum();
+        let new_flows: u64 = (0..2)
+            .map(|v| after[v].new_flows - before[v].new_flows)
+            .sum();
         assert_eq!(new_flows, 1, "counted as a new flow");
         assert_eq!(c.flags(lab), 0, "the new connection starts afresh");
         assert!(
@@ -84,7 +132,15 @@ fn fin_both_ways_closes_and_a_syn_reopens() {
             "the new connection's handshake is timed"
         );
         // Whereas a SYN on an open connection is a retransmission: a hit.
-        expect(lab, &c.from_client(Tcp::Syn), 0, XDP_REDIRECT, false, &hit(&[]), "retransmitted SYN");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Syn),
+            0,
+            XDP_REDIRECT,
+            false,
+            &hit(&[]),
+            "retransmitted SYN",
+        );
     });
 }
 
@@ -94,18 +150,43 @@ fn a_rst_from_either_side_closes() {
         let sid = lab.sid("web");
         // The client resets.
         let c = open(lab, "198.18.16.7", 40001);
-        expect(lab, &c.from_client(Tcp::Rst), 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1), (reason::FLOW_CLOSED, 1)], "client RST");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Rst),
+            0,
+            XDP_REDIRECT,
+            false,
+            &[
+                (reason::FWD_REDIRECT, 1),
+                (reason::FLOW_HIT, 1),
+                (reason::FLOW_CLOSED, 1),
+            ],
+            "client RST",
+        );
         assert_eq!(c.flags(lab), FLOW_RST);
         // The backend resets: closing, and one health signal however many RSTs.
         let c = open(lab, "198.18.16.8", 40002);
         let version = lab.flow(&c.key).unwrap().version as u32;
         let rsts = || lab.dp().maps().health_stats(sid, version).unwrap().rsts;
         let r0 = rsts();
-        expect(lab, &c.from_backend(Tcp::Rst), c.side as usize, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_CLOSED, 1)], "backend RST");
-        expect(lab, &c.from_backend(Tcp::Rst), c.side as usize, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1)], "second backend RST");
+        expect(
+            lab,
+            &c.backend_sends(Tcp::Rst),
+            c.side as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_CLOSED, 1)],
+            "backend RST",
+        );
+        expect(
+            lab,
+            &c.backend_sends(Tcp::Rst),
+            c.side as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1)],
+            "second backend RST",
+        );
         assert_eq!(rsts() - r0, 1, "one RST signal per connection");
         assert_eq!(c.flags(lab), FLOW_REPLIED | FLOW_RST | FLOW_RST_COUNTED);
         assert!(closing(c.flags(lab)));
@@ -127,22 +208,53 @@ fn idle_entries_expire_by_protocol_and_state() {
             lab.set_flow(key, e);
         };
         aged(lab, &c.key, FLOW_REPLIED, d.tcp_established - 2);
-        expect(lab, &c.from_client(Tcp::Ack), 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)], "idle under the timeout");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Ack),
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)],
+            "idle under the timeout",
+        );
         let e = lab.flow(&c.key).unwrap();
         assert!(e.last_seen >= now, "a packet refreshes last_seen");
         aged(lab, &c.key, FLOW_REPLIED, d.tcp_established + 2);
-        expect(lab, &c.from_client(Tcp::Ack), 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)], "idle over the timeout");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Ack),
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
+            "idle over the timeout",
+        );
         let e = lab.flow(&c.key).unwrap();
-        assert!(e.last_seen >= now && e.flags == 0, "replaced by a fresh entry");
+        assert!(
+            e.last_seen >= now && e.flags == 0,
+            "replaced by a fresh entry"
+        );
         // Unanswered and closing TCP entries have shorter timeouts.
         aged(lab, &c.key, 0, d.tcp_handshake + 2);
-        expect(lab, &c.from_client(Tcp::Ack), 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)], "unanswered handshake");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Ack),
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
+            "unanswered handshake",
+        );
         aged(lab, &c.key, FLOW_REPLIED | FLOW_RST, d.tcp_closing + 2);
-        expect(lab, &c.from_client(Tcp::Ack), 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)], "closed connection");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Ack),
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
+            "closed connection",
+        );
         // The timeouts come from SETTINGS: a UDP flow with udp = 3 s.
         let mut s = lab.settings();
         s.timeouts.udp = 3;
@@ -150,14 +262,35 @@ fn idle_entries_expire_by_protocol_and_state() {
         let (client, vip) = (v4("198.18.16.10"), v4(VIP_UDP));
         let key = flow_key(client, 5353, vip, 53, PROTO_UDP);
         let q = udp(0, client, 5353, vip, 53, b"q", false);
-        expect(lab, &q, 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)], "UDP query");
+        expect(
+            lab,
+            &q,
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
+            "UDP query",
+        );
         aged(lab, &key, 0, 3);
-        expect(lab, &q, 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)], "UDP idle 3 s");
+        expect(
+            lab,
+            &q,
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)],
+            "UDP idle 3 s",
+        );
         aged(lab, &key, 0, 5);
-        expect(lab, &q, 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)], "UDP idle 5 s");
+        expect(
+            lab,
+            &q,
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
+            "UDP idle 5 s",
+        );
     });
 }
 
@@ -190,7 +323,15 @@ fn flood_mode_decides_bare_syns_without_state() {
             } else {
                 &[(reason::FWD_REDIRECT, 1), (reason::SYN_STATELESS, 1)]
             };
-            let r = expect(lab, &syn(i), 0, XDP_REDIRECT, false, want, &format!("SYN {i}"));
+            let r = expect(
+                lab,
+                &syn(i),
+                0,
+                XDP_REDIRECT,
+                false,
+                want,
+                &format!("SYN {i}"),
+            );
             assert_eq!(lab.flow(&key(i)).is_some(), stateful, "entry of SYN {i}");
             assert_eq!(
                 lab.dp().maps().handshakes.get(&key(i), 0).is_ok(),
@@ -205,19 +346,40 @@ fn flood_mode_decides_bare_syns_without_state() {
         }
         // The handshake's ACK of a stateless SYN makes its entry.
         let ack = tcp(0, v4("198.18.17.1"), 41004, vip, 80, Tcp::Ack);
-        expect(lab, &ack, 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)], "handshake ACK");
+        expect(
+            lab,
+            &ack,
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
+            "handshake ACK",
+        );
         assert!(lab.flow(&key(4)).is_some());
         // The next second starts a new budget.
         start_of_a_second();
-        expect(lab, &syn(10), 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)], "SYN in the next second");
+        expect(
+            lab,
+            &syn(10),
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
+            "SYN in the next second",
+        );
         // Threshold 0: flood mode off, whatever the rate.
         s.flood_new_flows_per_s = 0;
         lab.set_settings(s);
         for i in 20..30u16 {
-            expect(lab, &syn(i), 0, XDP_REDIRECT, false,
-                &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)], "flood mode off");
+            expect(
+                lab,
+                &syn(i),
+                0,
+                XDP_REDIRECT,
+                false,
+                &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
+                "flood mode off",
+            );
         }
     });
 }
@@ -228,9 +390,16 @@ fn replies_need_no_flow_entry_unless_to_this_host() {
         let c = open(lab, "198.18.16.11", 40004);
         lab.remove_flow(&c.key);
         // Evicted (or forwarded by another host): still reverse-NATed.
-        let reply = c.from_backend(Tcp::Ack);
-        let r = expect(lab, &reply, c.side as usize, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::REPLY_NO_FLOW_NAT, 1)], "reply without an entry");
+        let reply = c.backend_sends(Tcp::Ack);
+        let r = expect(
+            lab,
+            &reply,
+            c.side as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::REPLY_NO_FLOW_NAT, 1)],
+            "reply without an entry",
+        );
         let to_client = Rewrite {
             src: Some(v4(VIP4)),
             ttl_dec: true,
@@ -240,25 +409,78 @@ fn replies_need_no_flow_entry_unless_to_this_host() {
         assert_rewritten(&r.out, &reply, to_client, "reply without an entry");
         assert!(lab.flow(&c.key).is_none(), "a reply never creates an entry");
         // The client's next packet is decided the same way and remembered.
-        let ack = c.from_client(Tcp::Ack);
-        let r = expect(lab, &ack, 0, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)], "client packet after eviction");
-        assert_rewritten(&r.out, &ack, to_backend(c.backend), "same backend after eviction");
+        let ack = c.client_sends(Tcp::Ack);
+        let r = expect(
+            lab,
+            &ack,
+            0,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
+            "client packet after eviction",
+        );
+        assert_rewritten(
+            &r.out,
+            &ack,
+            to_backend(c.backend),
+            "same backend after eviction",
+        );
         // To one of this host's own addresses: the host's own connection.
-        let own = tcp(c.side, c.backend, 80, v4(&format!("198.18.{}.1", c.side)), 51000, Tcp::SynAck);
-        expect(lab, &own, c.side as usize, XDP_PASS, true,
-            &[(reason::PASS_REPLY_NO_FLOW, 1)], "probe reply to this host");
+        let own = tcp(
+            c.side,
+            c.backend,
+            80,
+            v4(&format!("198.18.{}.1", c.side)),
+            51000,
+            Tcp::SynAck,
+        );
+        expect(
+            lab,
+            &own,
+            c.side as usize,
+            XDP_PASS,
+            true,
+            &[(reason::PASS_REPLY_NO_FLOW, 1)],
+            "probe reply to this host",
+        );
         // IPv6 too.
         let (c6, vip6) = (v6("2001:db8:16::9"), v6(VIP6));
         let key6 = flow_key(c6, 40005, vip6, 80, PROTO_TCP);
-        let (_, b6, _) = forward_one(lab, "web6", &tcp(0, c6, 40005, vip6, 80, Tcp::Syn), &key6, true);
+        let (_, b6, _) = forward_one(
+            lab,
+            "web6",
+            &tcp(0, c6, 40005, vip6, 80, Tcp::Syn),
+            &key6,
+            true,
+        );
         lab.remove_flow(&key6);
         let s6 = backend_side(b6);
         let reply6 = tcp(s6, b6, 80, c6, 40005, Tcp::Ack);
-        expect(lab, &reply6, s6 as usize, XDP_REDIRECT, false,
-            &[(reason::FWD_REDIRECT, 1), (reason::REPLY_NO_FLOW_NAT, 1)], "IPv6 reply without an entry");
-        let own6 = tcp(s6, b6, 80, v6(&format!("2001:db8:{s6}::1")), 51000, Tcp::SynAck);
-        expect(lab, &own6, s6 as usize, XDP_PASS, true,
-            &[(reason::PASS_REPLY_NO_FLOW, 1)], "IPv6 probe reply to this host");
+        expect(
+            lab,
+            &reply6,
+            s6 as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1), (reason::REPLY_NO_FLOW_NAT, 1)],
+            "IPv6 reply without an entry",
+        );
+        let own6 = tcp(
+            s6,
+            b6,
+            80,
+            v6(&format!("2001:db8:{s6}::1")),
+            51000,
+            Tcp::SynAck,
+        );
+        expect(
+            lab,
+            &own6,
+            s6 as usize,
+            XDP_PASS,
+            true,
+            &[(reason::PASS_REPLY_NO_FLOW, 1)],
+            "IPv6 probe reply to this host",
+        );
     });
 }

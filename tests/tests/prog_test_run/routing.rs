@@ -174,7 +174,10 @@ fn cached_next_hop_is_used_until_invalidated() {
                 break;
             }
         }
-        assert!(cached_used, "a new flow's SYN never used its backend's cached next hop");
+        assert!(
+            cached_used,
+            "a new flow's SYN never used its backend's cached next hop"
+        );
         set_mac(new_mac);
         // With no bump at all (no canaryd running), it still expires: within
         // two 2^30 ns epochs the next packet looks its route up again.

@@ -136,7 +136,12 @@ impl Lab<'_> {
     /// backend's SYN-ACK (untimed) follows every timed SYN, as on a live
     /// host, so the handshake table holds what is in flight rather than
     /// filling with SYNs no one answers (the row above: its worst case).
-    pub fn answered_syns(&self, prog: &Xdp, vip: IpAddr, backend_side: usize) -> Result<(f64, u32)> {
+    pub fn answered_syns(
+        &self,
+        prog: &Xdp,
+        vip: IpAddr,
+        backend_side: usize,
+    ) -> Result<(f64, u32)> {
         let mut rounds = Vec::new();
         let mut action = 0;
         let mut n = 1usize << 20; // sources unused by the other rows
