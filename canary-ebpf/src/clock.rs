@@ -3,11 +3,12 @@
 //! the generation a cached next hop must carry.
 
 use crate::maps::SETTINGS;
-use canary_common::Settings;
+use canary_common::{flow::clock_secs, Settings};
 
 /// What one packet needs to know of the time and of canaryd's settings.
 pub struct Now {
-    /// Seconds of CLOCK_MONOTONIC (coarse: a tick's precision is plenty).
+    /// Seconds of CLOCK_MONOTONIC (`flow::clock_secs`; coarse: a tick's
+    /// precision is plenty).
     pub secs: u32,
     /// The generation a cached next hop must carry (see `NextHop`):
     /// canaryd's counter plus the time in units of 2^30 ns (about 1.07 s).
@@ -25,7 +26,7 @@ pub fn now() -> Option<Now> {
     let ns = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     let settings = SETTINGS.get(0)?;
     Some(Now {
-        secs: (ns / 1_000_000_000) as u32,
+        secs: clock_secs(ns),
         gen: settings.nexthop_gen.wrapping_add((ns >> 30) as u32),
         settings,
     })

@@ -51,10 +51,11 @@ pub struct Target {
     pub remember: Remember,
     /// The flags a new entry starts with (the client's packet applied).
     pub flags: u16,
-    /// The backend's cached next hop (this CPU's); `ifindex` 0 when none is
-    /// valid. Verifier: not an `Option`, whose undefined payload LLVM
-    /// spills on the `None` path (`R4 !read_ok`).
-    pub cached: NextHop,
+    /// The backend's cached next hop (this CPU's copy, in the map), null
+    /// when none is valid. A pointer, not a copy: no 24-byte copy (or zero
+    /// fill) per packet; and not an `Option<NextHop>`, whose undefined
+    /// payload LLVM spills on the `None` path (`R4 !read_ok`).
+    pub cached: *const NextHop,
 }
 
 impl Target {
@@ -65,14 +66,13 @@ impl Target {
     }
 }
 
-/// A cached next hop if it is set and of the current generation, else an
-/// empty one (`ifindex` 0).
+/// `nh` if it is set and of the current generation, else null.
 #[inline(always)]
-pub fn valid(nh: &NextHop, gen: u32) -> NextHop {
-    if nh.ifindex != 0 && nh.gen == gen {
-        *nh
+pub fn valid(nh: *const NextHop, gen: u32) -> *const NextHop {
+    if unsafe { (*nh).ifindex != 0 && (*nh).gen == gen } {
+        nh
     } else {
-        NextHop::default()
+        core::ptr::null()
     }
 }
 
@@ -202,9 +202,9 @@ pub fn decide(flow: &FlowKey, vip: &VipInfo, tcp: &Tcp, now: &Now) -> Result<Tar
         }
     };
     let backend = BACKENDS.get(backend_id).ok_or(NO_BACKEND)?;
-    let cached = match BACKEND_NEXTHOP.get(backend_id) {
+    let cached = match BACKEND_NEXTHOP.get_ptr(backend_id) {
         Some(nh) => valid(nh, now.gen),
-        None => NextHop::default(),
+        None => core::ptr::null(),
     };
     Ok(Target {
         service_id,

@@ -32,7 +32,7 @@ pub fn forward<H: IpHdr, const L3: usize>(
     if nat::dnat::<H>(ctx, pkt.ip, pkt.l4, pkt.proto, &pkt.dst, &backend).is_none() {
         return Outcome::drop(reason::DROP_MALFORMED);
     }
-    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, &target.cached);
+    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, target.cached);
     remember(ctx, &flow, &target, routed.learned, &now);
     if routed.outcome.delivered() {
         stats::count_forward(

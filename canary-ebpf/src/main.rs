@@ -80,6 +80,7 @@ use parse::ptr_at;
 /// The splitter. Attach to the client-facing interface and to the
 /// backend-facing interfaces (replies come back there).
 #[xdp]
+#[inline(always)]
 pub fn canary(ctx: XdpContext) -> u32 {
     let outcome = process(&ctx);
     stats::count(outcome.reason());

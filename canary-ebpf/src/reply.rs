@@ -19,7 +19,7 @@ use crate::outcome::Outcome;
 use crate::stats::count;
 use crate::{health, nat, route, stats};
 use aya_ebpf::programs::XdpContext;
-use canary_common::{reason, BackendAddrKey, FlowKey, LocalAddrKey, NextHop};
+use canary_common::{reason, BackendAddrKey, FlowKey, LocalAddrKey};
 
 /// `None`: not from a backend's service port (or not rewritable), so not a
 /// reply at all; the caller passes it as not ours.
@@ -54,10 +54,10 @@ pub fn reply<H: IpHdr, const L3: usize>(ctx: &XdpContext, pkt: &Packet<H>) -> Op
     health::note_reply(&tcp, &flow, entry, service_id, version, now.secs);
     nat::snat::<H>(ctx, pkt.ip, pkt.l4, pkt.proto, &pkt.src, &vip)?;
     let cached = match entry {
-        Some(e) => valid(unsafe { &(*e).to_client }, now.gen),
-        None => NextHop::default(),
+        Some(e) => valid(unsafe { core::ptr::addr_of!((*e).to_client) }, now.gen),
+        None => core::ptr::null(),
     };
-    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, &cached);
+    let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, cached);
     if entry.is_some() {
         remember_reply(&flow, backend_id, routed.learned, now.gen);
     }

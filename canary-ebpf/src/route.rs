@@ -36,7 +36,7 @@ fn only(outcome: Outcome) -> Routed {
 }
 
 /// Forwards a rewritten packet: through its connection's cached next hop
-/// when there is one (`ifindex` non-zero) that applies, else by a route lookup (whose
+/// when there is one (not null) that applies, else by a route lookup (whose
 /// next hop the caller may cache).
 #[inline(always)]
 pub fn send<H: IpHdr, const L3: usize>(
@@ -45,10 +45,10 @@ pub fn send<H: IpHdr, const L3: usize>(
     proto: u8,
     sport: u16,
     dport: u16,
-    cached: &NextHop,
+    cached: *const NextHop,
 ) -> Routed {
-    if cached.ifindex != 0 {
-        if let Some(outcome) = via_cached::<H, L3>(ctx, ip, cached) {
+    if !cached.is_null() {
+        if let Some(outcome) = via_cached::<H, L3>(ctx, ip, unsafe { &*cached }) {
             return only(outcome);
         }
     }

@@ -361,7 +361,7 @@ pub fn monotonic_secs() -> u32 {
         tv_nsec: 0,
     };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u32
+    canary_common::flow::clock_secs(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 /// Asserts that exactly the listed reasons moved, each by the given amount.

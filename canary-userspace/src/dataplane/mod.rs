@@ -86,11 +86,15 @@ impl LoadOptions {
     }
 }
 
-/// CLOCK_MONOTONIC in whole seconds: the clock of the flow entries'
-/// `last_seen` (`bpf_ktime_get_coarse_ns() / 1e9`).
+/// CLOCK_MONOTONIC in whole seconds as the data path counts them
+/// (`canary_common::flow::clock_secs`): the clock of the flow entries'
+/// `last_seen`.
 pub fn monotonic_s() -> u32 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u32)
+        .map(|t| {
+            let ns = t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64;
+            canary_common::flow::clock_secs(ns)
+        })
         .unwrap_or(0)
 }
 
