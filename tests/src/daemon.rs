@@ -3,7 +3,7 @@
 use crate::topology::{bin_path, Topology};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -34,7 +34,17 @@ pub fn stop_child(child: &mut Child) -> Option<std::process::ExitStatus> {
 impl Daemon {
     /// `extra` args go to canaryd (e.g. `--on-exit teardown`).
     pub fn spawn(topo: &Topology, config_yaml: Option<&str>, extra: &[&str]) -> Result<Daemon> {
-        let bin = bin_path("canaryd")?;
+        Self::spawn_bin(topo, &bin_path("canaryd")?, config_yaml, extra)
+    }
+
+    /// `spawn` with another canaryd binary (the upgrade test's previous
+    /// layout's).
+    pub fn spawn_bin(
+        topo: &Topology,
+        bin: &Path,
+        config_yaml: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Daemon> {
         // Per-spawn file names: a restarted daemon's files must not be the
         // ones its predecessor's Drop removes.
         static SPAWNS: AtomicU32 = AtomicU32::new(0);
@@ -96,7 +106,16 @@ impl Daemon {
         config_yaml: &str,
         timeout: Duration,
     ) -> Result<(std::process::ExitStatus, String)> {
-        let bin = bin_path("canaryd")?;
+        Self::run_to_exit_bin(topo, &bin_path("canaryd")?, config_yaml, timeout)
+    }
+
+    /// `run_to_exit` with another canaryd binary.
+    pub fn run_to_exit_bin(
+        topo: &Topology,
+        bin: &Path,
+        config_yaml: &str,
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, String)> {
         let config_path = std::env::temp_dir().join(format!("{}-canaryd-exit.yaml", topo.id));
         std::fs::write(&config_path, config_yaml)?;
         let err_path = std::env::temp_dir().join(format!("{}-canaryd-exit.err", topo.id));

@@ -10,20 +10,16 @@
 //! decided again onto the canary backend, which knows nothing of it and
 //! resets it.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
 use canary_common::{addr, FlowKey, FlowState, PROTO_TCP};
-use canary_tests::daemon::stop_child;
 use canary_tests::{
     client_v4, client_v6, tcp_connect, Daemon, LbConfig, Service, Topology, VIP_V4, VIP_V6,
 };
 use canary_userspace::dataplane::migrate;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 const STABLE: [&str; 2] = ["198.18.1.2", "198.18.2.2"];
@@ -66,90 +62,6 @@ fn config(weight: f64) -> String {
         .yaml()
 }
 
-/// The old canaryd, started like `Daemon::spawn` starts this one.
-struct OldDaemon {
-    child: Child,
-    lines: Receiver<String>,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl OldDaemon {
-    fn spawn(topo: &Topology, bin: &Path, yaml: &str) -> Result<OldDaemon> {
-        let config = std::env::temp_dir().join(format!("{}-old-canaryd.yaml", topo.id));
-        std::fs::write(&config, yaml)?;
-        let log = std::env::temp_dir().join(format!("{}-old-canaryd.log", topo.id));
-        let mut child = topo
-            .lb
-            .command(bin.to_str().unwrap())
-            .args(["--instance", topo.instance(), "--stats-interval", "0"])
-            .arg("--control-socket")
-            .arg(topo.socket())
-            .arg("--state-dir")
-            .arg(topo.state_dir())
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(&log)?))
-            .spawn()
-            .context("starting the previous canaryd")?;
-        let (tx, lines) = channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut d = OldDaemon {
-            child,
-            lines,
-            config,
-            log,
-        };
-        d.wait_for("canaryd ready")
-            .with_context(|| format!("the previous canaryd's log:\n{}", d.log()))?;
-        Ok(d)
-    }
-
-    fn wait_for(&mut self, want: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l == want => return Ok(()),
-                Ok(l) if l.starts_with("canaryd reload rejected") => bail!("{l}"),
-                Ok(_) => continue,
-                Err(e) => bail!("waiting for {want:?}: {e}"),
-            }
-        }
-    }
-
-    fn reload(&mut self, yaml: &str) -> Result<()> {
-        std::fs::write(&self.config, yaml)?;
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)?;
-        self.wait_for("canaryd applied config")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for OldDaemon {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-        if std::thread::panicking() {
-            eprintln!("--- previous canaryd log ---\n{}", self.log());
-        }
-        let _ = std::fs::remove_file(&self.config);
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
 /// Removes what an unfinished upgrade leaves (`layout1/`) before the
 /// topology removes the rest of the pins.
 struct AsideCleanup(PathBuf);
@@ -190,7 +102,7 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
     let timeout = Duration::from_secs(3);
 
     // The old canaryd at weight 0: every connection goes to a stable backend.
-    let mut old = OldDaemon::spawn(&topo, &old_bin, &config(0.0))?;
+    let mut old = Daemon::spawn_bin(&topo, &old_bin, Some(&config(0.0)), &[])?;
     ensure!(
         pins.join("NEXTHOP_GEN").exists()
             && value_size(&pins.join("FLOWS"))? as usize
@@ -226,7 +138,8 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
 
     // Weight 100: the open connections stay (their flow entries), a new
     // one goes to the canary backend: a decision made again would move them.
-    old.reload(&config(100.0))?;
+    old.reload(&config(100.0))?
+        .map_err(|e| anyhow::anyhow!("the previous canaryd refused the reload: {e}"))?;
     let fresh = topo
         .client
         .run(|| tcp_connect(client_v4(1100), vip, timeout))?;
@@ -241,7 +154,7 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
 
     // The old canaryd exits (--on-exit keep, its default): its data plane
     // stays pinned and attached and goes on forwarding.
-    let status = stop_child(&mut old.child);
+    let status = old.stop();
     ensure!(
         status.is_some_and(|s| s.success()),
         "the previous canaryd exited with {status:?}"
@@ -390,38 +303,10 @@ fn upgrade_from_the_previous_layout_keeps_open_connections() -> Result<()> {
 
     // Going back is refused, and harms nothing: the previous canaryd does
     // not take this layout's pins over.
-    let config_path = std::env::temp_dir().join(format!("{}-old-again.yaml", topo.id));
-    std::fs::write(&config_path, config(100.0))?;
-    let mut again = topo
-        .lb
-        .command(old_bin.to_str().unwrap())
-        .args(["--instance", topo.instance(), "--stats-interval", "0"])
-        .arg("--control-socket")
-        .arg(topo.socket())
-        .arg("--state-dir")
-        .arg(topo.state_dir())
-        .arg("--config")
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = again.try_wait()? {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            stop_child(&mut again);
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = std::fs::remove_file(&config_path);
-    let mut err = String::new();
-    if let Some(mut e) = again.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut err)?;
-    }
+    // (An exit of its own: a code, not the signal of the 20 s deadline.)
+    let (status, err) =
+        Daemon::run_to_exit_bin(&topo, &old_bin, &config(100.0), Duration::from_secs(20))?;
+    let status = status.code().is_some().then_some(status);
     ensure!(
         status.is_some_and(|s| !s.success()) && err.contains("remove the old data plane first"),
         "the previous canaryd on this layout's pins: {status:?}\n{err}"
