@@ -286,6 +286,15 @@ impl Drop for MaglevMem {
     }
 }
 
+/// The map pinned as `dir/name` (the sweep, a flow reset and an upgrade
+/// open theirs on their own threads or from elsewhere).
+pub fn open_pinned(dir: &Path, name: &str) -> Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
 fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(map: Map, name: &str) -> Result<T> {
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
@@ -302,13 +311,7 @@ impl Maps {
 
     /// Opens the maps an instance pinned.
     pub fn from_pins(dir: &Path) -> Result<Maps> {
-        let mut open = |name: &str| -> Result<Map> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))?;
-            Ok(Map::from_map_data(data)?)
-        };
-        Maps::from_fn(&mut open)
+        Maps::from_fn(&mut |name: &str| open_pinned(dir, name))
     }
 
     fn from_fn(get: &mut dyn FnMut(&str) -> Result<Map>) -> Result<Maps> {

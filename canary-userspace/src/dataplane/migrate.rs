@@ -288,10 +288,7 @@ struct OldMaps {
 impl OldMaps {
     fn open(aside: &Path) -> Result<OldMaps> {
         let open = |name: &str| -> Result<Map> {
-            let path = aside.join(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening layout 1's {}", path.display()))?;
-            Ok(Map::from_map_data(data)?)
+            super::maps::open_pinned(aside, name).context("layout 1's maps")
         };
         let flows = BpfHashMap::try_from(open(names::FLOWS)?)
             .context("layout 1's FLOWS has an unexpected type or layout")?;

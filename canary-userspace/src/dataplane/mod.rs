@@ -360,11 +360,11 @@ impl DataPlane {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
-        let path = self.pin_dir.join(canary_common::names::FLOWS);
+        let dir = self.pin_dir.clone();
         let service = service.to_string();
         std::thread::spawn(move || {
             let run = || -> Result<usize> {
-                let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path)?)?;
+                let map = maps::open_pinned(&dir, canary_common::names::FLOWS)?;
                 let mut flows: aya::maps::HashMap<
                     aya::maps::MapData,
                     canary_common::FlowKey,

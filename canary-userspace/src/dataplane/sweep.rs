@@ -10,8 +10,9 @@
 //! silently, so evictions are what inserts leave unexplained once the sweep's
 //! removals and the table's growth are taken away (`evictions_estimate`).
 
-use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use super::maps::open_pinned as open;
+use anyhow::Result;
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use canary_common::{flow, names, reason, FlowKey, FlowState, Settings};
 use log::{info, warn};
 use std::path::{Path, PathBuf};
@@ -176,13 +177,6 @@ struct Pass {
     entries: u64,
     removed: u64,
     inserts: u64,
-}
-
-fn open(dir: &Path, name: &str) -> Result<Map> {
-    let path = dir.join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
-    Ok(Map::from_map_data(data)?)
 }
 
 fn counter(stats: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
