@@ -130,19 +130,25 @@ fn established(flow: &FlowKey, tcp: &Tcp, now: &Now) -> (Option<(u32, u32)>, boo
         return (None, true);
     }
     count(reason::FLOW_HIT);
-    // Writes only when something changed: an established packet in the
-    // same second as the last one writes nothing.
-    let flags = after_client(state.flags, tcp);
+    move_along(state, after_client(state.flags, tcp), now.secs);
+    (Some((state.backend_id, (state.version & 1) as u32)), false)
+}
+
+/// A packet of either side passed: the entry takes its new `flags` (a
+/// connection that just started closing is counted, `flow_closed`) and
+/// the time. Writes only what changed: an established packet in the same
+/// second as the last one writes nothing.
+#[inline(always)]
+pub fn move_along(state: &mut FlowState, flags: u16, now_s: u32) {
     if flags != state.flags {
         if closing(flags) && !closing(state.flags) {
             count(reason::FLOW_CLOSED);
         }
         state.flags = flags;
     }
-    if state.last_seen != now.secs {
-        state.last_seen = now.secs;
+    if state.last_seen != now_s {
+        state.last_seen = now_s;
     }
-    (Some((state.backend_id, (state.version & 1) as u32)), false)
 }
 
 /// Flow table first; else override or hash bucket vs weight, then the live

@@ -4,14 +4,13 @@
 //! version. Also a backend's packets moving its flow entry along (answered,
 //! FIN, RST: see `canary_common::flow`).
 
-use crate::decide::{Remember, Target};
+use crate::decide::{move_along, Remember, Target};
 use crate::maps::{HANDSHAKES, HEALTH_STATS};
 use crate::parse::ptr_at;
-use crate::stats::count;
 use aya_ebpf::programs::XdpContext;
-use canary_common::flow::{after_backend, closing, Tcp, FLOW_RST_COUNTED};
+use canary_common::flow::{after_backend, Tcp, FLOW_RST_COUNTED};
 use canary_common::{
-    handshake_bucket, reason, version_stats_index, FlowKey, FlowState, PendingHandshake, PROTO_TCP,
+    handshake_bucket, version_stats_index, FlowKey, FlowState, PendingHandshake, PROTO_TCP,
 };
 use network_types::tcp::TcpHdr;
 
@@ -66,15 +65,7 @@ pub fn note_reply(
             rst = state.flags & FLOW_RST_COUNTED == 0;
             flags |= FLOW_RST_COUNTED;
         }
-        if flags != state.flags {
-            if closing(flags) && !closing(state.flags) {
-                count(reason::FLOW_CLOSED);
-            }
-            state.flags = flags;
-        }
-        if state.last_seen != now_s {
-            state.last_seen = now_s;
-        }
+        move_along(state, flags, now_s);
     }
     let syn_ack = tcp.syn && tcp.ack;
     if rst || syn_ack {
