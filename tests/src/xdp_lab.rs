@@ -128,6 +128,10 @@ pub struct Lab {
     dp: Option<DataPlane>,
     pub config: Config,
     pub ifindex: [u32; 4],
+    /// The CPU the lab's thread is pinned to: every packet runs there, as
+    /// on one NIC queue, so per-CPU state (the backends' next hops) is
+    /// that CPU's.
+    pub cpu: usize,
 }
 
 impl Drop for Lab {
@@ -174,6 +178,7 @@ where
             dp: None,
             config: config.clone(),
             ifindex,
+            cpu: pin_to_current_cpu(),
         };
         lab.dp = Some(DataPlane::load(&name, flow_table_size).expect("loading"));
         lab.apply_config(config);
@@ -305,15 +310,9 @@ impl Lab {
         a.get(&backend_id, 0).unwrap().iter().copied().collect()
     }
 
-    /// The cached next hop toward a backend on the CPU that has one (a lab
-    /// thread may move between CPUs; all entries set must agree).
+    /// The cached next hop toward a backend on the lab's CPU.
     pub fn backend_nexthop(&self, backend_id: u32) -> NextHop {
-        let set: Vec<NextHop> = self
-            .backend_nexthops(backend_id)
-            .into_iter()
-            .filter(|n| n.ifindex != 0)
-            .collect();
-        set.last().copied().unwrap_or_default()
+        self.backend_nexthops(backend_id)[self.cpu]
     }
 
     /// Lists `addrs` as this host's own in LOCAL_ADDRS (what canaryd does
@@ -340,6 +339,26 @@ impl Lab {
             BpfHashMap::try_from(Map::HashMap(self.pinned(names::LOCAL_ADDRS))).unwrap();
         m.keys().map(|k| k.unwrap()).collect()
     }
+}
+
+/// Pins the calling thread to the CPU it runs on and returns that CPU.
+fn pin_to_current_cpu() -> usize {
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(
+        cpu >= 0,
+        "sched_getcpu: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    cpu as usize
 }
 
 /// The LB's own addresses in the standard addressing.
