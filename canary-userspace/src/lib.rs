@@ -9,6 +9,8 @@
 //!   analysis, the external Prometheus metric, the active health probes).
 //! - [`dataplane`]: the only owner of the BPF object: load, attach, pins,
 //!   map keys, the apply plan and its writes, Maglev tables, counters.
+//! - [`fleet`]: several hosts as one: the documents kept in etcd and the
+//!   link that reads, watches and writes them (the daemon decides).
 //! - [`config`]: the YAML model, its validation and the resolution of defaults.
 //!
 //! `canaryctl` is not here: it is its own package (`canaryctl/`) over the
@@ -18,4 +20,5 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fleet;
 pub mod rollout;

@@ -6,8 +6,8 @@
 use anyhow::{bail, Result};
 use canary_common::weight::WeightBp;
 use canary_control::api::{
-    parse_client, Change, FlowTableStatus, RolloutVerb, ServiceStatus, Status, Version,
-    VersionStatus, DEFAULT_SOCKET,
+    parse_client, Change, FleetHost, FleetStatus, FlowTableStatus, RolloutVerb, ServiceStatus,
+    Status, Version, VersionStatus, DEFAULT_SOCKET,
 };
 use canary_control::client::Client;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -36,6 +36,10 @@ enum Command {
         /// Repeat every second until interrupted.
         #[arg(long)]
         watch: bool,
+        /// In a fleet: one host's own view (what it applies, its counters,
+        /// its probe verdicts), from its latest report.
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
     },
     /// Set the canary weight of a service, in percent (0 to 100, two
     /// decimals). Applies to new connections; open ones keep their backend.
@@ -151,8 +155,25 @@ async fn run(args: Args) -> Result<()> {
     let client = Client::new(&args.socket);
     let json = args.json;
     match args.command {
-        Command::Status { service, watch } => loop {
+        Command::Status {
+            service,
+            watch,
+            host,
+        } => loop {
             let status = client.status().await?;
+            if let Some(name) = &host {
+                let h = fleet_host(&status, name)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&h)?);
+                } else {
+                    print!("{}", render_fleet_host(&h));
+                }
+                if !watch {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             let shown = select(status, service.as_deref())?;
             if watch && !json {
                 // Clear the screen, as `watch` does.
@@ -277,8 +298,108 @@ fn share(x: Option<f64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// One host of the fleet, by name.
+fn fleet_host(status: &Status, name: &str) -> Result<FleetHost> {
+    let Some(fleet) = &status.fleet else {
+        bail!("this canaryd is not in a fleet (no fleet: section in its config)");
+    };
+    fleet
+        .hosts
+        .iter()
+        .find(|h| h.name == name)
+        .cloned()
+        .ok_or_else(|| {
+            let names: Vec<&str> = fleet.hosts.iter().map(|h| h.name.as_str()).collect();
+            anyhow::anyhow!(
+                "no live report from host {name} in fleet {} (hosts reporting: {})",
+                fleet.cluster,
+                names.join(", ")
+            )
+        })
+}
+
+fn render_fleet_host(h: &FleetHost) -> String {
+    let mut out = format!(
+        "host {}: report {:.1} s ago{}\n",
+        h.name,
+        h.report_age_ms as f64 / 1000.0,
+        if h.leader { ", leader" } else { "" }
+    );
+    for (svc, a) in &h.applied {
+        let [stable, canary] = h.new_connections.get(svc).copied().unwrap_or_default();
+        out.push_str(&format!(
+            "  {svc}: applies {:.2}% (generation {}); new connections stable {stable}, canary {canary}\n",
+            a.percent, a.generation
+        ));
+    }
+    if h.unhealthy.is_empty() {
+        out.push_str("  probes: every probed backend healthy\n");
+    } else {
+        out.push_str(&format!("  probes: unhealthy {}\n", h.unhealthy.join(", ")));
+    }
+    out
+}
+
+/// The fleet's lines: who leads, whether this host reaches etcd, how many
+/// hosts apply each service's weight, one row per host.
+fn render_fleet(f: &FleetStatus) -> String {
+    let mut out = format!(
+        "fleet {}: this host {}, leader {}, etcd {}\n",
+        f.cluster,
+        f.host,
+        f.leader.as_deref().unwrap_or("none"),
+        if f.connected {
+            "connected"
+        } else {
+            "NOT connected"
+        }
+    );
+    if let (Some(since), Some(for_ms)) = (f.cut_off_since_ms, f.cut_off_for_ms) {
+        let since = std::time::UNIX_EPOCH + Duration::from_millis(since);
+        out.push_str(&format!(
+            "  CUT OFF from etcd since {} ({:.1} s): {}; the data plane keeps its last state, \
+             weights cannot be raised, a rollback applies on this host only\n",
+            humantime::format_rfc3339_seconds(since),
+            for_ms as f64 / 1000.0,
+            f.cut_off_reason.as_deref().unwrap_or("unreachable")
+        ));
+    }
+    if !f.pending_rollbacks.is_empty() {
+        out.push_str(&format!(
+            "  rollbacks to publish when etcd returns: {}\n",
+            f.pending_rollbacks.join(", ")
+        ));
+    }
+    for a in &f.agreement {
+        out.push_str(&format!("  {}: {}\n", a.service, a.line));
+    }
+    for h in &f.hosts {
+        let applied: Vec<String> = h
+            .applied
+            .iter()
+            .map(|(s, a)| format!("{s} {:.2}% g{}", a.percent, a.generation))
+            .collect();
+        out.push_str(&format!(
+            "  host {:<12} report {:>5.1} s ago{:<8} {}{}\n",
+            h.name,
+            h.report_age_ms as f64 / 1000.0,
+            if h.leader { ", leader" } else { "" },
+            applied.join(", "),
+            if h.unhealthy.is_empty() {
+                String::new()
+            } else {
+                format!("; sees unhealthy {}", h.unhealthy.join(", "))
+            }
+        ));
+    }
+    out
+}
+
 fn render_status(status: &Status, with_datapath: bool) -> String {
     let mut out = String::new();
+    if let Some(f) = &status.fleet {
+        out.push_str(&render_fleet(f));
+    }
     for s in &status.services {
         render_service(&mut out, s);
     }

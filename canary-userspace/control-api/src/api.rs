@@ -250,6 +250,72 @@ pub struct Status {
     /// canaryd: all zero).
     #[serde(default)]
     pub flow_table: FlowTableStatus,
+    /// The fleet this host belongs to (`fleet:` in the config); absent for
+    /// a host alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// The fleet as this host sees it through etcd.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct FleetStatus {
+    pub cluster: String,
+    /// This host's name in the fleet.
+    pub host: String,
+    /// The host that runs rollouts and decides health verdicts (none known
+    /// while cut off or before the first election).
+    pub leader: Option<String>,
+    /// Whether this host is the leader.
+    pub leading: bool,
+    /// Connected to an etcd member with quorum.
+    pub connected: bool,
+    /// When this host lost etcd (Unix ms), and why; none while connected.
+    pub cut_off_since_ms: Option<u64>,
+    pub cut_off_for_ms: Option<u64>,
+    pub cut_off_reason: Option<String>,
+    /// Rollbacks applied here while cut off, to be written to etcd when it
+    /// returns.
+    pub pending_rollbacks: Vec<String>,
+    /// Every host with a live report (its lease not expired), this one too.
+    pub hosts: Vec<FleetHost>,
+    /// Per service: how many hosts apply the desired weight.
+    pub agreement: Vec<FleetAgreement>,
+}
+
+/// One host of the fleet, from its latest report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct FleetHost {
+    pub name: String,
+    /// Age of its latest report as this host received it.
+    pub report_age_ms: u64,
+    pub leader: bool,
+    /// Per service: the generation and weight it applies.
+    pub applied: BTreeMap<String, FleetApplied>,
+    /// Its own probe view: backends it sees unhealthy, "service/address".
+    pub unhealthy: Vec<String>,
+    /// Per service: its new connections to stable and canary (cumulative).
+    pub new_connections: BTreeMap<String, [u64; 2]>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct FleetApplied {
+    pub generation: u64,
+    pub weight_bp: u32,
+    pub percent: f64,
+}
+
+/// "3/3 hosts apply 10.00%, generation 42".
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct FleetAgreement {
+    pub service: String,
+    pub hosts: usize,
+    pub agreeing: usize,
+    pub percent: f64,
+    pub generation: u64,
+    pub line: String,
 }
 
 /// The flow table host-wide. Counters are the data path's (since the data
@@ -349,6 +415,9 @@ pub enum EventKind {
     /// SYN-flood mode started or ended (service `*`: host-wide).
     #[serde(rename = "syn_flood")]
     SynFlood,
+    /// The fleet: a host leads, this host lost or regained etcd (service
+    /// `*`).
+    Fleet,
 }
 
 impl EventKind {
@@ -363,6 +432,7 @@ impl EventKind {
             EventKind::Backend => "backend",
             EventKind::Reload => "reload",
             EventKind::SynFlood => "syn_flood",
+            EventKind::Fleet => "fleet",
         }
     }
 }
@@ -453,6 +523,7 @@ mod tests {
             EventKind::Backend,
             EventKind::Reload,
             EventKind::SynFlood,
+            EventKind::Fleet,
         ] {
             let wire = serde_json::to_string(&k).unwrap();
             assert_eq!(wire, format!("\"{}\"", k.as_str()));

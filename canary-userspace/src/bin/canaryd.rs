@@ -105,10 +105,32 @@ async fn run(args: Args) -> Result<()> {
     let logger = daemon.take_logger();
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
     daemon.start_probes(probe_tx);
+    let fleet_cfg = daemon.running().fleet.clone();
+    let session = daemon.fleet_session();
     let daemon = Arc::new(Mutex::new(daemon));
+    // In a fleet: the etcd link. No connection is needed to start: a host
+    // that cannot reach etcd forwards with its last state, cut off.
+    let fleet = match (fleet_cfg, session) {
+        (Some(cfg), Some(session)) => {
+            let link =
+                canary_userspace::fleet::link::Link::new(&cfg, session, daemon.clone()).await?;
+            tokio::spawn(link.clone().run(daemon.clone()));
+            info!(
+                "fleet {}: this host is {}; etcd {:?}",
+                cfg.cluster, link.host, cfg.etcd
+            );
+            Some(link)
+        }
+        _ => None,
+    };
 
     let (teardown_tx, mut teardown_rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(control::serve(listener, daemon.clone(), teardown_tx));
+    tokio::spawn(control::serve(
+        listener,
+        daemon.clone(),
+        teardown_tx,
+        fleet.clone(),
+    ));
     info!("control API on {} (root only)", socket.display());
     if let Some((addr, listener)) = metrics {
         let d = daemon.clone();
@@ -162,7 +184,14 @@ async fn run(args: Args) -> Result<()> {
                 break;
             }
             Some(t) = probe_rx.recv() => lock(&daemon).health_changed(t),
-            _ = tick.tick() => lock(&daemon).tick(),
+            _ = tick.tick() => {
+                let mut d = lock(&daemon);
+                d.tick();
+                // The leader's steps and progress, published in order.
+                if let Some(link) = &fleet {
+                    link.publish_later(d.fleet_outbox());
+                }
+            }
             _ = sample.tick() => {
                 let mut d = lock(&daemon);
                 d.retry_save();
@@ -187,6 +216,10 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&socket);
+    if let Some(link) = &fleet {
+        // Leadership and this host's report go now, not at lease expiry.
+        link.resign().await;
+    }
     let mut daemon = lock(&daemon);
     if let Ok(snap) = daemon.snapshot() {
         for line in snap.lines() {

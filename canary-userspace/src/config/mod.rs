@@ -71,6 +71,50 @@ services:
     }
 
     #[test]
+    fn a_fleet_section_is_optional_and_checked() {
+        assert!(Config::parse(GOOD).unwrap().fleet.is_none());
+        let with = |fleet: &str| GOOD.replace("services:", &format!("{fleet}\nservices:"));
+        let c = Config::parse(&with(
+            "fleet:\n  etcd: [\"http://198.19.255.11:2379\"]\n  cluster: edge-1\n  host: lb1",
+        ))
+        .unwrap();
+        let f = c.fleet.unwrap();
+        assert_eq!(f.host_name(), "lb1");
+        assert_eq!(f.lease_ttl, Duration::from_secs(5));
+        assert_eq!(f.report_interval, Duration::from_secs(1));
+        for (fleet, says) in [
+            ("fleet:\n  etcd: []\n  cluster: a", "fleet.etcd: at least one"),
+            (
+                "fleet:\n  etcd: [\"https://e:2379\"]\n  cluster: a",
+                "must be an http:// URL",
+            ),
+            (
+                "fleet:\n  etcd: [\"http://e:2379\"]\n  cluster: a/b",
+                "fleet.cluster",
+            ),
+            (
+                "fleet:\n  etcd: [\"http://e:2379\"]\n  cluster: a\n  host: \"x y\"",
+                "fleet.host",
+            ),
+            (
+                "fleet:\n  etcd: [\"http://e:2379\"]\n  cluster: a\n  lease_ttl: 1500ms",
+                "fleet.lease_ttl",
+            ),
+            (
+                "fleet:\n  etcd: [\"http://e:2379\"]\n  cluster: a\n  lease_ttl: 4s\n  report_interval: 3s",
+                "fleet.report_interval",
+            ),
+            (
+                "fleet:\n  etcd: [\"http://e:2379\"]\n  cluster: a\n  leader: lb1",
+                "unknown field",
+            ),
+        ] {
+            let e = err_of(&with(fleet));
+            assert!(e.contains(says), "{fleet:?}: {e}");
+        }
+    }
+
+    #[test]
     fn the_embedded_default_is_valid() {
         let c = Config::parse(DEFAULT_CONFIG).unwrap();
         assert_eq!(c.services.len(), 2);

@@ -40,7 +40,34 @@ pub struct Config {
     /// canaryctl, rollout progress). Default /var/lib/canary.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Several hosts acting as one, their shared state in etcd. Absent: this
+    /// canaryd decides alone.
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
     pub services: Vec<ServiceConfig>,
+}
+
+/// `fleet:`: the etcd cluster that holds the fleet's desired state, and this
+/// host's name in it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// etcd client URLs (`http://host:2379`); any one reachable member with
+    /// quorum is enough.
+    pub etcd: Vec<String>,
+    /// The fleet's name: its keys live under `/canary/<cluster>/`.
+    pub cluster: String,
+    /// This host's name in the fleet (default: the system's host name).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Lifetime of this host's etcd lease: its reports and its leadership
+    /// end this long after it stops renewing them (a crash, a cut link).
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often this host reports what it applied, its counters and its
+    /// health view.
+    #[serde(default = "default_report_interval", with = "humantime_serde")]
+    pub report_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]

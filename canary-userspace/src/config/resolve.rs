@@ -201,3 +201,24 @@ impl Config {
         all
     }
 }
+
+pub fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
+}
+
+pub fn default_report_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl FleetConfig {
+    /// This host's name in the fleet: `host:`, else the system's host name.
+    pub fn host_name(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_string())
+        })
+    }
+}

@@ -31,6 +31,9 @@ impl Config {
             }
         }
         validate_flow_table(self)?;
+        if let Some(f) = &self.fleet {
+            validate_fleet(f)?;
+        }
         let limit = self.limits.services;
         if !(1..=MAX_SERVICES).contains(&limit) {
             bail!("limits.services: {limit} is out of range (1 to {MAX_SERVICES})");
@@ -345,6 +348,59 @@ fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
         || a.max_p99_handshake_ms.is_some();
     if limits && s.protocol != Protocol::Tcp {
         bail!("analysis: connection errors and handshake times are measured for TCP services only");
+    }
+    Ok(())
+}
+
+/// A name that goes into etcd keys: letters, digits, `.`, `_`, `-`.
+fn key_safe(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn validate_fleet(f: &super::FleetConfig) -> Result<()> {
+    if f.etcd.is_empty() {
+        bail!("fleet.etcd: at least one etcd endpoint is needed");
+    }
+    for (i, e) in f.etcd.iter().enumerate() {
+        let Some(rest) = e.strip_prefix("http://") else {
+            bail!(
+                "fleet.etcd[{i}]: {e:?} must be an http:// URL (host:port); \
+                 TLS to etcd is not supported yet"
+            );
+        };
+        if rest.is_empty() || rest.contains('/') && !rest.ends_with('/') {
+            bail!("fleet.etcd[{i}]: {e:?} must be http://HOST:PORT");
+        }
+    }
+    if !key_safe(&f.cluster) {
+        bail!(
+            "fleet.cluster: {:?} must be 1 to 63 letters, digits, '.', '_' or '-'",
+            f.cluster
+        );
+    }
+    if let Some(h) = &f.host {
+        if !key_safe(h) {
+            bail!("fleet.host: {h:?} must be 1 to 63 letters, digits, '.', '_' or '-'");
+        }
+    }
+    let ttl = f.lease_ttl;
+    if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(60) || ttl.subsec_nanos() != 0 {
+        bail!(
+            "fleet.lease_ttl: {} must be whole seconds from 2s to 60s (etcd leases count seconds)",
+            humantime::format_duration(ttl)
+        );
+    }
+    let r = f.report_interval;
+    if r < Duration::from_millis(100) || r > ttl / 2 {
+        bail!(
+            "fleet.report_interval: {} must be from 100ms to half of lease_ttl ({})",
+            humantime::format_duration(r),
+            humantime::format_duration(ttl / 2)
+        );
     }
     Ok(())
 }

@@ -353,6 +353,7 @@ mod tests {
                 syn_stateless: 77,
                 ..Default::default()
             },
+            fleet: None,
         }
     }
 

@@ -4,7 +4,8 @@
 //! Routes and bodies: see `api.rs`.
 
 use crate::control::api::{ApiError, BackendChange, Change, SetWeight};
-use crate::daemon::{weight_from_percent, Daemon, OpError, Refusal};
+use crate::daemon::{weight_from_percent, Daemon, OpError, OpResult, Refusal};
+use crate::fleet::link::{Link, PublishError};
 use anyhow::{Context, Result};
 use axum::extract::{connect_info, ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
@@ -27,6 +28,9 @@ struct Ctx {
     daemon: Shared,
     /// Asks the main loop to tear down and exit.
     teardown: mpsc::Sender<()>,
+    /// The fleet's etcd link (`fleet:` in the config): changes are
+    /// published there before the answer.
+    fleet: Option<Link>,
 }
 
 /// The peer's credentials, from SO_PEERCRED.
@@ -110,10 +114,12 @@ pub async fn serve(
     listener: UnixListener,
     daemon: Shared,
     teardown_tx: mpsc::Sender<()>,
+    fleet: Option<Link>,
 ) -> Result<()> {
     let ctx = Ctx {
         daemon,
         teardown: teardown_tx,
+        fleet,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -168,12 +174,59 @@ async fn status(
         .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))
 }
 
-fn weight_change(ctx: &Ctx, peer: &Peer, name: &str, bp: WeightBp) -> Reply<Change> {
+/// Runs an operation on the daemon and, in a fleet, publishes what it
+/// changed to etcd before answering: the answer means the fleet has it. A
+/// publish that lost a race with another host's write is retried on the
+/// newer state (the operation runs again); cut off from etcd, only a
+/// rollback stands (applied here, published when etcd returns).
+async fn change(ctx: &Ctx, op: impl Fn(&mut Daemon) -> OpResult<Vec<String>>) -> Reply<Change> {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let (mut changes, items) = {
+            let mut d = lock(ctx);
+            let changes = op(&mut d).map_err(Fail::from)?;
+            (changes, d.fleet_outbox())
+        };
+        let Some(link) = &ctx.fleet else {
+            return Ok(Json(Change { changes }));
+        };
+        if items.is_empty() {
+            changes.extend(lock(ctx).fleet_cut_off_note());
+            return Ok(Json(Change { changes }));
+        }
+        match link.publish(items).await {
+            Ok(()) => {
+                changes.push("written to etcd: every host of the fleet applies it".into());
+                return Ok(Json(Change { changes }));
+            }
+            Err(PublishError::Conflict(m)) if attempt < ATTEMPTS => {
+                log::info!("{m}: running the change again on the newer state");
+                // The watch brings the newer document within milliseconds.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(PublishError::Conflict(m)) => return Err(Fail(StatusCode::CONFLICT, m)),
+            Err(PublishError::CutOff(m)) => {
+                let note = lock(ctx).fleet_cut_off_note();
+                return match note {
+                    Some(line) if lock(ctx).fleet_has_pending_rollbacks() => {
+                        changes.push(line);
+                        Ok(Json(Change { changes }))
+                    }
+                    _ => Err(Fail(
+                        StatusCode::CONFLICT,
+                        format!("not applied: etcd cannot be reached ({m})"),
+                    )),
+                };
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn weight_change(ctx: &Ctx, peer: &Peer, name: &str, bp: WeightBp) -> Reply<Change> {
     peer.check_root()?;
-    let changes = lock(ctx)
-        .operator_weight(name, bp, &peer.who())
-        .map_err(Fail::from)?;
-    Ok(Json(Change { changes }))
+    let who = peer.who();
+    change(ctx, |d| d.operator_weight(name, bp, &who)).await
 }
 
 async fn set_weight(
@@ -183,7 +236,7 @@ async fn set_weight(
     Json(body): Json<SetWeight>,
 ) -> Reply<Change> {
     let bp = weight_from_percent(body.percent).map_err(Fail::from)?;
-    weight_change(&ctx, &peer, &name, bp)
+    weight_change(&ctx, &peer, &name, bp).await
 }
 
 async fn rollback(
@@ -191,7 +244,7 @@ async fn rollback(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
 ) -> Reply<Change> {
-    weight_change(&ctx, &peer, &name, WeightBp::ZERO)
+    weight_change(&ctx, &peer, &name, WeightBp::ZERO).await
 }
 
 async fn promote(
@@ -199,10 +252,10 @@ async fn promote(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
 ) -> Reply<Change> {
-    weight_change(&ctx, &peer, &name, WeightBp::FULL)
+    weight_change(&ctx, &peer, &name, WeightBp::FULL).await
 }
 
-fn backend_change(
+async fn backend_change(
     ctx: &Ctx,
     peer: &Peer,
     name: &str,
@@ -210,10 +263,11 @@ fn backend_change(
     add: bool,
 ) -> Reply<Change> {
     peer.check_root()?;
-    let changes = lock(ctx)
-        .change_backend(name, body.pool, body.addr, add, &peer.who())
-        .map_err(Fail::from)?;
-    Ok(Json(Change { changes }))
+    let who = peer.who();
+    change(ctx, |d| {
+        d.change_backend(name, body.pool, body.addr, add, &who)
+    })
+    .await
 }
 
 async fn backend_add(
@@ -222,7 +276,7 @@ async fn backend_add(
     Path(name): Path<String>,
     Json(body): Json<BackendChange>,
 ) -> Reply<Change> {
-    backend_change(&ctx, &peer, &name, body, true)
+    backend_change(&ctx, &peer, &name, body, true).await
 }
 
 async fn backend_remove(
@@ -231,7 +285,7 @@ async fn backend_remove(
     Path(name): Path<String>,
     Json(body): Json<BackendChange>,
 ) -> Reply<Change> {
-    backend_change(&ctx, &peer, &name, body, false)
+    backend_change(&ctx, &peer, &name, body, false).await
 }
 
 async fn rollout(
@@ -240,10 +294,8 @@ async fn rollout(
     Path((name, verb)): Path<(String, String)>,
 ) -> Reply<Change> {
     peer.check_root()?;
-    let changes = lock(&ctx)
-        .rollout(&name, &verb, &peer.who())
-        .map_err(Fail::from)?;
-    Ok(Json(Change { changes }))
+    let who = peer.who();
+    change(&ctx, |d| d.rollout(&name, &verb, &who)).await
 }
 
 #[derive(Deserialize)]

@@ -134,16 +134,19 @@ impl Daemon {
             .filter(|(_, r)| r.phase == Phase::Running)
             .map(|(n, _)| n.clone())
             .collect();
+        if !self.runs_rollouts() {
+            // In a fleet only the leader runs rollouts; the others apply
+            // what it writes to etcd.
+            return;
+        }
         let mut changed = false;
         for name in running {
-            let Some(cur) = self.cumulative(&name) else {
+            let Some(delta) = self.window_this_tick(&name) else {
                 continue;
             };
-            let prev = self.tick_prev.insert(name.clone(), cur);
-            let (Some(prev), Some(dt)) = (prev, dt) else {
+            let Some(dt) = dt else {
                 continue;
             };
-            let delta = window_delta(&cur, &prev);
             let plan = self
                 .running
                 .services
@@ -177,6 +180,18 @@ impl Daemon {
         if changed {
             self.save_state();
         }
+    }
+
+    /// A running rollout's counters since the previous tick: this host's
+    /// alone, or in a fleet the sum of every host's (`fleet_window`). None
+    /// on the first tick (it sets the baseline).
+    fn window_this_tick(&mut self, name: &str) -> Option<WindowCounts> {
+        if self.fleet.is_some() {
+            return self.fleet_window(name);
+        }
+        let cur = self.cumulative(name)?;
+        let prev = self.tick_prev.insert(name.to_string(), cur)?;
+        Some(window_delta(&cur, &prev))
     }
 
     /// Removes the handshakes older than their service's timeout (default
@@ -247,6 +262,7 @@ impl Daemon {
         let current = self.state.rollouts.get(service).cloned();
         let line = match verb {
             RolloutVerb::Start => {
+                self.fleet_guard("starting a rollout")?;
                 let plan = svc.rollout.clone().ok_or_else(|| {
                     OpError::new(
                         Refusal::Conflict,
@@ -286,6 +302,7 @@ impl Daemon {
                 line
             }
             RolloutVerb::Pause | RolloutVerb::Resume => {
+                self.fleet_guard(&format!("{verb} of a rollout"))?;
                 let mut r = current.ok_or_else(|| {
                     OpError::new(Refusal::Conflict, format!("no rollout of {service}"))
                 })?;

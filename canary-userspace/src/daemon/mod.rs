@@ -10,6 +10,7 @@
 
 mod driver;
 pub mod events;
+mod fleet;
 mod flows;
 mod ops;
 mod probes;
@@ -148,6 +149,9 @@ pub struct Daemon {
     flood: flows::FloodWatch,
     /// When LOCAL_ADDRS was last compared with this host's addresses.
     local_addrs_at: Option<Instant>,
+    /// The fleet (`fleet:` in the config): etcd's state as this host sees
+    /// it. None: this host decides alone.
+    fleet: Option<Box<fleet::FleetState>>,
 }
 
 /// Reads the config file, or the built-in one.
@@ -217,6 +221,7 @@ impl Daemon {
             abandon(&mut dp);
             return Err(e.context("saving the run-time state"));
         }
+        let file_fleet = running.fleet.clone();
         Ok(Daemon {
             dp,
             instance: instance.to_string(),
@@ -245,7 +250,17 @@ impl Daemon {
             sweeper: None,
             flood: flows::FloodWatch::default(),
             local_addrs_at: None,
+            fleet: file_fleet.as_ref().map(|cfg| {
+                // This run of canaryd: a host skips the echo of its own writes.
+                let session = crate::fleet::unix_ms() ^ (u64::from(std::process::id()) << 40);
+                Box::new(fleet::FleetState::new(cfg, session))
+            }),
         })
+    }
+
+    /// This run's fleet session id (none alone).
+    pub fn fleet_session(&self) -> Option<u64> {
+        self.fleet.as_ref().map(|f| f.session())
     }
 
     pub fn running(&self) -> &Config {

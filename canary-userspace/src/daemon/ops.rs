@@ -29,6 +29,9 @@ impl Daemon {
         let from = self
             .service_index(service)
             .map(|i| self.running.services[i].weight())?;
+        if weight > WeightBp::ZERO {
+            self.fleet_guard(&format!("setting a canary weight of {weight}"))?;
+        }
         let mut lines = self.set_weight(service, weight, who)?;
         self.events.push_weight(
             service,
@@ -81,6 +84,7 @@ impl Daemon {
                 "limits.services",
                 file.limits.services == self.file.limits.services,
             ),
+            ("fleet", file.fleet == self.file.fleet),
         ] {
             if !same {
                 return Err(OpError::new(
@@ -189,6 +193,8 @@ impl Daemon {
             sweeper: _,
             flood: _,
             local_addrs_at: _,
+            // Its caches are keyed by etcd's documents (removed there).
+            fleet: _,
         } = self;
         let known: std::collections::HashSet<&str> =
             running.services.iter().map(|s| s.name.as_str()).collect();
@@ -252,6 +258,7 @@ impl Daemon {
         who: &str,
     ) -> OpResult<Vec<String>> {
         let i = self.service_index(service)?;
+        self.fleet_guard("changing a pool")?;
         let mut next = self.running.clone();
         let s = &mut next.services[i];
         let list = match pool {

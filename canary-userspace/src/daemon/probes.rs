@@ -92,7 +92,7 @@ impl Daemon {
         );
         self.dp.set_backend_health(&t.service, t.addr, t.healthy);
         let line = format!(
-            "service {}: {} backend {} is {} ({})",
+            "service {}: {} backend {} is {} ({}){}",
             t.service,
             t.version.name(),
             t.addr,
@@ -101,7 +101,12 @@ impl Daemon {
             } else {
                 "unhealthy"
             },
-            t.detail
+            t.detail,
+            if self.fleet.is_some() {
+                " in this host's probes"
+            } else {
+                ""
+            }
         );
         if t.healthy {
             info!("{line}");
@@ -109,6 +114,12 @@ impl Daemon {
             warn!("{line}");
         }
         self.events.push(&t.service, EventKind::Health, line);
+        if self.fleet.is_some() {
+            // In a fleet this is one host's view: it goes into this host's
+            // report, and the leader's majority verdict (from etcd) is what
+            // changes the pools, alike on every host.
+            return;
+        }
         let running = self.running.clone();
         match self.dp.apply(&running) {
             Ok(report) => report.lines.iter().for_each(|l| info!("{l}")),

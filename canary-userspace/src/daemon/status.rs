@@ -221,6 +221,7 @@ impl Daemon {
             services,
             datapath,
             flow_table: self.flow_table_status(&now.datapath),
+            fleet: self.fleet_status(),
         })
     }
 }

@@ -1,0 +1,856 @@
+//! The daemon in a fleet: etcd's desired state applied here, this host's
+//! changes published there, the leader's duties (rollouts, health
+//! verdicts), and what a host cut off from etcd may still do.
+//!
+//! The rules:
+//! - etcd holds each service's run-time state (`fleet::ServiceDoc`); every
+//!   host applies it as it arrives. A change made here (an operator, the
+//!   leader's engine) is applied here at once and published as a
+//!   compare-and-swap on the document this host last saw; a change that
+//!   does not land is undone here (the newer document arrives by the watch).
+//! - Only the leader runs rollouts and decides health verdicts, on the
+//!   fleet's counters and the hosts' probe views.
+//! - Cut off from etcd: the data plane keeps its state; nothing raises a
+//!   weight; a rollback applies here at once and is published when etcd
+//!   returns.
+
+use super::*;
+use crate::fleet::link::{Change, Publish, PublishError};
+use crate::fleet::{self, HealthDoc, HostReport, Key, ServiceDoc};
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+/// What the daemon keeps of the fleet.
+pub struct FleetState {
+    pub host: String,
+    pub cluster: String,
+    session: u64,
+    report_every: Duration,
+    /// This host leads (its campaign won and its lease is renewed).
+    leading: bool,
+    /// etcd's election candidates: key -> (create revision, host).
+    candidates: BTreeMap<String, (i64, String)>,
+    /// The fleet's documents as last seen, with their revisions.
+    docs: BTreeMap<String, (ServiceDoc, i64)>,
+    health: BTreeMap<String, HealthDoc>,
+    /// Other hosts' latest reports and when they arrived.
+    reports: BTreeMap<String, (HostReport, Instant)>,
+    /// What this host derived from each document: changes are found
+    /// against it.
+    mirrored: BTreeMap<String, ServiceDoc>,
+    /// Per service, the generation applied here.
+    applied: BTreeMap<String, u64>,
+    /// The leader's per-host counter baselines: (service, host) -> (its
+    /// session, cumulative counters).
+    baselines: HashMap<(String, String), (u64, WindowCounts)>,
+    /// When the leader last published a rollout's progress.
+    progress_at: HashMap<String, Instant>,
+    cut_off: Option<(SystemTime, String)>,
+    connected: bool,
+    /// Rollbacks applied here while cut off: published on reconnect.
+    pending_rollbacks: std::collections::BTreeSet<String>,
+}
+
+impl FleetState {
+    pub fn new(cfg: &crate::config::FleetConfig, session: u64) -> FleetState {
+        FleetState {
+            host: cfg.host_name(),
+            cluster: cfg.cluster.clone(),
+            session,
+            report_every: cfg.report_interval,
+            leading: false,
+            candidates: BTreeMap::new(),
+            docs: BTreeMap::new(),
+            health: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            mirrored: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            baselines: HashMap::new(),
+            progress_at: HashMap::new(),
+            // Until the first session: not yet connected, not cut off.
+            cut_off: None,
+            connected: false,
+            pending_rollbacks: Default::default(),
+        }
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    fn leader_name(&self) -> Option<&str> {
+        self.candidates
+            .values()
+            .min_by_key(|(rev, _)| *rev)
+            .map(|(_, h)| h.as_str())
+    }
+
+    /// Reports recent enough to count (a host whose lease expired has no
+    /// key; this also drops one that stopped renewing but whose lease has
+    /// not expired yet).
+    fn live_reports(&self) -> impl Iterator<Item = &HostReport> + Clone {
+        let stale = self.report_every * 4 + Duration::from_secs(1);
+        self.reports
+            .values()
+            .filter(move |(_, at)| at.elapsed() < stale)
+            .map(|(r, _)| r)
+    }
+}
+
+impl Daemon {
+    fn fleet_mut(&mut self) -> Option<&mut FleetState> {
+        self.fleet.as_deref_mut()
+    }
+
+    /// Whether this host runs the fleet's rollouts: alone, always; in a
+    /// fleet, only as its leader.
+    pub(super) fn runs_rollouts(&self) -> bool {
+        self.fleet.as_ref().is_none_or(|f| f.leading)
+    }
+
+    /// Refuses a change that needs etcd while this host is cut off from it.
+    pub(super) fn fleet_guard(&self, what: &str) -> OpResult<()> {
+        let Some(f) = &self.fleet else {
+            return Ok(());
+        };
+        if let Some((since, why)) = &f.cut_off {
+            return Err(OpError::new(
+                Refusal::Conflict,
+                format!(
+                    "refused: this host is cut off from etcd since {} ({why}); {what} needs the \
+                     fleet's agreement (only a rollback applies while cut off)",
+                    humantime::format_rfc3339_seconds(*since)
+                ),
+            ));
+        }
+        if !f.connected {
+            return Err(OpError::new(
+                Refusal::Conflict,
+                format!("refused: this host has not reached etcd yet; {what} needs the fleet"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This service's slice of the local run-time state, as a document.
+    fn local_slice(&self, service: &str) -> ServiceDoc {
+        ServiceDoc {
+            overrides: self
+                .state
+                .services
+                .get(service)
+                .cloned()
+                .unwrap_or_default(),
+            rollout: self.state.rollouts.get(service).cloned(),
+            rollbacks: self.state.rollbacks.get(service).copied().unwrap_or(0),
+            ..Default::default()
+        }
+    }
+
+    /// Applies the fleet's documents of `services` here (a document absent:
+    /// no run-time change). The leader keeps its own rollout progress when
+    /// the document is the echo of its own write.
+    fn fleet_apply(&mut self, services: &[String], echo_ok: bool) {
+        let Some(f) = self.fleet.as_deref() else {
+            return;
+        };
+        let mut state = self.state.clone();
+        let mut gens = Vec::new();
+        for s in services {
+            let doc = f.docs.get(s).map(|(d, _)| d.clone());
+            if echo_ok {
+                if let Some(d) = &doc {
+                    if d.session == f.session {
+                        gens.push((s.clone(), d.generation, None));
+                        continue;
+                    }
+                }
+            }
+            let doc = doc.unwrap_or_default();
+            match doc.overrides == Default::default() {
+                true => state.services.remove(s),
+                false => state.services.insert(s.clone(), doc.overrides.clone()),
+            };
+            match &doc.rollout {
+                Some(r) => state.rollouts.insert(s.clone(), r.clone()),
+                None => state.rollouts.remove(s),
+            };
+            state.rollbacks.insert(s.clone(), doc.rollbacks);
+            gens.push((s.clone(), doc.generation, Some(doc)));
+        }
+        let before: Vec<(String, WeightBp)> = self
+            .running
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.weight()))
+            .collect();
+        let effective = state.effective(&self.file);
+        for line in &effective.dropped {
+            warn!("fleet: {line}");
+        }
+        let rollout_steps: Vec<(String, Option<(usize, Phase)>)> = services
+            .iter()
+            .map(|s| {
+                (
+                    s.clone(),
+                    self.state.rollouts.get(s).map(|r| (r.step, r.phase)),
+                )
+            })
+            .collect();
+        if effective.config == self.running {
+            // Only the run-time state moved (a rollout's progress, say):
+            // nothing for the data plane.
+            if self.state != state {
+                self.state = state;
+                self.save_state();
+            }
+        } else if let Err(e) = self.commit(effective.config, state) {
+            error!("fleet: applying etcd's state: {}", e.message);
+            return;
+        }
+        // A rollout another host changed: its window starts afresh here.
+        for (s, was) in rollout_steps {
+            let now = self.state.rollouts.get(&s).map(|r| (r.step, r.phase));
+            if now != was {
+                self.tick_prev.remove(&s);
+                self.step_began.insert(s.clone(), Instant::now());
+                if let Some(f) = self.fleet_mut() {
+                    f.baselines.retain(|(svc, _), _| svc != &s);
+                }
+            }
+        }
+        for s in &self.running.services {
+            let Some((_, from)) = before.iter().find(|(n, _)| *n == s.name) else {
+                continue;
+            };
+            let to = s.weight();
+            let Some((_, gen, Some(doc))) = gens.iter().find(|(n, _, _)| *n == s.name) else {
+                continue;
+            };
+            if *from != to {
+                let who = doc
+                    .overrides
+                    .weight
+                    .as_ref()
+                    .map(|w| w.source.clone())
+                    .unwrap_or_else(|| "the config file".into());
+                let line = format!(
+                    "service {}: canary weight {from} -> {to} (fleet generation {gen}: {who} on {})",
+                    s.name,
+                    if doc.by.is_empty() { "?" } else { &doc.by }
+                );
+                info!("{line}");
+                self.events
+                    .push_weight(&s.name, "fleet", from.percent(), to.percent(), line);
+            }
+        }
+        for (s, gen, _) in gens {
+            let slice = self.local_slice(&s);
+            if let Some(f) = self.fleet_mut() {
+                f.applied.insert(s.clone(), gen);
+                f.mirrored.insert(s, slice);
+            }
+        }
+    }
+
+    /// A fresh session's full read of the prefix: everything cached is
+    /// replaced, every document applied; rollbacks made while cut off are
+    /// made again on top and published.
+    pub fn fleet_loaded(&mut self, changes: &[Change], _lease: i64) {
+        let Some(f) = self.fleet_mut() else {
+            return;
+        };
+        f.docs.clear();
+        f.health.clear();
+        f.reports.clear();
+        f.candidates.clear();
+        f.baselines.clear();
+        for c in changes {
+            Self::cache(f, c);
+        }
+        let was_cut = f.cut_off.take();
+        f.connected = true;
+        let pending: Vec<String> = std::mem::take(&mut f.pending_rollbacks)
+            .into_iter()
+            .collect();
+        let health: Vec<(String, HealthDoc)> = f
+            .health
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let names: Vec<String> = self
+            .running
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        self.fleet_apply(&names, false);
+        for (svc, doc) in health {
+            self.fleet_apply_health(&svc, &doc);
+        }
+        if let Some((since, _)) = was_cut {
+            let secs = since.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            let line = format!("fleet: etcd reachable again after {secs:.1} s cut off");
+            info!("{line}");
+            self.events.push("*", EventKind::Fleet, line);
+        } else {
+            info!("fleet: connected to etcd; fleet state applied");
+        }
+        for svc in pending {
+            // The rollback made while cut off wins over whatever etcd had.
+            let why = "rolled back while this host was cut off from etcd".to_string();
+            if let Some(r) = self.state.rollouts.get_mut(&svc) {
+                if r.active() {
+                    r.abort(why.clone());
+                }
+            }
+            let file_weight_bp = self.file_weight_bp(&svc);
+            self.state.services.entry(svc.clone()).or_default().weight = Some(WeightOverride {
+                weight_bp: 0,
+                source: rolled_back(),
+                file_weight_bp,
+            });
+            if let Err(e) = self.set_weight(&svc, WeightBp::ZERO, &rolled_back()) {
+                error!("fleet: re-applying the rollback of {svc}: {}", e.message);
+            }
+            info!("fleet: service {svc}: publishing the rollback made while cut off");
+        }
+    }
+
+    fn cache(f: &mut FleetState, c: &Change) {
+        match c.key {
+            Key::Service(name) => match c.value.map(serde_json::from_slice::<ServiceDoc>) {
+                Some(Ok(doc)) => {
+                    f.docs.insert(name.to_string(), (doc, c.mod_rev));
+                }
+                Some(Err(e)) => warn!("fleet: services/{name} in etcd does not parse: {e}"),
+                None => {
+                    f.docs.remove(name);
+                }
+            },
+            Key::Health(name) => match c.value.map(serde_json::from_slice::<HealthDoc>) {
+                Some(Ok(doc)) => {
+                    f.health.insert(name.to_string(), doc);
+                }
+                Some(Err(e)) => warn!("fleet: health/{name} in etcd does not parse: {e}"),
+                None => {
+                    f.health.remove(name);
+                }
+            },
+            Key::Host(name) => match c.value.map(serde_json::from_slice::<HostReport>) {
+                Some(Ok(r)) => {
+                    f.reports.insert(name.to_string(), (r, Instant::now()));
+                }
+                Some(Err(e)) => warn!("fleet: hosts/{name} in etcd does not parse: {e}"),
+                None => {
+                    f.reports.remove(name);
+                }
+            },
+            Key::Candidate => match c.value {
+                Some(host) => {
+                    let host = String::from_utf8_lossy(host).into_owned();
+                    f.candidates
+                        .insert(c.raw_key.to_string(), (c.create_rev, host));
+                }
+                None => {
+                    f.candidates.remove(c.raw_key);
+                }
+            },
+        }
+    }
+
+    /// One watched change.
+    pub fn fleet_changed(&mut self, c: &Change) {
+        let Some(f) = self.fleet_mut() else {
+            return;
+        };
+        match c.key {
+            Key::Service(name) => {
+                Self::cache(f, c);
+                let name = name.to_string();
+                self.fleet_apply(std::slice::from_ref(&name), true);
+            }
+            Key::Health(name) => {
+                Self::cache(f, c);
+                let doc = f.health.get(name).cloned().unwrap_or_default();
+                let name = name.to_string();
+                self.fleet_apply_health(&name, &doc);
+            }
+            Key::Host(_) => Self::cache(f, c),
+            Key::Candidate => {
+                let before = f.leader_name().map(str::to_string);
+                Self::cache(f, c);
+                let after = f.leader_name().map(str::to_string);
+                if before != after {
+                    if let Some(h) = after {
+                        let line = format!("fleet: {h} leads the fleet");
+                        info!("{line}");
+                        self.events.push("*", EventKind::Fleet, line);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fleet's health verdicts of one service, applied to the data
+    /// plane here; the leader rolls back a canary pool with none healthy.
+    fn fleet_apply_health(&mut self, service: &str, doc: &HealthDoc) {
+        let Some(svc) = self
+            .running
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .cloned()
+        else {
+            return;
+        };
+        let mut changed = false;
+        for addr in svc.stable.iter().chain(&svc.canary) {
+            let healthy = doc.backends.get(addr).is_none_or(|v| v.healthy);
+            if self.dp.is_unhealthy(service, *addr) == healthy {
+                changed = true;
+                self.dp.set_backend_health(service, *addr, healthy);
+                let v = doc.backends.get(addr);
+                let line = format!(
+                    "service {service}: backend {addr} is {} for the fleet ({} of {} hosts see it unhealthy)",
+                    if healthy { "healthy again" } else { "unhealthy" },
+                    v.map(|v| v.unhealthy_votes).unwrap_or(0),
+                    v.map(|v| v.voters).unwrap_or(0),
+                );
+                warn!("{line}");
+                self.events.push(service, EventKind::Health, line);
+            }
+        }
+        if !changed {
+            return;
+        }
+        let running = self.running.clone();
+        if let Err(e) = self.dp.apply(&running) {
+            error!("applying the fleet's health verdicts: {e:#}");
+        }
+        let canary_down =
+            !svc.canary.is_empty() && svc.canary.iter().all(|b| self.dp.is_unhealthy(service, *b));
+        let active = self.state.rollouts.get(service).is_some_and(|r| r.active());
+        if canary_down && self.runs_rollouts() && (svc.weight_bp() > 0 || active) {
+            let why = "no healthy canary backend (the fleet's verdict)".to_string();
+            let reset = self.on_rollback(service) == Some(OnRollback::Reset);
+            self.rollback_now(service, why, reset);
+        }
+    }
+
+    /// This host's changes to publish: every service whose local run-time
+    /// state differs from what it derived from etcd. The leader's rollout
+    /// progress alone goes at most once per report interval. Cut off, a
+    /// rollback is kept for later and anything else is undone.
+    pub fn fleet_outbox(&mut self) -> Vec<Publish> {
+        let Some(f) = self.fleet.as_deref() else {
+            return Vec::new();
+        };
+        let names: Vec<String> = self
+            .running
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let mut out = Vec::new();
+        let mut undo = Vec::new();
+        let mut keep = Vec::new();
+        let mut progress = Vec::new();
+        for s in names {
+            let local = self.local_slice(&s);
+            let mirrored = f.mirrored.get(&s).cloned().unwrap_or_default();
+            if local.same_state(&mirrored) {
+                continue;
+            }
+            if local.progress_only(&mirrored)
+                && f.progress_at
+                    .get(&s)
+                    .is_some_and(|t| t.elapsed() < f.report_every)
+            {
+                continue;
+            }
+            if !f.connected || f.cut_off.is_some() {
+                let rollback = local.weight() == Some(WeightBp::ZERO)
+                    && mirrored.weight() != Some(WeightBp::ZERO);
+                if rollback || f.pending_rollbacks.contains(&s) {
+                    keep.push(s);
+                } else if !local.progress_only(&mirrored) {
+                    undo.push(s);
+                }
+                continue;
+            }
+            let (cached, rev) = f.docs.get(&s).cloned().unwrap_or_default();
+            let bump = serde_json::to_value(&local.overrides).ok()
+                != serde_json::to_value(&cached.overrides).ok();
+            let doc = ServiceDoc {
+                generation: cached.generation + u64::from(bump),
+                by: f.host.clone(),
+                session: f.session,
+                at_ms: fleet::unix_ms(),
+                ..local
+            };
+            progress.push(s.clone());
+            out.push(Publish::Doc {
+                service: s,
+                doc: Box::new(doc),
+                base_rev: rev,
+            });
+        }
+        let f = self.fleet_mut().expect("fleet");
+        for s in progress {
+            f.progress_at.insert(s, Instant::now());
+        }
+        for s in keep {
+            if f.pending_rollbacks.insert(s.clone()) {
+                warn!("fleet: service {s}: rolled back here while cut off; written to etcd when it returns");
+            }
+        }
+        if !undo.is_empty() {
+            self.fleet_apply(&undo, false);
+        }
+        out
+    }
+
+    /// A publish landed: the cache has it now (the watch's echo is then a
+    /// no-op).
+    pub fn fleet_published(&mut self, item: &Publish, rev: i64) {
+        let Some(f) = self.fleet_mut() else {
+            return;
+        };
+        match item {
+            Publish::Doc { service, doc, .. } => {
+                f.docs.insert(service.clone(), ((**doc).clone(), rev));
+                f.applied.insert(service.clone(), doc.generation);
+                let mut slice = (**doc).clone();
+                slice.generation = 0;
+                slice.by.clear();
+                slice.session = 0;
+                slice.at_ms = 0;
+                f.mirrored.insert(service.clone(), slice);
+            }
+            Publish::Health { service, doc } => {
+                f.health.insert(service.clone(), doc.clone());
+            }
+        }
+    }
+
+    /// A publish did not land. Cut off, a rollback stays here and waits;
+    /// anything else is undone here (the newer document, if any, comes by
+    /// the watch).
+    pub fn fleet_publish_failed(&mut self, service: &str, e: &PublishError, _operator: bool) {
+        let Some(f) = self.fleet.as_deref() else {
+            return;
+        };
+        let local = self.local_slice(service);
+        let mirrored = f.mirrored.get(service).cloned().unwrap_or_default();
+        let rollback =
+            local.weight() == Some(WeightBp::ZERO) && mirrored.weight() != Some(WeightBp::ZERO);
+        match e {
+            PublishError::CutOff(_) if rollback => {
+                let f = self.fleet_mut().expect("fleet");
+                f.pending_rollbacks.insert(service.to_string());
+                warn!(
+                    "fleet: service {service}: rolled back here; written to etcd when it returns"
+                );
+            }
+            _ => {
+                warn!("fleet: service {service}: change not published ({e:?}); undone here");
+                self.fleet_apply(&[service.to_string()], false);
+            }
+        }
+    }
+
+    /// etcd cannot be used: the host is cut off (said once, with since when).
+    pub fn fleet_cut_off(&mut self, why: &str) {
+        let Some(f) = self.fleet_mut() else {
+            return;
+        };
+        f.leading = false;
+        f.connected = false;
+        if f.cut_off.is_none() {
+            f.cut_off = Some((SystemTime::now(), why.to_string()));
+            let line = format!(
+                "fleet: CUT OFF from etcd ({why}); the data plane keeps its last state, \
+                 weights cannot be raised, a rollback still applies here"
+            );
+            error!("{line}");
+            self.events.push("*", EventKind::Fleet, line);
+        }
+    }
+
+    pub fn fleet_lost_leadership(&mut self) {
+        let Some(f) = self.fleet_mut() else {
+            return;
+        };
+        if f.leading {
+            f.leading = false;
+            let line = format!("fleet: {} no longer leads", f.host);
+            warn!("{line}");
+            self.events.push("*", EventKind::Fleet, line);
+        }
+    }
+
+    pub fn fleet_elected(&mut self) {
+        let Some(f) = self.fleet_mut() else {
+            return;
+        };
+        f.leading = true;
+        f.baselines.clear();
+        let line = format!(
+            "fleet: {} leads the fleet (rollouts and health verdicts)",
+            f.host
+        );
+        info!("{line}");
+        self.events.push("*", EventKind::Fleet, line);
+        // Rollouts under way continue from the step and window in etcd.
+        let running: Vec<String> = self.state.rollouts.keys().cloned().collect();
+        for s in running {
+            self.tick_prev.remove(&s);
+            self.step_began.insert(s, Instant::now());
+        }
+    }
+
+    /// This host's report.
+    pub fn fleet_report(&self) -> HostReport {
+        let Some(f) = self.fleet.as_deref() else {
+            return HostReport::default();
+        };
+        let mut report = HostReport {
+            host: f.host.clone(),
+            session: f.session,
+            at_ms: fleet::unix_ms(),
+            leader: f.leading,
+            ..Default::default()
+        };
+        for s in &self.running.services {
+            report.applied.insert(
+                s.name.clone(),
+                fleet::Applied {
+                    generation: f.applied.get(&s.name).copied().unwrap_or(0),
+                    weight_bp: s.weight_bp(),
+                },
+            );
+            if let Some(c) = self.cumulative(&s.name) {
+                report.counters.insert(s.name.clone(), c);
+            }
+            if s.health.is_some() {
+                let view = s
+                    .stable
+                    .iter()
+                    .chain(&s.canary)
+                    .map(|a| {
+                        let h = self
+                            .health
+                            .get(&(s.name.clone(), *a))
+                            .is_none_or(|h| h.healthy);
+                        (*a, h)
+                    })
+                    .collect();
+                report.health.insert(s.name.clone(), view);
+            }
+        }
+        report
+    }
+
+    /// After this host's report went out: the leader's health verdicts.
+    pub fn fleet_reported(&mut self) {}
+
+    /// The leader's duties each report interval: the fleet's health
+    /// verdicts, and any progress still to publish.
+    pub fn fleet_leader_duties(&mut self) -> Vec<Publish> {
+        let Some(f) = self.fleet.as_deref() else {
+            return Vec::new();
+        };
+        if !f.leading {
+            return Vec::new();
+        }
+        let own = self.fleet_report();
+        let mut reports: Vec<HostReport> = f
+            .live_reports()
+            .filter(|r| r.host != f.host)
+            .cloned()
+            .collect();
+        reports.push(own);
+        let verdicts = fleet::verdicts(reports.iter());
+        let mut out = Vec::new();
+        for (service, backends) in verdicts {
+            let current = f.health.get(&service);
+            if current.is_some_and(|c| c.backends == backends) {
+                continue;
+            }
+            out.push(Publish::Health {
+                service,
+                doc: HealthDoc {
+                    backends,
+                    by: f.host.clone(),
+                    at_ms: fleet::unix_ms(),
+                },
+            });
+        }
+        out.extend(self.fleet_outbox());
+        out
+    }
+
+    /// The leader's window of one rollout this tick: the sum of every
+    /// host's counters since its previous report (this host's own read
+    /// live). A host's first report (or a restarted canaryd) sets its
+    /// baseline; a host gone adds nothing more.
+    pub(super) fn fleet_window(&mut self, service: &str) -> Option<WindowCounts> {
+        let own = self.cumulative(service)?;
+        let f = self.fleet.as_deref_mut()?;
+        let mut current: Vec<(String, u64, WindowCounts)> = vec![(f.host.clone(), f.session, own)];
+        let stale = f.report_every * 4 + Duration::from_secs(1);
+        for (h, (r, at)) in &f.reports {
+            if *h == f.host || at.elapsed() >= stale {
+                continue;
+            }
+            if let Some(c) = r.counters.get(service) {
+                current.push((h.clone(), r.session, *c));
+            }
+        }
+        let mut sum = WindowCounts::default();
+        let mut any = false;
+        for (host, session, cur) in current {
+            let key = (service.to_string(), host);
+            let prev = f.baselines.insert(key, (session, cur));
+            if let Some((s, p)) = prev {
+                if s == session {
+                    let d = super::driver::window_delta(&cur, &p);
+                    sum = add_windows(&sum, &d);
+                    any = true;
+                }
+            }
+        }
+        any.then_some(sum)
+    }
+
+    /// The fleet's part of `status`.
+    pub(super) fn fleet_status(&self) -> Option<crate::control::api::FleetStatus> {
+        use crate::control::api::{FleetApplied, FleetHost, FleetStatus};
+        let f = self.fleet.as_deref()?;
+        let own = self.fleet_report();
+        let mut hosts: Vec<FleetHost> = Vec::new();
+        let mut all: Vec<(HostReport, u64)> = vec![(own, 0)];
+        for (h, (r, at)) in &f.reports {
+            if *h != f.host {
+                all.push((r.clone(), at.elapsed().as_millis() as u64));
+            }
+        }
+        all.sort_by(|a, b| a.0.host.cmp(&b.0.host));
+        for (r, age) in &all {
+            hosts.push(FleetHost {
+                name: r.host.clone(),
+                report_age_ms: *age,
+                leader: r.leader,
+                applied: r
+                    .applied
+                    .iter()
+                    .map(|(s, a)| {
+                        (
+                            s.clone(),
+                            FleetApplied {
+                                generation: a.generation,
+                                weight_bp: a.weight_bp,
+                                percent: WeightBp::from_bp(a.weight_bp).percent(),
+                            },
+                        )
+                    })
+                    .collect(),
+                unhealthy: r
+                    .health
+                    .iter()
+                    .flat_map(|(s, v)| {
+                        v.iter()
+                            .filter(|(_, h)| !**h)
+                            .map(move |(a, _)| format!("{s}/{a}"))
+                    })
+                    .collect(),
+                new_connections: r
+                    .counters
+                    .iter()
+                    .map(|(s, c)| (s.clone(), [c.stable.attempts, c.canary.attempts]))
+                    .collect(),
+            });
+        }
+        let agreement = self
+            .running
+            .services
+            .iter()
+            .map(|s| {
+                let (gen, weight) = match f.docs.get(&s.name) {
+                    Some((d, _)) => (d.generation, s.weight()),
+                    None => (0, s.weight()),
+                };
+                let desired = f
+                    .docs
+                    .get(&s.name)
+                    .and_then(|(d, _)| d.weight())
+                    .unwrap_or(weight);
+                fleet::agreement(&s.name, gen, desired, &hosts)
+            })
+            .collect();
+        let (since, reason) = match &f.cut_off {
+            Some((t, why)) => (Some(*t), Some(why.clone())),
+            None => (None, None),
+        };
+        let ms = |t: SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        };
+        Some(FleetStatus {
+            cluster: f.cluster.clone(),
+            host: f.host.clone(),
+            leader: f.leader_name().map(str::to_string).or_else(|| {
+                all.iter()
+                    .find(|(r, _)| r.leader)
+                    .map(|(r, _)| r.host.clone())
+            }),
+            leading: f.leading,
+            connected: f.connected,
+            cut_off_since_ms: since.map(ms),
+            cut_off_for_ms: since
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| d.as_millis() as u64),
+            cut_off_reason: reason,
+            pending_rollbacks: f.pending_rollbacks.iter().cloned().collect(),
+            hosts,
+            agreement,
+        })
+    }
+
+    pub fn fleet_has_pending_rollbacks(&self) -> bool {
+        self.fleet
+            .as_deref()
+            .is_some_and(|f| !f.pending_rollbacks.is_empty())
+    }
+
+    /// A line for an operator's answer while cut off.
+    pub fn fleet_cut_off_note(&self) -> Option<String> {
+        let f = self.fleet.as_deref()?;
+        let (since, why) = f.cut_off.as_ref()?;
+        Some(format!(
+            "applied on this host only: it is cut off from etcd since {} ({why}); \
+             the rollback is written to etcd when it returns",
+            humantime::format_rfc3339_seconds(*since)
+        ))
+    }
+}
+
+fn add_windows(a: &WindowCounts, b: &WindowCounts) -> WindowCounts {
+    let one = |x: &VersionCounts, y: &VersionCounts| {
+        let mut h = x.handshake_us_log2;
+        for (p, q) in h.iter_mut().zip(y.handshake_us_log2.iter()) {
+            *p += *q;
+        }
+        VersionCounts {
+            attempts: x.attempts + y.attempts,
+            failures: x.failures + y.failures,
+            handshake_us_log2: h,
+        }
+    };
+    WindowCounts {
+        stable: one(&a.stable, &b.stable),
+        canary: one(&a.canary, &b.canary),
+    }
+}

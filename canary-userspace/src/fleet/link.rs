@@ -1,0 +1,422 @@
+//! canaryd's link to etcd: one session at a time (lease, full read, watch,
+//! reports, campaign), and one writer that publishes the daemon's changes in
+//! order, each a compare-and-swap on its key's revision.
+//!
+//! Every etcd call has a deadline (`op_timeout`), and the client asks for a
+//! member with a raft leader (`require_leader`): a member without quorum
+//! answers with an error at once instead of hanging, and the host knows it
+//! is cut off.
+
+use super::{Key, Keys};
+use crate::config::FleetConfig;
+use crate::daemon::Daemon;
+use anyhow::{anyhow, bail, Context, Result};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use log::{info, warn};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// One change for etcd.
+#[derive(Debug, Clone)]
+pub enum Publish {
+    /// A service's desired state, if its key is still at `base_rev` (0: the
+    /// key does not exist yet).
+    Doc {
+        service: String,
+        doc: Box<super::ServiceDoc>,
+        base_rev: i64,
+    },
+    /// The fleet's health verdicts of a service (the leader's).
+    Health {
+        service: String,
+        doc: super::HealthDoc,
+    },
+}
+
+impl Publish {
+    pub fn service(&self) -> &str {
+        match self {
+            Publish::Doc { service, .. } | Publish::Health { service, .. } => service,
+        }
+    }
+}
+
+/// Why a publish did not land.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// Someone else changed the key first: the caller retries on the newer
+    /// state.
+    Conflict(String),
+    /// etcd is not reachable (or has no quorum).
+    CutOff(String),
+}
+
+struct Job {
+    items: Vec<Publish>,
+    reply: Option<oneshot::Sender<Result<(), PublishError>>>,
+}
+
+/// A key's value, revisions and whether it was deleted, as the daemon takes
+/// it in.
+pub struct Change<'a> {
+    pub raw_key: &'a str,
+    pub key: Key<'a>,
+    pub value: Option<&'a [u8]>,
+    pub mod_rev: i64,
+    pub create_rev: i64,
+}
+
+/// The etcd side of one canaryd (cheap to clone).
+#[derive(Clone)]
+pub struct Link {
+    client: Client,
+    pub keys: Keys,
+    pub host: String,
+    pub session: u64,
+    ttl: Duration,
+    report_every: Duration,
+    op_timeout: Duration,
+    writer: mpsc::UnboundedSender<Job>,
+    lease: Arc<Mutex<Option<i64>>>,
+}
+
+fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+    d.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn within<T, E: std::fmt::Display>(
+    limit: Duration,
+    what: &str,
+    f: impl Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(anyhow!("{what}: {e}")),
+        Err(_) => Err(anyhow!("{what}: no answer within {limit:?}")),
+    }
+}
+
+impl Link {
+    /// The client (no connection is made yet: etcd may be down at start)
+    /// and the writer task.
+    pub async fn new(cfg: &FleetConfig, session: u64, daemon: Arc<Mutex<Daemon>>) -> Result<Link> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            .with_require_leader(true);
+        let client = Client::connect(&cfg.etcd, Some(options))
+            .await
+            .with_context(|| format!("fleet.etcd {:?}", cfg.etcd))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = Link {
+            client,
+            keys: Keys::new(&cfg.cluster),
+            host: cfg.host_name(),
+            session,
+            ttl: cfg.lease_ttl,
+            report_every: cfg.report_interval,
+            op_timeout: Duration::from_secs(1).min(cfg.lease_ttl / 2),
+            writer: tx,
+            lease: Arc::new(Mutex::new(None)),
+        };
+        tokio::spawn(link.clone().write_loop(rx, daemon));
+        Ok(link)
+    }
+
+    /// Publishes and waits for the outcome (operator changes: the caller
+    /// answers only once etcd has it).
+    pub async fn publish(&self, items: Vec<Publish>) -> Result<(), PublishError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            items,
+            reply: Some(tx),
+        };
+        if self.writer.send(job).is_err() {
+            return Err(PublishError::CutOff("the etcd writer has stopped".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(PublishError::CutOff("the etcd writer has stopped".into())))
+    }
+
+    /// Publishes in the background (the engine's steps, health verdicts).
+    pub fn publish_later(&self, items: Vec<Publish>) {
+        if !items.is_empty() {
+            let _ = self.writer.send(Job { items, reply: None });
+        }
+    }
+
+    async fn write_loop(self, mut rx: mpsc::UnboundedReceiver<Job>, daemon: Arc<Mutex<Daemon>>) {
+        while let Some(job) = rx.recv().await {
+            let mut outcome = Ok(());
+            for item in job.items {
+                let service = item.service().to_string();
+                match self.write(&item).await {
+                    Ok(rev) => lock(&daemon).fleet_published(&item, rev),
+                    Err(e) => {
+                        if let PublishError::CutOff(why) = &e {
+                            lock(&daemon).fleet_cut_off(why);
+                        }
+                        lock(&daemon).fleet_publish_failed(&service, &e, job.reply.is_some());
+                        outcome = Err(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(reply) = job.reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// One publish; its new revision.
+    async fn write(&self, item: &Publish) -> Result<i64, PublishError> {
+        let mut c = self.client.clone();
+        let cut = |e: anyhow::Error| PublishError::CutOff(format!("{e:#}"));
+        match item {
+            Publish::Doc {
+                service,
+                doc,
+                base_rev,
+            } => {
+                let key = self.keys.service(service);
+                let value = serde_json::to_vec(doc).map_err(|e| cut(e.into()))?;
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        *base_rev,
+                    )])
+                    .and_then([TxnOp::put(key, value, None)]);
+                let resp = within(self.op_timeout, "etcd txn", c.txn(txn))
+                    .await
+                    .map_err(cut)?;
+                if !resp.succeeded() {
+                    return Err(PublishError::Conflict(format!(
+                        "the fleet's state of {service} changed meanwhile"
+                    )));
+                }
+                Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+            }
+            Publish::Health { service, doc } => {
+                let key = self.keys.health(service);
+                let value = serde_json::to_vec(doc).map_err(|e| cut(e.into()))?;
+                let resp = within(self.op_timeout, "etcd put", c.put(key, value, None))
+                    .await
+                    .map_err(cut)?;
+                Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+            }
+        }
+    }
+
+    /// Keeps a session with etcd for as long as canaryd runs: on any
+    /// failure the host is cut off (the data plane keeps its state) and a
+    /// new session is tried every half second.
+    pub async fn run(self, daemon: Arc<Mutex<Daemon>>) {
+        let mut failures = 0u32;
+        loop {
+            let started = Instant::now();
+            let err = self.session(&daemon).await.unwrap_err();
+            lock(&daemon).fleet_lost_leadership();
+            // A session that ran a while and broke (a member died, say) is
+            // retried at once on the others before the host calls itself
+            // cut off; one that failed to start counts as cut off.
+            let quick_retry = started.elapsed() > 2 * self.op_timeout && failures == 0;
+            failures += 1;
+            if quick_retry {
+                warn!("fleet: etcd session ended ({err:#}); reconnecting");
+                continue;
+            }
+            lock(&daemon).fleet_cut_off(&format!("{err:#}"));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if started.elapsed() > Duration::from_secs(5) {
+                failures = 0;
+            }
+        }
+    }
+
+    /// A lease: the one this canaryd holds if it is still alive (its
+    /// reports and candidacy survive a short break), else a new one.
+    async fn lease(&self) -> Result<i64> {
+        let mut c = self.client.clone();
+        let held = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = held {
+            if let Ok(r) = within(
+                self.op_timeout,
+                "etcd lease",
+                c.lease_time_to_live(id, None),
+            )
+            .await
+            {
+                if r.ttl() > 0 {
+                    return Ok(id);
+                }
+            }
+        }
+        let r = within(
+            self.op_timeout,
+            "etcd lease grant",
+            c.lease_grant(self.ttl.as_secs() as i64, None),
+        )
+        .await?;
+        *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.id());
+        Ok(r.id())
+    }
+
+    /// Ends this canaryd's lease (on a clean stop): its report and its
+    /// candidacy go at once, so another host leads without waiting for the
+    /// lease to expire.
+    pub async fn resign(&self) {
+        let held = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(id) = held {
+            let mut c = self.client.clone();
+            match within(self.op_timeout, "etcd lease revoke", c.lease_revoke(id)).await {
+                Ok(_) => info!("fleet: lease revoked (leadership and report released)"),
+                Err(e) => warn!("fleet: {e:#}"),
+            }
+        }
+    }
+
+    async fn session(&self, daemon: &Arc<Mutex<Daemon>>) -> Result<()> {
+        let mut c = self.client.clone();
+        let lease = self.lease().await?;
+        let (mut keeper, mut renewals) = within(
+            self.op_timeout,
+            "etcd keep-alive",
+            c.lease_keep_alive(lease),
+        )
+        .await?;
+        let prefix = self.keys.prefix().to_string();
+        let all = within(
+            self.op_timeout,
+            "etcd get",
+            c.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let rev = all.header().map(|h| h.revision()).unwrap_or(0);
+        {
+            let changes: Vec<Change> = all
+                .kvs()
+                .iter()
+                .filter_map(|kv| {
+                    let raw_key = kv.key_str().ok()?;
+                    Some(Change {
+                        raw_key,
+                        key: self.keys.parse(raw_key)?,
+                        value: Some(kv.value()),
+                        mod_rev: kv.mod_revision(),
+                        create_rev: kv.create_revision(),
+                    })
+                })
+                .collect();
+            let mut d = lock(daemon);
+            d.fleet_loaded(&changes, lease);
+            self.publish_later(d.fleet_outbox());
+        }
+        let mut watch = within(
+            self.op_timeout,
+            "etcd watch",
+            c.watch(
+                prefix,
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(rev + 1),
+                ),
+            ),
+        )
+        .await?;
+        let mut campaigner = self.client.clone();
+        let (election, host) = (self.keys.election(), self.host.clone());
+        let mut campaign =
+            tokio::spawn(async move { campaigner.campaign(election, host, lease).await });
+        let _abort_campaign = AbortOnDrop(campaign.abort_handle());
+        let mut report = tokio::time::interval(self.report_every);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew = tokio::time::interval(self.ttl / 3);
+        let mut renewed = Instant::now();
+        let mut campaigning = true;
+        loop {
+            // No renewal for half the lease: step down before the lease can
+            // expire and another host lead.
+            let stale = tokio::time::Instant::from_std(renewed + self.ttl / 2);
+            tokio::select! {
+                msg = watch.message() => {
+                    let msg = msg.map_err(|e| anyhow!("etcd watch: {e}"))?
+                        .ok_or_else(|| anyhow!("etcd watch ended"))?;
+                    if msg.canceled() {
+                        bail!("etcd watch cancelled: {}", msg.cancel_reason());
+                    }
+                    let mut d = lock(daemon);
+                    for ev in msg.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let Ok(raw_key) = kv.key_str() else { continue };
+                        let Some(key) = self.keys.parse(raw_key) else { continue };
+                        let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                        d.fleet_changed(&Change {
+                            raw_key,
+                            key,
+                            value,
+                            mod_rev: kv.mod_revision(),
+                            create_rev: kv.create_revision(),
+                        });
+                    }
+                    self.publish_later(d.fleet_outbox());
+                }
+                _ = report.tick() => {
+                    let value = {
+                        let d = lock(daemon);
+                        serde_json::to_vec(&d.fleet_report())?
+                    };
+                    within(
+                        self.op_timeout,
+                        "etcd put (report)",
+                        c.put(self.keys.host(&self.host), value, Some(PutOptions::new().with_lease(lease))),
+                    )
+                    .await?;
+                    let mut d = lock(daemon);
+                    d.fleet_reported();
+                    self.publish_later(d.fleet_leader_duties());
+                }
+                _ = renew.tick() => {
+                    within(self.op_timeout, "etcd keep-alive", keeper.keep_alive()).await?;
+                }
+                r = renewals.message() => {
+                    match r.map_err(|e| anyhow!("etcd keep-alive: {e}"))? {
+                        Some(r) if r.ttl() > 0 => renewed = Instant::now(),
+                        _ => {
+                            *self.lease.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            bail!("this host's etcd lease expired");
+                        }
+                    }
+                }
+                r = &mut campaign, if campaigning => {
+                    campaigning = false;
+                    match r {
+                        Ok(Ok(_)) => lock(daemon).fleet_elected(),
+                        Ok(Err(e)) => bail!("etcd campaign: {e}"),
+                        Err(e) => bail!("etcd campaign: {e}"),
+                    }
+                }
+                _ = tokio::time::sleep_until(stale) => {
+                    bail!("no etcd lease renewal for {:?}", self.ttl / 2);
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
