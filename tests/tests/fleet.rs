@@ -1,0 +1,623 @@
+//! A fleet of three load-balancer hosts behind an ECMP router, one rollout,
+//! shared state in a real 3-member etcd cluster (`canary_tests::fleet`).
+//! Real canaryd on every host, real TCP clients and servers.
+//!
+//! - a weight set on one host reaches all three (time to the last host's
+//!   map, median and max), and each of 1,000 clients, whose connections
+//!   ECMP spreads over the hosts, sees one version at every weight of a
+//!   ramp 0 -> 10 -> 50 -> 100; the split at 10% is within 4 sigma;
+//! - a rollout judged on the sum of all hosts' counters is promoted step by
+//!   step; a canary that starts resetting connections is rolled back on all
+//!   three hosts within 2 s;
+//! - the leader's canaryd killed mid-step: another host leads within the
+//!   lease TTL + 1 s, at the same step; no step twice, none skipped;
+//! - one LB host lost with 200 connections open (servers pushing): ECMP
+//!   moves them and at least 99% keep working both ways;
+//! - etcd: one member killed changes nothing; quorum lost: the data plane
+//!   is unchanged, status says so, a raise is refused, a rollback applies
+//!   here at once and reaches etcd when quorum returns.
+//!
+//! Each builds a whole fleet (11 namespaces, 3 etcd members, 3 canaryd):
+//! they take a lock and run one at a time.
+
+use anyhow::{bail, Context, Result};
+use canary_tests::client::PushConn;
+use canary_tests::fleet::FleetTopology;
+use canary_tests::rollout::{shop, HEALTH_PORT};
+use canary_tests::{
+    client_v4, tcp_connect, Daemon, Load, LoadBounds, Netns, ServerOptions, VIP_V4,
+};
+use canary_userspace::control::api::{FleetStatus, ServiceStatus, Status};
+use canary_userspace::dataplane::maps::Maps;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP_V4.into(), 80)
+}
+
+/// A rollout plan nobody starts (the tests that set weights by hand).
+const IDLE_PLAN: &str = "      steps: [10, 100]\n      interval: 60s\n";
+
+/// A fleet of three hosts, canaryd on each with `shop` (stable b1 b2,
+/// canary b3, HTTP-probed) and `rollout` as its plan.
+struct Fleet {
+    // Daemons before the topology: they stop first.
+    daemons: Vec<Option<Daemon>>,
+    maps: Vec<Maps>,
+    topo: FleetTopology,
+}
+
+impl Fleet {
+    fn new(rollout: &str, lease_ttl: &str) -> Result<Fleet> {
+        let mut topo = FleetTopology::new(3, 3)?;
+        topo.start_servers_with(
+            80,
+            &ServerOptions {
+                http_port: Some(HEALTH_PORT),
+                rst_fraction: 0.0,
+            },
+        )?;
+        let mut daemons = Vec::new();
+        let mut maps = Vec::new();
+        for k in 0..3 {
+            let yaml = topo
+                .lb_config(k)
+                .fleet(topo.fleet_section(k, "lab").lease_ttl(lease_ttl))
+                .service(shop(rollout))
+                .yaml();
+            let d = topo.spawn_canaryd(k, &yaml)?;
+            maps.push(Maps::from_pins(&topo.lbs[k].pin_dir())?);
+            daemons.push(Some(d));
+        }
+        let f = Fleet {
+            daemons,
+            maps,
+            topo,
+        };
+        // Every host connected, one leader, every report seen by every host.
+        f.wait(Duration::from_secs(20), "the fleet to form", |s| {
+            let Some(fl) = &s.fleet else { return false };
+            fl.connected && fl.leader.is_some() && fl.hosts.len() == 3
+        })?;
+        Ok(f)
+    }
+
+    fn status(&self, k: usize) -> Result<Status> {
+        self.topo.status(k)
+    }
+
+    fn fleet(&self, k: usize) -> Result<FleetStatus> {
+        self.status(k)?.fleet.context("no fleet in status")
+    }
+
+    fn shop(&self, k: usize) -> Result<ServiceStatus> {
+        self.status(k)?
+            .services
+            .into_iter()
+            .find(|s| s.name == "shop")
+            .context("no shop")
+    }
+
+    /// Waits until `ok` holds for the status of every live host.
+    fn wait(&self, limit: Duration, what: &str, ok: impl Fn(&Status) -> bool) -> Result<()> {
+        let end = Instant::now() + limit;
+        loop {
+            let mut all = true;
+            for k in 0..3 {
+                if self.daemons[k].is_none() {
+                    continue;
+                }
+                if !self.status(k).map(|s| ok(&s)).unwrap_or(false) {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                let mut dump = String::new();
+                for k in 0..3 {
+                    if self.daemons[k].is_some() {
+                        dump += &format!(
+                            "--- lb{} ---\n{}\n",
+                            k + 1,
+                            self.topo.ctl(k, &["status"]).unwrap_or_default()
+                        );
+                    }
+                }
+                bail!("waited {limit:?} for {what}:\n{dump}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn weight_bp(&self, k: usize) -> Result<u32> {
+        canary_tests::rollout::weight_bp(&self.maps[k])
+    }
+
+    /// Time from now until every live host's map has `bp`.
+    fn converge(&self, bp: u32, limit: Duration) -> Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            let mut all = true;
+            for k in 0..3 {
+                if self.daemons[k].is_some() && self.weight_bp(k)? != bp {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > limit {
+                let got: Vec<u32> = (0..3).map(|k| self.weight_bp(k).unwrap_or(0)).collect();
+                bail!("weight {bp} bp not on every host after {limit:?}: {got:?}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn leader(&self) -> Result<usize> {
+        for k in 0..3 {
+            if self.daemons[k].is_some() && self.fleet(k)?.leading {
+                return Ok(k);
+            }
+        }
+        bail!("no host leads")
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Each client's version per connection: `per_client` connections from each
+/// of `clients` addresses (different source ports, so ECMP spreads them),
+/// on 8 threads.
+fn versions(client: &Netns, clients: u32, per_client: usize) -> Result<Vec<Vec<bool>>> {
+    let chunks: Vec<Vec<u32>> = (0..8u32)
+        .map(|t| (0..clients).filter(|i| i % 8 == t).collect())
+        .collect();
+    let mut out = vec![Vec::new(); clients as usize];
+    let results: Vec<Result<Vec<(u32, Vec<bool>)>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = chunks
+            .iter()
+            .map(|chunk| {
+                s.spawn(move || -> Result<Vec<(u32, Vec<bool>)>> {
+                    client.run(|| {
+                        let mut r = Vec::new();
+                        for &i in chunk {
+                            let mut seen = Vec::new();
+                            for _ in 0..per_client {
+                                let mut c =
+                                    tcp_connect(client_v4(i), vip(), Duration::from_secs(3))
+                                        .with_context(|| format!("client {i}"))?;
+                                c.ping("hello")?;
+                                seen.push(c.backend == "b3");
+                            }
+                            r.push((i, seen));
+                        }
+                        Ok(r)
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in results {
+        for (i, seen) in r? {
+            out[i as usize] = seen;
+        }
+    }
+    Ok(out)
+}
+
+/// New connections each host has seen so far (its report's counters).
+fn per_host_connections(f: &FleetStatus) -> HashMap<String, u64> {
+    f.hosts
+        .iter()
+        .map(|h| {
+            let [s, c] = h.new_connections.get("shop").copied().unwrap_or_default();
+            (h.name.clone(), s + c)
+        })
+        .collect()
+}
+
+#[test]
+fn one_weight_for_the_fleet_and_one_version_per_client() -> Result<()> {
+    let _s = serial();
+    let f = Fleet::new(IDLE_PLAN, "3s")?;
+
+    // set-weight on one host (each in turn): how long the call takes (it
+    // returns once etcd has the change), and the time from its return to
+    // the last host's map having it.
+    let mut calls = Vec::new();
+    let mut times = Vec::new();
+    for i in 0..21 {
+        let k = i % 3;
+        let pct = if i % 2 == 0 { "12.5" } else { "7.25" };
+        let bp = if i % 2 == 0 { 1250 } else { 725 };
+        let t0 = Instant::now();
+        f.topo.ctl(k, &["set-weight", "shop", pct])?;
+        calls.push(t0.elapsed());
+        times.push(f.converge(bp, Duration::from_secs(5))?);
+    }
+    let call = median(&mut calls);
+    println!(
+        "canaryctl set-weight (process start to exit, etcd write included): median {:.1} ms",
+        call.as_secs_f64() * 1e3
+    );
+    let max = *times.iter().max().unwrap();
+    let med = median(&mut times);
+    println!(
+        "set-weight on one host -> applied on all 3: median {:.1} ms, max {:.1} ms (21 changes)",
+        med.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3
+    );
+    assert!(
+        med < Duration::from_millis(200),
+        "median convergence {med:?}"
+    );
+    assert!(max < Duration::from_secs(1), "max convergence {max:?}");
+    // Every host says the fleet agrees, with the same generation.
+    f.wait(Duration::from_secs(5), "agreement on 12.50%", |s| {
+        s.fleet.as_ref().is_some_and(|fl| {
+            fl.agreement.iter().any(|a| {
+                a.service == "shop" && a.agreeing == 3 && a.line.contains("3/3 hosts apply 12.50%")
+            })
+        })
+    })?;
+    let gens: Vec<u64> = (0..3)
+        .map(|k| f.fleet(k).map(|fl| fl.agreement[0].generation))
+        .collect::<Result<_>>()?;
+    assert!(gens.iter().all(|g| *g == gens[0] && *g >= 21), "{gens:?}");
+
+    // The ramp: 1,000 clients, 2 connections each per weight.
+    let before = per_host_connections(&f.fleet(0)?);
+    let mut canary_at: Vec<Vec<bool>> = Vec::new();
+    for (k, pct, bp) in [
+        (0, "0", 0),
+        (1, "10", 1000),
+        (2, "50", 5000),
+        (0, "100", 10000),
+    ] {
+        f.topo.ctl(k, &["set-weight", "shop", pct])?;
+        f.converge(bp, Duration::from_secs(5))?;
+        let seen = versions(&f.topo.client, 1000, 2)?;
+        let flips = seen.iter().filter(|v| v.iter().any(|c| *c != v[0])).count();
+        assert_eq!(flips, 0, "clients that saw both versions at {pct}%");
+        let canary = seen.iter().filter(|v| v[0]).count();
+        println!("weight {pct}%: {canary} of 1000 clients on canary, 0 flips");
+        canary_at.push(seen.iter().map(|v| v[0]).collect());
+        match bp {
+            0 => assert_eq!(canary, 0),
+            10000 => assert_eq!(canary, 1000),
+            1000 => {
+                // Binomial(1000, 0.10): sigma = sqrt(0.1 * 0.9 / 1000) =
+                // 0.95%; 4 sigma = 3.8% (a false alarm about 1 in 16,000).
+                let share = canary as f64 / 1000.0;
+                assert!((share - 0.10).abs() <= 0.038, "share at 10%: {share}");
+            }
+            _ => {}
+        }
+    }
+    // A client on canary stays there as the weight rises.
+    for w in canary_at.windows(2) {
+        let lost = w[0].iter().zip(&w[1]).filter(|(a, b)| **a && !**b).count();
+        assert_eq!(lost, 0, "clients that left canary as the weight rose");
+    }
+    // ECMP spread the connections over all three hosts (reports are a
+    // second apart: wait for the last).
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = per_host_connections(&f.fleet(0)?);
+    let total: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
+    for (h, n) in &after {
+        let d = n - before.get(h).copied().unwrap_or(0);
+        println!("{h}: {d} of {total} connections");
+        // A third each by the hash; at least 15% each says ECMP spread them.
+        assert!(d * 100 > total * 15, "{h} carried {d} of {total}");
+    }
+    Ok(())
+}
+
+/// The history's passed steps, in order ("step 2/3 (50%) passed ...").
+fn passed_steps(history: &[String]) -> Vec<usize> {
+    history
+        .iter()
+        .filter(|l| l.contains(" passed"))
+        .filter_map(|l| {
+            let rest = l.strip_prefix("step ")?;
+            rest.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
+fn assert_each_step_once(history: &[String], steps: usize) {
+    let passed = passed_steps(history);
+    let want: Vec<usize> = (1..=passed.len()).collect();
+    assert_eq!(passed, want, "steps twice or skipped: {history:#?}");
+    assert!(passed.len() + 1 >= steps, "steps missing: {history:#?}");
+}
+
+#[test]
+fn a_fleet_rollout_is_promoted_and_rolled_back_everywhere() -> Result<()> {
+    let _s = serial();
+    let f = Fleet::new(
+        "      steps: [10, 50, 100]
+      interval: 2s
+      analysis:
+        max_error_ratio: 0.2
+        min_canary_connections: 30
+",
+        "3s",
+    )?;
+    let mut load = Load::start(&f.topo.client, vip(), LoadBounds::default());
+    let before = per_host_connections(&f.fleet(0)?);
+    let leader = f.leader()?;
+    // Started on a host that does not lead: the leader runs it.
+    let starter = (leader + 1) % 3;
+    f.topo.ctl(starter, &["rollout", "start", "shop"])?;
+    f.wait(Duration::from_secs(60), "the rollout to be promoted", |s| {
+        s.services[0]
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.phase == "promoted" || r.phase == "aborted")
+    })?;
+    let s = f.shop(leader)?;
+    let r = s.rollout.context("rollout")?;
+    assert_eq!(r.phase, "promoted", "{r:#?}");
+    assert_each_step_once(&r.history, 3);
+    f.converge(10000, Duration::from_secs(2))?;
+    // Judged on the fleet's counters: the steps' windows hold far more
+    // connections than the leader alone carried.
+    let after = per_host_connections(&f.fleet(0)?);
+    let leader_name = format!("lb{}", leader + 1);
+    let leader_own = after[&leader_name] - before.get(&leader_name).copied().unwrap_or(0);
+    let judged: u64 = r
+        .history
+        .iter()
+        .filter(|l| l.contains(" passed"))
+        .filter_map(|l| {
+            // "... canary F/A failed, stable F/A failed"
+            let nums: Vec<u64> = l
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let n = nums.len();
+            (n >= 4).then(|| nums[n - 3] + nums[n - 1])
+        })
+        .sum();
+    println!(
+        "rollout promoted: judged {judged} connections; the leader alone carried {leader_own}"
+    );
+    assert!(
+        judged * 2 > leader_own * 3,
+        "judged {judged} vs the leader's own {leader_own}: not the fleet's sum"
+    );
+
+    // A second rollout (the same plan: its first step lasts at least 2 s,
+    // the fault strikes 1 s into it); its canary starts resetting.
+    f.topo.ctl(leader, &["set-weight", "shop", "0"])?;
+    f.converge(0, Duration::from_secs(2))?;
+    f.topo.ctl(starter, &["rollout", "start", "shop"])?;
+    f.converge(1000, Duration::from_secs(3))?;
+    std::thread::sleep(Duration::from_secs(1));
+    f.topo.set_fault("b3", "rst")?;
+    let t = f.converge(0, Duration::from_secs(10))?;
+    println!(
+        "canary resets: weight 0 on all 3 hosts {:.0} ms after the fault",
+        t.as_secs_f64() * 1e3
+    );
+    assert!(t < Duration::from_secs(2), "rollback took {t:?}");
+    let (ok, failed) = load.stop();
+    println!("load: {ok} connections ok, {failed} failed");
+    Ok(())
+}
+
+#[test]
+fn the_leader_killed_mid_step_hands_over_at_the_same_step() -> Result<()> {
+    let _s = serial();
+    let mut f = Fleet::new(
+        "      steps: [10, 20, 30, 100]
+      interval: 5s
+      analysis:
+        max_error_ratio: 0.2
+        min_canary_connections: 20
+",
+        "3s",
+    )?;
+    let mut load = Load::start(&f.topo.client, vip(), LoadBounds::default());
+    let leader = f.leader()?;
+    f.topo.ctl(leader, &["rollout", "start", "shop"])?;
+    // Into step 2, 1.5 s.
+    f.converge(2000, Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    let step_before = f.shop(leader)?.rollout.context("rollout")?.step;
+    let pid = f.daemons[leader].as_ref().unwrap().pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let killed = Instant::now();
+    f.daemons[leader] = None;
+    let others: Vec<usize> = (0..3).filter(|k| *k != leader).collect();
+    let new_leader = loop {
+        if let Some(k) = others
+            .iter()
+            .copied()
+            .find(|k| f.fleet(*k).map(|fl| fl.leading).unwrap_or(false))
+        {
+            break k;
+        }
+        if killed.elapsed() > Duration::from_secs(10) {
+            bail!("no new leader 10 s after the leader was killed");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = killed.elapsed();
+    let step_after = f.shop(new_leader)?.rollout.context("rollout")?.step;
+    println!(
+        "leader lb{} killed at step {step_before}: lb{} leads {:.2} s later, at step {step_after}",
+        leader + 1,
+        new_leader + 1,
+        took.as_secs_f64()
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "takeover took {took:?} (TTL 3 s + 1 s)"
+    );
+    assert_eq!(step_after, step_before, "the new leader is at another step");
+    f.wait(Duration::from_secs(60), "the rollout to end", |s| {
+        s.services[0]
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.phase == "promoted" || r.phase == "aborted")
+    })?;
+    let r = f.shop(new_leader)?.rollout.context("rollout")?;
+    assert_eq!(r.phase, "promoted", "{r:#?}");
+    assert_each_step_once(&r.history, 4);
+    load.stop();
+    Ok(())
+}
+
+#[test]
+fn a_lost_lb_host_breaks_no_connection() -> Result<()> {
+    let _s = serial();
+    let mut topo = FleetTopology::new(3, 3)?;
+    topo.start_push_servers(80, 100)?;
+    let mut daemons = Vec::new();
+    for k in 0..3 {
+        let yaml = topo
+            .lb_config(k)
+            .fleet(topo.fleet_section(k, "lab").lease_ttl("3s"))
+            .service(shop(IDLE_PLAN).weight(30.0))
+            .yaml();
+        daemons.push(topo.spawn_canaryd(k, &yaml)?);
+    }
+    let conns: Vec<PushConn> = topo.client.run(|| {
+        (0..200)
+            .map(|i| PushConn::open(client_v4(i), vip(), Duration::from_secs(3)))
+            .collect::<Result<_>>()
+    })?;
+    for c in &conns {
+        anyhow::ensure!(c.wait_pushes(3, Duration::from_secs(5)), "no pushes");
+    }
+    let rx_before = canary_tests::Topology::link_stats(&topo.lbs[1].ns, &topo.lbs[1].front_if)?;
+    assert!(rx_before.0 > 0, "lb2 carried nothing");
+    topo.host_down(1)?;
+    let down = Instant::now();
+    // Both directions, for 5 s after the loss.
+    let mut conns = conns;
+    while down.elapsed() < Duration::from_secs(5) {
+        for c in conns.iter_mut() {
+            let _ = c.send("ping");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for c in &conns {
+        c.mark();
+    }
+    let mut working = 0;
+    let mut broken = Vec::new();
+    for c in &conns {
+        let pushes = c.wait_pushes(3, Duration::from_secs(3));
+        let echoes = c.wait_echoes(Duration::from_secs(3));
+        let h = c.health();
+        if pushes && echoes && h.error.is_none() {
+            working += 1;
+        } else {
+            broken.push(format!("{} on {}: {h:?}", c.local, c.backend));
+        }
+    }
+    println!("lb2 lost: {working} of 200 connections keep working both ways");
+    assert!(working >= 198, "{} broken: {broken:#?}", 200 - working);
+    drop(daemons);
+    Ok(())
+}
+
+#[test]
+fn etcd_member_and_quorum_loss() -> Result<()> {
+    let _s = serial();
+    let mut f = Fleet::new(IDLE_PLAN, "3s")?;
+    // One member gone: nothing changes.
+    f.topo.etcd.kill(0)?;
+    f.topo.ctl(0, &["set-weight", "shop", "10"])?;
+    f.converge(1000, Duration::from_secs(3))?;
+    std::thread::sleep(Duration::from_secs(2));
+    for k in 0..3 {
+        let fl = f.fleet(k)?;
+        assert!(
+            fl.connected && fl.cut_off_since_ms.is_none(),
+            "lb{}: {fl:#?}",
+            k + 1
+        );
+    }
+    // Quorum gone: every host says it is cut off; the maps keep 10%.
+    f.topo.etcd.kill(1)?;
+    f.wait(
+        Duration::from_secs(10),
+        "every host to say it is cut off",
+        |s| {
+            s.fleet
+                .as_ref()
+                .is_some_and(|fl| fl.cut_off_since_ms.is_some())
+        },
+    )?;
+    for k in 0..3 {
+        assert_eq!(f.weight_bp(k)?, 1000, "lb{} changed its weight", k + 1);
+    }
+    let text = f.topo.ctl(0, &["status"])?;
+    assert!(text.contains("CUT OFF from etcd since"), "{text}");
+    // A raise is refused, in one line.
+    let out = f.topo.ctl_output(0, &["set-weight", "shop", "50"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cut off from etcd"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(f.weight_bp(0)?, 1000);
+    // A rollback applies here at once.
+    let t0 = Instant::now();
+    f.topo.ctl(1, &["rollback", "shop"])?;
+    let applied = loop {
+        if f.weight_bp(1)? == 0 {
+            break t0.elapsed();
+        }
+        if t0.elapsed() > Duration::from_secs(1) {
+            bail!("rollback not applied on lb2 while cut off");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    println!(
+        "rollback while cut off: on lb2's map {:.1} ms after canaryctl started",
+        applied.as_secs_f64() * 1e3
+    );
+    assert!(applied < Duration::from_millis(100), "{applied:?}");
+    assert_eq!(f.weight_bp(0)?, 1000, "lb1 cannot know yet");
+    let pending = f.fleet(1)?.pending_rollbacks;
+    assert_eq!(pending, vec!["shop".to_string()]);
+    // Quorum back: the rollback reaches etcd and every host.
+    f.topo.etcd.restart(0)?;
+    f.topo.etcd.restart(1)?;
+    let t = f.converge(0, Duration::from_secs(20))?;
+    println!(
+        "quorum back: weight 0 on every host {:.1} s later",
+        t.as_secs_f64()
+    );
+    f.wait(Duration::from_secs(10), "every host connected again", |s| {
+        s.fleet
+            .as_ref()
+            .is_some_and(|fl| fl.connected && fl.pending_rollbacks.is_empty())
+    })?;
+    let _ = &mut f;
+    Ok(())
+}
