@@ -1,13 +1,83 @@
-//! canaryd as a child process of a test, in the topology's LB namespace.
+//! canaryd as a child process of a test, in a load-balancer namespace: the
+//! single-host topology's LB or one host of a fleet (`Host`).
 
+use crate::netns::Netns;
 use crate::topology::{bin_path, Topology};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+/// Where a canaryd runs: its namespace and what keeps one canaryd's state
+/// apart from another's on the same machine (the instance names the pins,
+/// then the control socket and the state dir). Names carry `cnry-<pid>-`
+/// so `cleanup::leftovers` recognises them.
+pub trait Host {
+    fn netns(&self) -> &Netns;
+    fn instance(&self) -> &str;
+    fn socket(&self) -> PathBuf;
+    fn state_dir(&self) -> PathBuf;
+}
+
+/// The single-host topology's LB.
+impl Host for Topology {
+    fn netns(&self) -> &Netns {
+        &self.lb
+    }
+    fn instance(&self) -> &str {
+        &self.id
+    }
+    fn socket(&self) -> PathBuf {
+        Topology::socket(self)
+    }
+    fn state_dir(&self) -> PathBuf {
+        Topology::state_dir(self)
+    }
+}
+
+/// Runs `canaryctl --socket <host's> args...` (as root, or as the numeric
+/// `as_uid` (and gid) through setpriv) and returns its output whatever the
+/// exit status.
+pub fn canaryctl(host: &impl Host, args: &[&str], as_uid: Option<u32>) -> Result<Output> {
+    let bin = bin_path("canaryctl")?;
+    let mut cmd = match as_uid {
+        Some(uid) => {
+            let id = uid.to_string();
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", &id, "--regid", &id, "--clear-groups"])
+                .arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    cmd.arg("--socket").arg(host.socket()).args(args);
+    Ok(cmd.stdin(Stdio::null()).output()?)
+}
+
+/// `canaryctl args...` as root: its stdout, or an error carrying its
+/// stderr when it fails.
+pub fn ctl(host: &impl Host, args: &[&str]) -> Result<String> {
+    let out = canaryctl(host, args, None)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "canaryctl {args:?} ({}): {}",
+        host.instance(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// canaryd's arguments that place it on `host`.
+fn place(cmd: &mut Command, host: &impl Host) {
+    cmd.args(["--instance", host.instance(), "--stats-interval", "0"])
+        .arg("--control-socket")
+        .arg(host.socket())
+        .arg("--state-dir")
+        .arg(host.state_dir());
+}
 
 pub struct Daemon {
     child: Option<Child>,
@@ -33,14 +103,14 @@ pub fn stop_child(child: &mut Child) -> Option<std::process::ExitStatus> {
 
 impl Daemon {
     /// `extra` args go to canaryd (e.g. `--on-exit teardown`).
-    pub fn spawn(topo: &Topology, config_yaml: Option<&str>, extra: &[&str]) -> Result<Daemon> {
-        Self::spawn_bin(topo, &bin_path("canaryd")?, config_yaml, extra)
+    pub fn spawn(host: &impl Host, config_yaml: Option<&str>, extra: &[&str]) -> Result<Daemon> {
+        Self::spawn_bin(host, &bin_path("canaryd")?, config_yaml, extra)
     }
 
     /// `spawn` with another canaryd binary (the upgrade test's previous
     /// layout's).
     pub fn spawn_bin(
-        topo: &Topology,
+        host: &impl Host,
         bin: &Path,
         config_yaml: Option<&str>,
         extra: &[&str],
@@ -51,24 +121,20 @@ impl Daemon {
         let n = SPAWNS.fetch_add(1, Ordering::SeqCst);
         let config_path = match config_yaml {
             Some(y) => {
-                let p = std::env::temp_dir().join(format!("{}-canaryd-{n}.yaml", topo.id));
+                let p = std::env::temp_dir().join(format!("{}-canaryd-{n}.yaml", host.instance()));
                 std::fs::write(&p, y)?;
                 Some(p)
             }
             None => None,
         };
-        let log_path = std::env::temp_dir().join(format!("{}-canaryd-{n}.log", topo.id));
+        let log_path = std::env::temp_dir().join(format!("{}-canaryd-{n}.log", host.instance()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let mut cmd = topo.lb.command(bin.to_str().unwrap());
-        cmd.args(["--instance", topo.instance(), "--stats-interval", "0"])
-            .arg("--control-socket")
-            .arg(topo.socket())
-            .arg("--state-dir")
-            .arg(topo.state_dir())
-            .args(extra);
+        let mut cmd = host.netns().command(bin.to_str().unwrap());
+        place(&mut cmd, host);
+        cmd.args(extra);
         if let Some(p) = &config_path {
             cmd.arg("--config").arg(p);
         }
@@ -102,32 +168,30 @@ impl Daemon {
     /// `timeout` for it to exit (then kills it) and returns its exit status
     /// and everything it wrote to stderr.
     pub fn run_to_exit(
-        topo: &Topology,
+        host: &impl Host,
         config_yaml: &str,
         timeout: Duration,
     ) -> Result<(std::process::ExitStatus, String)> {
-        Self::run_to_exit_bin(topo, &bin_path("canaryd")?, config_yaml, timeout)
+        Self::run_to_exit_bin(host, &bin_path("canaryd")?, config_yaml, timeout)
     }
 
     /// `run_to_exit` with another canaryd binary.
     pub fn run_to_exit_bin(
-        topo: &Topology,
+        host: &impl Host,
         bin: &Path,
         config_yaml: &str,
         timeout: Duration,
     ) -> Result<(std::process::ExitStatus, String)> {
-        let config_path = std::env::temp_dir().join(format!("{}-canaryd-exit.yaml", topo.id));
+        let tmp = |suffix: &str| {
+            std::env::temp_dir().join(format!("{}-canaryd-exit.{suffix}", host.instance()))
+        };
+        let config_path = tmp("yaml");
         std::fs::write(&config_path, config_yaml)?;
-        let err_path = std::env::temp_dir().join(format!("{}-canaryd-exit.err", topo.id));
+        let err_path = tmp("err");
         let err = std::fs::File::create(&err_path)?;
-        let mut child = topo
-            .lb
-            .command(bin.to_str().unwrap())
-            .args(["--instance", topo.instance(), "--stats-interval", "0"])
-            .arg("--control-socket")
-            .arg(topo.socket())
-            .arg("--state-dir")
-            .arg(topo.state_dir())
+        let mut cmd = host.netns().command(bin.to_str().unwrap());
+        place(&mut cmd, host);
+        let mut child = cmd
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
