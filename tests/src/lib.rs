@@ -10,6 +10,9 @@
 //! - `rollout`: watching a rollout (weight in the map, time to rollback,
 //!   the rollout's end).
 //! - `flood`: a spoofed-SYN flood generator (AF_PACKET, bounded).
+//! - Fleet (`fleet`, `etcd`): several load-balancer hosts behind an ECMP
+//!   router sharing the backends, and a real etcd cluster on a management
+//!   network.
 //! - `config`: the one builder of every config the suite, demo and bench use.
 //!
 //! Everything is torn down on drop (and on panic); names carry
@@ -22,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod etcd;
+pub mod fleet;
 pub mod flood;
 pub mod load;
 pub mod netns;
@@ -37,6 +41,7 @@ pub use client::{burst, tcp_connect, udp_request, Conn};
 pub use config::{FleetSection, FlowTable, LbConfig, Service};
 pub use daemon::{Daemon, Host};
 pub use etcd::EtcdCluster;
+pub use fleet::{FleetTopology, LbHost};
 pub use load::{Load, LoadBounds};
 pub use netns::Netns;
 pub use nft::NftCounters;
