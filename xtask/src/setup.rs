@@ -17,7 +17,10 @@ use crate::cmd::{probe, Cmd, TOOLCHAIN_ENV};
 /// user-space proxy the benchmark compares with; its smoke run is a test),
 /// `prometheus` (the rollout test's external metric is a real Prometheus
 /// scraping the backends; run by the test in a namespace, never as a
-/// service).
+/// service), `etcd-server` and `etcd-client` (the fleet tests' etcd
+/// cluster and `etcdctl`, the members run by the tests in namespaces, never
+/// as a service), `protobuf-compiler` (`protoc`, which the etcd client
+/// crate's gRPC code generation runs at build time).
 pub const ALWAYS_DEBS: &[&str] = &[
     "iproute2",
     "nftables",
@@ -26,6 +29,9 @@ pub const ALWAYS_DEBS: &[&str] = &[
     "curl",
     "haproxy",
     "prometheus",
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 /// Debian packages for the Debian eBPF toolchain: rustc 1.96 and cargo at
@@ -387,6 +393,9 @@ mod tests {
         assert_eq!(&debian[..ALWAYS_DEBS.len()], ALWAYS_DEBS);
         assert_eq!(&debian[ALWAYS_DEBS.len()..], DEBIAN_EBPF_DEBS);
         assert!(ALWAYS_DEBS.contains(&"prometheus"));
+        for fleet in ["etcd-server", "etcd-client", "protobuf-compiler"] {
+            assert!(ALWAYS_DEBS.contains(&fleet), "{fleet}");
+        }
     }
 
     #[test]
