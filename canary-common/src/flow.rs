@@ -33,6 +33,11 @@ pub const FLOW_FIN_BACKEND: u16 = 4;
 pub const FLOW_RST: u16 = 8;
 /// The backend's RST was counted (one per connection, however many).
 pub const FLOW_RST_COUNTED: u16 = 16;
+/// The client acknowledged the handshake, and no backend packet came
+/// through this host: in a fleet the backend's replies may return through
+/// another host (ECMP), while the client's packets always come here. The
+/// handshake is answered; the backend's FIN is not seen here.
+pub const FLOW_CLIENT_ACKED: u16 = 32;
 
 /// Defaults in seconds. TCP established: RFC 5382's minimum for an idle
 /// established connection (2 h 4 min); handshake as conntrack's SYN_SENT
@@ -94,6 +99,14 @@ pub const fn timeout(proto: u8, flags: u16, t: &FlowTimeouts) -> u32 {
             or_default(t.tcp_closing, d.tcp_closing)
         } else if flags & FLOW_REPLIED != 0 {
             or_default(t.tcp_established, d.tcp_established)
+        } else if flags & FLOW_CLIENT_ACKED != 0 {
+            // The backend's side is not seen here: the client's FIN is the
+            // only sign of the end.
+            if flags & FLOW_FIN_CLIENT != 0 {
+                or_default(t.tcp_closing, d.tcp_closing)
+            } else {
+                or_default(t.tcp_established, d.tcp_established)
+            }
         } else {
             or_default(t.tcp_handshake, d.tcp_handshake)
         }
@@ -220,6 +233,20 @@ mod tests {
         assert_eq!(timeout(PROTO_TCP, f, &d), d.tcp_closing);
         assert!(closing(after_backend(FLOW_REPLIED, &RST)));
         assert!(closing(after_client(0, &RST)));
+    }
+
+    #[test]
+    fn a_flow_whose_replies_return_elsewhere_lives_by_the_clients_packets() {
+        let d = DEFAULT_TIMEOUTS;
+        // Handshake acknowledged by the client, no backend packet here.
+        let f = FLOW_CLIENT_ACKED;
+        assert_eq!(timeout(PROTO_TCP, f, &d), d.tcp_established);
+        // The client's FIN is the only end this host sees.
+        let f = after_client(f, &FIN);
+        assert_eq!(timeout(PROTO_TCP, f, &d), d.tcp_closing);
+        // Where the backend's packets are seen, a half-close stays open.
+        let f = after_client(FLOW_REPLIED | FLOW_CLIENT_ACKED, &FIN);
+        assert_eq!(timeout(PROTO_TCP, f, &d), d.tcp_established);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! a new decision, flood mode, and the next hops cached per backend.
 
 use crate::clock::Now;
-use crate::maps::{BACKENDS, BACKEND_NEXTHOP, FLOOD, FLOWS, MAGLEV, OVERRIDES, SERVICES};
+use crate::maps::{
+    BACKENDS, BACKEND_NEXTHOP, FLOOD, FLOWS, HANDSHAKES, MAGLEV, OVERRIDES, SERVICES,
+};
 use crate::outcome::Outcome;
 use crate::stats::count;
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
@@ -20,7 +22,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
-use canary_common::flow::{after_client, closing, still_valid, Tcp};
+use canary_common::flow::{
+    after_client, closing, still_valid, Tcp, FLOW_CLIENT_ACKED, FLOW_REPLIED,
+};
 use canary_common::{
     backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey, FlowState,
     NextHop, OverrideKeyData, VipInfo, BACKEND_NONE,
@@ -130,7 +134,16 @@ fn established(flow: &FlowKey, tcp: &Tcp, now: &Now) -> (Option<(u32, u32)>, boo
         return (None, true);
     }
     count(reason::FLOW_HIT);
-    move_along(state, after_client(state.flags, tcp), now.secs);
+    let mut flags = after_client(state.flags, tcp);
+    if flags & (FLOW_REPLIED | FLOW_CLIENT_ACKED) == 0 && tcp.ack && !tcp.syn && !tcp.rst {
+        // The client acknowledged the backend's SYN-ACK, which did not come
+        // through here (in a fleet it may return through another host):
+        // the handshake was answered, no timeout to count. Its time is
+        // measured only where the SYN-ACK passes.
+        let _ = HANDSHAKES.remove(flow);
+        flags |= FLOW_CLIENT_ACKED;
+    }
+    move_along(state, flags, now.secs);
     (Some((state.backend_id, (state.version & 1) as u32)), false)
 }
 

@@ -5,7 +5,8 @@
 
 use super::*;
 use canary_common::flow::{
-    closing, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_REPLIED, FLOW_RST, FLOW_RST_COUNTED,
+    closing, FLOW_CLIENT_ACKED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_REPLIED, FLOW_RST,
+    FLOW_RST_COUNTED,
 };
 use canary_common::{FlowState, DEFAULT_TIMEOUTS};
 
@@ -141,6 +142,69 @@ fn fin_both_ways_closes_and_a_syn_reopens() {
             &hit(&[]),
             "retransmitted SYN",
         );
+    });
+}
+
+/// In a fleet the backend's SYN-ACK may return through another host: the
+/// client's ACK, which always comes here, ends the handshake (no timeout
+/// counted); where the SYN-ACK passes, it does.
+#[test]
+fn the_clients_ack_ends_a_handshake_answered_elsewhere() {
+    run_lab(&config(10.0), None, |lab| {
+        let hit = [(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)];
+        let c = open(lab, "198.18.16.6", 40001);
+        assert!(lab.dp().maps().handshakes.get(&c.key, 0).is_ok(), "timed");
+        expect(
+            lab,
+            &c.client_sends(Tcp::Ack),
+            0,
+            XDP_REDIRECT,
+            false,
+            &hit,
+            "ACK",
+        );
+        assert!(
+            lab.dp().maps().handshakes.get(&c.key, 0).is_err(),
+            "the client's ACK ended the handshake"
+        );
+        assert_eq!(c.flags(lab), FLOW_CLIENT_ACKED);
+        // Its FIN is then the only end this host sees: the closing timeout.
+        expect(
+            lab,
+            &c.client_sends(Tcp::Fin),
+            0,
+            XDP_REDIRECT,
+            false,
+            &hit,
+            "FIN",
+        );
+        let d = DEFAULT_TIMEOUTS;
+        assert_eq!(
+            canary_common::flow::timeout(PROTO_TCP, c.flags(lab), &d),
+            d.tcp_closing
+        );
+
+        // Where the SYN-ACK passes here, the client's ACK changes nothing.
+        let c = open(lab, "198.18.16.7", 40002);
+        expect(
+            lab,
+            &c.backend_sends(Tcp::SynAck),
+            c.side as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1)],
+            "SYN-ACK",
+        );
+        expect(
+            lab,
+            &c.client_sends(Tcp::Ack),
+            0,
+            XDP_REDIRECT,
+            false,
+            &hit,
+            "ACK",
+        );
+        assert_eq!(c.flags(lab), FLOW_REPLIED);
     });
 }
 
