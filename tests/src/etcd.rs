@@ -289,8 +289,8 @@ impl EtcdCluster {
             let out = self.etcdctl_output(&[
                 "--endpoints",
                 &eps,
-                "--dial-timeout=1s",
-                "--command-timeout=2s",
+                "--dial-timeout=500ms",
+                "--command-timeout=1s",
                 "endpoint",
                 "health",
             ])?;
