@@ -265,22 +265,8 @@ impl LbConfig {
 
     /// The config as canaryd parses it (panics if it does not parse: a
     /// builder bug, not a test outcome).
-    /// A canaryd whose model has no `fleet:` yet refuses the key; then the
-    /// rest of the config is what it gets (the section is left out).
     pub fn config(&self) -> Config {
-        match Config::parse(&self.yaml()) {
-            Ok(c) => c,
-            Err(e)
-                if self.fleet.is_some() && format!("{e:#}").contains("unknown field `fleet`") =>
-            {
-                let without = LbConfig {
-                    fleet: None,
-                    ..self.clone()
-                };
-                without.config()
-            }
-            Err(e) => panic!("the built config parses: {e:#}"),
-        }
+        Config::parse(&self.yaml()).expect("the built config parses")
     }
 }
 
@@ -436,6 +422,12 @@ mod tests {
         let parsed = c.config();
         assert_eq!(parsed.interface, "front");
         assert_eq!(parsed.backend_interfaces, ["b1", "b2"]);
+        let fleet = parsed.fleet.expect("the fleet section");
+        assert_eq!(fleet.etcd, etcd);
+        assert_eq!(fleet.cluster, "lab");
+        assert_eq!(fleet.host.as_deref(), Some("lb1"));
+        assert_eq!(fleet.lease_ttl, std::time::Duration::from_secs(3));
+        assert_eq!(fleet.report_interval, std::time::Duration::from_secs(1));
         // Durations unset: left out.
         let bare = FleetSection::new(etcd, "lab", "lb2").yaml();
         assert_eq!(bare.lines().count(), 4, "{bare}");
