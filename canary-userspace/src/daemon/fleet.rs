@@ -45,6 +45,8 @@ pub struct FleetState {
     baselines: HashMap<(String, String), (u64, WindowCounts)>,
     /// When the leader last published a rollout's progress.
     progress_at: HashMap<String, Instant>,
+    /// The generation last handed to the writer, per service.
+    issued_gen: BTreeMap<String, u64>,
     cut_off: Option<(SystemTime, String)>,
     connected: bool,
     /// Rollbacks applied here while cut off: published on reconnect.
@@ -67,6 +69,7 @@ impl FleetState {
             applied: BTreeMap::new(),
             baselines: HashMap::new(),
             progress_at: HashMap::new(),
+            issued_gen: BTreeMap::new(),
             // Until the first session: not yet connected, not cut off.
             cut_off: None,
             connected: false,
@@ -159,8 +162,11 @@ impl Daemon {
         for s in services {
             let doc = f.docs.get(s).map(|(d, _)| d.clone());
             if echo_ok {
+                // The echo of this canaryd's own write, which it applied
+                // already (the leader may be ahead in a rollout's progress).
                 if let Some(d) = &doc {
-                    if d.session == f.session {
+                    let local = self.local_slice(s);
+                    if d.session == f.session && (local.same_state(d) || local.progress_only(d)) {
                         gens.push((s.clone(), d.generation, None));
                         continue;
                     }
@@ -481,9 +487,13 @@ impl Daemon {
             }
             let (cached, rev) = f.docs.get(&s).cloned().unwrap_or_default();
             let bump = serde_json::to_value(&local.overrides).ok()
-                != serde_json::to_value(&cached.overrides).ok();
+                != serde_json::to_value(&mirrored.overrides).ok();
+            // A write still in flight counts: its generation is the base.
+            let base_gen = cached
+                .generation
+                .max(f.issued_gen.get(&s).copied().unwrap_or(0));
             let doc = ServiceDoc {
-                generation: cached.generation + u64::from(bump),
+                generation: base_gen + u64::from(bump),
                 by: f.host.clone(),
                 session: f.session,
                 at_ms: fleet::unix_ms(),
@@ -499,6 +509,14 @@ impl Daemon {
         let f = self.fleet_mut().expect("fleet");
         for s in progress {
             f.progress_at.insert(s, Instant::now());
+        }
+        // Handed to the writer: the next changes are found against these
+        // (a failed write undoes them, `fleet_publish_failed`).
+        for item in &out {
+            if let Publish::Doc { service, doc, .. } = item {
+                f.issued_gen.insert(service.clone(), doc.generation);
+                f.mirrored.insert(service.clone(), slice_of(doc));
+            }
         }
         for s in keep {
             if f.pending_rollbacks.insert(s.clone()) {
@@ -521,12 +539,6 @@ impl Daemon {
             Publish::Doc { service, doc, .. } => {
                 f.docs.insert(service.clone(), ((**doc).clone(), rev));
                 f.applied.insert(service.clone(), doc.generation);
-                let mut slice = (**doc).clone();
-                slice.generation = 0;
-                slice.by.clear();
-                slice.session = 0;
-                slice.at_ms = 0;
-                f.mirrored.insert(service.clone(), slice);
             }
             Publish::Health { service, doc } => {
                 f.health.insert(service.clone(), doc.clone());
@@ -834,6 +846,16 @@ impl Daemon {
              the rollback is written to etcd when it returns",
             humantime::format_rfc3339_seconds(*since)
         ))
+    }
+}
+
+/// A document's state alone (who wrote it and when aside).
+fn slice_of(doc: &ServiceDoc) -> ServiceDoc {
+    ServiceDoc {
+        overrides: doc.overrides.clone(),
+        rollout: doc.rollout.clone(),
+        rollbacks: doc.rollbacks,
+        ..Default::default()
     }
 }
 

@@ -17,6 +17,7 @@ use etcd_client::{
 };
 use log::{info, warn};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -72,9 +73,14 @@ pub struct Change<'a> {
 }
 
 /// The etcd side of one canaryd (cheap to clone).
+///
+/// One client per endpoint, one in use at a time, the next on failure (as
+/// etcd's own client pins an endpoint): a gRPC channel balanced over all of
+/// them keeps sending some requests to a dead member.
 #[derive(Clone)]
 pub struct Link {
-    client: Client,
+    clients: Arc<Vec<Client>>,
+    current: Arc<AtomicUsize>,
     pub keys: Keys,
     pub host: String,
     pub session: u64,
@@ -105,16 +111,26 @@ impl Link {
     /// The client (no connection is made yet: etcd may be down at start)
     /// and the writer task.
     pub async fn new(cfg: &FleetConfig, session: u64, daemon: Arc<Mutex<Daemon>>) -> Result<Link> {
+        // HTTP/2 pings no more often than etcd allows (its default
+        // --grpc-keepalive-min-time is 5 s; more often and it closes the
+        // connection): a dead member is found sooner by the reports' and
+        // the lease's deadlines, a member without quorum by require_leader.
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(1))
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3))
             .with_require_leader(true);
-        let client = Client::connect(&cfg.etcd, Some(options))
-            .await
-            .with_context(|| format!("fleet.etcd {:?}", cfg.etcd))?;
+        let mut clients = Vec::new();
+        for e in &cfg.etcd {
+            // No connection is made here: etcd may be down at start.
+            let c = Client::connect([e], Some(options.clone()))
+                .await
+                .with_context(|| format!("fleet.etcd {e:?}"))?;
+            clients.push(c);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let link = Link {
-            client,
+            clients: Arc::new(clients),
+            current: Arc::new(AtomicUsize::new(0)),
             keys: Keys::new(&cfg.cluster),
             host: cfg.host_name(),
             session,
@@ -126,6 +142,21 @@ impl Link {
         };
         tokio::spawn(link.clone().write_loop(rx, daemon));
         Ok(link)
+    }
+
+    /// The endpoint in use, and its index.
+    fn client(&self) -> (usize, Client) {
+        let i = self.current.load(Ordering::Relaxed) % self.clients.len();
+        (i, self.clients[i].clone())
+    }
+
+    /// The endpoint `i` failed: the next one from now on (unless another
+    /// failure moved on already).
+    fn next_endpoint(&self, i: usize) {
+        let next = (i + 1) % self.clients.len();
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Publishes and waits for the outcome (operator changes: the caller
@@ -154,12 +185,30 @@ impl Link {
     }
 
     async fn write_loop(self, mut rx: mpsc::UnboundedReceiver<Job>, daemon: Arc<Mutex<Daemon>>) {
+        // Per service: the revision a write was based on, and the one it
+        // made. A change computed before that write landed carries the old
+        // base but already includes it: it goes on top.
+        let mut chain: std::collections::HashMap<String, (i64, i64)> = Default::default();
         while let Some(job) = rx.recv().await {
             let mut outcome = Ok(());
-            for item in job.items {
+            for mut item in job.items {
                 let service = item.service().to_string();
+                let mut based_on = None;
+                if let Publish::Doc { base_rev, .. } = &mut item {
+                    based_on = Some(*base_rev);
+                    if let Some((old, new)) = chain.get(&service) {
+                        if *old == *base_rev {
+                            *base_rev = *new;
+                        }
+                    }
+                }
                 match self.write(&item).await {
-                    Ok(rev) => lock(&daemon).fleet_published(&item, rev),
+                    Ok(rev) => {
+                        if let Some(b) = based_on {
+                            chain.insert(service.clone(), (b, rev));
+                        }
+                        lock(&daemon).fleet_published(&item, rev)
+                    }
                     Err(e) => {
                         if let PublishError::CutOff(why) = &e {
                             lock(&daemon).fleet_cut_off(why);
@@ -176,9 +225,23 @@ impl Link {
         }
     }
 
-    /// One publish; its new revision.
+    /// One publish, tried on each endpoint in turn; its new revision.
     async fn write(&self, item: &Publish) -> Result<i64, PublishError> {
-        let mut c = self.client.clone();
+        let mut last = String::new();
+        for _ in 0..self.clients.len() {
+            let (i, c) = self.client();
+            match self.write_via(c, item).await {
+                Err(PublishError::CutOff(e)) => {
+                    self.next_endpoint(i);
+                    last = e;
+                }
+                done => return done,
+            }
+        }
+        Err(PublishError::CutOff(last))
+    }
+
+    async fn write_via(&self, mut c: Client, item: &Publish) -> Result<i64, PublishError> {
         let cut = |e: anyhow::Error| PublishError::CutOff(format!("{e:#}"));
         match item {
             Publish::Doc {
@@ -220,32 +283,31 @@ impl Link {
     /// failure the host is cut off (the data plane keeps its state) and a
     /// new session is tried every half second.
     pub async fn run(self, daemon: Arc<Mutex<Daemon>>) {
-        let mut failures = 0u32;
+        // A session that broke (a member died, say) is retried at once on
+        // each other endpoint before the host calls itself cut off.
+        let mut quick = self.clients.len();
         loop {
             let started = Instant::now();
-            let err = self.session(&daemon).await.unwrap_err();
+            let (i, client) = self.client();
+            let err = self.session(client, &daemon).await.unwrap_err();
+            self.next_endpoint(i);
             lock(&daemon).fleet_lost_leadership();
-            // A session that ran a while and broke (a member died, say) is
-            // retried at once on the others before the host calls itself
-            // cut off; one that failed to start counts as cut off.
-            let quick_retry = started.elapsed() > 2 * self.op_timeout && failures == 0;
-            failures += 1;
-            if quick_retry {
-                warn!("fleet: etcd session ended ({err:#}); reconnecting");
+            if started.elapsed() > Duration::from_secs(5) {
+                quick = self.clients.len();
+            }
+            if quick > 0 {
+                quick -= 1;
+                warn!("fleet: etcd session ended ({err:#}); trying the next endpoint");
                 continue;
             }
             lock(&daemon).fleet_cut_off(&format!("{err:#}"));
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if started.elapsed() > Duration::from_secs(5) {
-                failures = 0;
-            }
         }
     }
 
     /// A lease: the one this canaryd holds if it is still alive (its
     /// reports and candidacy survive a short break), else a new one.
-    async fn lease(&self) -> Result<i64> {
-        let mut c = self.client.clone();
+    async fn lease(&self, mut c: Client) -> Result<i64> {
         let held = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = held {
             if let Ok(r) = within(
@@ -276,7 +338,7 @@ impl Link {
     pub async fn resign(&self) {
         let held = self.lease.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(id) = held {
-            let mut c = self.client.clone();
+            let (_, mut c) = self.client();
             match within(self.op_timeout, "etcd lease revoke", c.lease_revoke(id)).await {
                 Ok(_) => info!("fleet: lease revoked (leadership and report released)"),
                 Err(e) => warn!("fleet: {e:#}"),
@@ -284,9 +346,8 @@ impl Link {
         }
     }
 
-    async fn session(&self, daemon: &Arc<Mutex<Daemon>>) -> Result<()> {
-        let mut c = self.client.clone();
-        let lease = self.lease().await?;
+    async fn session(&self, mut c: Client, daemon: &Arc<Mutex<Daemon>>) -> Result<()> {
+        let lease = self.lease(c.clone()).await?;
         let (mut keeper, mut renewals) = within(
             self.op_timeout,
             "etcd keep-alive",
@@ -333,7 +394,7 @@ impl Link {
             ),
         )
         .await?;
-        let mut campaigner = self.client.clone();
+        let mut campaigner = c.clone();
         let (election, host) = (self.keys.election(), self.host.clone());
         let mut campaign =
             tokio::spawn(async move { campaigner.campaign(election, host, lease).await });
