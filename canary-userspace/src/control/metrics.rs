@@ -203,6 +203,9 @@ pub fn encode_status(status: &Status) -> Result<String> {
         }
     }
     flow_table(&mut r, status);
+    if let Some(f) = &status.fleet {
+        fleet(&mut r, f);
+    }
     for (reason, n) in &status.datapath {
         datapath
             .get_or_create(&vec![("reason", reason.clone())])
@@ -274,6 +277,69 @@ fn flow_table(r: &mut Registry, status: &Status) {
         "Bare SYNs decided without flow-table state (flood mode)",
         ft.syn_stateless,
     );
+}
+
+/// The fleet as this host sees it (only with a `fleet:` section).
+fn fleet(r: &mut Registry, f: &crate::control::api::FleetStatus) {
+    let one = |r: &mut Registry, name: &str, help: &str, v: f64| {
+        let g = Gauge::<f64, AtomicU64>::default();
+        g.set(v);
+        r.register(name, help, g);
+    };
+    one(
+        r,
+        "fleet_connected",
+        "1 while this host reaches an etcd member with quorum",
+        if f.connected { 1.0 } else { 0.0 },
+    );
+    one(
+        r,
+        "fleet_cut_off_seconds",
+        "How long this host has been cut off from etcd (0 while connected)",
+        f.cut_off_for_ms.unwrap_or(0) as f64 / 1000.0,
+    );
+    one(
+        r,
+        "fleet_leading",
+        "1 while this host leads the fleet (runs rollouts, decides health verdicts)",
+        if f.leading { 1.0 } else { 0.0 },
+    );
+    one(
+        r,
+        "fleet_hosts",
+        "Hosts of the fleet with a live report, this one included",
+        f.hosts.len() as f64,
+    );
+    one(
+        r,
+        "fleet_pending_rollbacks",
+        "Rollbacks applied here while cut off, not yet written to etcd",
+        f.pending_rollbacks.len() as f64,
+    );
+    let agreeing = gauges(
+        r,
+        "fleet_hosts_agreeing",
+        "Hosts that apply the fleet's desired generation and weight of the service",
+    );
+    let generation = gauges(
+        r,
+        "fleet_generation",
+        "The fleet's desired generation of the service's weight and pools",
+    );
+    for a in &f.agreement {
+        let l = vec![("service", a.service.clone())];
+        agreeing.get_or_create(&l).set(a.agreeing as f64);
+        generation.get_or_create(&l).set(a.generation as f64);
+    }
+    let age = gauges(
+        r,
+        "fleet_report_age_seconds",
+        "Age of each host's latest report as this host received it",
+    );
+    for h in &f.hosts {
+        age.get_or_create(&vec![("host", h.name.clone())])
+            .set(h.report_age_ms as f64 / 1000.0);
+    }
 }
 
 /// Binds the metrics listener (before the data plane is touched, so a busy
@@ -353,7 +419,25 @@ mod tests {
                 syn_stateless: 77,
                 ..Default::default()
             },
-            fleet: None,
+            fleet: Some(crate::control::api::FleetStatus {
+                cluster: "lab".into(),
+                host: "lb1".into(),
+                leading: true,
+                connected: true,
+                hosts: vec![crate::control::api::FleetHost {
+                    name: "lb2".into(),
+                    report_age_ms: 400,
+                    ..Default::default()
+                }],
+                agreement: vec![crate::control::api::FleetAgreement {
+                    service: "shop".into(),
+                    hosts: 3,
+                    agreeing: 2,
+                    generation: 42,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
         }
     }
 
@@ -406,6 +490,12 @@ mod tests {
             ("canary_flow_table_evictions_estimated_total", 900.0),
             ("canary_syn_flood_mode", 1.0),
             ("canary_syn_stateless_total", 77.0),
+            ("canary_fleet_connected", 1.0),
+            ("canary_fleet_leading", 1.0),
+            ("canary_fleet_cut_off_seconds", 0.0),
+            ("canary_fleet_hosts_agreeing{service=\"shop\"}", 2.0),
+            ("canary_fleet_generation{service=\"shop\"}", 42.0),
+            ("canary_fleet_report_age_seconds{host=\"lb2\"}", 0.4),
         ] {
             assert_eq!(sample(series), v, "{series}");
         }
