@@ -654,3 +654,102 @@ fn etcd_member_and_quorum_loss() -> Result<()> {
     let _ = &mut f;
     Ok(())
 }
+
+#[test]
+fn one_health_view_decided_by_majority() -> Result<()> {
+    let _s = serial();
+    let f = Fleet::new(IDLE_PLAN, "3s")?;
+    f.topo.ctl(0, &["set-weight", "shop", "10"])?;
+    f.converge(1000, Duration::from_secs(3))?;
+    // lb3 alone cannot reach b1's health port: only its own view says down.
+    let lb3 = &f.topo.lbs[2].ns;
+    lb3.exec(&["nft", "add", "table", "ip", "cnry_probe"])?;
+    lb3.exec(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "cnry_probe",
+        "out",
+        "{ type filter hook output priority 0 ; }",
+    ])?;
+    let port = HEALTH_PORT.to_string();
+    lb3.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "cnry_probe",
+        "out",
+        "ip",
+        "daddr",
+        "198.18.1.2",
+        "tcp",
+        "dport",
+        &port,
+        "drop",
+    ])?;
+    // b2 fails its probes from every host.
+    f.topo.set_fault("b2", "http500")?;
+    let backend = |s: &Status, addr: &str| {
+        s.services[0]
+            .backends
+            .iter()
+            .find(|b| b.addr.to_string() == addr)
+            .and_then(|b| b.healthy)
+    };
+    let lb3_sees_b1_down = |s: &Status| {
+        s.fleet.as_ref().is_some_and(|fl| {
+            fl.hosts
+                .iter()
+                .any(|h| h.name == "lb3" && h.unhealthy.contains(&"shop/198.18.1.2".to_string()))
+        })
+    };
+    f.wait(
+        Duration::from_secs(15),
+        "b2 out of every host, and lb3's own probes seeing b1 down",
+        |s| backend(s, "198.18.2.2") == Some(false) && lb3_sees_b1_down(s),
+    )?;
+    // One host's view is not the fleet's: b1 stays in everywhere.
+    std::thread::sleep(Duration::from_secs(2));
+    for k in 0..3 {
+        assert_eq!(
+            backend(&f.status(k)?, "198.18.1.2"),
+            Some(true),
+            "b1 on lb{}",
+            k + 1
+        );
+    }
+    let own = f.fleet(2)?;
+    let lb3_view = own.hosts.iter().find(|h| h.name == "lb3").context("lb3")?;
+    assert!(
+        lb3_view.unhealthy.contains(&"shop/198.18.1.2".to_string()),
+        "lb3's own view: {lb3_view:?}"
+    );
+    let detail = f.shop(0)?.backends[1]
+        .health_detail
+        .clone()
+        .unwrap_or_default();
+    println!("b2 on lb1: {detail}");
+    assert!(detail.starts_with("fleet: unhealthy ("), "{detail}");
+    // Every host's data plane: no new connection reaches b2; b1 still serves.
+    let got = f.topo.client.run(|| {
+        let sources: Vec<_> = (0..300).map(client_v4).collect();
+        canary_tests::burst(&sources, vip(), Duration::from_secs(30))
+    })?;
+    let on = |b: &str| got.iter().filter(|(_, x)| x == b).count();
+    println!(
+        "300 clients with b2 out: b1 {}, b2 {}, b3 {}",
+        on("b1"),
+        on("b2"),
+        on("b3")
+    );
+    assert_eq!(on("b2"), 0);
+    assert!(on("b1") > 100);
+    // b2 healthy again: back on every host.
+    f.topo.set_fault("b2", "")?;
+    f.wait(Duration::from_secs(15), "b2 back on every host", |s| {
+        backend(s, "198.18.2.2") == Some(true)
+    })?;
+    Ok(())
+}

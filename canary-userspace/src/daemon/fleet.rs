@@ -831,6 +831,32 @@ impl Daemon {
         })
     }
 
+    /// A backend's health in words: this host's probe verdict, and in a
+    /// fleet the fleet's verdict and its votes first.
+    pub(super) fn backend_health_detail(&self, service: &str, addr: IpAddr) -> Option<String> {
+        let here = self
+            .health
+            .get(&(service.to_string(), addr))
+            .map(|h| h.detail.clone());
+        let Some(f) = self.fleet.as_deref() else {
+            return here;
+        };
+        let v = f.health.get(service).and_then(|d| d.backends.get(&addr));
+        let fleet = match v {
+            Some(v) => format!(
+                "fleet: {} ({} of {} hosts see it unhealthy)",
+                if v.healthy { "healthy" } else { "unhealthy" },
+                v.unhealthy_votes,
+                v.voters
+            ),
+            None => "fleet: no verdict yet".to_string(),
+        };
+        Some(match here {
+            Some(h) => format!("{fleet}; this host: {h}"),
+            None => fleet,
+        })
+    }
+
     pub fn fleet_has_pending_rollbacks(&self) -> bool {
         self.fleet
             .as_deref()

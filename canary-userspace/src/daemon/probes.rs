@@ -90,7 +90,11 @@ impl Daemon {
                 detail: t.detail.clone(),
             },
         );
-        self.dp.set_backend_health(&t.service, t.addr, t.healthy);
+        if self.fleet.is_none() {
+            // In a fleet the data plane takes the fleet's verdict instead
+            // (`fleet_apply_health`).
+            self.dp.set_backend_health(&t.service, t.addr, t.healthy);
+        }
         let line = format!(
             "service {}: {} backend {} is {} ({}){}",
             t.service,

@@ -174,16 +174,16 @@ impl Daemon {
                         reply_packets: b.stats.reply_packets,
                         packets_per_sec: pps,
                         new_flows_per_sec: nps,
-                        healthy: cfg.health.as_ref().map(|_| {
-                            self.health
+                        healthy: cfg.health.as_ref().map(|_| match &self.fleet {
+                            // In a fleet: the verdict the data plane applies.
+                            Some(_) => !self.dp.is_unhealthy(&s.name, b.addr),
+                            None => self
+                                .health
                                 .get(&(s.name.clone(), b.addr))
                                 .map(|h| h.healthy)
-                                .unwrap_or(true)
+                                .unwrap_or(true),
                         }),
-                        health_detail: self
-                            .health
-                            .get(&(s.name.clone(), b.addr))
-                            .map(|h| h.detail.clone()),
+                        health_detail: self.backend_health_detail(&s.name, b.addr),
                     }
                 })
                 .collect();
