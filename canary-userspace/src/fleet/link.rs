@@ -22,6 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// How long etcd may refuse before a write fails, or before the host calls
+/// itself cut off.
+const RETRY_FOR: Duration = Duration::from_secs(2);
+
 /// One change for etcd.
 #[derive(Debug, Clone)]
 pub enum Publish {
@@ -225,20 +229,24 @@ impl Link {
         }
     }
 
-    /// One publish, tried on each endpoint in turn; its new revision.
+    /// One publish, tried on each endpoint in turn, for up to `RETRY_FOR`
+    /// (a raft election after a member died takes about a second, and no
+    /// member takes writes meanwhile); its new revision.
     async fn write(&self, item: &Publish) -> Result<i64, PublishError> {
-        let mut last = String::new();
-        for _ in 0..self.clients.len() {
+        let deadline = Instant::now() + RETRY_FOR;
+        loop {
             let (i, c) = self.client();
             match self.write_via(c, item).await {
                 Err(PublishError::CutOff(e)) => {
                     self.next_endpoint(i);
-                    last = e;
+                    if Instant::now() >= deadline {
+                        return Err(PublishError::CutOff(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 done => return done,
             }
         }
-        Err(PublishError::CutOff(last))
     }
 
     async fn write_via(&self, mut c: Client, item: &Publish) -> Result<i64, PublishError> {
@@ -283,21 +291,27 @@ impl Link {
     /// failure the host is cut off (the data plane keeps its state) and a
     /// new session is tried every half second.
     pub async fn run(self, daemon: Arc<Mutex<Daemon>>) {
-        // A session that broke (a member died, say) is retried at once on
-        // each other endpoint before the host calls itself cut off.
-        let mut quick = self.clients.len();
+        // A session that broke (a member died, say) is retried on the next
+        // endpoint at once; the host calls itself cut off only when no
+        // session could be made for `RETRY_FOR` (a raft election, which
+        // refuses everything meanwhile, takes about a second).
+        let mut failing_since: Option<Instant> = None;
         loop {
-            let started = Instant::now();
             let (i, client) = self.client();
-            let err = self.session(client, &daemon).await.unwrap_err();
+            let mut loaded = false;
+            let err = self
+                .session(client, &daemon, &mut loaded)
+                .await
+                .unwrap_err();
             self.next_endpoint(i);
             lock(&daemon).fleet_lost_leadership();
-            if started.elapsed() > Duration::from_secs(5) {
-                quick = self.clients.len();
-            }
-            if quick > 0 {
-                quick -= 1;
+            let since = match (loaded, failing_since) {
+                (true, _) | (false, None) => *failing_since.insert(Instant::now()),
+                (false, Some(t)) => t,
+            };
+            if since.elapsed() < RETRY_FOR {
                 warn!("fleet: etcd session ended ({err:#}); trying the next endpoint");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             lock(&daemon).fleet_cut_off(&format!("{err:#}"));
@@ -346,7 +360,12 @@ impl Link {
         }
     }
 
-    async fn session(&self, mut c: Client, daemon: &Arc<Mutex<Daemon>>) -> Result<()> {
+    async fn session(
+        &self,
+        mut c: Client,
+        daemon: &Arc<Mutex<Daemon>>,
+        loaded: &mut bool,
+    ) -> Result<()> {
         let lease = self.lease(c.clone()).await?;
         let (mut keeper, mut renewals) = within(
             self.op_timeout,
@@ -380,6 +399,7 @@ impl Link {
             let mut d = lock(daemon);
             d.fleet_loaded(&changes, lease);
             self.publish_later(d.fleet_outbox());
+            *loaded = true;
         }
         let mut watch = within(
             self.op_timeout,
