@@ -10,7 +10,10 @@
 //!   step; a canary that starts resetting connections is rolled back on all
 //!   three hosts within 2 s;
 //! - the leader's canaryd killed mid-step: another host leads within the
-//!   lease TTL + 1 s, at the same step; no step twice, none skipped;
+//!   lease TTL + 1 s, at the same step; no step twice, none skipped; the
+//!   killed host's canaryd started again rejoins with the fleet's state;
+//! - one health view: a backend failing every host's probes leaves every
+//!   host's tables; one host's bad link to a backend does not;
 //! - one LB host lost with 200 connections open (servers pushing): ECMP
 //!   moves them and at least 99% keep working both ways;
 //! - etcd: one member killed changes nothing; quorum lost: the data plane
@@ -52,6 +55,7 @@ const IDLE_PLAN: &str = "      steps: [10, 100]\n      interval: 60s\n";
 struct Fleet {
     // Daemons before the topology: they stop first.
     daemons: Vec<Option<Daemon>>,
+    yamls: Vec<String>,
     maps: Vec<Maps>,
     topo: FleetTopology,
 }
@@ -68,6 +72,7 @@ impl Fleet {
         )?;
         let mut daemons = Vec::new();
         let mut maps = Vec::new();
+        let mut yamls = Vec::new();
         for k in 0..3 {
             let yaml = topo
                 .lb_config(k)
@@ -77,9 +82,11 @@ impl Fleet {
             let d = topo.spawn_canaryd(k, &yaml)?;
             maps.push(Maps::from_pins(&topo.lbs[k].pin_dir())?);
             daemons.push(Some(d));
+            yamls.push(yaml);
         }
         let f = Fleet {
             daemons,
+            yamls,
             maps,
             topo,
         };
@@ -490,6 +497,23 @@ fn the_leader_killed_mid_step_hands_over_at_the_same_step() -> Result<()> {
     assert_eq!(r.phase, "promoted", "{r:#?}");
     assert_each_step_once(&r.history, 4);
     load.stop();
+    // The killed host's canaryd started again: it takes its data plane
+    // over, reads the fleet's state and rejoins (weight 100 after the
+    // promotion, reached while it was gone).
+    f.daemons[leader] = Some(f.topo.spawn_canaryd(leader, &f.yamls[leader])?);
+    f.wait(Duration::from_secs(10), "3/3 hosts again", |s| {
+        s.fleet.as_ref().is_some_and(|fl| {
+            fl.agreement
+                .iter()
+                .any(|a| a.agreeing == 3 && a.line.starts_with("3/3 hosts apply 100.00%"))
+        })
+    })?;
+    assert_eq!(f.weight_bp(leader)?, 10000);
+    let rejoined = f
+        .shop(leader)?
+        .rollout
+        .context("rollout on the rejoined host")?;
+    assert_eq!(rejoined.phase, "promoted");
     Ok(())
 }
 
