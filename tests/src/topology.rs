@@ -16,7 +16,7 @@ use crate::netns::Netns;
 use anyhow::{Context, Result};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -91,6 +91,22 @@ pub struct ServerOptions {
     pub http_port: Option<u16>,
     /// Reset this fraction of service connections at random.
     pub rst_fraction: f64,
+}
+
+impl ServerOptions {
+    /// `canary-testsrv`'s arguments for these options, its fault switch
+    /// file, and `more` of its own.
+    pub fn args(&self, fault_file: &std::path::Path, more: &[String]) -> Vec<String> {
+        let mut args = vec!["--fault-file".into(), fault_file.display().to_string()];
+        if let Some(p) = self.http_port {
+            args.extend(["--http-port".into(), p.to_string()]);
+        }
+        if self.rst_fraction > 0.0 {
+            args.extend(["--rst-fraction".into(), self.rst_fraction.to_string()]);
+        }
+        args.extend(more.iter().cloned());
+        args
+    }
 }
 
 impl Topology {
@@ -270,37 +286,11 @@ impl Topology {
     }
 
     fn spawn_servers(&mut self, port: u16, opts: &ServerOptions, more: &[String]) -> Result<()> {
-        let bin = bin_path("canary-testsrv")?;
         for b in &self.backends {
             let fault_file = self.fault_file(&b.name);
             std::fs::write(&fault_file, "")?;
-            let mut extra: Vec<String> =
-                vec!["--fault-file".into(), fault_file.display().to_string()];
-            if let Some(p) = opts.http_port {
-                extra.extend(["--http-port".into(), p.to_string()]);
-            }
-            if opts.rst_fraction > 0.0 {
-                extra.extend(["--rst-fraction".into(), opts.rst_fraction.to_string()]);
-            }
-            extra.extend(more.iter().cloned());
-            let mut child =
-                b.ns.command(bin.to_str().unwrap())
-                    .args(["--name", &b.name, "--port", &port.to_string()])
-                    .args(&extra)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit())
-                    .spawn()?;
-            let mut line = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-                &mut line,
-            )?;
-            anyhow::ensure!(
-                line.starts_with("listening"),
-                "testsrv on {}: {line:?}",
-                b.name
-            );
+            let args = opts.args(&fault_file, more);
+            let child = crate::fleet::spawn_testsrv(&b.ns, &b.name, port, &args)?;
             self.servers.push(child);
         }
         Ok(())
@@ -425,19 +415,7 @@ impl Topology {
     /// `as_uid` (and gid) through setpriv) and returns its output whatever
     /// the exit status.
     pub fn canaryctl(&self, args: &[&str], as_uid: Option<u32>) -> Result<std::process::Output> {
-        let bin = bin_path("canaryctl")?;
-        let mut cmd = match as_uid {
-            Some(uid) => {
-                let id = uid.to_string();
-                let mut c = Command::new("setpriv");
-                c.args(["--reuid", &id, "--regid", &id, "--clear-groups"])
-                    .arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
-        cmd.arg("--socket").arg(self.socket()).args(args);
-        Ok(cmd.stdin(Stdio::null()).output()?)
+        crate::daemon::canaryctl(self, args, as_uid)
     }
 }
 
