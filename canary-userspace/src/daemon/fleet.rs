@@ -184,12 +184,7 @@ impl Daemon {
             state.rollbacks.insert(s.clone(), doc.rollbacks);
             gens.push((s.clone(), doc.generation, Some(doc)));
         }
-        let before: Vec<(String, WeightBp)> = self
-            .running
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.weight()))
-            .collect();
+        let before = self.weights();
         let effective = state.effective(&self.file);
         for line in &effective.dropped {
             warn!("fleet: {line}");
@@ -284,12 +279,7 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let names: Vec<String> = self
-            .running
-            .services
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
+        let names = self.service_names();
         self.fleet_apply(&names, false);
         for (svc, doc) in health {
             self.fleet_apply_health(&svc, &doc);
@@ -452,12 +442,7 @@ impl Daemon {
         let Some(f) = self.fleet.as_deref() else {
             return Vec::new();
         };
-        let names: Vec<String> = self
-            .running
-            .services
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
+        let names = self.service_names();
         let mut out = Vec::new();
         let mut undo = Vec::new();
         let mut keep = Vec::new();

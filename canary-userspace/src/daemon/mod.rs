@@ -337,6 +337,24 @@ impl Daemon {
         }
     }
 
+    /// The running services' names, in config order.
+    fn service_names(&self) -> Vec<String> {
+        self.running
+            .services
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    /// The running services' weights (to say what a change moved).
+    fn weights(&self) -> Vec<(String, WeightBp)> {
+        self.running
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.weight()))
+            .collect()
+    }
+
     fn service_index(&self, name: &str) -> OpResult<usize> {
         self.running
             .services

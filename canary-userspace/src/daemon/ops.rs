@@ -95,12 +95,7 @@ impl Daemon {
         }
         let mut state = self.state.clone();
         let effective = state.effective(&file);
-        let before: Vec<(String, WeightBp)> = self
-            .running
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.weight()))
-            .collect();
+        let before = self.weights();
         let mut lines = effective.dropped;
         lines.extend(self.commit(effective.config, state)?);
         self.file = file;
