@@ -476,6 +476,17 @@ impl FleetTopology {
         )
     }
 
+    /// `start_push_servers` that also serve what `opts` asks for (the HTTP
+    /// health endpoint health probes need).
+    pub fn start_push_servers_with(
+        &mut self,
+        port: u16,
+        opts: &ServerOptions,
+        push_ms: u64,
+    ) -> Result<()> {
+        self.spawn_servers(port, opts, &["--push-ms".into(), push_ms.to_string()])
+    }
+
     pub fn start_servers_with(&mut self, port: u16, opts: &ServerOptions) -> Result<()> {
         self.spawn_servers(port, opts, &[])
     }

@@ -6,7 +6,8 @@
 //! - `build-previous`: canaryd of the previous map layout, from git (the
 //!   upgrade test starts it first).
 //! - `test [-- ARGS]`: setup, build, build-previous, and the whole test suite (root).
-//! - `demo [-- ARGS]`: setup, build, and run the demo (root).
+//! - `demo [--fleet] [-- ARGS]`: setup, build, and run the demo, or its
+//!   fleet act (root).
 //! - `bench [-- ARGS]`: setup, release build, and run the benchmark (root).
 
 mod bench;
@@ -82,6 +83,13 @@ enum Task {
     /// Runs target/debug/canary-demo and exits with its status. Arguments
     /// after `--` go to the demo.
     Demo {
+        /// Run the fleet act instead of the single-host demo: three canaryd
+        /// hosts behind an ECMP router sharing one rollout through a
+        /// 3-member etcd cluster (one weight everywhere, ECMP spread, the
+        /// leader killed mid-rollout, an LB host lost under open
+        /// connections); about a minute.
+        #[arg(long)]
+        fleet: bool,
         #[arg(last = true, value_name = "DEMO_ARGS")]
         args: Vec<String>,
     },
@@ -106,7 +114,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build(&root, release).map(|()| ExitCode::SUCCESS),
         Task::BuildPrevious => previous::build(&root).map(|_| ExitCode::SUCCESS),
         Task::Test { args } => test(&root, &args),
-        Task::Demo { args } => demo(&root, &args),
+        Task::Demo { fleet, args } => demo(&root, fleet, &args),
         Task::Bench { args } => bench::run(&root, &args),
     };
     match result {
@@ -281,7 +289,7 @@ fn test(root: &Path, extra: &[String]) -> Result<ExitCode> {
     }
 }
 
-fn demo(root: &Path, extra: &[String]) -> Result<ExitCode> {
+fn demo(root: &Path, fleet: bool, extra: &[String]) -> Result<ExitCode> {
     require_root("demo")?;
     setup::run(false)?;
     ebpf::build(root)?;
@@ -293,7 +301,12 @@ fn demo(root: &Path, extra: &[String]) -> Result<ExitCode> {
             bin.display()
         );
     }
-    let status = Cmd::new(&bin).args(extra).current_dir(root).status()?;
+    let mut args: Vec<String> = Vec::new();
+    if fleet {
+        args.push("--fleet".into());
+    }
+    args.extend(extra.iter().cloned());
+    let status = Cmd::new(&bin).args(args).current_dir(root).status()?;
     exit_code_of(status)
 }
 
@@ -375,6 +388,15 @@ mod tests {
         match cli.task {
             Task::Test { args } => assert_eq!(args, strings(&["f", "--", "--nocapture"])),
             _ => panic!("wrong subcommand"),
+        }
+        for (argv, want) in [
+            (&["xtask", "demo"][..], false),
+            (&["xtask", "demo", "--fleet"], true),
+        ] {
+            match Cli::try_parse_from(argv).unwrap().task {
+                Task::Demo { fleet, args } => assert_eq!((fleet, args.len()), (want, 0)),
+                _ => panic!("wrong subcommand"),
+            }
         }
     }
 }

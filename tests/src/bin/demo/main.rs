@@ -1,6 +1,12 @@
 //! `cargo xtask demo`: the splitter doing its job in a network-namespace
 //! topology, with canaryd's built-in config. Everything it creates is gone
 //! when it exits, whether it succeeds or fails.
+//!
+//! `cargo xtask demo --fleet` (`canary-demo --fleet`) runs the fleet act
+//! instead (`fleet.rs`): three canaryd hosts behind an ECMP router acting
+//! as one through etcd.
+
+mod fleet;
 
 use anyhow::{Context, Result};
 use canary_tests::{burst, client_v4, Load, LoadBounds, ServerOptions, Topology, VIP_V4};
@@ -206,8 +212,29 @@ fn run() -> Result<()> {
     Ok(())
 }
 
+const USAGE: &str = "usage: canary-demo [--fleet]
+
+  (none)   the single-host demo: one load balancer, weights, status,
+           explain, rollback, a promoted and a rolled-back rollout
+  --fleet  the fleet act: three canaryd hosts behind an ECMP router and a
+           3-member etcd cluster: one weight everywhere, ECMP spread, a
+           rollout that survives its leader's SIGKILL, an LB host lost";
+
 fn main() {
-    if let Err(e) = run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let act: fn() -> Result<()> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => run,
+        ["--fleet"] => fleet::run,
+        ["-h"] | ["--help"] => {
+            println!("{USAGE}");
+            return;
+        }
+        _ => {
+            eprintln!("canary-demo: unexpected arguments {args:?}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = act() {
         eprintln!("demo failed: {e:#}");
         std::process::exit(1);
     }
