@@ -500,7 +500,45 @@ fn the_leader_killed_mid_step_hands_over_at_the_same_step() -> Result<()> {
     // The killed host's canaryd started again: it takes its data plane
     // over, reads the fleet's state and rejoins (weight 100 after the
     // promotion, reached while it was gone).
-    f.daemons[leader] = Some(f.topo.spawn_canaryd(leader, &f.yamls[leader])?);
+    // Its map, sampled all along: from the weight it had when killed
+    // straight to the fleet's, never through the config file's 0%.
+    let before_restart = f.weight_bp(leader)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let own_maps = Maps::from_pins(&f.topo.lbs[leader].pin_dir())?;
+    let (seen, spawned) = std::thread::scope(|s| {
+        let (stop, own_maps) = (&stop, &own_maps);
+        let sampler = s.spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            let end = Instant::now() + Duration::from_secs(15);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
+                if let Ok(bp) = canary_tests::rollout::weight_bp(own_maps) {
+                    seen.insert(bp);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            seen
+        });
+        let spawned = f
+            .topo
+            .spawn_canaryd(leader, &f.yamls[leader])
+            .and_then(|d| {
+                let t = Instant::now();
+                while f.weight_bp(leader)? != 10000 && t.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                Ok(d)
+            });
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        (sampler.join().unwrap(), spawned)
+    });
+    f.daemons[leader] = Some(spawned?);
+    println!(
+        "restarted lb{}: its map went through {seen:?} bp",
+        leader + 1
+    );
+    let allowed = std::collections::BTreeSet::from([before_restart, 10000]);
+    assert!(seen.is_subset(&allowed), "{seen:?} (from {before_restart})");
     f.wait(Duration::from_secs(10), "3/3 hosts again", |s| {
         s.fleet.as_ref().is_some_and(|fl| {
             fl.agreement

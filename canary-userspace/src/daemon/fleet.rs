@@ -154,13 +154,44 @@ impl Daemon {
     /// no run-time change). The leader keeps its own rollout progress when
     /// the document is the echo of its own write.
     fn fleet_apply(&mut self, services: &[String], echo_ok: bool) {
+        self.fleet_apply_from(services, echo_ok, false)
+    }
+
+    /// Puts `services` back to what this host last derived from etcd (a
+    /// change that may not go out while cut off).
+    fn fleet_restore(&mut self, services: &[String]) {
+        self.fleet_apply_from(services, false, true)
+    }
+
+    /// This host's state as it starts: what it saved last is what it last
+    /// derived from etcd (or its own, before it ever reached a fleet). No
+    /// change is found against it until etcd says otherwise.
+    pub(super) fn fleet_seed(&mut self) {
+        let names = self.service_names();
+        let slices: Vec<(String, ServiceDoc)> = names
+            .into_iter()
+            .map(|s| (s.clone(), self.local_slice(&s)))
+            .collect();
+        if let Some(f) = self.fleet_mut() {
+            f.mirrored.extend(slices);
+        }
+    }
+
+    fn fleet_apply_from(&mut self, services: &[String], echo_ok: bool, from_mirror: bool) {
         let Some(f) = self.fleet.as_deref() else {
             return;
         };
         let mut state = self.state.clone();
         let mut gens = Vec::new();
         for s in services {
-            let doc = f.docs.get(s).map(|(d, _)| d.clone());
+            let doc = if from_mirror {
+                f.mirrored.get(s).map(|m| ServiceDoc {
+                    generation: f.applied.get(s).copied().unwrap_or(0),
+                    ..m.clone()
+                })
+            } else {
+                f.docs.get(s).map(|(d, _)| d.clone())
+            };
             if echo_ok {
                 // The echo of this canaryd's own write, which it applied
                 // already (the leader may be ahead in a rollout's progress).
@@ -378,7 +409,8 @@ impl Daemon {
                 Self::cache(f, c);
                 let after = f.leader_name().map(str::to_string);
                 if before != after {
-                    if let Some(h) = after {
+                    // This host's own election is said by `fleet_elected`.
+                    if let Some(h) = after.filter(|h| *h != f.host) {
                         let line = format!("fleet: {h} leads the fleet");
                         info!("{line}");
                         self.events.push("*", EventKind::Fleet, line);
@@ -509,7 +541,7 @@ impl Daemon {
             }
         }
         if !undo.is_empty() {
-            self.fleet_apply(&undo, false);
+            self.fleet_restore(&undo);
         }
         out
     }
@@ -734,11 +766,16 @@ impl Daemon {
             }
         }
         all.sort_by(|a, b| a.0.host.cmp(&b.0.host));
+        let leader = f.leader_name().map(str::to_string);
         for (r, age) in &all {
             hosts.push(FleetHost {
                 name: r.host.clone(),
                 report_age_ms: *age,
-                leader: r.leader,
+                // The election says who leads now; a report may predate it.
+                leader: match &leader {
+                    Some(l) => *l == r.host,
+                    None => r.leader,
+                },
                 applied: r
                     .applied
                     .iter()

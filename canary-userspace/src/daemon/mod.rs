@@ -222,7 +222,7 @@ impl Daemon {
             return Err(e.context("saving the run-time state"));
         }
         let file_fleet = running.fleet.clone();
-        Ok(Daemon {
+        let mut daemon = Daemon {
             dp,
             instance: instance.to_string(),
             config_path,
@@ -255,7 +255,9 @@ impl Daemon {
                 let session = crate::fleet::unix_ms() ^ (u64::from(std::process::id()) << 40);
                 Box::new(fleet::FleetState::new(cfg, session))
             }),
-        })
+        };
+        daemon.fleet_seed();
+        Ok(daemon)
     }
 
     /// This run's fleet session id (none alone).
