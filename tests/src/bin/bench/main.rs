@@ -9,19 +9,23 @@
 //!    limit), canary, nftables weighted DNAT, HAProxy (TCP mode).
 //! 4. Control plane: weight change to first connection observing it, and
 //!    the apply time of a 1000-backend Maglev table swap.
+//! 5. Fleet: three canaryd hosts on a 3-member etcd cluster: a weight set on
+//!    one host to the last host's map, and etcd writes per host per second
+//!    idle and with a rollout running under load.
 //!
 //! Every figure is printed with its ratio to the limit of its group, and
 //! written to `results.json` and `results.svg` in `$CANARY_BENCH_OUT` (or
 //! `target/bench`, or `--out DIR`). `--smoke` runs one short iteration of
 //! everything (for the test suite, well under 30 s); `--micro` only parts
-//! 1 and 2.
+//! 1 and 2, `--fleet` only part 5 (about 25 s), both flags both.
 //!
 //! Traffic stays inside namespaces this process creates (198.18.0.0/15,
 //! 2001:db8::/32); every loop is bounded in count and time; the namespaces,
-//! pins and child processes (canaryd, testsrv, haproxy) go on drop.
+//! pins and child processes (canaryd, testsrv, haproxy, etcd) go on drop.
 
 mod control_plane;
 mod end_to_end;
+mod fleet;
 mod per_packet;
 mod report;
 mod scaling;
@@ -46,6 +50,10 @@ pub struct Size {
     pub e2e_rounds: usize,
     /// Services in the services-scale rows (16 backends each).
     pub services: usize,
+    /// Weight changes in the fleet rows (bounded by 2 windows' time too).
+    pub fleet_changes: usize,
+    /// Each window of the fleet's etcd-writes rows.
+    pub fleet_window_secs: f64,
 }
 
 const FULL: Size = Size {
@@ -60,6 +68,8 @@ const FULL: Size = Size {
     swaps: 5,
     e2e_rounds: 3,
     services: 1024,
+    fleet_changes: 100,
+    fleet_window_secs: 10.0,
 };
 
 const SMOKE: Size = Size {
@@ -74,6 +84,8 @@ const SMOKE: Size = Size {
     swaps: 1,
     e2e_rounds: 1,
     services: 128,
+    fleet_changes: 6,
+    fleet_window_secs: 2.0,
 };
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -86,6 +98,8 @@ fn main() {
     let smoke = args.iter().any(|a| a == "--smoke");
     // The per-packet and scaling parts only (minutes less; no end to end).
     let micro_only = args.iter().any(|a| a == "--micro");
+    // The fleet part only (3 hosts and etcd; about 25 s).
+    let fleet_only = args.iter().any(|a| a == "--fleet");
     let out = match args.iter().position(|a| a == "--out") {
         Some(i) => PathBuf::from(args.get(i + 1).expect("--out DIR")),
         None => std::env::var_os("CANARY_BENCH_OUT")
@@ -94,10 +108,17 @@ fn main() {
     };
     let out = if smoke { out.join("smoke") } else { out };
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: canary-bench [--smoke] [--micro] [--out DIR]   (root)");
+        println!("usage: canary-bench [--smoke] [--micro] [--fleet] [--out DIR]   (root)");
         return;
     }
-    match run(if smoke { SMOKE } else { FULL }, smoke, micro_only, &out) {
+    // Neither flag: everything; otherwise the parts named.
+    let all = !micro_only && !fleet_only;
+    let parts = Parts {
+        micro: all || micro_only,
+        end_to_end: all,
+        fleet: all || fleet_only,
+    };
+    match run(if smoke { SMOKE } else { FULL }, smoke, parts, &out) {
         Ok(()) => {}
         Err(e) => {
             eprintln!("canary-bench: error: {e:#}");
@@ -106,7 +127,15 @@ fn main() {
     }
 }
 
-fn run(size: Size, smoke: bool, micro_only: bool, out: &std::path::Path) -> Result<()> {
+/// Which parts run: all by default, else the ones `--micro` and `--fleet` name.
+#[derive(Clone, Copy)]
+struct Parts {
+    micro: bool,
+    end_to_end: bool,
+    fleet: bool,
+}
+
+fn run(size: Size, smoke: bool, parts: Parts, out: &std::path::Path) -> Result<()> {
     let start = Instant::now();
     let mut report = Report::default();
     let mut failures = Vec::new();
@@ -117,15 +146,23 @@ fn run(size: Size, smoke: bool, micro_only: bool, out: &std::path::Path) -> Resu
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    if let Err(e) = per_packet::micro(size, &mut report) {
+    if !parts.micro {
+        println!("(per-packet and scaling parts skipped)");
+    } else if let Err(e) = per_packet::micro(size, &mut report) {
         eprintln!("canary-bench: per-packet part failed: {e:#}");
         failures.push(format!("per-packet: {e:#}"));
     }
-    if micro_only {
-        println!("(--micro: end-to-end part skipped)");
+    if !parts.end_to_end {
+        println!("(end-to-end part skipped)");
     } else if let Err(e) = end_to_end::end_to_end(size, &mut report) {
         eprintln!("canary-bench: end-to-end part failed: {e:#}");
         failures.push(format!("end to end: {e:#}"));
+    }
+    if !parts.fleet {
+        println!("(fleet part skipped)");
+    } else if let Err(e) = fleet::fleet(size, &mut report) {
+        eprintln!("canary-bench: fleet part failed: {e:#}");
+        failures.push(format!("fleet: {e:#}"));
     }
     let took = start.elapsed();
     println!("\ncanary-bench results ({:.1} s):", took.as_secs_f64());
