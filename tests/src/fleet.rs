@@ -496,14 +496,7 @@ impl FleetTopology {
             let name = self.backends[i].name.clone();
             let fault_file = self.fault_file(&name);
             std::fs::write(&fault_file, "")?;
-            let mut args = vec!["--fault-file".into(), fault_file.display().to_string()];
-            if let Some(p) = opts.http_port {
-                args.extend(["--http-port".into(), p.to_string()]);
-            }
-            if opts.rst_fraction > 0.0 {
-                args.extend(["--rst-fraction".into(), opts.rst_fraction.to_string()]);
-            }
-            args.extend(more.iter().cloned());
+            let args = opts.args(&fault_file, more);
             let child = spawn_testsrv(&self.backends[i].ns, &name, port, &args)?;
             self.servers.push(child);
         }

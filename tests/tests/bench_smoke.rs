@@ -1,5 +1,6 @@
 //! The benchmark must not rot: one short iteration of every contender
-//! (XDP_PASS floor, canary, nftables DNAT, HAProxy, control-plane timings),
+//! (XDP_PASS floor, canary, nftables DNAT, HAProxy, control-plane timings,
+//! the fleet's weight convergence and etcd writes),
 //! asserting it runs to the end. Figures are not asserted here: the machine
 //! is shared and a smoke run is too short; `cargo xtask bench` reports them.
 
@@ -27,6 +28,8 @@ fn bench_smoke_runs_every_contender() {
         "canary (XDP",
         "nftables",
         "HAProxy",
+        "fleet: set-weight on one of 3 hosts",
+        "fleet: etcd writes per host per second",
     ] {
         assert!(text.contains(contender), "no {contender:?} row in:\n{text}");
     }

@@ -497,6 +497,24 @@ fn the_leader_killed_mid_step_hands_over_at_the_same_step() -> Result<()> {
     assert_eq!(r.phase, "promoted", "{r:#?}");
     assert_each_step_once(&r.history, 4);
     load.stop();
+    // The dead host is not forgotten: its data plane still forwards with
+    // the weight it had, and status says so.
+    let dead = format!("lb{}", leader + 1);
+    let fl = f.fleet(new_leader)?;
+    assert!(
+        fl.silent.iter().any(|h| h.name == dead),
+        "{dead} not listed as silent: {fl:#?}"
+    );
+    let line = &fl.agreement[0].line;
+    assert!(
+        line.starts_with("2/3 hosts apply 100.00%") && line.ends_with("(1 silent)"),
+        "{line}"
+    );
+    let text = f.topo.ctl(new_leader, &["status"])?;
+    assert!(
+        text.contains(&format!("host {dead}")) && text.contains("SILENT"),
+        "{text}"
+    );
     // The killed host's canaryd started again: it takes its data plane
     // over, reads the fleet's state and rejoins (weight 100 after the
     // promotion, reached while it was gone).

@@ -373,6 +373,17 @@ fn render_fleet(f: &FleetStatus) -> String {
     for a in &f.agreement {
         out.push_str(&format!("  {}: {}\n", a.service, a.line));
     }
+    for h in &f.silent {
+        let since = h
+            .silent_for_ms
+            .map(|ms| format!(" for {:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  host {:<12} SILENT{since}: no report (its canaryd is down or cut off from etcd; \
+             its data plane may still forward with its last weight)\n",
+            h.name
+        ));
+    }
     for h in &f.hosts {
         let applied: Vec<String> = h
             .applied

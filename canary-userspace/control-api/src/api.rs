@@ -279,6 +279,10 @@ pub struct FleetStatus {
     pub pending_rollbacks: Vec<String>,
     /// Every host with a live report (its lease not expired), this one too.
     pub hosts: Vec<FleetHost>,
+    /// Hosts that joined the fleet but have no live report: their canaryd
+    /// is down or cut off from etcd, and their data plane may still
+    /// forward with its last weight.
+    pub silent: Vec<FleetSilent>,
     /// Per service: how many hosts apply the desired weight.
     pub agreement: Vec<FleetAgreement>,
 }
@@ -297,6 +301,16 @@ pub struct FleetHost {
     pub unhealthy: Vec<String>,
     /// Per service: its new connections to stable and canary (cumulative).
     pub new_connections: BTreeMap<String, [u64; 2]>,
+}
+
+/// A host of the fleet without a live report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct FleetSilent {
+    pub name: String,
+    /// How long since its report went, as this host saw it (none: gone
+    /// before this canaryd started).
+    pub silent_for_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]

@@ -312,6 +312,12 @@ fn fleet(r: &mut Registry, f: &crate::control::api::FleetStatus) {
     );
     one(
         r,
+        "fleet_silent_hosts",
+        "Hosts that joined the fleet but have no live report (canaryd down or cut off)",
+        f.silent.len() as f64,
+    );
+    one(
+        r,
         "fleet_pending_rollbacks",
         "Rollbacks applied here while cut off, not yet written to etcd",
         f.pending_rollbacks.len() as f64,

@@ -35,6 +35,10 @@ pub struct FleetState {
     health: BTreeMap<String, HealthDoc>,
     /// Other hosts' latest reports and when they arrived.
     reports: BTreeMap<String, (HostReport, Instant)>,
+    /// Every host that joined (`members/`), and when each one's report
+    /// went, as this host saw it.
+    members: std::collections::BTreeSet<String>,
+    report_gone: BTreeMap<String, Instant>,
     /// What this host derived from each document: changes are found
     /// against it.
     mirrored: BTreeMap<String, ServiceDoc>,
@@ -65,6 +69,8 @@ impl FleetState {
             docs: BTreeMap::new(),
             health: BTreeMap::new(),
             reports: BTreeMap::new(),
+            members: Default::default(),
+            report_gone: BTreeMap::new(),
             mirrored: BTreeMap::new(),
             applied: BTreeMap::new(),
             baselines: HashMap::new(),
@@ -295,6 +301,7 @@ impl Daemon {
         f.docs.clear();
         f.health.clear();
         f.reports.clear();
+        f.members.clear();
         f.candidates.clear();
         f.baselines.clear();
         for c in changes {
@@ -367,10 +374,20 @@ impl Daemon {
             Key::Host(name) => match c.value.map(serde_json::from_slice::<HostReport>) {
                 Some(Ok(r)) => {
                     f.reports.insert(name.to_string(), (r, Instant::now()));
+                    f.report_gone.remove(name);
                 }
                 Some(Err(e)) => warn!("fleet: hosts/{name} in etcd does not parse: {e}"),
                 None => {
                     f.reports.remove(name);
+                    f.report_gone.insert(name.to_string(), Instant::now());
+                }
+            },
+            Key::Member(name) => match c.value {
+                Some(_) => {
+                    f.members.insert(name.to_string());
+                }
+                None => {
+                    f.members.remove(name);
                 }
             },
             Key::Candidate => match c.value {
@@ -403,7 +420,19 @@ impl Daemon {
                 let name = name.to_string();
                 self.fleet_apply_health(&name, &doc);
             }
-            Key::Host(_) => Self::cache(f, c),
+            Key::Host(name) => {
+                let gone = c.value.is_none() && f.members.contains(name);
+                Self::cache(f, c);
+                if gone && name != f.host {
+                    let line = format!(
+                        "fleet: {name} is silent: its report expired (canaryd down or cut off \
+                         from etcd; its data plane may still forward with its last weight)"
+                    );
+                    warn!("{line}");
+                    self.events.push("*", EventKind::Fleet, line);
+                }
+            }
+            Key::Member(_) => Self::cache(f, c),
             Key::Candidate => {
                 let before = f.leader_name().map(str::to_string);
                 Self::cache(f, c);
@@ -681,9 +710,6 @@ impl Daemon {
         report
     }
 
-    /// After this host's report went out: the leader's health verdicts.
-    pub fn fleet_reported(&mut self) {}
-
     /// The leader's duties each report interval: the fleet's health
     /// verdicts, and any progress still to publish.
     pub fn fleet_leader_duties(&mut self) -> Vec<Publish> {
@@ -806,6 +832,17 @@ impl Daemon {
                     .collect(),
             });
         }
+        let live: std::collections::BTreeSet<&str> =
+            all.iter().map(|(r, _)| r.host.as_str()).collect();
+        let silent: Vec<crate::control::api::FleetSilent> = f
+            .members
+            .iter()
+            .filter(|m| !live.contains(m.as_str()))
+            .map(|m| crate::control::api::FleetSilent {
+                name: m.clone(),
+                silent_for_ms: f.report_gone.get(m).map(|t| t.elapsed().as_millis() as u64),
+            })
+            .collect();
         let agreement = self
             .running
             .services
@@ -820,7 +857,7 @@ impl Daemon {
                     .get(&s.name)
                     .and_then(|(d, _)| d.weight())
                     .unwrap_or(weight);
-                fleet::agreement(&s.name, gen, desired, &hosts)
+                fleet::agreement(&s.name, gen, desired, &hosts, silent.len())
             })
             .collect();
         let (since, reason) = match &f.cut_off {
@@ -849,6 +886,7 @@ impl Daemon {
             cut_off_reason: reason,
             pending_rollbacks: f.pending_rollbacks.iter().cloned().collect(),
             hosts,
+            silent,
             agreement,
         })
     }

@@ -381,6 +381,18 @@ impl Link {
         )
         .await?;
         let rev = all.header().map(|h| h.revision()).unwrap_or(0);
+        // This host is a member from now on (no lease: when its reports
+        // stop, the others call it silent rather than forget it).
+        let member = serde_json::to_vec(&super::MemberDoc {
+            host: self.host.clone(),
+            joined_ms: super::unix_ms(),
+        })?;
+        within(
+            self.op_timeout,
+            "etcd put (member)",
+            c.put(self.keys.member(&self.host), member, None),
+        )
+        .await?;
         {
             let changes: Vec<Change> = all
                 .kvs()
@@ -424,6 +436,7 @@ impl Link {
         let mut renew = tokio::time::interval(self.ttl / 3);
         let mut renewed = Instant::now();
         let mut campaigning = true;
+        let mut sending: Option<std::pin::Pin<Box<dyn Future<Output = Result<()>> + Send>>> = None;
         loop {
             // No renewal for half the lease: step down before the lease can
             // expire and another host lead.
@@ -451,19 +464,28 @@ impl Link {
                     }
                     self.publish_later(d.fleet_outbox());
                 }
-                _ = report.tick() => {
+                // The report goes out beside the loop: the watch is read
+                // while it is in flight.
+                _ = report.tick(), if sending.is_none() => {
                     let value = {
                         let d = lock(daemon);
                         serde_json::to_vec(&d.fleet_report())?
                     };
-                    within(
-                        self.op_timeout,
-                        "etcd put (report)",
-                        c.put(self.keys.host(&self.host), value, Some(PutOptions::new().with_lease(lease))),
-                    )
-                    .await?;
+                    let (mut c, key, limit) = (c.clone(), self.keys.host(&self.host), self.op_timeout);
+                    sending = Some(Box::pin(async move {
+                        within(
+                            limit,
+                            "etcd put (report)",
+                            c.put(key, value, Some(PutOptions::new().with_lease(lease))),
+                        )
+                        .await
+                        .map(|_| ())
+                    }));
+                }
+                sent = async { sending.as_mut().expect("guarded").await }, if sending.is_some() => {
+                    sending = None;
+                    sent?;
                     let mut d = lock(daemon);
-                    d.fleet_reported();
                     self.publish_later(d.fleet_leader_duties());
                 }
                 _ = renew.tick() => {

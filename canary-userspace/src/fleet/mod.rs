@@ -12,6 +12,10 @@
 //!   what it applied, its counters, its probe view. Gone when the host is.
 //! - `election/<lease>`: etcd's election (campaign); the lowest is the leader,
 //!   the one host that runs rollouts and decides health verdicts.
+//! - `members/<host>`: every host that ever joined, without a lease: a host
+//!   whose report is gone (its canaryd down, its link to etcd cut) is still
+//!   known, and status calls it silent (its data plane may still forward
+//!   with its last weight). Removed by hand when a host leaves for good.
 //!
 //! Here: the documents and the pure rules over them (majority, agreement).
 //! `link` does the etcd I/O; the daemon (`daemon/fleet.rs`) decides.
@@ -66,6 +70,10 @@ impl Keys {
         format!("{}hosts/{name}", self.prefix)
     }
 
+    pub fn member(&self, name: &str) -> String {
+        format!("{}members/{name}", self.prefix)
+    }
+
     /// The election's name (etcd adds `/<lease>` per candidate).
     pub fn election(&self) -> String {
         format!("{}election", self.prefix)
@@ -79,6 +87,7 @@ impl Keys {
             "services" => Some(Key::Service(name)),
             "health" => Some(Key::Health(name)),
             "hosts" => Some(Key::Host(name)),
+            "members" => Some(Key::Member(name)),
             "election" => Some(Key::Candidate),
             _ => None,
         }
@@ -90,7 +99,16 @@ pub enum Key<'a> {
     Service(&'a str),
     Health(&'a str),
     Host(&'a str),
+    Member(&'a str),
     Candidate,
+}
+
+/// A host that joined the fleet (`members/<host>`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberDoc {
+    pub host: String,
+    /// When its canaryd last connected (Unix ms).
+    pub joined_ms: u64,
 }
 
 /// The fleet's desired run-time state of one service: what the state file
@@ -252,6 +270,7 @@ pub fn agreement(
     desired_generation: u64,
     desired: WeightBp,
     hosts: &[FleetHost],
+    silent: usize,
 ) -> FleetAgreement {
     let agreeing = hosts
         .iter()
@@ -261,14 +280,15 @@ pub fn agreement(
                 .is_some_and(|a| a.generation == desired_generation && a.weight_bp == desired.bp())
         })
         .count();
-    let line = format!(
-        "{agreeing}/{} hosts apply {}, generation {desired_generation}",
-        hosts.len(),
-        desired
-    );
+    let total = hosts.len() + silent;
+    let mut line =
+        format!("{agreeing}/{total} hosts apply {desired}, generation {desired_generation}");
+    if silent > 0 {
+        line += &format!(" ({silent} silent)");
+    }
     FleetAgreement {
         service: service.to_string(),
-        hosts: hosts.len(),
+        hosts: total,
         agreeing,
         percent: desired.percent(),
         generation: desired_generation,
@@ -287,6 +307,7 @@ mod tests {
         assert_eq!(k.parse(&k.service("shop")), Some(Key::Service("shop")));
         assert_eq!(k.parse(&k.health("shop")), Some(Key::Health("shop")));
         assert_eq!(k.parse(&k.host("lb1")), Some(Key::Host("lb1")));
+        assert_eq!(k.parse(&k.member("lb1")), Some(Key::Member("lb1")));
         assert_eq!(
             k.parse(&format!("{}/694d8c", k.election())),
             Some(Key::Candidate)
@@ -339,9 +360,13 @@ mod tests {
             ..Default::default()
         };
         let hosts = [host(42, 1000), host(42, 1000), host(41, 500)];
-        let a = agreement("shop", 42, WeightBp::from_bp(1000), &hosts);
+        let a = agreement("shop", 42, WeightBp::from_bp(1000), &hosts, 0);
         assert_eq!((a.agreeing, a.hosts), (2, 3));
         assert_eq!(a.line, "2/3 hosts apply 10.00%, generation 42");
+        // A silent host (known, no report) does not agree.
+        let a = agreement("shop", 42, WeightBp::from_bp(1000), &hosts[..2], 1);
+        assert_eq!((a.agreeing, a.hosts), (2, 3));
+        assert_eq!(a.line, "2/3 hosts apply 10.00%, generation 42 (1 silent)");
     }
 
     #[test]
