@@ -718,6 +718,11 @@ fn etcd_member_and_quorum_loss() -> Result<()> {
     assert_eq!(f.weight_bp(0)?, 1000, "lb1 cannot know yet");
     let pending = f.fleet(1)?.pending_rollbacks;
     assert_eq!(pending, vec!["shop".to_string()]);
+    // A restart while still cut off keeps it (it is in the state file).
+    f.daemons[1] = None;
+    f.daemons[1] = Some(f.topo.spawn_canaryd(1, &f.yamls[1])?);
+    assert_eq!(f.weight_bp(1)?, 0, "lb2 restarted cut off");
+    assert_eq!(f.fleet(1)?.pending_rollbacks, vec!["shop".to_string()]);
     // Quorum back: the rollback reaches etcd and every host.
     let t0 = Instant::now();
     f.topo.etcd.restart(0)?;

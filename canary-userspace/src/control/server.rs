@@ -187,6 +187,7 @@ async fn change(ctx: &Ctx, op: impl Fn(&mut Daemon) -> OpResult<Vec<String>>) ->
             let changes = op(&mut d).map_err(Fail::from)?;
             (changes, d.fleet_outbox())
         };
+        let services: Vec<String> = items.iter().map(|i| i.service().to_string()).collect();
         let Some(link) = &ctx.fleet else {
             return Ok(Json(Change { changes }));
         };
@@ -206,16 +207,17 @@ async fn change(ctx: &Ctx, op: impl Fn(&mut Daemon) -> OpResult<Vec<String>>) ->
             }
             Err(PublishError::Conflict(m)) => return Err(Fail(StatusCode::CONFLICT, m)),
             Err(PublishError::CutOff(m)) => {
-                let note = lock(ctx).fleet_cut_off_note();
-                return match note {
-                    Some(line) if lock(ctx).fleet_has_pending_rollbacks() => {
-                        changes.push(line);
-                        Ok(Json(Change { changes }))
-                    }
-                    _ => Err(Fail(
+                return if lock(ctx).fleet_pending_among(&services) {
+                    changes.push(format!(
+                        "applied on this host only: etcd cannot be reached ({m}); \
+                         the rollback is written to etcd when it returns"
+                    ));
+                    Ok(Json(Change { changes }))
+                } else {
+                    Err(Fail(
                         StatusCode::CONFLICT,
                         format!("not applied: etcd cannot be reached ({m})"),
-                    )),
+                    ))
                 };
             }
         }

@@ -53,8 +53,10 @@ pub struct FleetState {
     issued_gen: BTreeMap<String, u64>,
     cut_off: Option<(SystemTime, String)>,
     connected: bool,
-    /// Rollbacks applied here while cut off: published on reconnect.
-    pending_rollbacks: std::collections::BTreeSet<String>,
+    /// Per service, the `seq` of the last document handed to the writer.
+    issued_seq: BTreeMap<String, u64>,
+    /// This session's lease (its election key fences the leader's writes).
+    lease: Option<i64>,
 }
 
 impl FleetState {
@@ -79,7 +81,8 @@ impl FleetState {
             // Until the first session: not yet connected, not cut off.
             cut_off: None,
             connected: false,
-            pending_rollbacks: Default::default(),
+            issued_seq: BTreeMap::new(),
+            lease: None,
         }
     }
 
@@ -203,7 +206,10 @@ impl Daemon {
                 // already (the leader may be ahead in a rollout's progress).
                 if let Some(d) = &doc {
                     let local = self.local_slice(s);
-                    if d.session == f.session && (local.same_state(d) || local.progress_only(d)) {
+                    let older = d.seq < f.issued_seq.get(s).copied().unwrap_or(0);
+                    if d.session == f.session
+                        && (older || local.same_state(d) || local.progress_only(d))
+                    {
                         gens.push((s.clone(), d.generation, None));
                         continue;
                     }
@@ -235,6 +241,13 @@ impl Daemon {
                 )
             })
             .collect();
+        let pools = |c: &Config| -> Vec<(Vec<IpAddr>, Vec<IpAddr>)> {
+            c.services
+                .iter()
+                .map(|s| (s.stable.clone(), s.canary.clone()))
+                .collect()
+        };
+        let pools_before = pools(&self.running);
         if effective.config == self.running {
             // Only the run-time state moved (a rollout's progress, say):
             // nothing for the data plane.
@@ -245,6 +258,10 @@ impl Daemon {
         } else if let Err(e) = self.commit(effective.config, state) {
             error!("fleet: applying etcd's state: {}", e.message);
             return;
+        }
+        if pools(&self.running) != pools_before {
+            // Another host added or removed a backend: probe the new pools.
+            self.respawn_probes();
         }
         // A rollout another host changed: its window starts afresh here.
         for (s, was) in rollout_steps {
@@ -294,7 +311,7 @@ impl Daemon {
     /// A fresh session's full read of the prefix: everything cached is
     /// replaced, every document applied; rollbacks made while cut off are
     /// made again on top and published.
-    pub fn fleet_loaded(&mut self, changes: &[Change], _lease: i64) {
+    pub fn fleet_loaded(&mut self, changes: &[Change], lease: i64) {
         let Some(f) = self.fleet_mut() else {
             return;
         };
@@ -304,21 +321,27 @@ impl Daemon {
         f.members.clear();
         f.candidates.clear();
         f.baselines.clear();
+        f.lease = Some(lease);
         for c in changes {
             Self::cache(f, c);
         }
         let was_cut = f.cut_off.take();
         f.connected = true;
-        let pending: Vec<String> = std::mem::take(&mut f.pending_rollbacks)
-            .into_iter()
-            .collect();
         let health: Vec<(String, HealthDoc)> = f
             .health
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let names = self.service_names();
+        // etcd's state everywhere but where this host rolled back without
+        // etcd: there the rollback goes on top of it, in the same apply.
+        let pending = self.state.fleet_pending_rollbacks.clone();
+        let names: Vec<String> = self
+            .service_names()
+            .into_iter()
+            .filter(|s| !pending.contains(s))
+            .collect();
         self.fleet_apply(&names, false);
+        self.fleet_redo_rollbacks();
         for (svc, doc) in health {
             self.fleet_apply_health(&svc, &doc);
         }
@@ -330,24 +353,62 @@ impl Daemon {
         } else {
             info!("fleet: connected to etcd; fleet state applied");
         }
-        for svc in pending {
-            // The rollback made while cut off wins over whatever etcd had.
-            let why = "rolled back while this host was cut off from etcd".to_string();
-            if let Some(r) = self.state.rollouts.get_mut(&svc) {
-                if r.active() {
-                    r.abort(why.clone());
-                }
-            }
-            let file_weight_bp = self.file_weight_bp(&svc);
-            self.state.services.entry(svc.clone()).or_default().weight = Some(WeightOverride {
+    }
+
+    /// The rollbacks etcd does not have yet, made again on top of etcd's
+    /// document of each service (its weight 0, its rollout aborted): the
+    /// outbox then publishes them. Only while connected.
+    fn fleet_redo_rollbacks(&mut self) {
+        let Some(f) = self.fleet.as_deref() else {
+            return;
+        };
+        if !f.connected {
+            return;
+        }
+        let pending: Vec<String> = self
+            .state
+            .fleet_pending_rollbacks
+            .iter()
+            .filter(|s| self.running.services.iter().any(|x| &x.name == *s))
+            .cloned()
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let mut state = self.state.clone();
+        let mut bases = Vec::new();
+        for s in &pending {
+            let base = f.docs.get(s).map(|(d, _)| slice_of(d)).unwrap_or_default();
+            let mut o = base.overrides.clone();
+            o.weight = Some(WeightOverride {
                 weight_bp: 0,
                 source: rolled_back(),
-                file_weight_bp,
+                file_weight_bp: self.file_weight_bp(s),
             });
-            if let Err(e) = self.set_weight(&svc, WeightBp::ZERO, &rolled_back()) {
-                error!("fleet: re-applying the rollback of {svc}: {}", e.message);
-            }
-            info!("fleet: service {svc}: publishing the rollback made while cut off");
+            state.services.insert(s.clone(), o);
+            match &base.rollout {
+                Some(r) => {
+                    let mut r = r.clone();
+                    if r.active() {
+                        r.abort("rolled back while this host could not reach etcd".into());
+                    }
+                    state.rollouts.insert(s.clone(), r)
+                }
+                None => state.rollouts.remove(s),
+            };
+            state.rollbacks.insert(s.clone(), base.rollbacks + 1);
+            bases.push((s.clone(), base));
+        }
+        let effective = state.effective(&self.file);
+        if let Err(e) = self.commit(effective.config, state) {
+            error!("fleet: making the pending rollbacks again: {}", e.message);
+            return;
+        }
+        let f = self.fleet_mut().expect("fleet");
+        for (s, base) in bases {
+            info!("fleet: service {s}: writing the rollback made without etcd");
+            // Found against etcd's document: the outbox publishes it.
+            f.mirrored.insert(s, base);
         }
     }
 
@@ -355,7 +416,15 @@ impl Daemon {
         match c.key {
             Key::Service(name) => match c.value.map(serde_json::from_slice::<ServiceDoc>) {
                 Some(Ok(doc)) => {
-                    f.docs.insert(name.to_string(), (doc, c.mod_rev));
+                    if let Some(Err(e)) = doc.rollout.as_ref().map(|r| r.check()) {
+                        warn!("fleet: services/{name} in etcd has a broken rollout ({e}); ignored");
+                        return;
+                    }
+                    // A write's own confirmation may come after the watch
+                    // brought a newer one.
+                    if f.docs.get(name).is_none_or(|(_, rev)| *rev <= c.mod_rev) {
+                        f.docs.insert(name.to_string(), (doc, c.mod_rev));
+                    }
                 }
                 Some(Err(e)) => warn!("fleet: services/{name} in etcd does not parse: {e}"),
                 None => {
@@ -412,7 +481,12 @@ impl Daemon {
             Key::Service(name) => {
                 Self::cache(f, c);
                 let name = name.to_string();
-                self.fleet_apply(std::slice::from_ref(&name), true);
+                if self.state.fleet_pending_rollbacks.contains(&name) {
+                    // A rollback of ours lost a race: again, on this one.
+                    self.fleet_redo_rollbacks();
+                } else {
+                    self.fleet_apply(std::slice::from_ref(&name), true);
+                }
             }
             Key::Health(name) => {
                 Self::cache(f, c);
@@ -461,6 +535,9 @@ impl Daemon {
         else {
             return;
         };
+        // A verdict left from when the service was probed does not count.
+        let none = HealthDoc::default();
+        let doc = if svc.health.is_some() { doc } else { &none };
         let mut changed = false;
         for addr in svc.stable.iter().chain(&svc.canary) {
             let healthy = doc.backends.get(addr).is_none_or(|v| v.healthy);
@@ -495,10 +572,19 @@ impl Daemon {
         }
     }
 
+    /// Whether `local` is a rollback against etcd's document `etcd`: weight
+    /// 0 where etcd (or the file, without a document) says more.
+    fn is_rollback(&self, service: &str, local: &ServiceDoc, etcd: Option<&ServiceDoc>) -> bool {
+        let file = WeightBp::from_bp(self.file_weight_bp(service));
+        let etcd_weight = etcd.and_then(|d| d.weight()).unwrap_or(file);
+        local.weight().unwrap_or(file) == WeightBp::ZERO && etcd_weight != WeightBp::ZERO
+    }
+
     /// This host's changes to publish: every service whose local run-time
     /// state differs from what it derived from etcd. The leader's rollout
-    /// progress alone goes at most once per report interval. Cut off, a
-    /// rollback is kept for later and anything else is undone.
+    /// progress alone goes at most once per report interval; the leader's
+    /// writes are fenced by its election key. Without etcd, a rollback is
+    /// kept (and saved) for later and anything else is undone.
     pub fn fleet_outbox(&mut self) -> Vec<Publish> {
         let Some(f) = self.fleet.as_deref() else {
             return Vec::new();
@@ -508,6 +594,10 @@ impl Daemon {
         let mut undo = Vec::new();
         let mut keep = Vec::new();
         let mut progress = Vec::new();
+        let fence = f
+            .lease
+            .filter(|_| f.leading)
+            .map(|l| format!("{}/{l:x}", fleet::Keys::new(&f.cluster).election()));
         for s in names {
             let local = self.local_slice(&s);
             let mirrored = f.mirrored.get(&s).cloned().unwrap_or_default();
@@ -522,9 +612,10 @@ impl Daemon {
                 continue;
             }
             if !f.connected || f.cut_off.is_some() {
-                let rollback = local.weight() == Some(WeightBp::ZERO)
-                    && mirrored.weight() != Some(WeightBp::ZERO);
-                if rollback || f.pending_rollbacks.contains(&s) {
+                let etcd = f.docs.get(&s).map(|(d, _)| d);
+                if self.is_rollback(&s, &local, etcd)
+                    || self.state.fleet_pending_rollbacks.contains(&s)
+                {
                     keep.push(s);
                 } else if !local.progress_only(&mirrored) {
                     undo.push(s);
@@ -542,6 +633,7 @@ impl Daemon {
                 generation: base_gen + u64::from(bump),
                 by: f.host.clone(),
                 session: f.session,
+                seq: f.issued_seq.get(&s).copied().unwrap_or(0) + 1,
                 at_ms: fleet::unix_ms(),
                 ..local
             };
@@ -550,6 +642,7 @@ impl Daemon {
                 service: s,
                 doc: Box::new(doc),
                 base_rev: rev,
+                fence: fence.clone(),
             });
         }
         let f = self.fleet_mut().expect("fleet");
@@ -561,13 +654,19 @@ impl Daemon {
         for item in &out {
             if let Publish::Doc { service, doc, .. } = item {
                 f.issued_gen.insert(service.clone(), doc.generation);
+                f.issued_seq.insert(service.clone(), doc.seq);
                 f.mirrored.insert(service.clone(), slice_of(doc));
             }
         }
+        let mut saved = false;
         for s in keep {
-            if f.pending_rollbacks.insert(s.clone()) {
-                warn!("fleet: service {s}: rolled back here while cut off; written to etcd when it returns");
+            if self.state.fleet_pending_rollbacks.insert(s.clone()) {
+                warn!("fleet: service {s}: rolled back here without etcd; written to etcd when it returns");
+                saved = true;
             }
+        }
+        if saved {
+            self.save_state();
         }
         if !undo.is_empty() {
             self.fleet_restore(&undo);
@@ -576,15 +675,25 @@ impl Daemon {
     }
 
     /// A publish landed: the cache has it now (the watch's echo is then a
-    /// no-op).
+    /// no-op); a rollback etcd lacked is there now.
     pub fn fleet_published(&mut self, item: &Publish, rev: i64) {
         let Some(f) = self.fleet_mut() else {
             return;
         };
         match item {
             Publish::Doc { service, doc, .. } => {
-                f.docs.insert(service.clone(), ((**doc).clone(), rev));
+                if f.docs.get(service).is_none_or(|(_, r)| *r <= rev) {
+                    f.docs.insert(service.clone(), ((**doc).clone(), rev));
+                }
                 f.applied.insert(service.clone(), doc.generation);
+                if doc.weight() == Some(WeightBp::ZERO)
+                    && self.state.fleet_pending_rollbacks.remove(service)
+                {
+                    info!(
+                        "fleet: service {service}: the rollback made without etcd is in etcd now"
+                    );
+                    self.save_state();
+                }
             }
             Publish::Health { service, doc } => {
                 f.health.insert(service.clone(), doc.clone());
@@ -592,29 +701,31 @@ impl Daemon {
         }
     }
 
-    /// A publish did not land. Cut off, a rollback stays here and waits;
-    /// anything else is undone here (the newer document, if any, comes by
-    /// the watch).
-    pub fn fleet_publish_failed(&mut self, service: &str, e: &PublishError, _operator: bool) {
+    /// A publish did not land. A rollback is kept (and saved) and made again
+    /// on top of etcd's newer state (the watch brings it, or the next
+    /// session's read); anything else is undone here.
+    pub fn fleet_publish_failed(&mut self, item: &Publish, e: &PublishError) {
+        let Publish::Doc { service, .. } = item else {
+            return; // the leader decides health again at its next report
+        };
         let Some(f) = self.fleet.as_deref() else {
             return;
         };
         let local = self.local_slice(service);
-        let mirrored = f.mirrored.get(service).cloned().unwrap_or_default();
-        let rollback =
-            local.weight() == Some(WeightBp::ZERO) && mirrored.weight() != Some(WeightBp::ZERO);
-        match e {
-            PublishError::CutOff(_) if rollback => {
-                let f = self.fleet_mut().expect("fleet");
-                f.pending_rollbacks.insert(service.to_string());
-                warn!(
-                    "fleet: service {service}: rolled back here; written to etcd when it returns"
-                );
+        let etcd = f.docs.get(service).map(|(d, _)| d.clone());
+        if self.is_rollback(service, &local, etcd.as_ref()) {
+            self.state
+                .fleet_pending_rollbacks
+                .insert(service.to_string());
+            self.save_state();
+            warn!("fleet: service {service}: rollback not written yet ({e:?}); kept here and written again");
+            if matches!(e, PublishError::Conflict(_)) {
+                // The newer document may be here already.
+                self.fleet_redo_rollbacks();
             }
-            _ => {
-                warn!("fleet: service {service}: change not published ({e:?}); undone here");
-                self.fleet_apply(&[service.to_string()], false);
-            }
+        } else {
+            warn!("fleet: service {service}: change not published ({e:?}); undone here");
+            self.fleet_apply(std::slice::from_ref(service), false);
         }
     }
 
@@ -727,6 +838,31 @@ impl Daemon {
             .collect();
         reports.push(own);
         let verdicts = fleet::verdicts(reports.iter());
+        // A canary pool the fleet sees all down is rolled back, also when
+        // the verdict came before this host led (its leader died first).
+        let down: Vec<String> = self
+            .running
+            .services
+            .iter()
+            .filter(|s| {
+                !s.canary.is_empty()
+                    && s.canary.iter().all(|b| self.dp.is_unhealthy(&s.name, *b))
+                    && (s.weight_bp() > 0
+                        || self.state.rollouts.get(&s.name).is_some_and(|r| r.active()))
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        for s in down {
+            let reset = self.on_rollback(&s) == Some(OnRollback::Reset);
+            self.rollback_now(
+                &s,
+                "no healthy canary backend (the fleet's verdict)".into(),
+                reset,
+            );
+        }
+        let Some(f) = self.fleet.as_deref() else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for (service, backends) in verdicts {
             let current = f.health.get(&service);
@@ -884,7 +1020,7 @@ impl Daemon {
                 .and_then(|t| t.elapsed().ok())
                 .map(|d| d.as_millis() as u64),
             cut_off_reason: reason,
-            pending_rollbacks: f.pending_rollbacks.iter().cloned().collect(),
+            pending_rollbacks: self.state.fleet_pending_rollbacks.iter().cloned().collect(),
             hosts,
             silent,
             agreement,
@@ -917,10 +1053,11 @@ impl Daemon {
         })
     }
 
-    pub fn fleet_has_pending_rollbacks(&self) -> bool {
-        self.fleet
-            .as_deref()
-            .is_some_and(|f| !f.pending_rollbacks.is_empty())
+    /// Whether a rollback of one of `services` waits for etcd.
+    pub fn fleet_pending_among(&self, services: &[String]) -> bool {
+        services
+            .iter()
+            .any(|s| self.state.fleet_pending_rollbacks.contains(s))
     }
 
     /// A line for an operator's answer while cut off.

@@ -128,6 +128,11 @@ pub struct RuntimeState {
     /// Automatic and manual rollbacks so far, per service (a metric).
     #[serde(default)]
     pub rollbacks: BTreeMap<String, u64>,
+    /// In a fleet: rollbacks made here that etcd does not have yet (cut
+    /// off, or a write that did not land); made again on top of etcd's
+    /// state and written when it can be. Saved: a restart keeps them.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub fleet_pending_rollbacks: std::collections::BTreeSet<String>,
 }
 
 impl RuntimeState {

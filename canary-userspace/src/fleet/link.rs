@@ -35,6 +35,9 @@ pub enum Publish {
         service: String,
         doc: Box<super::ServiceDoc>,
         base_rev: i64,
+        /// The leader's election key: the write lands only while it exists
+        /// (a deposed leader's late step does not).
+        fence: Option<String>,
     },
     /// The fleet's health verdicts of a service (the leader's).
     Health {
@@ -93,6 +96,8 @@ pub struct Link {
     op_timeout: Duration,
     writer: mpsc::UnboundedSender<Job>,
     lease: Arc<Mutex<Option<i64>>>,
+    /// A write failed for want of etcd: the session starts afresh.
+    resync: Arc<tokio::sync::Notify>,
 }
 
 fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
@@ -143,6 +148,7 @@ impl Link {
             op_timeout: Duration::from_secs(1).min(cfg.lease_ttl / 2),
             writer: tx,
             lease: Arc::new(Mutex::new(None)),
+            resync: Arc::new(tokio::sync::Notify::new()),
         };
         tokio::spawn(link.clone().write_loop(rx, daemon));
         Ok(link)
@@ -195,7 +201,8 @@ impl Link {
         let mut chain: std::collections::HashMap<String, (i64, i64)> = Default::default();
         while let Some(job) = rx.recv().await {
             let mut outcome = Ok(());
-            for mut item in job.items {
+            let mut items = job.items.into_iter();
+            while let Some(mut item) = items.next() {
                 let service = item.service().to_string();
                 let mut based_on = None;
                 if let Publish::Doc { base_rev, .. } = &mut item {
@@ -214,10 +221,16 @@ impl Link {
                         lock(&daemon).fleet_published(&item, rev)
                     }
                     Err(e) => {
-                        if let PublishError::CutOff(why) = &e {
-                            lock(&daemon).fleet_cut_off(why);
+                        if let PublishError::CutOff(_) = &e {
+                            // The session finds out whether etcd is gone
+                            // (and says so) or comes back with a fresh read.
+                            self.resync.notify_one();
                         }
-                        lock(&daemon).fleet_publish_failed(&service, &e, job.reply.is_some());
+                        let mut d = lock(&daemon);
+                        d.fleet_publish_failed(&item, &e);
+                        for rest in items.by_ref() {
+                            d.fleet_publish_failed(&rest, &e);
+                        }
                         outcome = Err(e);
                         break;
                     }
@@ -256,15 +269,20 @@ impl Link {
                 service,
                 doc,
                 base_rev,
+                fence,
             } => {
                 let key = self.keys.service(service);
                 let value = serde_json::to_vec(doc).map_err(|e| cut(e.into()))?;
+                let mut when = vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    *base_rev,
+                )];
+                if let Some(f) = fence {
+                    when.push(Compare::create_revision(f.clone(), CompareOp::Greater, 0));
+                }
                 let txn = Txn::new()
-                    .when([Compare::mod_revision(
-                        key.clone(),
-                        CompareOp::Equal,
-                        *base_rev,
-                    )])
+                    .when(when)
                     .and_then([TxnOp::put(key, value, None)]);
                 let resp = within(self.op_timeout, "etcd txn", c.txn(txn))
                     .await
@@ -507,6 +525,9 @@ impl Link {
                         Ok(Err(e)) => bail!("etcd campaign: {e}"),
                         Err(e) => bail!("etcd campaign: {e}"),
                     }
+                }
+                _ = self.resync.notified() => {
+                    bail!("an etcd write failed; reading the fleet's state afresh");
                 }
                 _ = tokio::time::sleep_until(stale) => {
                     bail!("no etcd lease renewal for {:?}", self.ttl / 2);

@@ -130,6 +130,10 @@ pub struct ServiceDoc {
     pub by: String,
     #[serde(default)]
     pub session: u64,
+    /// The writer's own count of its writes of this service: a host skips
+    /// echoes older than its latest.
+    #[serde(default)]
+    pub seq: u64,
     #[serde(default)]
     pub at_ms: u64,
 }
