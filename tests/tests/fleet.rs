@@ -14,6 +14,8 @@
 //!   killed host's canaryd started again rejoins with the fleet's state;
 //! - one health view: a backend failing every host's probes leaves every
 //!   host's tables; one host's bad link to a backend does not;
+//! - `on_rollback: reset` decided on one host resets the open canary
+//!   connections on every host;
 //! - one LB host lost with 200 connections open (servers pushing): ECMP
 //!   moves them and at least 99% keep working both ways;
 //! - etcd: one member killed changes nothing; quorum lost: the data plane
@@ -839,5 +841,79 @@ fn one_health_view_decided_by_majority() -> Result<()> {
     f.wait(Duration::from_secs(15), "b2 back on every host", |s| {
         backend(s, "198.18.2.2") == Some(true)
     })?;
+    Ok(())
+}
+
+#[test]
+fn on_rollback_reset_resets_canary_connections_on_every_host() -> Result<()> {
+    let _s = serial();
+    let mut topo = FleetTopology::new(3, 3)?;
+    topo.start_push_servers_with(
+        80,
+        &ServerOptions {
+            http_port: Some(HEALTH_PORT),
+            rst_fraction: 0.0,
+        },
+        100,
+    )?;
+    let mut daemons = Vec::new();
+    for k in 0..3 {
+        let yaml = topo
+            .lb_config(k)
+            .fleet(topo.fleet_section(k, "lab").lease_ttl("3s"))
+            .service(shop(
+                "      steps: [50, 100]\n      interval: 600s\n      on_rollback: reset\n",
+            ))
+            .yaml();
+        daemons.push(topo.spawn_canaryd(k, &yaml)?);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    topo.ctl(1, &["rollout", "start", "shop"])?;
+    let maps: Vec<Maps> = (0..3)
+        .map(|k| Maps::from_pins(&topo.lbs[k].pin_dir()))
+        .collect::<Result<_>>()?;
+    let end = Instant::now() + Duration::from_secs(5);
+    while maps
+        .iter()
+        .any(|m| canary_tests::rollout::weight_bp(m).unwrap_or(0) != 5000)
+    {
+        anyhow::ensure!(Instant::now() < end, "step 1 not applied everywhere");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let conns: Vec<PushConn> = topo.client.run(|| {
+        (0..90)
+            .map(|i| PushConn::open(client_v4(i), vip(), Duration::from_secs(3)))
+            .collect::<Result<_>>()
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    // Aborted on lb1: weight 0, and open canary connections reset on every
+    // host (their client packets reach all three by ECMP).
+    topo.ctl(0, &["rollout", "abort", "shop"])?;
+    let mut conns = conns;
+    for _ in 0..4 {
+        for c in conns.iter_mut() {
+            let _ = c.send("ping");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (mut canary, mut canary_reset, mut stable, mut stable_ok) = (0, 0, 0, 0);
+    for c in &conns {
+        let h = c.health();
+        if c.backend == "b3" {
+            canary += 1;
+            canary_reset += usize::from(h.error.is_some());
+        } else {
+            stable += 1;
+            stable_ok += usize::from(h.error.is_none() && c.wait_echoes(Duration::from_secs(1)));
+        }
+    }
+    println!(
+        "rollout aborted on lb1 with on_rollback: reset: {canary_reset} of {canary} canary \
+         connections reset, {stable_ok} of {stable} stable ones working"
+    );
+    assert!(canary >= 20, "only {canary} canary connections");
+    assert_eq!(canary_reset, canary, "canary connections left open");
+    assert_eq!(stable_ok, stable, "stable connections broken");
+    drop(daemons);
     Ok(())
 }

@@ -46,6 +46,14 @@ impl Daemon {
         let mut message = format!("rolled back to canary weight 0: {why}");
         if reset {
             self.dp.reset_flows(service, VERSION_CANARY);
+            // Counted: in a fleet the other hosts reset theirs when they
+            // apply it.
+            *self
+                .state
+                .canary_resets
+                .entry(service.to_string())
+                .or_default() += 1;
+            self.save_state();
             message.push_str("; open canary connections are being reset (on_rollback: reset)");
         }
         self.events.push(service, EventKind::Rollback, message);

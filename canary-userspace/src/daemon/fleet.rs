@@ -155,6 +155,7 @@ impl Daemon {
                 .unwrap_or_default(),
             rollout: self.state.rollouts.get(service).cloned(),
             rollbacks: self.state.rollbacks.get(service).copied().unwrap_or(0),
+            canary_resets: self.state.canary_resets.get(service).copied().unwrap_or(0),
             ..Default::default()
         }
     }
@@ -192,6 +193,7 @@ impl Daemon {
         };
         let mut state = self.state.clone();
         let mut gens = Vec::new();
+        let mut resets = Vec::new();
         for s in services {
             let doc = if from_mirror {
                 f.mirrored.get(s).map(|m| ServiceDoc {
@@ -225,6 +227,12 @@ impl Daemon {
                 None => state.rollouts.remove(s),
             };
             state.rollbacks.insert(s.clone(), doc.rollbacks);
+            let resets_here = state.canary_resets.get(s).copied().unwrap_or(0);
+            if doc.canary_resets > resets_here && !from_mirror {
+                // Another host rolled back with `on_rollback: reset`.
+                resets.push(s.clone());
+            }
+            state.canary_resets.insert(s.clone(), doc.canary_resets);
             gens.push((s.clone(), doc.generation, Some(doc)));
         }
         let before = self.weights();
@@ -262,6 +270,14 @@ impl Daemon {
         if pools(&self.running) != pools_before {
             // Another host added or removed a backend: probe the new pools.
             self.respawn_probes();
+        }
+        for s in resets {
+            self.dp.reset_flows(&s, VERSION_CANARY);
+            let line = format!(
+                "service {s}: open canary connections are being reset (the fleet's rollback, on_rollback: reset)"
+            );
+            warn!("{line}");
+            self.events.push(&s, EventKind::Rollback, line);
         }
         // A rollout another host changed: its window starts afresh here.
         for (s, was) in rollout_steps {

@@ -133,6 +133,11 @@ pub struct RuntimeState {
     /// state and written when it can be. Saved: a restart keeps them.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub fleet_pending_rollbacks: std::collections::BTreeSet<String>,
+    /// Rollbacks that reset open canary connections (`on_rollback: reset`),
+    /// per service: in a fleet every host resets when the count it applies
+    /// grows, not only the host that decided.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub canary_resets: BTreeMap<String, u64>,
 }
 
 impl RuntimeState {

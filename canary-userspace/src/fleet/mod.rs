@@ -124,6 +124,10 @@ pub struct ServiceDoc {
     pub rollout: Option<Rollout>,
     #[serde(default)]
     pub rollbacks: u64,
+    /// Rollbacks that reset open canary connections: a host applying a
+    /// larger count resets its own.
+    #[serde(default)]
+    pub canary_resets: u64,
     /// The host that wrote it, and which run of its canaryd (a host skips
     /// the echo of its own writes).
     #[serde(default)]
@@ -152,7 +156,8 @@ impl ServiceDoc {
     /// count.
     pub fn same_state(&self, other: &ServiceDoc) -> bool {
         let strip = |d: &ServiceDoc| {
-            serde_json::to_value((&d.overrides, &d.rollout, d.rollbacks)).unwrap_or_default()
+            serde_json::to_value((&d.overrides, &d.rollout, d.rollbacks, d.canary_resets))
+                .unwrap_or_default()
         };
         strip(self) == strip(other)
     }
@@ -173,7 +178,7 @@ impl ServiceDoc {
             });
             (
                 serde_json::to_value(&d.overrides).unwrap_or_default(),
-                d.rollbacks,
+                (d.rollbacks, d.canary_resets),
                 r,
             )
         };
