@@ -106,14 +106,12 @@ async fn run(args: Args) -> Result<()> {
     let (probe_tx, mut probe_rx) = tokio::sync::mpsc::unbounded_channel();
     daemon.start_probes(probe_tx);
     let fleet_cfg = daemon.running().fleet.clone();
-    let session = daemon.fleet_session();
     let daemon = Arc::new(Mutex::new(daemon));
     // In a fleet: the etcd link. No connection is needed to start: a host
     // that cannot reach etcd forwards with its last state, cut off.
-    let fleet = match (fleet_cfg, session) {
-        (Some(cfg), Some(session)) => {
-            let link =
-                canary_userspace::fleet::link::Link::new(&cfg, session, daemon.clone()).await?;
+    let fleet = match fleet_cfg {
+        Some(cfg) => {
+            let link = canary_userspace::fleet::link::Link::new(&cfg, daemon.clone()).await?;
             tokio::spawn(link.clone().run(daemon.clone()));
             info!(
                 "fleet {}: this host is {}; etcd {:?}",
@@ -121,7 +119,7 @@ async fn run(args: Args) -> Result<()> {
             );
             Some(link)
         }
-        _ => None,
+        None => None,
     };
 
     let (teardown_tx, mut teardown_rx) = tokio::sync::mpsc::channel(1);

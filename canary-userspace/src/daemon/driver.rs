@@ -11,23 +11,10 @@ impl Daemon {
         // The decision first, durably: the rollout aborted and a run-time
         // weight of 0, so a crash before the map write still restarts with
         // the canary at 0.
-        if let Some(r) = self.state.rollouts.get_mut(service) {
-            if r.active() {
-                r.abort(why.clone());
-            }
-        }
-        *self.state.rollbacks.entry(service.to_string()).or_default() += 1;
         let source = rolled_back();
         let file_weight_bp = self.file_weight_bp(service);
         self.state
-            .services
-            .entry(service.to_string())
-            .or_default()
-            .weight = Some(WeightOverride {
-            weight_bp: 0,
-            source: source.clone(),
-            file_weight_bp,
-        });
+            .record_rollback(service, &why, &source, file_weight_bp);
         self.save_state();
         // Then the map. Should the whole-config apply fail (an interface
         // gone, say), weight 0 is written straight into the service entry,

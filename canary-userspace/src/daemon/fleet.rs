@@ -20,6 +20,13 @@ use crate::fleet::{self, HealthDoc, HostReport, Key, ServiceDoc};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+/// What this host last handed to the writer for a service.
+#[derive(Debug, Clone, Copy, Default)]
+struct Issued {
+    generation: u64,
+    seq: u64,
+}
+
 /// What the daemon keeps of the fleet.
 pub struct FleetState {
     pub host: String,
@@ -49,12 +56,11 @@ pub struct FleetState {
     baselines: HashMap<(String, String), (u64, WindowCounts)>,
     /// When the leader last published a rollout's progress.
     progress_at: HashMap<String, Instant>,
-    /// The generation last handed to the writer, per service.
-    issued_gen: BTreeMap<String, u64>,
+    /// Per service, the generation and `seq` of the last document handed
+    /// to the writer.
+    issued: BTreeMap<String, Issued>,
     cut_off: Option<(SystemTime, String)>,
     connected: bool,
-    /// Per service, the `seq` of the last document handed to the writer.
-    issued_seq: BTreeMap<String, u64>,
     /// This session's lease (its election key fences the leader's writes).
     lease: Option<i64>,
 }
@@ -77,17 +83,12 @@ impl FleetState {
             applied: BTreeMap::new(),
             baselines: HashMap::new(),
             progress_at: HashMap::new(),
-            issued_gen: BTreeMap::new(),
+            issued: BTreeMap::new(),
             // Until the first session: not yet connected, not cut off.
             cut_off: None,
             connected: false,
-            issued_seq: BTreeMap::new(),
             lease: None,
         }
-    }
-
-    pub fn session(&self) -> u64 {
-        self.session
     }
 
     fn leader_name(&self) -> Option<&str> {
@@ -97,15 +98,15 @@ impl FleetState {
             .map(|(_, h)| h.as_str())
     }
 
-    /// Reports recent enough to count (a host whose lease expired has no
-    /// key; this also drops one that stopped renewing but whose lease has
-    /// not expired yet).
-    fn live_reports(&self) -> impl Iterator<Item = &HostReport> + Clone {
+    /// Other hosts' reports recent enough to count (a host whose lease
+    /// expired has no key; this also drops one that stopped renewing but
+    /// whose lease has not expired yet).
+    fn live_reports(&self) -> impl Iterator<Item = &HostReport> {
         let stale = self.report_every * 4 + Duration::from_secs(1);
         self.reports
-            .values()
-            .filter(move |(_, at)| at.elapsed() < stale)
-            .map(|(r, _)| r)
+            .iter()
+            .filter(move |(h, (_, at))| **h != self.host && at.elapsed() < stale)
+            .map(|(_, (r, _))| r)
     }
 }
 
@@ -208,7 +209,7 @@ impl Daemon {
                 // already (the leader may be ahead in a rollout's progress).
                 if let Some(d) = &doc {
                     let local = self.local_slice(s);
-                    let older = d.seq < f.issued_seq.get(s).copied().unwrap_or(0);
+                    let older = d.seq < f.issued.get(s).map_or(0, |i| i.seq);
                     if d.session == f.session
                         && (older || local.same_state(d) || local.progress_only(d))
                     {
@@ -394,25 +395,20 @@ impl Daemon {
         let mut state = self.state.clone();
         let mut bases = Vec::new();
         for s in &pending {
-            let base = f.docs.get(s).map(|(d, _)| slice_of(d)).unwrap_or_default();
-            let mut o = base.overrides.clone();
-            o.weight = Some(WeightOverride {
-                weight_bp: 0,
-                source: rolled_back(),
-                file_weight_bp: self.file_weight_bp(s),
-            });
-            state.services.insert(s.clone(), o);
+            // etcd's document, then the rollback on top of it.
+            let base = f.docs.get(s).map(|(d, _)| d.state()).unwrap_or_default();
+            state.services.insert(s.clone(), base.overrides.clone());
             match &base.rollout {
-                Some(r) => {
-                    let mut r = r.clone();
-                    if r.active() {
-                        r.abort("rolled back while this host could not reach etcd".into());
-                    }
-                    state.rollouts.insert(s.clone(), r)
-                }
+                Some(r) => state.rollouts.insert(s.clone(), r.clone()),
                 None => state.rollouts.remove(s),
             };
-            state.rollbacks.insert(s.clone(), base.rollbacks + 1);
+            state.rollbacks.insert(s.clone(), base.rollbacks);
+            state.record_rollback(
+                s,
+                "rolled back while this host could not reach etcd",
+                &rolled_back(),
+                self.file_weight_bp(s),
+            );
             bases.push((s.clone(), base));
         }
         let effective = state.effective(&self.file);
@@ -613,7 +609,7 @@ impl Daemon {
         let fence = f
             .lease
             .filter(|_| f.leading)
-            .map(|l| format!("{}/{l:x}", fleet::Keys::new(&f.cluster).election()));
+            .map(|l| fleet::Keys::new(&f.cluster).candidate(l));
         for s in names {
             let local = self.local_slice(&s);
             let mirrored = f.mirrored.get(&s).cloned().unwrap_or_default();
@@ -642,14 +638,13 @@ impl Daemon {
             let bump = serde_json::to_value(&local.overrides).ok()
                 != serde_json::to_value(&mirrored.overrides).ok();
             // A write still in flight counts: its generation is the base.
-            let base_gen = cached
-                .generation
-                .max(f.issued_gen.get(&s).copied().unwrap_or(0));
+            let issued = f.issued.get(&s).copied().unwrap_or_default();
+            let base_gen = cached.generation.max(issued.generation);
             let doc = ServiceDoc {
                 generation: base_gen + u64::from(bump),
                 by: f.host.clone(),
                 session: f.session,
-                seq: f.issued_seq.get(&s).copied().unwrap_or(0) + 1,
+                seq: issued.seq + 1,
                 at_ms: fleet::unix_ms(),
                 ..local
             };
@@ -669,9 +664,14 @@ impl Daemon {
         // (a failed write undoes them, `fleet_publish_failed`).
         for item in &out {
             if let Publish::Doc { service, doc, .. } = item {
-                f.issued_gen.insert(service.clone(), doc.generation);
-                f.issued_seq.insert(service.clone(), doc.seq);
-                f.mirrored.insert(service.clone(), slice_of(doc));
+                f.issued.insert(
+                    service.clone(),
+                    Issued {
+                        generation: doc.generation,
+                        seq: doc.seq,
+                    },
+                );
+                f.mirrored.insert(service.clone(), doc.state());
             }
         }
         let mut saved = false;
@@ -847,11 +847,7 @@ impl Daemon {
             return Vec::new();
         }
         let own = self.fleet_report();
-        let mut reports: Vec<HostReport> = f
-            .live_reports()
-            .filter(|r| r.host != f.host)
-            .cloned()
-            .collect();
+        let mut reports: Vec<HostReport> = f.live_reports().cloned().collect();
         reports.push(own);
         let verdicts = fleet::verdicts(reports.iter());
         // A canary pool the fleet sees all down is rolled back, also when
@@ -906,13 +902,9 @@ impl Daemon {
         let own = self.cumulative(service)?;
         let f = self.fleet.as_deref_mut()?;
         let mut current: Vec<(String, u64, WindowCounts)> = vec![(f.host.clone(), f.session, own)];
-        let stale = f.report_every * 4 + Duration::from_secs(1);
-        for (h, (r, at)) in &f.reports {
-            if *h == f.host || at.elapsed() >= stale {
-                continue;
-            }
+        for r in f.live_reports() {
             if let Some(c) = r.counters.get(service) {
-                current.push((h.clone(), r.session, *c));
+                current.push((r.host.clone(), r.session, *c));
             }
         }
         let mut sum = WindowCounts::default();
@@ -1000,15 +992,11 @@ impl Daemon {
             .services
             .iter()
             .map(|s| {
-                let (gen, weight) = match f.docs.get(&s.name) {
-                    Some((d, _)) => (d.generation, s.weight()),
-                    None => (0, s.weight()),
-                };
-                let desired = f
-                    .docs
-                    .get(&s.name)
-                    .and_then(|(d, _)| d.weight())
-                    .unwrap_or(weight);
+                // etcd's weight, else (no document, no run-time change) the
+                // running one, which is the file's.
+                let doc = f.docs.get(&s.name).map(|(d, _)| d);
+                let gen = doc.map_or(0, |d| d.generation);
+                let desired = doc.and_then(|d| d.weight()).unwrap_or(s.weight());
                 fleet::agreement(&s.name, gen, desired, &hosts, silent.len())
             })
             .collect();
@@ -1085,16 +1073,6 @@ impl Daemon {
              the rollback is written to etcd when it returns",
             humantime::format_rfc3339_seconds(*since)
         ))
-    }
-}
-
-/// A document's state alone (who wrote it and when aside).
-fn slice_of(doc: &ServiceDoc) -> ServiceDoc {
-    ServiceDoc {
-        overrides: doc.overrides.clone(),
-        rollout: doc.rollout.clone(),
-        rollbacks: doc.rollbacks,
-        ..Default::default()
     }
 }
 

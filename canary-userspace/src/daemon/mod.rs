@@ -260,11 +260,6 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// This run's fleet session id (none alone).
-    pub fn fleet_session(&self) -> Option<u64> {
-        self.fleet.as_ref().map(|f| f.session())
-    }
-
     pub fn running(&self) -> &Config {
         &self.running
     }

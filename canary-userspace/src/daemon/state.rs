@@ -141,6 +141,23 @@ pub struct RuntimeState {
 }
 
 impl RuntimeState {
+    /// A rollback of `service`, recorded: its rollout (if under way)
+    /// aborted with `why`, one more rollback counted, and a run-time weight
+    /// of 0 set by `source`.
+    pub fn record_rollback(&mut self, service: &str, why: &str, source: &str, file_weight_bp: u32) {
+        if let Some(r) = self.rollouts.get_mut(service) {
+            if r.active() {
+                r.abort(why.to_string());
+            }
+        }
+        *self.rollbacks.entry(service.to_string()).or_default() += 1;
+        self.services.entry(service.to_string()).or_default().weight = Some(WeightOverride {
+            weight_bp: 0,
+            source: source.to_string(),
+            file_weight_bp,
+        });
+    }
+
     pub fn path(state_dir: &Path, instance: &str) -> PathBuf {
         state_dir.join(format!("{instance}.state.json"))
     }

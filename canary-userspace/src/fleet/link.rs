@@ -90,7 +90,6 @@ pub struct Link {
     current: Arc<AtomicUsize>,
     pub keys: Keys,
     pub host: String,
-    pub session: u64,
     ttl: Duration,
     report_every: Duration,
     op_timeout: Duration,
@@ -119,7 +118,7 @@ async fn within<T, E: std::fmt::Display>(
 impl Link {
     /// The client (no connection is made yet: etcd may be down at start)
     /// and the writer task.
-    pub async fn new(cfg: &FleetConfig, session: u64, daemon: Arc<Mutex<Daemon>>) -> Result<Link> {
+    pub async fn new(cfg: &FleetConfig, daemon: Arc<Mutex<Daemon>>) -> Result<Link> {
         // HTTP/2 pings no more often than etcd allows (its default
         // --grpc-keepalive-min-time is 5 s; more often and it closes the
         // connection): a dead member is found sooner by the reports' and
@@ -142,7 +141,6 @@ impl Link {
             current: Arc::new(AtomicUsize::new(0)),
             keys: Keys::new(&cfg.cluster),
             host: cfg.host_name(),
-            session,
             ttl: cfg.lease_ttl,
             report_every: cfg.report_interval,
             op_timeout: Duration::from_secs(1).min(cfg.lease_ttl / 2),
@@ -305,9 +303,9 @@ impl Link {
         }
     }
 
-    /// Keeps a session with etcd for as long as canaryd runs: on any
-    /// failure the host is cut off (the data plane keeps its state) and a
-    /// new session is tried every half second.
+    /// Keeps a session with etcd for as long as canaryd runs. Once no
+    /// session could be made for `RETRY_FOR`, the host is cut off (the data
+    /// plane keeps its state) and a new session is tried every half second.
     pub async fn run(self, daemon: Arc<Mutex<Daemon>>) {
         // A session that broke (a member died, say) is retried on the next
         // endpoint at once; the host calls itself cut off only when no

@@ -79,6 +79,12 @@ impl Keys {
         format!("{}election", self.prefix)
     }
 
+    /// The election key of the candidate on `lease` (etcd's v3election
+    /// names it by the lease in hex).
+    pub fn candidate(&self, lease: i64) -> String {
+        format!("{}/{lease:x}", self.election())
+    }
+
     /// What a key under the prefix is.
     pub fn parse<'a>(&self, key: &'a str) -> Option<Key<'a>> {
         let rest = key.strip_prefix(self.prefix.as_str())?;
@@ -151,15 +157,23 @@ impl ServiceDoc {
             .map(|w| WeightBp::from_bp(w.weight_bp))
     }
 
-    /// Whether two documents ask for the same thing (who wrote them and
-    /// when aside). Compared as JSON: the rollout's unsaved fields do not
-    /// count.
+    /// The document's state alone: who wrote it, when, and its generation
+    /// aside.
+    pub fn state(&self) -> ServiceDoc {
+        ServiceDoc {
+            overrides: self.overrides.clone(),
+            rollout: self.rollout.clone(),
+            rollbacks: self.rollbacks,
+            canary_resets: self.canary_resets,
+            ..Default::default()
+        }
+    }
+
+    /// Whether two documents ask for the same thing (`state`). Compared as
+    /// JSON: the rollout's unsaved fields do not count.
     pub fn same_state(&self, other: &ServiceDoc) -> bool {
-        let strip = |d: &ServiceDoc| {
-            serde_json::to_value((&d.overrides, &d.rollout, d.rollbacks, d.canary_resets))
-                .unwrap_or_default()
-        };
-        strip(self) == strip(other)
+        let json = |d: &ServiceDoc| serde_json::to_value(d.state()).unwrap_or_default();
+        json(self) == json(other)
     }
 
     /// Whether `other` differs from this one only in a running rollout's
@@ -317,10 +331,8 @@ mod tests {
         assert_eq!(k.parse(&k.health("shop")), Some(Key::Health("shop")));
         assert_eq!(k.parse(&k.host("lb1")), Some(Key::Host("lb1")));
         assert_eq!(k.parse(&k.member("lb1")), Some(Key::Member("lb1")));
-        assert_eq!(
-            k.parse(&format!("{}/694d8c", k.election())),
-            Some(Key::Candidate)
-        );
+        assert_eq!(k.candidate(0x694d8c), "/canary/edge-1/election/694d8c");
+        assert_eq!(k.parse(&k.candidate(0x694d8c)), Some(Key::Candidate));
         // Another cluster's keys, or unknown kinds, are not ours.
         assert_eq!(k.parse("/canary/edge-10/services/shop"), None);
         assert_eq!(k.parse("/canary/edge-1/other/x"), None);
