@@ -914,6 +914,23 @@ fn on_rollback_reset_resets_canary_connections_on_every_host() -> Result<()> {
     assert!(canary >= 20, "only {canary} canary connections");
     assert_eq!(canary_reset, canary, "canary connections left open");
     assert_eq!(stable_ok, stable, "stable connections broken");
+    // Then the service's document rests: no host keeps writing it.
+    let version = || -> Result<u64> {
+        let out = topo
+            .etcd
+            .etcdctl(&["get", "/canary/lab/services/shop", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v["kvs"][0]["version"].as_u64().context("no version")
+    };
+    let v0 = version()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let v1 = version()?;
+    assert_eq!(
+        v1,
+        v0,
+        "shop's document written {} times in 2 s at rest",
+        v1 - v0
+    );
     drop(daemons);
     Ok(())
 }

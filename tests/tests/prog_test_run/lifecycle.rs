@@ -10,6 +10,12 @@ use canary_common::flow::{
 };
 use canary_common::{FlowState, DEFAULT_TIMEOUTS};
 
+/// A client's frame (on interface 0): redirected toward its backend, with
+/// `counts`.
+fn from_client(lab: &Lab, frame: &[u8], counts: &[(u32, u64)], what: &str) -> Run {
+    expect(lab, frame, 0, XDP_REDIRECT, false, counts, what)
+}
+
 /// A TCP connection of `web` from `client:port`: its key, and the side and
 /// address of the backend its SYN went to.
 struct Conn {
@@ -50,6 +56,23 @@ impl Conn {
     fn backend_sends(&self, kind: Tcp) -> Vec<u8> {
         tcp(self.side, self.backend, 80, self.client, self.port, kind)
     }
+    /// The client sends `kind`: redirected to the backend, with `counts`.
+    fn client_redirected(&self, lab: &Lab, kind: Tcp, counts: &[(u32, u64)], what: &str) {
+        from_client(lab, &self.client_sends(kind), counts, what);
+    }
+    /// The backend sends `kind`: redirected to the client, with `counts`.
+    fn backend_redirected(&self, lab: &Lab, kind: Tcp, counts: &[(u32, u64)], what: &str) {
+        let side = self.side as usize;
+        expect(
+            lab,
+            &self.backend_sends(kind),
+            side,
+            XDP_REDIRECT,
+            false,
+            counts,
+            what,
+        );
+    }
     fn flags(&self, lab: &Lab) -> u16 {
         lab.flow(&self.key).expect("the entry").flags
     }
@@ -65,33 +88,14 @@ fn fin_both_ways_closes_and_a_syn_reopens() {
             v.extend_from_slice(extra);
             v
         };
-        expect(
-            lab,
-            &c.backend_sends(Tcp::SynAck),
-            c.side as usize,
-            XDP_REDIRECT,
-            false,
-            &[(reason::FWD_REDIRECT, 1)],
-            "SYN-ACK",
-        );
+        c.backend_redirected(lab, Tcp::SynAck, &[(reason::FWD_REDIRECT, 1)], "SYN-ACK");
         assert_eq!(c.flags(lab), FLOW_REPLIED);
-        expect(
-            lab,
-            &c.client_sends(Tcp::Fin),
-            0,
-            XDP_REDIRECT,
-            false,
-            &hit(&[]),
-            "client FIN",
-        );
+        c.client_redirected(lab, Tcp::Fin, &hit(&[]), "client FIN");
         assert_eq!(c.flags(lab), FLOW_REPLIED | FLOW_FIN_CLIENT, "half closed");
         assert!(!closing(c.flags(lab)));
-        expect(
+        c.backend_redirected(
             lab,
-            &c.backend_sends(Tcp::Fin),
-            c.side as usize,
-            XDP_REDIRECT,
-            false,
+            Tcp::Fin,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_CLOSED, 1)],
             "backend FIN",
         );
@@ -101,24 +105,13 @@ fn fin_both_ways_closes_and_a_syn_reopens() {
             FLOW_REPLIED | FLOW_FIN_CLIENT | FLOW_FIN_BACKEND
         );
         // The last ACK still finds the connection's entry.
-        expect(
-            lab,
-            &c.client_sends(Tcp::Ack),
-            0,
-            XDP_REDIRECT,
-            false,
-            &hit(&[]),
-            "last ACK",
-        );
+        c.client_redirected(lab, Tcp::Ack, &hit(&[]), "last ACK");
         // A SYN on the closed 5-tuple is a new connection: decided again,
         // the entry replaced (not a new insert: occupancy is unchanged).
         let before = both(lab, "web");
-        expect(
+        c.client_redirected(
             lab,
-            &c.client_sends(Tcp::Syn),
-            0,
-            XDP_REDIRECT,
-            false,
+            Tcp::Syn,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
             "SYN reusing the 5-tuple",
         );
@@ -133,15 +126,7 @@ fn fin_both_ways_closes_and_a_syn_reopens() {
             "the new connection's handshake is timed"
         );
         // Whereas a SYN on an open connection is a retransmission: a hit.
-        expect(
-            lab,
-            &c.client_sends(Tcp::Syn),
-            0,
-            XDP_REDIRECT,
-            false,
-            &hit(&[]),
-            "retransmitted SYN",
-        );
+        c.client_redirected(lab, Tcp::Syn, &hit(&[]), "retransmitted SYN");
     });
 }
 
@@ -154,30 +139,14 @@ fn the_clients_ack_ends_a_handshake_answered_elsewhere() {
         let hit = [(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)];
         let c = open(lab, "198.18.16.6", 40001);
         assert!(lab.dp().maps().handshakes.get(&c.key, 0).is_ok(), "timed");
-        expect(
-            lab,
-            &c.client_sends(Tcp::Ack),
-            0,
-            XDP_REDIRECT,
-            false,
-            &hit,
-            "ACK",
-        );
+        c.client_redirected(lab, Tcp::Ack, &hit, "ACK");
         assert!(
             lab.dp().maps().handshakes.get(&c.key, 0).is_err(),
             "the client's ACK ended the handshake"
         );
         assert_eq!(c.flags(lab), FLOW_CLIENT_ACKED);
         // Its FIN is then the only end this host sees: the closing timeout.
-        expect(
-            lab,
-            &c.client_sends(Tcp::Fin),
-            0,
-            XDP_REDIRECT,
-            false,
-            &hit,
-            "FIN",
-        );
+        c.client_redirected(lab, Tcp::Fin, &hit, "FIN");
         let d = DEFAULT_TIMEOUTS;
         assert_eq!(
             canary_common::flow::timeout(PROTO_TCP, c.flags(lab), &d),
@@ -186,24 +155,8 @@ fn the_clients_ack_ends_a_handshake_answered_elsewhere() {
 
         // Where the SYN-ACK passes here, the client's ACK changes nothing.
         let c = open(lab, "198.18.16.7", 40002);
-        expect(
-            lab,
-            &c.backend_sends(Tcp::SynAck),
-            c.side as usize,
-            XDP_REDIRECT,
-            false,
-            &[(reason::FWD_REDIRECT, 1)],
-            "SYN-ACK",
-        );
-        expect(
-            lab,
-            &c.client_sends(Tcp::Ack),
-            0,
-            XDP_REDIRECT,
-            false,
-            &hit,
-            "ACK",
-        );
+        c.backend_redirected(lab, Tcp::SynAck, &[(reason::FWD_REDIRECT, 1)], "SYN-ACK");
+        c.client_redirected(lab, Tcp::Ack, &hit, "ACK");
         assert_eq!(c.flags(lab), FLOW_REPLIED);
     });
 }
@@ -214,12 +167,9 @@ fn a_rst_from_either_side_closes() {
         let sid = lab.sid("web");
         // The client resets.
         let c = open(lab, "198.18.16.7", 40001);
-        expect(
+        c.client_redirected(
             lab,
-            &c.client_sends(Tcp::Rst),
-            0,
-            XDP_REDIRECT,
-            false,
+            Tcp::Rst,
             &[
                 (reason::FWD_REDIRECT, 1),
                 (reason::FLOW_HIT, 1),
@@ -233,21 +183,15 @@ fn a_rst_from_either_side_closes() {
         let version = lab.flow(&c.key).unwrap().version as u32;
         let rsts = || lab.dp().maps().health_stats(sid, version).unwrap().rsts;
         let r0 = rsts();
-        expect(
+        c.backend_redirected(
             lab,
-            &c.backend_sends(Tcp::Rst),
-            c.side as usize,
-            XDP_REDIRECT,
-            false,
+            Tcp::Rst,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_CLOSED, 1)],
             "backend RST",
         );
-        expect(
+        c.backend_redirected(
             lab,
-            &c.backend_sends(Tcp::Rst),
-            c.side as usize,
-            XDP_REDIRECT,
-            false,
+            Tcp::Rst,
             &[(reason::FWD_REDIRECT, 1)],
             "second backend RST",
         );
@@ -272,24 +216,18 @@ fn idle_entries_expire_by_protocol_and_state() {
             lab.set_flow(key, e);
         };
         aged(lab, &c.key, FLOW_REPLIED, d.tcp_established - 2);
-        expect(
+        c.client_redirected(
             lab,
-            &c.client_sends(Tcp::Ack),
-            0,
-            XDP_REDIRECT,
-            false,
+            Tcp::Ack,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)],
             "idle under the timeout",
         );
         let e = lab.flow(&c.key).unwrap();
         assert!(e.last_seen >= now, "a packet refreshes last_seen");
         aged(lab, &c.key, FLOW_REPLIED, d.tcp_established + 2);
-        expect(
+        c.client_redirected(
             lab,
-            &c.client_sends(Tcp::Ack),
-            0,
-            XDP_REDIRECT,
-            false,
+            Tcp::Ack,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
             "idle over the timeout",
         );
@@ -300,22 +238,16 @@ fn idle_entries_expire_by_protocol_and_state() {
         );
         // Unanswered and closing TCP entries have shorter timeouts.
         aged(lab, &c.key, 0, d.tcp_handshake + 2);
-        expect(
+        c.client_redirected(
             lab,
-            &c.client_sends(Tcp::Ack),
-            0,
-            XDP_REDIRECT,
-            false,
+            Tcp::Ack,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
             "unanswered handshake",
         );
         aged(lab, &c.key, FLOW_REPLIED | FLOW_RST, d.tcp_closing + 2);
-        expect(
+        c.client_redirected(
             lab,
-            &c.client_sends(Tcp::Ack),
-            0,
-            XDP_REDIRECT,
-            false,
+            Tcp::Ack,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
             "closed connection",
         );
@@ -326,32 +258,23 @@ fn idle_entries_expire_by_protocol_and_state() {
         let (client, vip) = (v4("198.18.16.10"), v4(VIP_UDP));
         let key = flow_key(client, 5353, vip, 53, PROTO_UDP);
         let q = udp(0, client, 5353, vip, 53, b"q", false);
-        expect(
+        from_client(
             lab,
             &q,
-            0,
-            XDP_REDIRECT,
-            false,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
             "UDP query",
         );
         aged(lab, &key, 0, 3);
-        expect(
+        from_client(
             lab,
             &q,
-            0,
-            XDP_REDIRECT,
-            false,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)],
             "UDP idle 3 s",
         );
         aged(lab, &key, 0, 5);
-        expect(
+        from_client(
             lab,
             &q,
-            0,
-            XDP_REDIRECT,
-            false,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_EXPIRED, 1)],
             "UDP idle 5 s",
         );
@@ -387,15 +310,7 @@ fn flood_mode_decides_bare_syns_without_state() {
             } else {
                 &[(reason::FWD_REDIRECT, 1), (reason::SYN_STATELESS, 1)]
             };
-            let r = expect(
-                lab,
-                &syn(i),
-                0,
-                XDP_REDIRECT,
-                false,
-                want,
-                &format!("SYN {i}"),
-            );
+            let r = from_client(lab, &syn(i), want, &format!("SYN {i}"));
             assert_eq!(lab.flow(&key(i)).is_some(), stateful, "entry of SYN {i}");
             assert_eq!(
                 lab.dp().maps().handshakes.get(&key(i), 0).is_ok(),
@@ -410,24 +325,18 @@ fn flood_mode_decides_bare_syns_without_state() {
         }
         // The handshake's ACK of a stateless SYN makes its entry.
         let ack = tcp(0, v4("198.18.17.1"), 41004, vip, 80, Tcp::Ack);
-        expect(
+        from_client(
             lab,
             &ack,
-            0,
-            XDP_REDIRECT,
-            false,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
             "handshake ACK",
         );
         assert!(lab.flow(&key(4)).is_some());
         // The next second starts a new budget.
         start_of_a_second();
-        expect(
+        from_client(
             lab,
             &syn(10),
-            0,
-            XDP_REDIRECT,
-            false,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
             "SYN in the next second",
         );
@@ -435,12 +344,9 @@ fn flood_mode_decides_bare_syns_without_state() {
         s.flood_new_flows_per_s = 0;
         lab.set_settings(s);
         for i in 20..30u16 {
-            expect(
+            from_client(
                 lab,
                 &syn(i),
-                0,
-                XDP_REDIRECT,
-                false,
                 &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
                 "flood mode off",
             );
@@ -474,12 +380,9 @@ fn replies_need_no_flow_entry_unless_to_this_host() {
         assert!(lab.flow(&c.key).is_none(), "a reply never creates an entry");
         // The client's next packet is decided the same way and remembered.
         let ack = c.client_sends(Tcp::Ack);
-        let r = expect(
+        let r = from_client(
             lab,
             &ack,
-            0,
-            XDP_REDIRECT,
-            false,
             &[(reason::FWD_REDIRECT, 1), (reason::FLOW_INSERT, 1)],
             "client packet after eviction",
         );

@@ -287,17 +287,9 @@ fn rollout_line(
     r: &RolloutStatus,
 ) -> String {
     format!(
-        "  [{:5.1} s] leader {leader:<4} ({view}'s view) {} step {}/{} weight {:>5.1}% | canary {}/{} failed, stable {}/{} | {}",
+        "  [{:5.1} s] leader {leader:<4} ({view}'s view) {}",
         t.as_secs_f64(),
-        r.phase,
-        r.step,
-        r.steps.len(),
-        s.weight_percent,
-        r.canary_failures,
-        r.canary_connections,
-        r.stable_failures,
-        r.stable_connections,
-        r.verdict
+        crate::rollout_figures(s, r)
     )
 }
 

@@ -10,7 +10,7 @@ mod fleet;
 
 use anyhow::{Context, Result};
 use canary_tests::{burst, client_v4, Load, LoadBounds, ServerOptions, Topology, VIP_V4};
-use canary_userspace::control::api::ServiceStatus;
+use canary_userspace::control::api::{RolloutStatus, ServiceStatus};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -41,6 +41,23 @@ fn show(got: &[(IpAddr, String)], weight: f64) {
     );
 }
 
+/// A rollout's figures on one line: phase, step, weight, both versions'
+/// failures in the step's window, the verdict (both acts print it).
+fn rollout_figures(s: &ServiceStatus, r: &RolloutStatus) -> String {
+    format!(
+        "{} step {}/{} weight {:>5.1}% | canary {}/{} failed, stable {}/{} | {}",
+        r.phase,
+        r.step,
+        r.steps.len(),
+        s.weight_percent,
+        r.canary_failures,
+        r.canary_connections,
+        r.stable_failures,
+        r.stable_connections,
+        r.verdict
+    )
+}
+
 /// A one-line live view of the rollout, printed when it changes, until it
 /// is promoted or aborted (or `limit`). Runs `during` once, after `at_step`
 /// is reached.
@@ -58,17 +75,9 @@ fn watch_rollout(
         let s = topo.service_status("shop")?;
         let r = s.rollout.clone().context("no rollout")?;
         let line = format!(
-            "  [{:5.1}s] {} step {}/{} weight {:>5.1}% | canary {}/{} failed, stable {}/{} | {}",
+            "  [{:5.1}s] {}",
             started.elapsed().as_secs_f64(),
-            r.phase,
-            r.step,
-            r.steps.len(),
-            s.weight_percent,
-            r.canary_failures,
-            r.canary_connections,
-            r.stable_failures,
-            r.stable_connections,
-            r.verdict
+            rollout_figures(&s, &r)
         );
         let key = format!(
             "{} {} {}",
