@@ -38,6 +38,11 @@ pub const FLOW_RST_COUNTED: u16 = 16;
 /// another host (ECMP), while the client's packets always come here. The
 /// handshake is answered; the backend's FIN is not seen here.
 pub const FLOW_CLIENT_ACKED: u16 = 32;
+/// The connection is judged (see `Signals`): its backend's RST or ICMP
+/// port unreachable counts against its version.
+pub const FLOW_JUDGED: u16 = 64;
+/// The backend's ICMP port unreachable was counted (once per flow).
+pub const FLOW_UNREACH_COUNTED: u16 = 128;
 
 /// Defaults in seconds. TCP established: RFC 5382's minimum for an idle
 /// established connection (2 h 4 min); handshake as conntrack's SYN_SENT

@@ -22,11 +22,14 @@ pub mod names {
     pub const BACKEND_NEXTHOP: &str = "BACKEND_NEXTHOP";
     pub const LOCAL_ADDRS: &str = "LOCAL_ADDRS";
     pub const FLOOD: &str = "FLOOD";
+    pub const SIGNALS: &str = "SIGNALS";
+    pub const CLIENT_BUDGET: &str = "CLIENT_BUDGET";
+    pub const JUDGE: &str = "JUDGE";
     /// Layout 1's next-hop generation (replaced by `SETTINGS`): only
     /// named so an upgrade can find and drop it.
     pub const NEXTHOP_GEN_V1: &str = "NEXTHOP_GEN";
     /// Every map of this layout, for pinning and cleanup.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 20] = [
         VIPS,
         SERVICES,
         BACKENDS,
@@ -44,6 +47,9 @@ pub mod names {
         BACKEND_NEXTHOP,
         LOCAL_ADDRS,
         FLOOD,
+        SIGNALS,
+        CLIENT_BUDGET,
+        JUDGE,
     ];
 }
 
@@ -363,6 +369,86 @@ impl Default for HealthStats {
     }
 }
 
+/// `SIGNALS` (per-CPU array, index `version_stats_index`): the signals a
+/// rollout is judged on, which a client cannot forge. A connection is
+/// *judged* when its opening packet was checked (a bare SYN with a valid
+/// TCP checksum; the first packet of a UDP flow) and its client address
+/// was within its budget (`CLIENT_BUDGET`); only judged connections'
+/// failures count. A map of its own: `HEALTH_STATS` keeps its pinned
+/// layout across upgrades.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// Judged new connections: the analysis' attempts.
+    pub judged: u64,
+    /// Backend RSTs on judged connections (a refused SYN, or a reset of a
+    /// connection the backend accepted), once per connection.
+    pub resets: u64,
+    /// ICMP port unreachable from a backend for a judged UDP flow, once
+    /// per flow.
+    pub unreachables: u64,
+    /// New connections not judged: their client was over its budget.
+    pub over_budget: u64,
+}
+
+/// `CLIENT_BUDGET` key (LRU hash): a client address, per service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub addr: [u32; 4],
+    pub service_id: u32,
+    pub family: u32,
+}
+
+/// `CLIENT_BUDGET` value: how many of a client's new connections were
+/// judged in the current second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientBudget {
+    pub second: u32,
+    pub judged: u32,
+}
+
+impl ClientBudget {
+    /// May one more connection of this client be judged in second `now_s`,
+    /// with at most `per_second` judged a second (0: no limit)? Counts it
+    /// if so. The same rule on both sides: the data plane applies it, the
+    /// analysis' false-alarm tests simulate it.
+    #[inline(always)]
+    pub fn admit(&mut self, now_s: u32, per_second: u32) -> bool {
+        if per_second == 0 {
+            return true;
+        }
+        if self.second != now_s {
+            self.second = now_s;
+            self.judged = 0;
+        }
+        if self.judged >= per_second {
+            return false;
+        }
+        self.judged += 1;
+        true
+    }
+}
+
+/// `JUDGE` (array, one entry): what canaryd tells the data plane about
+/// judging connections.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JudgeSettings {
+    /// Judged new connections a second per client address and service
+    /// (0: no limit).
+    pub per_client_per_s: u32,
+    pub _pad: u32,
+}
+
+/// Client addresses the judging budget tracks at once (LRU: the least
+/// recently seen are forgotten, and start a fresh budget).
+pub const MAX_BUDGET_CLIENTS: u32 = 65_536;
+
+/// Default judged connections a second per client address and service.
+pub const DEFAULT_JUDGED_PER_CLIENT_PER_S: u32 = 10;
+
 /// The histogram bucket of a handshake that took `ns` nanoseconds:
 /// `floor(log2(us))`, clamped to the last bucket (BPF has no count-leading-
 /// zeros instruction; LLVM expands it into a fixed sequence of shifts).
@@ -433,7 +519,43 @@ pub mod reason {
     /// A TCP connection closed (FIN both ways, or a RST): its entry now
     /// expires after `tcp_closing`.
     pub const FLOW_CLOSED: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// To a VIP: a SYN whose TCP checksum is wrong. Dropped: the backend
+    /// would drop it too, and its silence must not count as the backend's
+    /// failure. (A veth whose peer has TX checksum offload on delivers
+    /// every frame so: see canaryd's interface checks.)
+    pub const DROP_BAD_CHECKSUM: u32 = 20;
+    /// To a VIP: a UDP length that disagrees with the IP length: dropped.
+    pub const DROP_UDP_LENGTH: u32 = 21;
+    /// To a VIP: a TCP data offset below 5 words or beyond the segment:
+    /// dropped.
+    pub const DROP_TCP_OFFSET: u32 = 22;
+    /// To a VIP with a TTL (hop limit) that would expire here: dropped,
+    /// since the stack's time-exceeded would quote the rewritten packet.
+    pub const DROP_TTL_EXPIRED: u32 = 23;
+    /// To a VIP, larger than the route to its backend allows (DF set, or
+    /// IPv6): answered from the VIP with ICMP fragmentation needed /
+    /// packet too big quoting the client's own packet (XDP_TX).
+    pub const TX_ICMP_TOO_BIG: u32 = 24;
+    /// An ICMP error about a forwarded connection (from its backend or a
+    /// router beyond this host), translated for the client: from the VIP,
+    /// quoting the packet as the client sent it.
+    pub const ICMP_TO_CLIENT: u32 = 25;
+    /// An ICMP error about a reply (from a router on the client's side, to
+    /// the VIP), translated for the backend that sent it.
+    pub const ICMP_TO_BACKEND: u32 = 26;
+    /// An ICMP error quoting a VIP or backend flow this host cannot place
+    /// (no backend, no flow entry, truncated quote): dropped.
+    pub const DROP_ICMP: u32 = 27;
+    /// A new connection's opening packet whose client address was over its
+    /// judging budget: forwarded, but not judged.
+    pub const NOT_JUDGED_BUDGET: u32 = 28;
+    /// A bare SYN too long to check (data with the SYN, beyond 60 bytes of
+    /// TCP): forwarded, but not judged.
+    pub const NOT_JUDGED_UNCHECKED: u32 = 29;
+    pub const COUNT: u32 = 30;
+    /// Slots of the `DATAPATH_STATS` map: room for reasons to come, so a
+    /// new reason does not change the pinned map's size.
+    pub const SLOTS: u32 = 64;
 
     /// Names for logs and metrics, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -457,6 +579,16 @@ pub mod reason {
         "syn_stateless",
         "reply_no_flow_nat",
         "flow_closed",
+        "drop_bad_checksum",
+        "drop_udp_length",
+        "drop_tcp_offset",
+        "drop_ttl_expired",
+        "tx_icmp_too_big",
+        "icmp_to_client",
+        "icmp_to_backend",
+        "drop_icmp",
+        "not_judged_budget",
+        "not_judged_unchecked",
     ];
 }
 
@@ -506,6 +638,10 @@ mod pod {
     unsafe impl aya::Pod for FlowTimeouts {}
     unsafe impl aya::Pod for FloodWindow {}
     unsafe impl aya::Pod for LocalAddrKey {}
+    unsafe impl aya::Pod for Signals {}
+    unsafe impl aya::Pod for ClientKey {}
+    unsafe impl aya::Pod for ClientBudget {}
+    unsafe impl aya::Pod for JudgeSettings {}
 }
 
 #[cfg(test)]
@@ -531,6 +667,20 @@ mod tests {
         assert_eq!(size_of::<VersionStats>(), 40);
         assert_eq!(size_of::<PendingHandshake>(), 16);
         assert_eq!(size_of::<HealthStats>(), 16 + 8 * HISTOGRAM_BUCKETS);
+        assert_eq!(size_of::<Signals>(), 32);
+        assert_eq!(size_of::<ClientKey>(), 24);
+        assert_eq!(size_of::<ClientBudget>(), 8);
+        assert_eq!(size_of::<JudgeSettings>(), 8);
+    }
+
+    #[test]
+    fn a_client_budget_admits_per_second_then_refuses() {
+        let mut b = ClientBudget::default();
+        assert!((0..3).all(|_| b.admit(7, 3)));
+        assert!(!b.admit(7, 3), "the fourth in the same second is over");
+        assert!(b.admit(8, 3), "a new second starts afresh");
+        let mut free = ClientBudget::default();
+        assert!((0..1000).all(|_| free.admit(7, 0)), "0: no limit");
     }
 
     #[test]

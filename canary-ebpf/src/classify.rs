@@ -15,6 +15,11 @@
 //!   (`drop_malformed`): XDP_DROP. The host does not own the VIP, so passing
 //!   these would only bounce an ICMP error. Another protocol (ICMP echo,
 //!   say) to a VIP address is passed (`pass_not_vip`).
+//! - a TCP/UDP packet addressed to a VIP address whose own lengths disagree
+//!   with the IP header's: a UDP length other than the IP payload's
+//!   (`drop_udp_length`), a TCP data offset below 5 words or beyond the
+//!   segment (`drop_tcp_offset`): XDP_DROP. The same packet not addressed
+//!   to a VIP is not ours: XDP_PASS (`pass_not_vip`).
 //! - a plain TCP/UDP packet: a `Packet`, for the forward or reply path.
 
 use crate::family::IpHdr;
@@ -37,6 +42,8 @@ pub struct Packet<H> {
     pub sport: u16,
     pub dport: u16,
     pub frame_len: usize,
+    /// The L4 segment's length, as the IP header says.
+    pub l4_len: usize,
 }
 
 /// The packet at `L3`, or the outcome of a packet that cannot be split.
@@ -60,7 +67,7 @@ pub fn classify<H: IpHdr, const L3: usize>(ctx: &XdpContext) -> Result<Packet<H>
     // (frame_len is data_end - data), LLVM drops it, and the verifier, which
     // does not follow that scalar arithmetic, rejects the read.
     let ports = ports.filter(|_| h.lengths_ok);
-    let Some((sport, dport)) = ports else {
+    let Some((sport, dport, l4_len)) = ports else {
         if !is_vip_addr(h.dst, H::FAMILY) {
             return Err(Outcome::pass(reason::PASS_NOT_VIP));
         }
@@ -69,6 +76,14 @@ pub fn classify<H: IpHdr, const L3: usize>(ctx: &XdpContext) -> Result<Packet<H>
             .unsplittable
             .unwrap_or(Outcome::drop(reason::DROP_MALFORMED)));
     };
+    let bad_l4 = l4_rule(h.proto, l4_len, h.l4_len);
+    if bad_l4 != 0 {
+        return Err(if is_vip_addr(h.dst, H::FAMILY) {
+            Outcome::drop(bad_l4)
+        } else {
+            Outcome::pass(reason::PASS_NOT_VIP)
+        });
+    }
     Ok(Packet {
         ip,
         l4,
@@ -78,6 +93,7 @@ pub fn classify<H: IpHdr, const L3: usize>(ctx: &XdpContext) -> Result<Packet<H>
         sport,
         dport,
         frame_len,
+        l4_len: h.l4_len,
     })
 }
 
@@ -87,15 +103,18 @@ fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
     unsafe { VIPS.get(&VipKey::marker(addr, family)) }.is_some()
 }
 
-/// The ports of a TCP or UDP header at `l4`, if the frame holds the header.
+/// The ports of a TCP or UDP header at `l4`, if the frame holds the header,
+/// and the length the header itself claims: TCP's data offset in bytes,
+/// UDP's length field.
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4: usize, proto: u8) -> Option<(u16, u16)> {
+fn ports(ctx: &XdpContext, l4: usize, proto: u8) -> Option<(u16, u16, usize)> {
     if proto == PROTO_TCP {
         let tcp = ptr_at::<TcpHdr>(ctx, l4)?;
         unsafe {
             Some((
                 u16::from_ne_bytes((*tcp).source),
                 u16::from_ne_bytes((*tcp).dest),
+                (*tcp).doff() as usize * 4,
             ))
         }
     } else {
@@ -104,7 +123,24 @@ fn ports(ctx: &XdpContext, l4: usize, proto: u8) -> Option<(u16, u16)> {
             Some((
                 u16::from_ne_bytes((*udp).src),
                 u16::from_ne_bytes((*udp).dst),
+                u16::from_be_bytes((*udp).len) as usize,
             ))
         }
     }
+}
+
+/// The length rules of the L4 header against the IP header's segment
+/// length `segment`: 0 when they hold, else the drop reason. TCP: the data
+/// offset (`claimed`, bytes) is at least the 20-byte header and within the
+/// segment. UDP: the length field is the segment's length exactly.
+#[inline(always)]
+fn l4_rule(proto: u8, claimed: usize, segment: usize) -> u32 {
+    if proto == PROTO_TCP {
+        if claimed < TcpHdr::LEN || claimed > segment {
+            return reason::DROP_TCP_OFFSET;
+        }
+    } else if claimed != segment {
+        return reason::DROP_UDP_LENGTH;
+    }
+    0
 }

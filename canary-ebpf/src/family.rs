@@ -34,6 +34,9 @@ pub struct Header {
     pub unsplittable: Option<Outcome>,
     /// The IP lengths hold the L4 header and fit in the frame.
     pub lengths_ok: bool,
+    /// The L4 segment's length as the IP header says (IPv4: total length
+    /// minus the header; IPv6: the payload length).
+    pub l4_len: usize,
 }
 
 /// An IP header type the data plane handles.
@@ -137,6 +140,7 @@ impl IpHdr for Ipv4Hdr {
             dst: [dst, 0, 0, 0],
             unsplittable,
             lengths_ok,
+            l4_len: tot_len.saturating_sub(ihl * 4),
         })
     }
 
@@ -253,6 +257,7 @@ impl IpHdr for Ipv6Hdr {
             dst,
             unsplittable,
             lengths_ok,
+            l4_len: payload_len,
         })
     }
 

@@ -1,16 +1,19 @@
-//! TCP flags and the passive health signals they carry: a client's SYN
-//! starts a handshake the backend must answer; the backend's SYN-ACK ends
-//! it (its time goes into a log2 histogram) and its RST counts against its
-//! version. Also a backend's packets moving its flow entry along (answered,
+//! TCP flags and the passive health signals they carry: a judged client's
+//! SYN (see `judge`) starts a handshake the backend must answer; the
+//! backend's SYN-ACK ends it (its time goes into a log2 histogram) and its
+//! RST counts against its version (`HEALTH_STATS.rsts`, every backend RST;
+//! `SIGNALS.resets`, those on judged connections, which rollouts use). Also a backend's packets moving its flow entry along (answered,
 //! FIN, RST: see `canary_common::flow`).
 
 use crate::decide::{move_along, Remember, Target};
+use crate::judge::{judge, signals, Opening};
 use crate::maps::{HANDSHAKES, HEALTH_STATS};
 use crate::parse::ptr_at;
+use crate::stats::count;
 use aya_ebpf::programs::XdpContext;
-use canary_common::flow::{after_backend, Tcp, FLOW_RST_COUNTED};
+use canary_common::flow::{after_backend, Tcp, FLOW_JUDGED, FLOW_RST_COUNTED};
 use canary_common::{
-    handshake_bucket, version_stats_index, FlowKey, FlowState, PendingHandshake, PROTO_TCP,
+    handshake_bucket, reason, version_stats_index, FlowKey, FlowState, PendingHandshake, PROTO_TCP,
 };
 use network_types::tcp::TcpHdr;
 
@@ -33,13 +36,28 @@ pub fn tcp_flags(ctx: &XdpContext, l4: usize, proto: u8) -> Tcp {
     }
 }
 
-/// A client's bare SYN that opened a connection with state (a new entry, or
-/// one replacing a closed connection's) starts a handshake the backend must
-/// answer. A SYN on a live connection (a retransmission) starts none, nor
-/// does one decided without state in flood mode (no per-SYN state at all).
+/// A new connection with state (a new entry, or one replacing a closed
+/// connection's) opened by a checked packet is judged if its client is
+/// within budget (`judge`): its entry is marked, and a SYN starts a
+/// handshake the backend must answer. A SYN on a live connection (a
+/// retransmission) starts none, nor does one decided without state in
+/// flood mode (no per-SYN state at all), nor an unjudged one.
 #[inline(always)]
-pub fn note_syn(tcp: &Tcp, flow: &FlowKey, target: &Target) {
-    if tcp.bare_syn() && matches!(target.remember, Remember::Insert | Remember::Replace) {
+pub fn note_opening(tcp: &Tcp, opening: Opening, flow: &FlowKey, target: &mut Target, now_s: u32) {
+    if !matches!(target.remember, Remember::Insert | Remember::Replace) {
+        return;
+    }
+    if opening != Opening::Checked {
+        if tcp.bare_syn() {
+            count(reason::NOT_JUDGED_UNCHECKED);
+        }
+        return;
+    }
+    if !judge(flow, target.service_id, target.version, now_s) {
+        return;
+    }
+    target.flags |= FLOW_JUDGED;
+    if tcp.bare_syn() {
         handshake_started(flow, target.service_id, target.version);
     }
 }
@@ -64,6 +82,14 @@ pub fn note_reply(
         if rst {
             rst = state.flags & FLOW_RST_COUNTED == 0;
             flags |= FLOW_RST_COUNTED;
+            // Judged: a SYN we checked and the backend refused, or a
+            // connection it accepted and then reset. A RST on an entry a
+            // bare ACK made says only that the backend never knew it.
+            if rst && state.flags & FLOW_JUDGED != 0 {
+                if let Some(s) = signals(service_id, version) {
+                    unsafe { (*s).resets += 1 };
+                }
+            }
         }
         move_along(state, flags, now_s);
     }

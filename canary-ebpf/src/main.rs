@@ -16,6 +16,7 @@
 //! - `route`: cached next hop, or `bpf_fib_lookup` + redirect, or the stack.
 //! - `nat`: the rewrites and their incremental checksums.
 //! - `health`: TCP flags and the passive health signals.
+//! - `icmp`: ICMP errors about our flows, translated; "too big" answered.
 //! - `outcome`, `stats`, `maps`, `parse`: verdicts, counters, maps, bounds.
 //!
 //! What each packet shape gets:
@@ -25,6 +26,12 @@
 //! - IP not addressed to a VIP and not a backend's reply: XDP_PASS, untouched
 //!   (`pass_not_vip`). So is a packet to a VIP address on a port or protocol
 //!   that is not configured (ICMP echo, say).
+//! - an ICMP error about one of our flows (its quote is a client's packet to
+//!   a backend, or a reply from a VIP): translated, see `icmp`
+//!   (`icmp_to_client`, `icmp_to_backend`; `drop_icmp`).
+//! - to a configured VIP with a TTL (hop limit) of 1 or 0: XDP_DROP
+//!   (`drop_ttl_expired`) before anything is decided: the stack's time
+//!   exceeded would quote the packet rewritten toward the backend.
 //! - to a configured VIP: a flow-table hit keeps the connection's backend
 //!   (and moves its entry along: FIN, RST, last seen); a miss, or an entry
 //!   that expired or was closed and reopened by a SYN, is decided (source-
@@ -40,10 +47,13 @@
 //!   backend (`BACKEND_NEXTHOP`), in the flow entry toward a client, and
 //!   used while its generation is current (it ages in about a second, and
 //!   canaryd bumps it on config changes) and the packet fits the route's MTU;
-//!   otherwise, and when the kernel must resolve a neighbour,
-//!   handle a VLAN, or send an ICMP (TTL expiring, fragmentation needed), they
+//!   otherwise, and when the kernel must resolve a neighbour, handle a VLAN,
+//!   send a reply's time exceeded or fragment an IPv4 packet without DF, they
 //!   go to the stack already rewritten (`pass_to_stack`). Unroutable:
-//!   XDP_DROP (`drop_unroutable`).
+//!   XDP_DROP (`drop_unroutable`). Larger than the route's MTU (IPv4 with
+//!   DF, IPv6): answered here with ICMP fragmentation needed / packet too
+//!   big quoting the packet as its sender sent it, back out of the ingress
+//!   interface (`tx_icmp_too_big`, see `icmp::too_big`); not forwarded.
 #![no_std]
 // BPF's atomic add (see decide::within_new_flow_budget).
 #![feature(asm_experimental_arch)]
@@ -55,6 +65,8 @@ mod decide;
 mod family;
 mod forward;
 mod health;
+mod icmp;
+mod judge;
 mod maps;
 mod nat;
 mod outcome;
@@ -132,10 +144,19 @@ fn dispatch<const L3: usize>(ctx: &XdpContext, ether_type: u16) -> Outcome {
 fn handle<H: IpHdr, const L3: usize>(ctx: &XdpContext) -> Outcome {
     let pkt = match classify::<H, L3>(ctx) {
         Ok(pkt) => pkt,
+        // Not TCP/UDP, among others: maybe an ICMP error about one of our
+        // flows (only packets that are not ours anyway pay for the check).
+        Err(outcome) if outcome.reason() == reason::PASS_NOT_VIP => {
+            return icmp::icmp::<H, L3>(ctx).unwrap_or(outcome)
+        }
         Err(outcome) => return outcome,
     };
     let key = VipKey::new(pkt.dst, pkt.dport, pkt.proto, H::FAMILY);
     if let Some(vip) = unsafe { VIPS.get(&key) } {
+        // The stack's time exceeded would quote the rewritten packet.
+        if H::ttl(pkt.ip) <= 1 {
+            return Outcome::drop(reason::DROP_TTL_EXPIRED);
+        }
         return forward::forward::<H, L3>(ctx, &pkt, vip);
     }
     reply::reply::<H, L3>(ctx, &pkt).unwrap_or(Outcome::pass(reason::PASS_NOT_VIP))

@@ -8,11 +8,11 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use canary_common::{
-    BackendAddrKey, BackendInfo, BackendStats, FloodWindow, FlowKey, FlowState, HealthStats,
-    LocalAddrKey, NextHop, OverrideKeyData, OverrideValue, PendingHandshake, ReverseNat,
-    ServiceState, Settings, VersionStats, VipInfo, VipKey, DEFAULT_FLOW_TABLE_SIZE, MAGLEV_ENTRIES,
-    MAX_BACKENDS, MAX_HANDSHAKES, MAX_LOCAL_ADDRS, MAX_OVERRIDES, MAX_SERVICES, MAX_TX_PORTS,
-    MAX_VIP_ENTRIES, NUM_VERSIONS,
+    BackendAddrKey, BackendInfo, BackendStats, ClientBudget, ClientKey, FloodWindow, FlowKey,
+    FlowState, HealthStats, JudgeSettings, LocalAddrKey, NextHop, OverrideKeyData, OverrideValue,
+    PendingHandshake, ReverseNat, ServiceState, Settings, Signals, VersionStats, VipInfo, VipKey,
+    DEFAULT_FLOW_TABLE_SIZE, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_BUDGET_CLIENTS, MAX_HANDSHAKES,
+    MAX_LOCAL_ADDRS, MAX_OVERRIDES, MAX_SERVICES, MAX_TX_PORTS, MAX_VIP_ENTRIES, NUM_VERSIONS,
 };
 
 /// VIP (addr, port, proto) -> service. An entry with port 0 and proto 0 marks
@@ -54,7 +54,7 @@ pub static VERSION_STATS: PerCpuArray<VersionStats> =
 pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
 #[map(name = "DATAPATH_STATS")]
-pub static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(canary_common::reason::COUNT, 0);
+pub static DATAPATH_STATS: PerCpuArray<u64> = PerCpuArray::pinned(canary_common::reason::SLOTS, 0);
 
 /// Interfaces the program may redirect to, keyed by ifindex.
 #[map(name = "TX_PORTS")]
@@ -94,3 +94,19 @@ pub static LOCAL_ADDRS: HashMap<LocalAddrKey, u32> = HashMap::pinned(MAX_LOCAL_A
 /// Stateful new flows in the current second, host-wide (flood mode).
 #[map(name = "FLOOD")]
 pub static FLOOD: Array<FloodWindow> = Array::pinned(1, 0);
+
+/// The signals rollouts are judged on, per (service, version): judged
+/// connections and their backends' failures (see `canary_common::Signals`).
+#[map(name = "SIGNALS")]
+pub static SIGNALS: PerCpuArray<Signals> = PerCpuArray::pinned(MAX_SERVICES * NUM_VERSIONS, 0);
+
+/// Judged connections per client address and service in the current
+/// second: one client weighs at most `JUDGE.per_client_per_s` a second.
+/// Shared between CPUs without atomics: a race lets one more through.
+#[map(name = "CLIENT_BUDGET")]
+pub static CLIENT_BUDGET: LruHashMap<ClientKey, ClientBudget> =
+    LruHashMap::pinned(MAX_BUDGET_CLIENTS, 0);
+
+/// canaryd's judging settings. One entry.
+#[map(name = "JUDGE")]
+pub static JUDGE: Array<JudgeSettings> = Array::pinned(1, 0);

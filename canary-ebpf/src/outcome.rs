@@ -37,6 +37,26 @@ impl Outcome {
         }
     }
 
+    /// Sent back out of the interface it came in on (an answer built in
+    /// place), counted under `reason`.
+    #[inline(always)]
+    pub const fn tx(reason: u32) -> Self {
+        Outcome {
+            action: xdp_action::XDP_TX,
+            reason,
+        }
+    }
+
+    /// Redirected out of a TX_PORTS interface, counted under `reason` (an
+    /// answer built in place, say).
+    #[inline(always)]
+    pub const fn redirected(reason: u32) -> Self {
+        Outcome {
+            action: xdp_action::XDP_REDIRECT,
+            reason,
+        }
+    }
+
     /// Redirected out of a TX_PORTS interface (`fwd_redirect`).
     pub const REDIRECT: Outcome = Outcome {
         action: xdp_action::XDP_REDIRECT,

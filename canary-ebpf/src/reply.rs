@@ -9,6 +9,10 @@
 //! fragments (or sends with IPv4 options or IPv6 extension headers) never
 //! gets here and is passed untouched (`pass_not_vip`): keep the backends'
 //! path MTU at or above the client side's so replies are not fragmented.
+//! A reply too big for the client's route (IPv4 with DF, IPv6) is answered
+//! to its backend with ICMP fragmentation needed / packet too big quoting
+//! the reply as the backend sent it (`tx_icmp_too_big`, see `icmp`), so the
+//! backend's path MTU discovery works toward clients.
 
 use crate::classify::Packet;
 use crate::clock;
@@ -17,7 +21,7 @@ use crate::family::IpHdr;
 use crate::maps::{FLOWS, LOCAL_ADDRS, REVERSE_NAT};
 use crate::outcome::Outcome;
 use crate::stats::count;
-use crate::{health, nat, route, stats};
+use crate::{health, icmp, nat, route, stats};
 use aya_ebpf::programs::XdpContext;
 use canary_common::{reason, BackendAddrKey, FlowKey, LocalAddrKey};
 
@@ -58,6 +62,15 @@ pub fn reply<H: IpHdr, const L3: usize>(ctx: &XdpContext, pkt: &Packet<H>) -> Op
         None => core::ptr::null(),
     };
     let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, cached);
+    // Too big for the client's route: answered to the backend, quoting its
+    // packet as it sent it (the reverse NAT undone), so its path MTU
+    // discovery works; not forwarded.
+    if routed.too_big != 0 {
+        let (ip, l4, proto, mtu) = (pkt.ip, pkt.l4, pkt.proto, routed.too_big);
+        if let Some(answer) = icmp::too_big::<H, L3>(ctx, ip, l4, proto, &key.addr, true, mtu) {
+            return Some(answer);
+        }
+    }
     if entry.is_some() {
         remember_reply(&flow, backend_id, routed.learned, now.gen);
     }

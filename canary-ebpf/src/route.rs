@@ -3,6 +3,8 @@
 //! asking the kernel's FIB (`bpf_fib_lookup`) and redirecting out of the
 //! egress interface, or handing the packet to the stack when the kernel has
 //! work to do (resolve a neighbour, a VLAN device, an ICMP error to send).
+//! A packet larger than its route's MTU is reported (`Routed::too_big`) so
+//! the caller can answer it itself (see `icmp::too_big`).
 
 use crate::family::IpHdr;
 use crate::maps::TX_PORTS;
@@ -10,8 +12,8 @@ use crate::outcome::Outcome;
 use crate::parse::ptr_at;
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_PROHIBIT,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -25,6 +27,10 @@ use network_types::eth::EthHdr;
 pub struct Routed {
     pub outcome: Outcome,
     pub learned: Option<NextHop>,
+    /// Non-zero: the packet is larger than its route's MTU, this one
+    /// (`outcome` then passes it to the stack, untouched since the
+    /// rewrite, should the caller not answer it itself).
+    pub too_big: u16,
 }
 
 #[inline(always)]
@@ -32,6 +38,7 @@ fn only(outcome: Outcome) -> Routed {
     Routed {
         outcome,
         learned: None,
+        too_big: 0,
     }
 }
 
@@ -140,12 +147,23 @@ fn finish<H: IpHdr, const L3: usize>(
     {
         return only(Outcome::drop(reason::DROP_UNROUTABLE));
     }
-    // NO_NEIGH, FRAG_NEEDED, NOT_FWDED, ...: the kernel knows what to do.
+    // Over the route's MTU (the kernel reports it in the field the length
+    // went in): the stack would fragment it or send the ICMP, quoting the
+    // rewritten packet; the caller may answer it instead.
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED {
+        return Routed {
+            outcome: Outcome::pass(reason::PASS_TO_STACK),
+            learned: None,
+            too_big: unsafe { params.__bindgen_anon_1.mtu_result },
+        };
+    }
+    // NO_NEIGH, NOT_FWDED, ...: the kernel knows what to do.
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
         return only(Outcome::pass(reason::PASS_TO_STACK));
     }
     // A tagged frame must leave through the VLAN device the stack owns; an
-    // expiring TTL needs an ICMP time-exceeded from the stack.
+    // expiring TTL needs an ICMP time-exceeded from the stack (a reply's,
+    // or a translated ICMP's: the forward path drops its own before).
     if L3 != EthHdr::LEN || ttl <= 1 {
         return only(Outcome::pass(reason::PASS_TO_STACK));
     }
@@ -172,6 +190,7 @@ fn finish<H: IpHdr, const L3: usize>(
                     smac: params.smac,
                     _pad: [0; 2],
                 }),
+                too_big: 0,
             }
         }
         // As in `via_cached`: rewritten for the next hop, the stack would

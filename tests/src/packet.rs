@@ -1,5 +1,5 @@
 //! Packet builders for `BPF_PROG_TEST_RUN`: Ethernet/802.1Q/IPv4/IPv6 with
-//! TCP or UDP, built with etherparse (valid checksums as built), the MAC
+//! TCP, UDP or ICMP, built with etherparse (valid checksums as built), the MAC
 //! scheme of the lab namespace, header offsets, and small address helpers.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -145,6 +145,119 @@ pub fn udp(
         v[l4 + 7] = 0;
     }
     v
+}
+
+/// A UDP frame as `udp`, with the IP TTL (hop limit) `ttl`.
+#[allow(clippy::too_many_arguments)]
+pub fn udp_full(
+    side: u8,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    payload: &[u8],
+    ttl: u8,
+) -> Vec<u8> {
+    let b = l3(mac_nbr(side), mac_lb(side), None, src, dst, ttl).udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// A TCP ACK+PSH frame carrying `payload` (a large one, say), optionally
+/// 802.1Q-tagged, TTL 64; IPv4 with DF set (etherparse's default).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_data(
+    side: u8,
+    vlan: Option<u16>,
+    src: IpAddr,
+    sport: u16,
+    dst: IpAddr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = tcp_step(
+        l3(mac_nbr(side), mac_lb(side), vlan, src, dst, 64),
+        sport,
+        dport,
+        Tcp::Ack,
+    );
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+/// An ICMP (IPv4) or ICMPv6 message as a frame from `eth_src` to `eth_dst`:
+/// IP `src` -> `dst` with TTL (hop limit) `ttl`, then `kind`, `code`, the 4
+/// bytes after the checksum (`rest`: unused, or an MTU) and `body` (an
+/// error's quote). Every checksum is etherparse's (ICMPv6's over its
+/// pseudo-header), so a frame built here is a from-scratch reference.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_frame(
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    vlan: Option<u16>,
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    body: &[u8],
+) -> Vec<u8> {
+    let b = l3(eth_src, eth_dst, vlan, src, dst, ttl);
+    let mut v = Vec::new();
+    if src.is_ipv4() {
+        b.icmpv4_raw(kind, code, rest).write(&mut v, body).unwrap();
+    } else {
+        b.icmpv6_raw(kind, code, rest).write(&mut v, body).unwrap();
+    }
+    v
+}
+
+/// An ICMP error arriving on `side` (from the neighbour behind it, as
+/// `tcp`), TTL 64.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error(
+    side: u8,
+    src: IpAddr,
+    dst: IpAddr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quote: &[u8],
+) -> Vec<u8> {
+    icmp_frame(
+        mac_nbr(side),
+        mac_lb(side),
+        None,
+        src,
+        dst,
+        64,
+        kind,
+        code,
+        rest,
+        quote,
+    )
+}
+
+/// The IP packet of a frame: after Ethernet (and one 802.1Q tag), up to
+/// its IP length.
+pub fn ip_packet(f: &[u8]) -> &[u8] {
+    let (et, l3) = l3_offset(f).unwrap();
+    let len = if et == 0x0800 {
+        u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]) as usize
+    } else {
+        40 + u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) as usize
+    };
+    &f[l3..l3 + len]
+}
+
+/// Clears an IPv4 frame's DF bit (its header checksum fixed).
+pub fn clear_df(f: &mut [u8]) {
+    let (_, l3) = l3_offset(f).unwrap();
+    f[l3 + 6] &= !0x40;
+    crate::checksum::fix_ipv4_csum(f, l3);
 }
 
 /// Writes a big-endian u16 at `at`.

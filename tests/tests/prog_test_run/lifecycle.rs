@@ -5,8 +5,8 @@
 
 use super::*;
 use canary_common::flow::{
-    closing, FLOW_CLIENT_ACKED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_REPLIED, FLOW_RST,
-    FLOW_RST_COUNTED,
+    closing, FLOW_CLIENT_ACKED, FLOW_FIN_BACKEND, FLOW_FIN_CLIENT, FLOW_JUDGED, FLOW_REPLIED,
+    FLOW_RST, FLOW_RST_COUNTED,
 };
 use canary_common::{FlowState, DEFAULT_TIMEOUTS};
 
@@ -39,6 +39,12 @@ fn open(lab: &Lab, client: &str, port: u16) -> Conn {
         XDP_REDIRECT,
         &[(reason::FWD_REDIRECT, 1)],
         "SYN",
+    );
+    let flags = lab.flow(&key).expect("the entry").flags;
+    assert_ne!(
+        flags & FLOW_JUDGED,
+        0,
+        "a checked SYN within budget is judged"
     );
     Conn {
         client,
@@ -73,8 +79,9 @@ impl Conn {
             what,
         );
     }
+    /// The entry's flags but `FLOW_JUDGED` (see `judging.rs`).
     fn flags(&self, lab: &Lab) -> u16 {
-        lab.flow(&self.key).expect("the entry").flags
+        lab.flow(&self.key).expect("the entry").flags & !FLOW_JUDGED
     }
 }
 
@@ -282,17 +289,23 @@ fn idle_entries_expire_by_protocol_and_state() {
 }
 
 /// Waits until the start of a CLOCK_MONOTONIC second, so a handful of
-/// packets all fall in one flood-mode window.
-fn start_of_a_second() {
+/// packets all fall in one flood-mode window. Then 20 ms more: the data
+/// path reads the coarse clock, which lags the fine one by up to a tick
+/// (4 ms at 250 Hz), and would still count the first packets in the
+/// second before.
+pub(super) fn start_of_a_second() {
     let s = monotonic_secs();
     while monotonic_secs() == s {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+    std::thread::sleep(std::time::Duration::from_millis(20));
 }
 
 #[test]
 fn flood_mode_decides_bare_syns_without_state() {
     run_lab(&config(10.0), None, |lab| {
+        // One client opens every connection here: no judging budget.
+        lab.dp_mut().maps_mut().set_judged_per_client(0).unwrap();
         let mut s = lab.settings();
         s.flood_new_flows_per_s = 3;
         lab.set_settings(s);

@@ -18,6 +18,8 @@
 
 mod checksum;
 mod forward;
+mod icmp;
+mod judging;
 mod lifecycle;
 mod malformed;
 mod policy;

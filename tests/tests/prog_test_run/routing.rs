@@ -1,5 +1,6 @@
-//! Next hops: an unresolved neighbour, an expiring TTL and an oversize
-//! frame go to the stack; the cached next hop and its invalidation.
+//! Next hops: an unresolved neighbour and an oversize frame without DF go
+//! to the stack, an expiring TTL to a VIP is dropped; the cached next hop
+//! and its invalidation.
 
 use super::*;
 
@@ -31,40 +32,41 @@ fn unresolved_neighbour_falls_back_to_the_stack() {
     });
 }
 
-// Extra: TTL expiring -------------------------------------------------------
+// Extra: TTL expiring, oversize ------------------------------------------------
 
+/// A packet to a VIP whose TTL (hop limit) would expire here is dropped
+/// before anything is decided or rewritten: the stack's time exceeded
+/// would quote the packet rewritten toward the backend. An IPv4 packet
+/// over the route's MTU without DF is left to the stack (which fragments
+/// it); with DF it is answered here (see `icmp`).
 #[test]
-fn expiring_ttl_and_oversize_are_left_to_the_stack() {
+fn expiring_ttl_is_dropped_and_oversize_without_df_left_to_the_stack() {
     run_lab(&config(10.0), None, |lab| {
-        let (client, vip) = (v4("198.18.16.5"), v4(VIP4));
-        let pkt = tcp_full(0, None, client, 40000, vip, 80, Tcp::Syn, 1);
-        let key = flow_key(client, 40000, vip, 80, PROTO_TCP);
-        let (r, backend, _) = forward_expect(
-            lab,
-            "web",
-            &pkt,
-            &key,
-            true,
-            XDP_PASS,
-            &[(reason::PASS_TO_STACK, 1)],
-            "TTL 1",
-        );
-        let rw = Rewrite {
-            dst: Some(backend),
-            ..Rewrite::default()
-        };
-        assert_rewritten(&r.out, &pkt, rw, "TTL 1");
+        for (client, vip) in [
+            (v4("198.18.16.5"), v4(VIP4)),
+            (v6("2001:db8:1000::5"), v6(VIP6)),
+        ] {
+            for ttl in [1, 0] {
+                let pkt = tcp_full(0, None, client, 40000, vip, 80, Tcp::Syn, ttl);
+                expect(
+                    lab,
+                    &pkt,
+                    0,
+                    XDP_DROP,
+                    false,
+                    &[(reason::DROP_TTL_EXPIRED, 1)],
+                    &format!("TTL {ttl} to {vip}"),
+                );
+                let key = flow_key(client, 40000, vip, 80, PROTO_TCP);
+                assert!(lab.flow(&key).is_none(), "TTL {ttl}: nothing decided");
+            }
+        }
 
-        // Larger than the egress MTU (veth: 1500): the FIB says
-        // FRAG_NEEDED, the stack sends the ICMP (or fragments).
-        let c = v4("198.18.16.6");
-        let mut big = Vec::new();
-        etherparse::PacketBuilder::ethernet2(mac_nbr(0), mac_lb(0))
-            .ipv4([198, 18, 16, 6], [198, 18, 100, 1], 64)
-            .tcp(40000, 80, 1, 64240)
-            .ack(1)
-            .write(&mut big, &[0x5a; 1600])
-            .unwrap();
+        // Larger than the egress MTU (veth: 1500), no DF: the FIB says
+        // FRAG_NEEDED, the stack fragments it.
+        let (c, vip) = (v4("198.18.16.6"), v4(VIP4));
+        let mut big = tcp_data(0, None, c, 40000, vip, 80, &[0x5a; 1600]);
+        clear_df(&mut big);
         let key = flow_key(c, 40000, vip, 80, PROTO_TCP);
         let (r, backend, _) = forward_expect(
             lab,
@@ -191,21 +193,16 @@ fn cached_next_hop_is_used_until_invalidated() {
             "a cached next hop outlived two epochs"
         );
 
-        // Over the cached MTU: the slow path, which leaves it to the stack.
-        let mut big = Vec::new();
-        etherparse::PacketBuilder::ethernet2(mac_nbr(0), mac_lb(0))
-            .ipv4([198, 18, 16, 5], [198, 18, 100, 1], 64)
-            .tcp(40000, 80, 1, 64240)
-            .ack(1)
-            .write(&mut big, &[0x5a; 1600])
-            .unwrap();
+        // Over the cached MTU: the slow path, whose route lookup says too
+        // big (answered here, DF being set: see `icmp`).
+        let big = tcp_data(0, None, client, 40000, vip, 80, &[0x5a; 1600]);
         expect(
             lab,
             &big,
             0,
-            XDP_PASS,
+            XDP_REDIRECT,
             false,
-            &[(reason::PASS_TO_STACK, 1), (reason::FLOW_HIT, 1)],
+            &[(reason::TX_ICMP_TOO_BIG, 1), (reason::FLOW_HIT, 1)],
             "over the MTU on an established flow",
         );
 
