@@ -53,6 +53,23 @@ pub struct FloodSpec {
     pub max_time: Duration,
     /// Packets per second to aim at; 0: as fast as the socket takes them.
     pub pps: u64,
+    /// One source address for every frame instead of `flood_source(..)`
+    /// (a single client forging signals).
+    pub source: Option<Ipv4Addr>,
+    /// What each frame is.
+    pub shape: Shape,
+}
+
+/// The frames a flood sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// Bare SYNs a backend accepts.
+    #[default]
+    Syn,
+    /// Bare SYNs with a wrong TCP checksum (a backend drops them).
+    SynBadChecksum,
+    /// Bare ACKs of no connection (a backend answers with a RST).
+    BareAck,
 }
 
 /// What was sent.
@@ -88,7 +105,9 @@ fn mix(mut x: u64) -> u64 {
 
 /// The `n`-th SYN of a flood into `f` (FRAME_LEN bytes).
 pub fn syn_frame(f: &mut [u8], spec: &FloodSpec, n: u64) {
-    let src = flood_source((n % spec.sources as u64) as u32);
+    let src = spec
+        .source
+        .unwrap_or_else(|| flood_source((n % spec.sources as u64) as u32));
     let h = mix(n);
     let sport = 1024 + (h % 64_000) as u16;
     let seq = (h >> 20) as u32;
@@ -116,6 +135,10 @@ pub fn syn_frame(f: &mut [u8], spec: &FloodSpec, n: u64) {
     tcp[8..12].fill(0);
     tcp[12] = 6 << 4; // 24-byte header
     tcp[13] = 0x02; // SYN
+    if spec.shape == Shape::BareAck {
+        tcp[8..12].copy_from_slice(&(seq ^ 0x5555_5555).to_be_bytes());
+        tcp[13] = 0x10; // ACK
+    }
     tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
     tcp[16..18].fill(0);
     tcp[18..20].fill(0);
@@ -126,6 +149,11 @@ pub fn syn_frame(f: &mut [u8], spec: &FloodSpec, n: u64) {
     pseudo[9] = 6;
     pseudo[10..12].copy_from_slice(&24u16.to_be_bytes());
     let c = !fold(rfc1071_sum(tcp, rfc1071_sum(&pseudo, 0)));
+    let c = if spec.shape == Shape::SynBadChecksum {
+        c ^ 0x0101
+    } else {
+        c
+    };
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -338,6 +366,8 @@ mod tests {
             max_packets: 1,
             max_time: Duration::from_secs(1),
             pps: 0,
+            source: None,
+            shape: Shape::Syn,
         };
         let mut f = [0u8; FRAME_LEN];
         for n in [0u64, 1, 49_999, 50_000, 1 << 40] {
@@ -349,5 +379,34 @@ mod tests {
             assert_eq!(src, flood_source((n % 50_000) as u32));
             assert_eq!(f[47], 0x02, "bare SYN");
         }
+    }
+
+    #[test]
+    fn forged_shapes_are_what_they_say() {
+        let client = Ipv4Addr::new(198, 18, 16, 9);
+        let mut spec = FloodSpec {
+            ifname: "eth0".into(),
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            dst: SocketAddrV4::new(Ipv4Addr::new(198, 18, 100, 1), 80),
+            sources: 1,
+            max_packets: 1,
+            max_time: Duration::from_secs(1),
+            pps: 0,
+            source: Some(client),
+            shape: Shape::SynBadChecksum,
+        };
+        let mut f = [0u8; FRAME_LEN];
+        syn_frame(&mut f, &spec, 3);
+        assert_eq!(Ipv4Addr::new(f[26], f[27], f[28], f[29]), client);
+        assert_eq!(f[47], 0x02, "a SYN");
+        assert!(
+            crate::checksum::verify_checksums(&f).is_err(),
+            "bad TCP checksum"
+        );
+        spec.shape = Shape::BareAck;
+        syn_frame(&mut f, &spec, 3);
+        assert_eq!(f[47], 0x10, "a bare ACK");
+        crate::checksum::verify_checksums(&f).unwrap();
     }
 }

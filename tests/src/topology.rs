@@ -109,8 +109,43 @@ impl ServerOptions {
     }
 }
 
+/// A topology with options: `Topology::builder(3).default_offloads().build()`.
+#[derive(Debug, Clone)]
+pub struct TopologyBuilder {
+    backends: usize,
+    default_offloads: bool,
+}
+
+impl TopologyBuilder {
+    /// Leaves every veth's offloads at the kernel's defaults (TX checksum
+    /// offload on, GRO off: a fresh user's topology) instead of setting what
+    /// XDP forwarding needs (`tx off gro on` on the LB's peers, `tx off` on
+    /// the LB's side).
+    pub fn default_offloads(mut self) -> TopologyBuilder {
+        self.default_offloads = true;
+        self
+    }
+
+    pub fn build(self) -> Result<Topology> {
+        Topology::create(&self)
+    }
+}
+
 impl Topology {
     pub fn new(backends: usize) -> Result<Topology> {
+        Topology::builder(backends).build()
+    }
+
+    /// `new` with options (see `TopologyBuilder`).
+    pub fn builder(backends: usize) -> TopologyBuilder {
+        TopologyBuilder {
+            backends,
+            default_offloads: false,
+        }
+    }
+
+    fn create(opts: &TopologyBuilder) -> Result<Topology> {
+        let backends = opts.backends;
         cleanup::leftovers();
         let id = format!(
             "cnry-{}-{}",
@@ -135,11 +170,19 @@ impl Topology {
                 v6: format!("2001:db8:{i}::2").parse()?,
             });
         }
-        topo.wire()?;
+        topo.wire(opts)?;
         Ok(topo)
     }
 
-    fn wire(&self) -> Result<()> {
+    fn wire(&self, opts: &TopologyBuilder) -> Result<()> {
+        // What XDP forwarding through a veth needs (README: "Running on veth
+        // and in containers"), unless the test wants the defaults.
+        let offloads = |ns: &Netns, args: &[&str]| -> Result<()> {
+            if !opts.default_offloads {
+                ns.exec(&[&["ethtool", "-K"], args].concat())?;
+            }
+            Ok(())
+        };
         let (c, lb) = (&self.client, &self.lb);
         for ns in std::iter::once(c)
             .chain(std::iter::once(lb))
@@ -176,12 +219,12 @@ impl Topology {
         c.sysctl("net.ipv6.ip_nonlocal_bind", "1")?;
         // Full checksums like frames off a wire (the XDP program updates
         // them incrementally), and NAPI on so XDP-redirected frames arrive.
-        c.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"])?;
+        offloads(c, &["eth0", "tx", "off", "gro", "on"])?;
 
         lb.ip(&["addr", "add", "198.18.0.1/24", "dev", "lb-client"])?;
         lb.ip(&["addr", "add", "2001:db8::1/64", "dev", "lb-client", "nodad"])?;
         lb.ip(&["link", "set", "lb-client", "up"])?;
-        lb.exec(&["ethtool", "-K", "lb-client", "tx", "off"])?;
+        offloads(lb, &["lb-client", "tx", "off"])?;
         lb.sysctl("net.ipv4.ip_forward", "1")?;
         lb.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         lb.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
@@ -210,7 +253,7 @@ impl Topology {
                 "nodad",
             ])?;
             lb.ip(&["link", "set", &lbif, "up"])?;
-            lb.exec(&["ethtool", "-K", &lbif, "tx", "off"])?;
+            offloads(lb, &[&lbif, "tx", "off"])?;
             lb.sysctl(&format!("net.ipv4.conf.{lbif}.rp_filter"), "0")?;
             b.ns.ip(&["addr", "add", &format!("198.18.{i}.2/24"), "dev", "eth0"])?;
             b.ns.ip(&[
@@ -231,7 +274,7 @@ impl Topology {
                 "via",
                 &format!("2001:db8:{i}::1"),
             ])?;
-            b.ns.exec(&["ethtool", "-K", "eth0", "tx", "off", "gro", "on"])?;
+            offloads(&b.ns, &["eth0", "tx", "off", "gro", "on"])?;
         }
         Ok(())
     }
@@ -367,6 +410,8 @@ impl Topology {
             max_packets,
             max_time,
             pps,
+            source: None,
+            shape: Default::default(),
         })
     }
 

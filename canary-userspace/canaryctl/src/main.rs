@@ -6,8 +6,8 @@
 use anyhow::{bail, Result};
 use canary_common::weight::WeightBp;
 use canary_control::api::{
-    parse_client, Change, FleetHost, FleetStatus, FlowTableStatus, RolloutVerb, ServiceStatus,
-    Status, Version, VersionStatus, DEFAULT_SOCKET,
+    parse_client, Change, FleetHost, FleetStatus, FlowTableStatus, InterfaceStatus, PinsStatus,
+    RolloutVerb, ServiceStatus, Status, Version, VersionStatus, DEFAULT_SOCKET,
 };
 use canary_control::client::Client;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -411,6 +411,8 @@ fn render_status(status: &Status, with_datapath: bool) -> String {
     if let Some(f) = &status.fleet {
         out.push_str(&render_fleet(f));
     }
+    out.push_str(&render_interfaces(&status.interfaces));
+    out.push_str(&render_pins(&status.pins));
     for s in &status.services {
         render_service(&mut out, s);
     }
@@ -425,6 +427,42 @@ fn render_status(status: &Status, with_datapath: bool) -> String {
             }
         }
         out.push('\n');
+    }
+    out
+}
+
+/// A line per problem canaryd's veth check found on an attached
+/// interface's peer (they break forwarding for every service); nothing when
+/// there is none.
+fn render_interfaces(interfaces: &[InterfaceStatus]) -> String {
+    let mut out = String::new();
+    for i in interfaces {
+        let peer = i.peer.as_deref().unwrap_or("its veth peer");
+        for p in &i.problems {
+            out.push_str(&format!("interface {} (peer {peer}): {p}\n", i.name));
+        }
+    }
+    out
+}
+
+/// A line when canaryd's pins need attention (some at risk) or were
+/// restored; nothing otherwise.
+fn render_pins(p: &PinsStatus) -> String {
+    let mut out = String::new();
+    if !p.at_risk.is_empty() {
+        out.push_str(&format!(
+            "pins: {} of {} AT RISK ({}): a restart of canaryd would not adopt them as they \
+             are; canaryd's log says why and what it would lose\n",
+            p.at_risk.len(),
+            p.watched,
+            p.at_risk.join(", ")
+        ));
+    }
+    if p.restored_total > 0 {
+        out.push_str(&format!(
+            "pins: {} restored since canaryd started (removed while it ran)\n",
+            p.restored_total
+        ));
     }
     out
 }
@@ -485,7 +523,7 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
     };
     for (name, v) in [("stable", &s.signals.stable), ("canary", &s.signals.canary)] {
         out.push_str(&format!(
-            "  {name} health: last {:.0} s: {:.1} conn/s, {:.1} failed/s, error ratio {}, handshake p50 {} p99 {} | total: {} SYN-ACKs, {} resets, {} timeouts\n",
+            "  {name} health: last {:.0} s: {:.1} conn/s, {:.1} failed/s, error ratio {}, handshake p50 {} p99 {} | total: {} judged ({} not: client over budget), {} SYN-ACKs, {} resets ({} judged), {} timeouts, {} unreachables\n",
             v.recent_window_s,
             v.recent_connections_per_sec,
             v.recent_failures_per_sec,
@@ -494,9 +532,13 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
                 .unwrap_or_else(|| "-".into()),
             ms(v.recent_handshake_p50_ms),
             ms(v.recent_handshake_p99_ms),
+            v.judged,
+            v.not_judged,
             v.syn_acks,
             v.resets,
+            v.judged_resets,
             v.handshake_timeouts,
+            v.unreachables,
         ));
     }
     for b in &s.backends {
@@ -553,6 +595,38 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interface_problems_are_listed_with_their_fix() {
+        let i = |problems: Vec<&str>| InterfaceStatus {
+            name: "lb-client".into(),
+            peer: Some("eth0 in namespace client".into()),
+            problems: problems.into_iter().map(String::from).collect(),
+            checked_age_ms: 0,
+        };
+        assert_eq!(render_interfaces(&[i(vec![])]), "");
+        assert_eq!(
+            render_interfaces(&[i(vec!["TX checksum offload on; fix: `x`"])]),
+            "interface lb-client (peer eth0 in namespace client): TX checksum offload on; fix: `x`\n"
+        );
+    }
+
+    #[test]
+    fn pins_are_said_only_when_something_happened() {
+        let mut p = PinsStatus {
+            watched: 21,
+            ..Default::default()
+        };
+        assert_eq!(render_pins(&p), "");
+        p.restored_total = 21;
+        p.at_risk = vec!["FLOWS".into(), "links/eth0".into()];
+        let text = render_pins(&p);
+        assert!(
+            text.starts_with("pins: 2 of 21 AT RISK (FLOWS, links/eth0)"),
+            "{text}"
+        );
+        assert!(text.ends_with("pins: 21 restored since canaryd started (removed while it ran)\n"));
+    }
 
     #[test]
     fn the_flow_table_line_has_its_figures() {

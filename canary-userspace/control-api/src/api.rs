@@ -156,8 +156,23 @@ pub struct BackendStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct VersionSignals {
     pub syn_acks: u64,
+    /// Every RST from the version's backends (judged connections or not).
     pub resets: u64,
     pub handshake_timeouts: u64,
+    /// New connections judged (checked opening, client within its budget):
+    /// what rollouts count.
+    #[serde(default)]
+    pub judged: u64,
+    /// RSTs from the version's backends on judged connections.
+    #[serde(default)]
+    pub judged_resets: u64,
+    /// ICMP port unreachables from the version's backends for judged UDP
+    /// flows.
+    #[serde(default)]
+    pub unreachables: u64,
+    /// New connections not judged: their client was over its budget.
+    #[serde(default)]
+    pub not_judged: u64,
     pub handshake_p50_ms: Option<f64>,
     pub handshake_p99_ms: Option<f64>,
     /// The same over the last `recent_window_s` seconds (up to 10).
@@ -167,7 +182,8 @@ pub struct VersionSignals {
     pub recent_connections_per_sec: f64,
     #[serde(default)]
     pub recent_failures_per_sec: f64,
-    /// (resets + handshake timeouts) / new connections.
+    /// (judged resets + unreachables + handshake timeouts) / judged
+    /// connections.
     #[serde(default)]
     pub recent_error_ratio: Option<f64>,
     #[serde(default)]
@@ -254,6 +270,43 @@ pub struct Status {
     /// a host alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+    /// The veths canaryd attaches to and what its offload check found on
+    /// their peers (other interfaces are not listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceStatus>,
+    /// canaryd's watch over its pins (absent from an older canaryd).
+    #[serde(default)]
+    pub pins: PinsStatus,
+}
+
+/// The pins a restarted canaryd adopts the data plane from (maps and XDP
+/// links under /sys/fs/bpf/canary/<instance>/), as canaryd's last check
+/// (every second) found them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PinsStatus {
+    /// Map and link pins watched.
+    pub watched: u64,
+    /// Pins found removed and pinned again since canaryd started.
+    pub restored_total: u64,
+    /// Pins a restart would not find as they are: removed and not
+    /// restorable, or holding another object ("FLOWS", "links/eth0").
+    pub at_risk: Vec<String>,
+}
+
+/// An attached veth as canaryd's last check of its peer found it (at attach,
+/// then every 10 s): what XDP forwarding through it lacks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct InterfaceStatus {
+    pub name: String,
+    /// Its veth peer and the peer's namespace, as far as canaryd sees them.
+    pub peer: Option<String>,
+    /// One line per problem, with the command that fixes it; empty when
+    /// the peer is ready.
+    pub problems: Vec<String>,
+    /// Age of the check.
+    pub checked_age_ms: u64,
 }
 
 /// The fleet as this host sees it through etcd.

@@ -193,6 +193,7 @@ async fn run(args: Args) -> Result<()> {
             _ = sample.tick() => {
                 let mut d = lock(&daemon);
                 d.retry_save();
+                d.watch_pins();
                 d.flow_housekeeping();
                 if let Err(e) = d.sample() {
                     error!("reading counters: {e:#}");

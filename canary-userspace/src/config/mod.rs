@@ -71,6 +71,17 @@ services:
     }
 
     #[test]
+    fn fix_veth_offloads_is_an_opt_in_bool() {
+        assert!(!Config::parse(GOOD).unwrap().fix_veth_offloads);
+        let with =
+            |v: &str| GOOD.replace("services:", &format!("fix_veth_offloads: {v}\nservices:"));
+        assert!(Config::parse(&with("true")).unwrap().fix_veth_offloads);
+        assert!(!Config::parse(&with("false")).unwrap().fix_veth_offloads);
+        let e = err_of(&with("sometimes"));
+        assert!(e.contains("fix_veth_offloads"), "{e}");
+    }
+
+    #[test]
     fn a_fleet_section_is_optional_and_checked() {
         assert!(Config::parse(GOOD).unwrap().fleet.is_none());
         let with = |fleet: &str| GOOD.replace("services:", &format!("{fleet}\nservices:"));

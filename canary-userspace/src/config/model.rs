@@ -19,6 +19,12 @@ pub struct Config {
     /// (a one-armed load balancer).
     #[serde(default)]
     pub backend_interfaces: Vec<String>,
+    /// For each of these interfaces that is a veth, set what XDP forwarding
+    /// needs on its peer (TX checksum offload off, GRO on; `ethtool -K PEER
+    /// tx off gro on` in the peer's namespace) instead of only warning. Off
+    /// by default: canaryd then changes no interface.
+    #[serde(default)]
+    pub fix_veth_offloads: bool,
     /// Entries of the flow table (connection affinity). Fixed at load time.
     /// The older spelling of `flow_table.size` (still accepted; not both).
     #[serde(default)]
@@ -44,7 +50,31 @@ pub struct Config {
     /// canaryd decides alone.
     #[serde(default)]
     pub fleet: Option<FleetConfig>,
+    /// Which connections rollouts judge (see `judging:`).
+    #[serde(default)]
+    pub judging: JudgingConfig,
     pub services: Vec<ServiceConfig>,
+}
+
+/// `judging:`: how much one client address may weigh in a rollout's
+/// judgement. A connection is judged when its opening packet was checked
+/// and its client is within this budget; only judged connections' failures
+/// count (see the data plane's `judge.rs`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgingConfig {
+    /// Judged new connections a second per client address and service; the
+    /// rest are forwarded alike but not judged. 0: no limit.
+    #[serde(default = "default_judged_per_client_per_s")]
+    pub per_client_per_second: u32,
+}
+
+impl Default for JudgingConfig {
+    fn default() -> Self {
+        JudgingConfig {
+            per_client_per_second: default_judged_per_client_per_s(),
+        }
+    }
 }
 
 /// `fleet:`: the etcd cluster that holds the fleet's desired state, and this

@@ -45,6 +45,9 @@ pub(super) fn default_prometheus_interval() -> Duration {
     Duration::from_secs(5)
 }
 
+pub(super) fn default_judged_per_client_per_s() -> u32 {
+    canary_common::DEFAULT_JUDGED_PER_CLIENT_PER_S
+}
 pub(super) fn default_syn_flood_threshold() -> u32 {
     50_000
 }

@@ -31,6 +31,13 @@ impl Config {
             }
         }
         validate_flow_table(self)?;
+        let judged = self.judging.per_client_per_second;
+        if judged > 1_000_000 {
+            bail!(
+                "judging.per_client_per_second: {judged} is out of range (0 for no limit, \
+                 or 1 to 1000000)"
+            );
+        }
         if let Some(f) = &self.fleet {
             validate_fleet(f)?;
         }
@@ -343,11 +350,10 @@ fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
             );
         }
     }
-    let limits = a.max_error_ratio.is_some()
-        || a.max_canary_vs_stable_ratio.is_some()
-        || a.max_p99_handshake_ms.is_some();
-    if limits && s.protocol != Protocol::Tcp {
-        bail!("analysis: connection errors and handshake times are measured for TCP services only");
+    // UDP flows fail by their backends' ICMP port unreachables; only TCP
+    // has a handshake to time.
+    if a.max_p99_handshake_ms.is_some() && s.protocol != Protocol::Tcp {
+        bail!("analysis.max_p99_handshake_ms: handshake times are measured for TCP services only");
     }
     Ok(())
 }

@@ -111,6 +111,26 @@ pub fn encode_status(status: &Status) -> Result<String> {
         "version_handshake_timeouts",
         "SYNs a version's backends never answered within the handshake timeout",
     );
+    let judged = counters(
+        &mut r,
+        "version_judged_connections",
+        "New connections a rollout judges (checked opening, client within its budget)",
+    );
+    let judged_resets = counters(
+        &mut r,
+        "version_judged_resets",
+        "RSTs from a version's backends on judged connections",
+    );
+    let unreachables = counters(
+        &mut r,
+        "version_unreachables",
+        "ICMP port unreachables from a version's backends for judged UDP flows",
+    );
+    let not_judged = counters(
+        &mut r,
+        "version_not_judged_connections",
+        "New connections not judged: their client address was over its budget",
+    );
     let p99 = gauges(
         &mut r,
         "version_handshake_p99_ms",
@@ -167,6 +187,10 @@ pub fn encode_status(status: &Status) -> Result<String> {
             syn_acks.get_or_create(&l).inc_by(v.syn_acks);
             resets.get_or_create(&l).inc_by(v.resets);
             timeouts.get_or_create(&l).inc_by(v.handshake_timeouts);
+            judged.get_or_create(&l).inc_by(v.judged);
+            judged_resets.get_or_create(&l).inc_by(v.judged_resets);
+            unreachables.get_or_create(&l).inc_by(v.unreachables);
+            not_judged.get_or_create(&l).inc_by(v.not_judged);
             if let Some(ms) = v.handshake_p99_ms {
                 p99.get_or_create(&l).set(ms);
             }
@@ -206,6 +230,8 @@ pub fn encode_status(status: &Status) -> Result<String> {
     if let Some(f) = &status.fleet {
         fleet(&mut r, f);
     }
+    interfaces(&mut r, status);
+    pins(&mut r, status);
     for (reason, n) in &status.datapath {
         datapath
             .get_or_create(&vec![("reason", reason.clone())])
@@ -276,6 +302,42 @@ fn flow_table(r: &mut Registry, status: &Status) {
         "syn_stateless",
         "Bare SYNs decided without flow-table state (flood mode)",
         ft.syn_stateless,
+    );
+}
+
+/// Per attached veth: the problems the check of its peer found (0: ready
+/// for XDP forwarding). Other interfaces are not listed.
+fn interfaces(r: &mut Registry, status: &Status) {
+    if status.interfaces.is_empty() {
+        return;
+    }
+    let problems = gauges(
+        r,
+        "interface_problems",
+        "Problems canaryd found on an attached veth's peer (TX checksum offload on; GRO off without XDP; peer not inspectable): 0 when ready",
+    );
+    for i in &status.interfaces {
+        problems
+            .get_or_create(&vec![("interface", i.name.clone())])
+            .set(i.problems.len() as f64);
+    }
+}
+
+/// canaryd's watch over its pins.
+fn pins(r: &mut Registry, status: &Status) {
+    let restored = Counter::<u64>::default();
+    restored.inc_by(status.pins.restored_total);
+    r.register(
+        "pins_restored",
+        "Map and link pins found removed while canaryd runs and pinned again",
+        restored,
+    );
+    let at_risk = Gauge::<f64, AtomicU64>::default();
+    at_risk.set(status.pins.at_risk.len() as f64);
+    r.register(
+        "pins_at_risk",
+        "Pins a restart of canaryd would not find as they are (removed and not restorable, or holding another object): 0 when all are in place",
+        at_risk,
     );
 }
 
@@ -444,6 +506,17 @@ mod tests {
                 }],
                 ..Default::default()
             }),
+            interfaces: vec![crate::control::api::InterfaceStatus {
+                name: "lb-client".into(),
+                peer: Some("eth0 in namespace client".into()),
+                problems: vec!["TX checksum offload on; fix: `...`".into()],
+                checked_age_ms: 10,
+            }],
+            pins: crate::control::api::PinsStatus {
+                watched: 21,
+                restored_total: 3,
+                at_risk: vec!["FLOWS".into()],
+            },
         }
     }
 
@@ -502,6 +575,9 @@ mod tests {
             ("canary_fleet_hosts_agreeing{service=\"shop\"}", 2.0),
             ("canary_fleet_generation{service=\"shop\"}", 42.0),
             ("canary_fleet_report_age_seconds{host=\"lb2\"}", 0.4),
+            ("canary_interface_problems{interface=\"lb-client\"}", 1.0),
+            ("canary_pins_restored_total", 3.0),
+            ("canary_pins_at_risk", 1.0),
         ] {
             assert_eq!(sample(series), v, "{series}");
         }

@@ -46,20 +46,23 @@ impl Daemon {
         self.events.push(service, EventKind::Rollback, message);
     }
 
-    /// Cumulative counters of a service as the analysis reads them:
-    /// attempts = new connections, failures = backend RSTs + handshake
-    /// timeouts, and the handshake histogram.
+    /// Cumulative counters of a service as the analysis reads them, judged
+    /// connections only (see the data plane's `judge.rs`): attempts =
+    /// judged new connections, failures = their backends' RSTs, ICMP port
+    /// unreachables and unanswered handshakes; and the handshake histogram
+    /// (judged SYNs only too).
     pub(super) fn cumulative(&self, service: &str) -> Option<WindowCounts> {
         let version = |v: u32| -> Option<VersionCounts> {
-            let (vs, hs) = self.dp.counters(service, v)?;
+            let (_, hs) = self.dp.counters(service, v)?;
+            let sig = self.dp.signals(service, v)?;
             let timeouts = self
                 .timeouts
                 .get(&(service.to_string(), v))
                 .copied()
                 .unwrap_or(0);
             Some(VersionCounts {
-                attempts: vs.new_flows,
-                failures: hs.rsts + timeouts,
+                attempts: sig.judged,
+                failures: sig.resets + sig.unreachables + timeouts,
                 handshake_us_log2: hs.handshake_us_log2,
             })
         };

@@ -66,11 +66,23 @@ impl Daemon {
     }
 
     /// The once-a-second duties of the flow table: the flood watcher, and
-    /// `LOCAL_ADDRS` every 2 s.
+    /// `LOCAL_ADDRS` every 2 s (and the veth peers' check every 10 s).
     pub fn flow_housekeeping(&mut self) {
         let now = Instant::now();
         match self.dp.maps().datapath_stats() {
             Ok(stats) => {
+                if let Some(n) = self
+                    .bad_checksums
+                    .observe(now, stats[reason::DROP_BAD_CHECKSUM as usize])
+                {
+                    warn!(
+                        "{n} SYNs to the VIPs had a wrong TCP checksum in the last {} s and were \
+                         dropped (drop_bad_checksum): a veth peer with TX checksum offload on \
+                         sends every frame so (README: Running on veth and in containers); \
+                         otherwise somebody sends them on purpose",
+                        BAD_CHECKSUM_WINDOW.as_secs()
+                    );
+                }
                 let count = stats[reason::SYN_STATELESS as usize];
                 match self.flood.observe(now, count) {
                     Some(FloodChange::Started { per_sec }) => {
@@ -101,6 +113,9 @@ impl Daemon {
                 Err(e) => warn!("refreshing LOCAL_ADDRS: {e:#}"),
             }
         }
+        // The attached veths' peers, every 10 s (README: "Running on veth
+        // and in containers").
+        self.dp.recheck_veths();
     }
 
     /// The sweep interval after a change of the running config.
@@ -161,5 +176,57 @@ mod tests {
         assert!(!w.on);
         // A counter reset (a fresh data plane) is no flood.
         assert_eq!(w.observe(s(5), 0), None);
+    }
+}
+
+/// How often the bad-checksum counter is looked at, and how many drops in
+/// that window are worth a warning (a few are line noise or a scan).
+const BAD_CHECKSUM_WINDOW: Duration = Duration::from_secs(10);
+const BAD_CHECKSUM_WARN_AT: u64 = 50;
+
+/// Watches `drop_bad_checksum`: many SYNs with a wrong checksum usually
+/// mean a veth peer with TX checksum offload on (its frames carry partial
+/// checksums), so every connection through it fails.
+#[derive(Default)]
+pub(super) struct BadChecksumWatch {
+    last: Option<(Instant, u64)>,
+}
+
+impl BadChecksumWatch {
+    /// The drops in the window just ended, when there were enough to warn.
+    fn observe(&mut self, now: Instant, count: u64) -> Option<u64> {
+        let Some((at, was)) = self.last else {
+            self.last = Some((now, count));
+            return None;
+        };
+        if now.duration_since(at) < BAD_CHECKSUM_WINDOW {
+            return None;
+        }
+        self.last = Some((now, count));
+        let n = count.saturating_sub(was);
+        (n >= BAD_CHECKSUM_WARN_AT).then_some(n)
+    }
+}
+
+#[cfg(test)]
+mod bad_checksum_tests {
+    use super::*;
+
+    #[test]
+    fn warns_once_a_window_when_enough_were_dropped() {
+        let t0 = Instant::now();
+        let mut w = BadChecksumWatch::default();
+        assert_eq!(w.observe(t0, 1000), None, "the first look sets the base");
+        assert_eq!(
+            w.observe(t0 + Duration::from_secs(5), 5000),
+            None,
+            "mid-window"
+        );
+        assert_eq!(w.observe(t0 + Duration::from_secs(10), 5000), Some(4000));
+        assert_eq!(
+            w.observe(t0 + Duration::from_secs(20), 5040),
+            None,
+            "40: noise"
+        );
     }
 }

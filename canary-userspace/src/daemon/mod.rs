@@ -147,6 +147,8 @@ pub struct Daemon {
     sweeper: Option<Sweeper>,
     /// SYN-flood mode as the data path's counters show it.
     flood: flows::FloodWatch,
+    /// SYNs dropped for a wrong TCP checksum, watched for the veth trap.
+    bad_checksums: flows::BadChecksumWatch,
     /// When LOCAL_ADDRS was last compared with this host's addresses.
     local_addrs_at: Option<Instant>,
     /// The fleet (`fleet:` in the config): etcd's state as this host sees
@@ -249,6 +251,7 @@ impl Daemon {
             unsaved: None,
             sweeper: None,
             flood: flows::FloodWatch::default(),
+            bad_checksums: flows::BadChecksumWatch::default(),
             local_addrs_at: None,
             fleet: file_fleet.as_ref().map(|cfg| {
                 // This run of canaryd: a host skips the echo of its own writes.
@@ -332,6 +335,12 @@ impl Daemon {
                 self.state_path.display()
             );
         }
+    }
+
+    /// Checks the data plane's pins and restores those removed (canaryd
+    /// calls it every second; it logs what it found).
+    pub fn watch_pins(&mut self) {
+        self.dp.check_pins();
     }
 
     /// The running services' names, in config order.

@@ -187,6 +187,7 @@ impl Daemon {
             // Host-wide, not per service.
             sweeper: _,
             flood: _,
+            bad_checksums: _,
             local_addrs_at: _,
             // Its caches are keyed by etcd's documents (removed there).
             fleet: _,

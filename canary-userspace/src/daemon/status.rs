@@ -50,9 +50,14 @@ impl Daemon {
         }
         let one = |v: u32| {
             let hs = self.dp.health_counters(service, v).unwrap_or_default();
+            let sig = self.dp.signals(service, v).unwrap_or_default();
             VersionSignals {
                 syn_acks: hs.syn_acks,
                 resets: hs.rsts,
+                judged: sig.judged,
+                judged_resets: sig.resets,
+                unreachables: sig.unreachables,
+                not_judged: sig.over_budget,
                 handshake_timeouts: self
                     .timeouts
                     .get(&(service.to_string(), v))
@@ -222,6 +227,8 @@ impl Daemon {
             datapath,
             flow_table: self.flow_table_status(&now.datapath),
             fleet: self.fleet_status(),
+            interfaces: self.dp.interface_status(),
+            pins: self.dp.pin_status(),
         })
     }
 }

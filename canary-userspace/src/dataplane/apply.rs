@@ -361,6 +361,9 @@ impl DataPlane {
         self.maps
             .write_settings(settings)
             .context("writing SETTINGS")?;
+        self.maps
+            .set_judged_per_client(config.judging.per_client_per_second)
+            .context("writing JUDGE")?;
         if let Some(p) = prev.as_ref().filter(|p| p.flow_table != config.flow_table) {
             let ft = &config.flow_table;
             let (t, was) = (&ft.timeouts, &p.flow_table.timeouts);
@@ -400,7 +403,13 @@ impl DataPlane {
         for k in stale_ports {
             let _ = self.maps.tx_ports.remove(k);
         }
+        let unattached: Vec<String> = ifindexes
+            .keys()
+            .filter(|i| !self.links.contains_key(*i))
+            .cloned()
+            .collect();
         self.attach_migrating(&ifindexes, config, &ids, &mut report)?;
+        self.check_veths(&unattached, config, prev.as_ref(), &mut report);
 
         let keep_services: HashSet<String> =
             config.services.iter().map(|s| s.name.clone()).collect();
@@ -434,6 +443,8 @@ impl DataPlane {
         self.maps.version_stats.set(index, zeros, 0)?;
         let zeros = PerCpuValues::try_from(vec![canary_common::HealthStats::default(); n])?;
         self.maps.health_stats.set(index, zeros, 0)?;
+        let zeros = PerCpuValues::try_from(vec![canary_common::Signals::default(); n])?;
+        self.maps.signals.set(index, zeros, 0)?;
         Ok(())
     }
 

@@ -96,6 +96,7 @@ impl DataPlane {
     /// Detaches from every interface and removes the pins: the data plane is
     /// gone once this returns (and the flow table with it).
     pub fn teardown(&mut self) -> Result<()> {
+        self.pin_watch.stop();
         for iface in std::mem::take(&mut self.links).into_keys() {
             let _ = std::fs::remove_file(self.link_pin(&iface));
         }

@@ -7,8 +7,8 @@ use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, 
 use aya::Ebpf;
 use canary_common::{
     names, reason, version_stats_index, BackendAddrKey, BackendInfo, BackendStats, FlowKey,
-    FlowState, HealthStats, LocalAddrKey, OverrideKeyData, OverrideValue, PendingHandshake,
-    ReverseNat, ServiceState, Settings, VersionStats, VipInfo, VipKey,
+    FlowState, HealthStats, JudgeSettings, LocalAddrKey, OverrideKeyData, OverrideValue,
+    PendingHandshake, ReverseNat, ServiceState, Settings, Signals, VersionStats, VipInfo, VipKey,
 };
 use std::path::{Path, PathBuf};
 
@@ -101,7 +101,7 @@ pub fn expected_layout(flow_table_size: u32, services: u32) -> Vec<(&'static str
             sz(size_of::<BackendStats>()),
             MAX_BACKENDS,
         ),
-        (names::DATAPATH_STATS, 4, 8, reason::COUNT),
+        (names::DATAPATH_STATS, 4, 8, reason::SLOTS),
         (
             names::HANDSHAKES,
             sz(size_of::<FlowKey>()),
@@ -128,8 +128,27 @@ pub fn expected_layout(flow_table_size: u32, services: u32) -> Vec<(&'static str
             MAX_LOCAL_ADDRS,
         ),
         (names::FLOOD, 4, sz(size_of::<FloodWindow>()), 1),
+        (
+            names::SIGNALS,
+            4,
+            sz(size_of::<Signals>()),
+            MAX_SERVICES * NUM_VERSIONS,
+        ),
+        (
+            names::CLIENT_BUDGET,
+            sz(size_of::<ClientKey>()),
+            sz(size_of::<ClientBudget>()),
+            MAX_BUDGET_CLIENTS,
+        ),
+        (names::JUDGE, 4, sz(size_of::<JudgeSettings>()), 1),
     ]
 }
+
+/// Maps that hold only counters: a pin of another shape (an older
+/// canaryd's, with fewer slots) is replaced by a fresh map instead of
+/// refusing to start. The counters start again from zero (Prometheus takes
+/// that as a counter reset); nothing a connection needs is lost.
+const REPLACEABLE: [&str; 1] = [names::DATAPATH_STATS];
 
 /// Checks the pins in `dir` against [`expected_layout`]; a clear error
 /// names the first map that differs.
@@ -142,6 +161,17 @@ pub fn check_pinned_layout(dir: &Path, flow_table_size: u32, services: u32) -> R
         let info = aya::maps::MapInfo::from_pin(&path)
             .with_context(|| format!("reading pinned map {}", path.display()))?;
         let found = (info.key_size(), info.value_size(), info.max_entries());
+        if found != (key, value, max) && REPLACEABLE.contains(&name) {
+            log::info!(
+                "pinned counter map {} has key/value size and entries {found:?}, this canaryd \
+                 needs {:?}: replacing it (its counters start again from zero)",
+                path.display(),
+                (key, value, max)
+            );
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the old pin {}", path.display()))?;
+            continue;
+        }
         if found != (key, value, max) {
             anyhow::bail!(
                 "pinned map {} has key/value size and entries {found:?}, this canaryd needs {:?}{}; \
@@ -177,6 +207,8 @@ pub struct Maps {
     pub health_stats: PerCpuArray<MapData, HealthStats>,
     pub settings: Array<MapData, Settings>,
     pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
+    pub signals: PerCpuArray<MapData, Signals>,
+    pub judge: Array<MapData, JudgeSettings>,
 }
 
 /// The `MAGLEV` array mapped into this process (it is created
@@ -334,6 +366,8 @@ impl Maps {
             health_stats: typed(get(names::HEALTH_STATS)?, names::HEALTH_STATS)?,
             settings: typed(get(names::SETTINGS)?, names::SETTINGS)?,
             local_addrs: typed(get(names::LOCAL_ADDRS)?, names::LOCAL_ADDRS)?,
+            signals: typed(get(names::SIGNALS)?, names::SIGNALS)?,
+            judge: typed(get(names::JUDGE)?, names::JUDGE)?,
         })
     }
 
@@ -423,6 +457,34 @@ impl Maps {
             }
         }
         Ok(t)
+    }
+
+    /// The judged signals of a service's version, summed over CPUs.
+    pub fn signals(&self, service_id: u32, version: u32) -> Result<Signals> {
+        let per_cpu = self
+            .signals
+            .get(&version_stats_index(service_id, version), 0)?;
+        let mut t = Signals::default();
+        for s in per_cpu.iter() {
+            t.judged += s.judged;
+            t.resets += s.resets;
+            t.unreachables += s.unreachables;
+            t.over_budget += s.over_budget;
+        }
+        Ok(t)
+    }
+
+    /// Tells the data plane how many connections a second one client
+    /// address may have judged per service (0: no limit).
+    pub fn set_judged_per_client(&mut self, per_client_per_s: u32) -> Result<()> {
+        let want = JudgeSettings {
+            per_client_per_s,
+            _pad: 0,
+        };
+        if self.judge.get(&0, 0)? != want {
+            self.judge.set(0, want, 0)?;
+        }
+        Ok(())
     }
 
     /// Removes the handshakes that have waited longer than their service's

@@ -6,7 +6,8 @@
 //! writes the daemon needs. By concern: `attach` (links and pins), `keys`
 //! (the map-key encoder), `ids` (stable service and backend ids), `apply`
 //! (config to maps), `maglev` (backend tables), `maps` (typed handles),
-//! `explain` (one client's fate), `report` (counter snapshots).
+//! `explain` (one client's fate), `report` (counter snapshots), `pins`
+//! (pins watched and restored while canaryd runs).
 
 mod apply;
 mod attach;
@@ -16,6 +17,8 @@ mod keys;
 pub mod maglev;
 pub mod maps;
 pub mod migrate;
+pub mod offloads;
+pub mod pins;
 pub mod report;
 pub mod sweep;
 
@@ -36,7 +39,7 @@ use canary_common::addr::{family, override_key, to_words};
 use canary_common::weight::WeightBp;
 use canary_common::{
     maglev_base, BackendAddrKey, BackendInfo, HealthStats, OverrideValue, ReverseNat, ServiceState,
-    Settings, VersionStats, VipInfo, VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP,
+    Settings, Signals, VersionStats, VipInfo, VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP,
     DEFAULT_FLOW_TABLE_SIZE, DEFAULT_SERVICE_LIMIT, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
     PROTO_TCP, PROTO_UDP,
 };
@@ -126,6 +129,8 @@ pub struct DataPlane {
     /// XDP links by interface; each is pinned under `links/`, so it outlives
     /// this process.
     links: BTreeMap<String, FdLink>,
+    /// The attached veths' peers as last checked (`offloads`).
+    veths: offloads::VethChecks,
     /// Maps came from a previous canaryd's pins (ids are rebuilt from them
     /// on the first apply).
     adopted: bool,
@@ -139,6 +144,9 @@ pub struct DataPlane {
     /// (then all stay: failing open beats dropping every new connection).
     unhealthy: HashSet<(String, IpAddr)>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// The pinned maps this data plane holds, watched with its links
+    /// (`check_pins`: restored when removed while canaryd runs).
+    pin_watch: pins::PinWatch,
 }
 
 impl DataPlane {
@@ -206,6 +214,8 @@ impl DataPlane {
         program
             .load()
             .context("loading the XDP program into the kernel (verifier)")?;
+        // Before `Maps` takes the maps out of the object.
+        let pin_watch = pins::PinWatch::record(&ebpf, &dir);
         let mut maps = Maps::from_ebpf(&mut ebpf)?;
         // This host's own addresses before anything is attached, so a reply
         // to one of its probes is never rewritten.
@@ -219,12 +229,14 @@ impl DataPlane {
             instance: instance.to_string(),
             pin_dir: dir,
             links: BTreeMap::new(),
+            veths: offloads::VethChecks::default(),
             adopted,
             ids: Ids::default(),
             applied: None,
             maglev_live: HashMap::new(),
             unhealthy: HashSet::new(),
             logger,
+            pin_watch,
         })
     }
 
@@ -395,6 +407,12 @@ impl DataPlane {
         let vs = self.maps.version_stats(sid, version).ok()?;
         let hs = self.maps.health_stats(sid, version).ok()?;
         Some((vs, hs))
+    }
+
+    /// A version's judged signals (summed over CPUs).
+    pub fn signals(&self, service: &str, version: u32) -> Option<Signals> {
+        let sid = self.service_id(service)?;
+        self.maps.signals(sid, version).ok()
     }
 
     /// A version's health counters (zero when unreadable).

@@ -435,3 +435,59 @@ fn analysis_power_at_the_ratio_limit() {
     // little more conservative than the normal approximation that sizes it.
     assert!(failed as f64 >= 0.86 * runs as f64, "{failed}/{runs}");
 }
+
+/// One A/A step fed as the data plane judges connections: per 100 ms tick
+/// and version, 40 light clients (a connection with probability 0.3) and
+/// one heavy client (a NAT: 8 connections a tick, 80/s). Each connection
+/// fails with probability `p`, independently; it counts only if judged,
+/// i.e. admitted by its client's budget (`ClientBudget::admit`, 10 a
+/// second, as the data plane's default). Returns whether the step failed.
+fn simulate_judged_step(rng: &mut Rng, p: f64, l: &Limits) -> bool {
+    use canary_common::ClientBudget;
+    let mut budgets = [[ClientBudget::default(); 41]; 2];
+    let mut w = WindowCounts::default();
+    for tick in 0u32..100_000 {
+        let second = tick / 10;
+        for (v, clients) in budgets.iter_mut().enumerate() {
+            let counts = if v == 0 { &mut w.stable } else { &mut w.canary };
+            for (c, budget) in clients.iter_mut().enumerate() {
+                let conns = if c == 40 {
+                    8
+                } else {
+                    (rng.uniform() < 0.3) as u32
+                };
+                for _ in 0..conns {
+                    let failed = rng.uniform() < p;
+                    if budget.admit(second, canary_common::DEFAULT_JUDGED_PER_CLIENT_PER_S) {
+                        counts.attempts += 1;
+                        counts.failures += failed as u64;
+                    }
+                }
+            }
+        }
+        match analyze(&w, l) {
+            Verdict::NeedMore { .. } => continue,
+            Verdict::Pass => return false,
+            Verdict::Fail { .. } => return true,
+        }
+    }
+    panic!("no verdict in 10,000 simulated seconds")
+}
+
+/// Judging takes each client's first connections of a second, whatever
+/// their outcome: the judged connections are a sample chosen independently
+/// of success, so their failures are still binomial and the analysis keeps
+/// its false-alarm promise (at most `alpha` per rollout) with the budget
+/// on, heavy clients and all.
+#[test]
+fn analysis_aa_false_alarms_with_judging() {
+    let l = sim_limits();
+    let mut rng = Rng(0x7a1e_5eed_0bad_cafe);
+    let runs = 600;
+    let alarms = (0..runs)
+        .filter(|_| (0..l.steps).any(|_| simulate_judged_step(&mut rng, 0.02, &l)))
+        .count();
+    let rate = alarms as f64 / runs as f64;
+    eprintln!("A/A with judging: {alarms}/{runs} rollouts rolled back ({rate:.4})");
+    assert!(rate <= l.alpha, "A/A false-alarm rate {rate} > {}", l.alpha);
+}
