@@ -5,8 +5,9 @@
 //! byte-order independent (RFC 1071 section 2), so no swaps are needed as long
 //! as the checksum field is loaded and stored the same way.
 
+/// A one's-complement sum of 16- or 32-bit terms folded to 16 bits.
 #[inline(always)]
-fn fold(mut sum: u64) -> u16 {
+pub fn fold(mut sum: u64) -> u16 {
     // Four folds take any sum of a few dozen 32-bit terms down to 16 bits.
     sum = (sum & 0xffff_ffff) + (sum >> 32);
     sum = (sum & 0xffff_ffff) + (sum >> 32);

@@ -25,11 +25,12 @@ pub mod names {
     pub const SIGNALS: &str = "SIGNALS";
     pub const CLIENT_BUDGET: &str = "CLIENT_BUDGET";
     pub const JUDGE: &str = "JUDGE";
+    pub const FAILURES: &str = "FAILURES";
     /// Layout 1's next-hop generation (replaced by `SETTINGS`): only
     /// named so an upgrade can find and drop it.
     pub const NEXTHOP_GEN_V1: &str = "NEXTHOP_GEN";
     /// Every map of this layout, for pinning and cleanup.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         VIPS,
         SERVICES,
         BACKENDS,
@@ -50,6 +51,7 @@ pub mod names {
         SIGNALS,
         CLIENT_BUDGET,
         JUDGE,
+        FAILURES,
     ];
 }
 
@@ -442,6 +444,29 @@ pub struct JudgeSettings {
     pub _pad: u32,
 }
 
+/// A `FAILURES` record: one failure of a judged connection the data plane
+/// saw (its backend's RST or ICMP port unreachable), so canaryd can count
+/// the distinct clients behind a step's failures (a step fails only when
+/// enough distinct clients did: one client cannot fail a canary alone).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FailureEvent {
+    /// The client (IPv6: its /64, as `CLIENT_BUDGET` keys it).
+    pub addr: [u32; 4],
+    pub family: u32,
+    pub service_id: u32,
+    pub version: u32,
+    /// `FAILURE_RESET` or `FAILURE_UNREACHABLE`.
+    pub kind: u32,
+}
+
+pub const FAILURE_RESET: u32 = 0;
+pub const FAILURE_UNREACHABLE: u32 = 1;
+
+/// Bytes of the `FAILURES` ring buffer (a power of two): 8,192 records,
+/// drained every 250 ms.
+pub const FAILURES_BYTES: u32 = 256 * 1024;
+
 /// Client addresses the judging budget tracks at once (LRU: the least
 /// recently seen are forgotten, and start a fresh budget).
 pub const MAX_BUDGET_CLIENTS: u32 = 65_536;
@@ -642,6 +667,7 @@ mod pod {
     unsafe impl aya::Pod for ClientKey {}
     unsafe impl aya::Pod for ClientBudget {}
     unsafe impl aya::Pod for JudgeSettings {}
+    unsafe impl aya::Pod for FailureEvent {}
 }
 
 #[cfg(test)]
@@ -671,6 +697,7 @@ mod tests {
         assert_eq!(size_of::<ClientKey>(), 24);
         assert_eq!(size_of::<ClientBudget>(), 8);
         assert_eq!(size_of::<JudgeSettings>(), 8);
+        assert_eq!(size_of::<FailureEvent>(), 32);
     }
 
     #[test]

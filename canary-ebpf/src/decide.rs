@@ -142,6 +142,10 @@ fn established(flow: &FlowKey, tcp: &Tcp, now: &Now) -> (Option<(u32, u32)>, boo
         // measured only where the SYN-ACK passes.
         let _ = HANDSHAKES.remove(flow);
         flags |= FLOW_CLIENT_ACKED;
+    } else if tcp.rst && flags & (FLOW_REPLIED | FLOW_CLIENT_ACKED) == 0 {
+        // The client gave up on its own handshake (a scanner's RST): not
+        // the backend's failure, whether or not its SYN-ACK came here.
+        let _ = HANDSHAKES.remove(flow);
     }
     move_along(state, flags, now.secs);
     (Some((state.backend_id, (state.version & 1) as u32)), false)

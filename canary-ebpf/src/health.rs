@@ -6,14 +6,17 @@
 //! FIN, RST: see `canary_common::flow`).
 
 use crate::decide::{move_along, Remember, Target};
-use crate::judge::{judge, signals, Opening};
+use crate::judge::{failed, judge, signals, Opening};
 use crate::maps::{HANDSHAKES, HEALTH_STATS};
 use crate::parse::ptr_at;
 use crate::stats::count;
 use aya_ebpf::programs::XdpContext;
-use canary_common::flow::{after_backend, Tcp, FLOW_JUDGED, FLOW_RST_COUNTED};
+use canary_common::flow::{
+    after_backend, Tcp, FLOW_FIN_CLIENT, FLOW_JUDGED, FLOW_RST, FLOW_RST_COUNTED,
+};
 use canary_common::{
-    handshake_bucket, reason, version_stats_index, FlowKey, FlowState, PendingHandshake, PROTO_TCP,
+    handshake_bucket, reason, version_stats_index, FlowKey, FlowState, PendingHandshake,
+    FAILURE_RESET, PROTO_TCP,
 };
 use network_types::tcp::TcpHdr;
 
@@ -84,11 +87,15 @@ pub fn note_reply(
             flags |= FLOW_RST_COUNTED;
             // Judged: a SYN we checked and the backend refused, or a
             // connection it accepted and then reset. A RST on an entry a
-            // bare ACK made says only that the backend never knew it.
-            if rst && state.flags & FLOW_JUDGED != 0 {
+            // bare ACK made says only that the backend never knew it; one
+            // after the client's own RST or FIN answers what the client
+            // sent after closing (a client can provoke that at will).
+            let client_closed = state.flags & (FLOW_RST | FLOW_FIN_CLIENT) != 0;
+            if rst && state.flags & FLOW_JUDGED != 0 && !client_closed {
                 if let Some(s) = signals(service_id, version) {
                     unsafe { (*s).resets += 1 };
                 }
+                failed(flow, service_id, version, FAILURE_RESET);
             }
         }
         move_along(state, flags, now_s);

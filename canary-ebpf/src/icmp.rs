@@ -30,6 +30,40 @@
 //! they are rare), so they are redirected, or passed to the stack already
 //! translated, as any rewritten packet.
 //!
+//! **Where an error may come from.** Anyone can send an ICMP error quoting
+//! any packet, so before translating (and counting) one, two checks tie it
+//! to the packet it quotes:
+//! - it is addressed to that packet's sender: the outer destination is the
+//!   quote's source (the client; for an error about a reply, the VIP);
+//! - it came in through the interface that packet left by: the quote's
+//!   destination (the backend; for a reply, the client) is routed out of
+//!   the ingress interface (`route::toward_ingress`, a `bpf_fib_lookup`
+//!   from the ingress interface; as rp_filter, but for the quoted packet).
+//! The check is on the quote's destination, not on the outer source as
+//! rp_filter would: the sender chooses the outer source, a forger one
+//! routed the right way, while the quoted destination is pinned by the map
+//! entry that matched (a backend's address, a flow's client). So a client
+//! cannot, from the client side, forge a backend's port unreachable
+//! against the canary (it arrives on the client's interface), probe which
+//! addresses are backends (a guess that is one gets what a guess that is
+//! not gets: passed untouched), or have the VIP send ICMP to a third host
+//! (the quote's source, the outer destination); from the backends' side,
+//! an error to a VIP about a reply is not sent on to a backend. It costs
+//! no flow entry, so an error about a connection whose entry was evicted,
+//! or that another host of the fleet decided, is translated all the same
+//! (unlike a flow-entry check). A refused error is handled as if its quote
+//! were no one's: passed untouched (`pass_not_vip`), dropped if addressed
+//! to a VIP address (`drop_icmp`). Limits: with the clients and the backends
+//! behind one interface (one-armed), every error passes the interface check
+//! and only the first check and the flow entry (needed to count an
+//! unreachable) remain; with a multipath route over several interfaces, an
+//! error coming back through another path than the one the lookup picks
+//! (by the quoted packet's addresses and ports) is refused, as strict
+//! rp_filter would; an 802.1Q-tagged error cannot be checked (XDP sees the
+//! parent device, the route the VLAN device) and is dropped (`drop_icmp`)
+//! rather than passed, which would show the client a backend's address
+//! (attached to the VLAN devices, the program sees such errors untagged).
+//!
 //! Errors this host would send (`too_big`): a packet too big for its route
 //! (IPv4 with DF, IPv6) is answered here instead of by the stack, which
 //! would quote it rewritten: a client's packet to a VIP from the VIP, a
@@ -53,6 +87,7 @@ use canary_common::{
     checksum, reason, version_stats_index, BackendAddrKey, FlowKey, LocalAddrKey, ReverseNat,
     VipKey, FAMILY_V4, PROTO_TCP, PROTO_UDP,
 };
+use network_types::eth::EthHdr;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 const PROTO_ICMP: u8 = 1;
@@ -196,10 +231,12 @@ fn ip_check<H: IpHdr>(ip: *const H) -> u16 {
     unsafe { u16::from_ne_bytes((*(ip as *const Ipv4Hdr)).check) }
 }
 
-/// A bad ICMP error (`ip` its header): ours to drop if addressed to a VIP
-/// address.
+/// An ICMP error (`ip` its header) we do not translate (a bad quote, or one
+/// that fails the checks of the module doc): ours to drop if addressed to a
+/// VIP address (the stack would route it toward the VIP), else not ours
+/// (`None`: passed untouched, as an error about anyone else's traffic).
 #[inline(always)]
-fn malformed<H: IpHdr>(ip: *const H) -> Option<Outcome> {
+fn not_ours<H: IpHdr>(ip: *const H) -> Option<Outcome> {
     let key = VipKey::marker(dst_of(ip), H::FAMILY);
     unsafe { VIPS.get(&key) }
         .is_some()
@@ -226,7 +263,7 @@ pub fn icmp<H: IpHdr, const L3: usize>(ctx: &XdpContext) -> Option<Outcome> {
     }
     let (Some(inner), Some(ports)) = (ptr_at::<H>(ctx, inner_at), ptr_at::<L4Head>(ctx, l4_at))
     else {
-        return malformed(ip);
+        return not_ours(ip);
     };
     let (sport, dport) = unsafe {
         (
@@ -238,7 +275,7 @@ pub fn icmp<H: IpHdr, const L3: usize>(ctx: &XdpContext) -> Option<Outcome> {
     // through their own bounds checks (see `classify`).
     let ip_len = H::ip_len(ip);
     if L3 + ip_len > frame_len || ip_len < H::LEN + ICMP_HLEN + H::LEN + L4_QUOTED {
-        return malformed(ip);
+        return not_ours(ip);
     }
     let proto = proto_of(inner);
     // Options, a fragment, an extension header, not TCP/UDP: never one of
@@ -268,15 +305,50 @@ pub fn icmp<H: IpHdr, const L3: usize>(ctx: &XdpContext) -> Option<Outcome> {
             // This host's own connection to the backend (a probe).
             return Some(Outcome::pass(reason::PASS_REPLY_NO_FLOW));
         }
+        // To the client, from the backend's side (module doc).
+        if let Err(refused) = came_back::<H, L3>(ctx, ip, &q) {
+            return refused;
+        }
         let unreachable = is_port_unreachable::<H>(kind, code) && proto == PROTO_UDP;
         return Some(to_client::<H, L3>(ctx, ip, hdr, &q, rev, unreachable));
     }
     // A reply (reverse-NATed) from a VIP: tell its backend.
     let key = VipKey::new(src_of(inner), sport, proto, H::FAMILY);
     if unsafe { VIPS.get(&key) }.is_some() {
+        // To the VIP, from the client's side.
+        if let Err(refused) = came_back::<H, L3>(ctx, ip, &q) {
+            return refused;
+        }
         return Some(to_backend::<H, L3>(ctx, ip, hdr, &q));
     }
     None
+}
+
+/// The checks of the module doc ("where an error may come from") on the
+/// error at `ip` about the quoted packet `q`: did it come back the way that
+/// packet went? `Err`: what to do with it instead of translating it
+/// (`None`: not ours, passed untouched).
+#[inline(always)]
+fn came_back<H: IpHdr, const L3: usize>(
+    ctx: &XdpContext,
+    ip: *const H,
+    q: &Quote<H>,
+) -> Result<(), Option<Outcome>> {
+    // Addressed to the quoted packet's sender.
+    if dst_of(ip) != src_of(q.inner) {
+        return Err(not_ours(ip));
+    }
+    // Tagged: the ingress is the parent device, the route's interface the
+    // VLAN device. Not checkable, and not to be passed on untranslated.
+    if L3 != EthHdr::LEN {
+        return Err(Some(Outcome::drop(reason::DROP_ICMP)));
+    }
+    // Through the interface toward the quoted packet's destination (with
+    // its ports, so a multipath route hashes it as it did the packet).
+    if !route::toward_ingress::<H>(ctx, q.inner, q.proto, q.sport, q.dport) {
+        return Err(not_ours(ip));
+    }
+    Ok(())
 }
 
 /// The quoted packet of an ICMP error (its addresses are read where they
@@ -310,6 +382,12 @@ fn note_unreachable(flow: &FlowKey, rev: &ReverseNat) {
     if let Some(s) = SIGNALS.get_ptr_mut(slot) {
         unsafe { (*s).unreachables += 1 };
     }
+    crate::judge::failed(
+        flow,
+        rev.service_id,
+        rev.version & 1,
+        canary_common::FAILURE_UNREACHABLE,
+    );
 }
 
 /// An error about a client -> backend packet: from the VIP to the client,

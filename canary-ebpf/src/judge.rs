@@ -23,13 +23,15 @@
 
 use crate::classify::Packet;
 use crate::family::IpHdr;
-use crate::maps::{CLIENT_BUDGET, JUDGE, SIGNALS};
+use crate::maps::{CLIENT_BUDGET, FAILURES, JUDGE, SIGNALS};
 use crate::parse::ptr_at;
 use crate::stats::count;
 use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
+use canary_common::checksum::fold;
 use canary_common::flow::Tcp;
 use canary_common::{
-    reason, version_stats_index, ClientBudget, ClientKey, FlowKey, Signals, PROTO_TCP,
+    reason, version_stats_index, ClientBudget, ClientKey, FailureEvent, FlowKey, Signals,
+    FAMILY_V4, PROTO_TCP,
 };
 use network_types::tcp::TcpHdr;
 
@@ -40,7 +42,7 @@ pub enum Opening {
     Checked,
     /// Not checkable (a SYN with data), or not an opening (an ACK, ...).
     Unchecked,
-    /// A bare SYN with a wrong TCP checksum: drop it.
+    /// A bare SYN with a wrong TCP (or IPv4 header) checksum: drop it.
     Bad,
 }
 
@@ -62,6 +64,16 @@ pub fn opening<H: IpHdr>(ctx: &XdpContext, pkt: &Packet<H>, tcp: &Tcp) -> Openin
     // Data with the SYN: checking it would mean summing up to an MSS.
     if header_len != pkt.l4_len {
         return Opening::Unchecked;
+    }
+    // IPv4's own header checksum: the rewrite updates it incrementally, so
+    // a wrong one stays wrong and the backend drops the SYN unanswered.
+    if H::FAMILY == FAMILY_V4 {
+        let l3 = pkt.l4 - H::LEN;
+        match sum_at::<20>(ctx, l3, 0) {
+            Some(s) if fold(s) == 0xffff => {}
+            Some(_) => return Opening::Bad,
+            None => return Opening::Unchecked,
+        }
     }
     let seed = pseudo_header_sum(&pkt.src, &pkt.dst, header_len as u32);
     // One constant size per arm: the verifier checks each arm's bounds.
@@ -123,15 +135,6 @@ fn sum_at<const N: usize>(ctx: &XdpContext, l4: usize, seed: u64) -> Option<u64>
     (r >= 0).then_some(r as u64)
 }
 
-#[inline(always)]
-fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
 /// A new connection with state, opened by a checked packet: is it judged
 /// (within its client's budget)? Counted either way in `SIGNALS`.
 #[inline(always)]
@@ -158,8 +161,10 @@ pub fn judge(flow: &FlowKey, service_id: u32, version: u32, now_s: u32) -> bool 
 /// more through, which is harmless.
 #[inline(always)]
 fn within_budget(flow: &FlowKey, service_id: u32, now_s: u32, per_second: u32) -> bool {
+    // An IPv6 client is its /64: one host usually has a whole /64 and
+    // could otherwise take a fresh budget with every address.
     let key = ClientKey {
-        addr: flow.src,
+        addr: [flow.src[0], flow.src[1], 0, 0],
         service_id,
         family: flow.family as u32,
     };
@@ -176,4 +181,23 @@ fn within_budget(flow: &FlowKey, service_id: u32, now_s: u32, per_second: u32) -
 #[inline(always)]
 pub fn signals(service_id: u32, version: u32) -> Option<*mut Signals> {
     SIGNALS.get_ptr_mut(version_stats_index(service_id, version))
+}
+
+/// Records a judged connection's failure with its client (`FAILURES`), for
+/// canaryd's count of distinct failing clients. Written in place in the
+/// ring (no copy on the stack); a full ring drops it.
+#[inline(always)]
+pub fn failed(flow: &FlowKey, service_id: u32, version: u32, kind: u32) {
+    let Some(mut e) = FAILURES.reserve::<FailureEvent>(0) else {
+        return;
+    };
+    let p = e.as_mut_ptr();
+    unsafe {
+        (*p).addr = [flow.src[0], flow.src[1], 0, 0];
+        (*p).family = flow.family as u32;
+        (*p).service_id = service_id;
+        (*p).version = version;
+        (*p).kind = kind;
+    }
+    e.submit(0);
 }

@@ -5,14 +5,15 @@
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use canary_common::{
     BackendAddrKey, BackendInfo, BackendStats, ClientBudget, ClientKey, FloodWindow, FlowKey,
     FlowState, HealthStats, JudgeSettings, LocalAddrKey, NextHop, OverrideKeyData, OverrideValue,
     PendingHandshake, ReverseNat, ServiceState, Settings, Signals, VersionStats, VipInfo, VipKey,
-    DEFAULT_FLOW_TABLE_SIZE, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_BUDGET_CLIENTS, MAX_HANDSHAKES,
-    MAX_LOCAL_ADDRS, MAX_OVERRIDES, MAX_SERVICES, MAX_TX_PORTS, MAX_VIP_ENTRIES, NUM_VERSIONS,
+    DEFAULT_FLOW_TABLE_SIZE, FAILURES_BYTES, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_BUDGET_CLIENTS,
+    MAX_HANDSHAKES, MAX_LOCAL_ADDRS, MAX_OVERRIDES, MAX_SERVICES, MAX_TX_PORTS, MAX_VIP_ENTRIES,
+    NUM_VERSIONS,
 };
 
 /// VIP (addr, port, proto) -> service. An entry with port 0 and proto 0 marks
@@ -110,3 +111,9 @@ pub static CLIENT_BUDGET: LruHashMap<ClientKey, ClientBudget> =
 /// canaryd's judging settings. One entry.
 #[map(name = "JUDGE")]
 pub static JUDGE: Array<JudgeSettings> = Array::pinned(1, 0);
+
+/// Judged failures with their client (`canary_common::FailureEvent`), for
+/// canaryd's count of distinct failing clients. Full (no canaryd draining
+/// it): records are dropped, the counters in `SIGNALS` stay exact.
+#[map(name = "FAILURES")]
+pub static FAILURES: RingBuf = RingBuf::pinned(FAILURES_BYTES, 0);

@@ -4,7 +4,8 @@
 //! egress interface, or handing the packet to the stack when the kernel has
 //! work to do (resolve a neighbour, a VLAN device, an ICMP error to send).
 //! A packet larger than its route's MTU is reported (`Routed::too_big`) so
-//! the caller can answer it itself (see `icmp::too_big`).
+//! the caller can answer it itself (see `icmp::too_big`). The same lookup
+//! checks where an ICMP error may come from (`toward_ingress`).
 
 use crate::family::IpHdr;
 use crate::maps::TX_PORTS;
@@ -13,7 +14,8 @@ use crate::parse::ptr_at;
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
-        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LKUP_RET_UNREACHABLE,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
@@ -127,6 +129,42 @@ fn lookup<H: IpHdr, const L3: usize>(
         )
     };
     finish::<H, L3>(ctx, ip, &p, rc, ttl)
+}
+
+/// Is the destination of the IP header at `ip` (protocol `proto`, ports in
+/// map layout) routed out of the interface this frame came in on? The
+/// header need not be the frame's own: for an ICMP error it is the quoted
+/// packet, and an error about a packet sent toward X is expected from X's
+/// side (see `icmp`). Only the route's interface is asked for: an
+/// unresolved neighbour does not matter (the kernel sets the interface
+/// before it looks for the neighbour), nor does the quoted length (not
+/// compared with the MTU). No route, a local or unreachable destination,
+/// forwarding off on the ingress interface: false.
+#[inline(always)]
+pub fn toward_ingress<H: IpHdr>(
+    ctx: &XdpContext,
+    ip: *const H,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> bool {
+    let mut p: FibParams = unsafe { core::mem::zeroed() };
+    H::fib_query(ip, &mut p);
+    p.__bindgen_anon_1.tot_len = 0;
+    p.l4_protocol = proto;
+    p.sport = sport;
+    p.dport = dport;
+    let ingress = ctx.ingress_ifindex() as u32;
+    p.ifindex = ingress;
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut p,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    } as u32;
+    (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && p.ifindex == ingress
 }
 
 /// After a lookup: redirect if we may, else let the stack route. The TTL is

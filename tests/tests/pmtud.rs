@@ -1,5 +1,5 @@
-//! Path MTU discovery through the splitter, end to end in network
-//! namespaces: the backends' links are narrower (MTU 1400) than the
+//! Path MTU discovery and ICMP errors through the splitter, end to end in
+//! network namespaces: the backends' links are narrower (MTU 1400) than the
 //! clients' (1500), and the backends advertise the MSS of a 1500-byte path
 //! (`advmss`), so only path MTU discovery can find the narrow hop.
 //!
@@ -14,6 +14,13 @@
 //! - With the client's link the narrow one instead, the backends' full-size
 //!   replies are answered "too big" to the backend (quoting the reply as it
 //!   sent it), and the transfer completes too.
+//!
+//! - Real errors are translated both ways: a backend's kernel answering a
+//!   port nobody listens on reaches the client from the VIP (its connected
+//!   socket gets ECONNREFUSED); a "too big" a router on the client's side
+//!   sends to the VIP about a reply lowers the backend's path MTU toward
+//!   that client, while the same error sent from the backends' side is
+//!   dropped (see canary-ebpf/src/icmp.rs: where an error may come from).
 //!
 //! Before the data plane answered these itself, the LB's stack sent the
 //! ICMP, quoting the packet rewritten toward the backend: the client could
@@ -36,6 +43,10 @@ use std::time::{Duration, Instant};
 const BACKEND_MTU: u16 = 1400;
 const DNS_V4: &str = "198.18.100.2";
 const DNS_V6: &str = "2001:db8:100::2";
+/// A UDP service on a port no backend listens on.
+const CLOSED_V4: &str = "198.18.100.4";
+const CLOSED_V6: &str = "2001:db8:100::4";
+const CLOSED_PORT: u16 = 54;
 
 fn config() -> String {
     let v4 = ["198.18.1.2", "198.18.2.2"];
@@ -61,6 +72,18 @@ fn config() -> String {
         )
         .service(
             Service::udp("dns6", DNS_V6, 53)
+                .weight(50.0)
+                .stable(v6)
+                .canary(["2001:db8:3::2"]),
+        )
+        .service(
+            Service::udp("closed", CLOSED_V4, CLOSED_PORT)
+                .weight(50.0)
+                .stable(v4)
+                .canary(["198.18.3.2"]),
+        )
+        .service(
+            Service::udp("closed6", CLOSED_V6, CLOSED_PORT)
                 .weight(50.0)
                 .stable(v6)
                 .canary(["2001:db8:3::2"]),
@@ -426,6 +449,196 @@ fn tcp_over_a_narrower_client_path_completes_its_transfer() -> Result<()> {
             answered >= 1,
             "the data plane answered the full-size replies"
         );
+    }
+    Ok(())
+}
+
+/// An ICMP port unreachable (IPv6: destination unreachable, port) the
+/// client received, as its raw socket saw it: (sender, quoted source,
+/// quoted destination).
+fn port_unreachable(msg: &[u8], from: IpAddr) -> Option<(IpAddr, IpAddr, IpAddr)> {
+    if from.is_ipv4() {
+        let ihl = (*msg.first()? & 0x0f) as usize * 4;
+        let icmp = msg.get(ihl..)?;
+        if icmp.len() < 8 + 20 || icmp[0] != 3 || icmp[1] != 3 {
+            return None;
+        }
+        let a = |o: usize| IpAddr::from(<[u8; 4]>::try_from(&icmp[8 + o..8 + o + 4]).unwrap());
+        Some((from, a(12), a(16)))
+    } else {
+        if msg.len() < 8 + 40 || msg[0] != 1 || msg[1] != 4 {
+            return None;
+        }
+        let a = |o: usize| IpAddr::from(<[u8; 16]>::try_from(&msg[8 + o..8 + o + 16]).unwrap());
+        Some((from, a(8), a(24)))
+    }
+}
+
+/// From `src` on a connected UDP socket to `dst`, where no backend
+/// listens: the errno the socket reports, and the port unreachable the
+/// namespace received (bounded: a few seconds at most).
+fn udp_to_closed(src: IpAddr, dst: SocketAddr) -> Result<(i32, (IpAddr, IpAddr, IpAddr))> {
+    let domain = Domain::for_address(dst);
+    let raw_proto = if dst.is_ipv4() {
+        Protocol::ICMPV4
+    } else {
+        Protocol::ICMPV6
+    };
+    let raw = Socket::new(domain, Type::RAW, Some(raw_proto))?;
+    raw.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let udp = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    udp.bind(&SocketAddr::new(src, 0).into())?;
+    udp.connect(&dst.into())?;
+    udp.set_read_timeout(Some(Duration::from_secs(3)))?;
+    udp.send(b"anyone there?")?;
+    let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+    let errno = match udp.recv(&mut buf) {
+        Ok(n) => bail!("an answer from a closed port: {n} bytes"),
+        Err(e) => e.raw_os_error().unwrap_or(0),
+    };
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        ensure!(
+            Instant::now() < end,
+            "no port unreachable reached the client"
+        );
+        let Some((n, from)) = recv(&raw, &mut buf) else {
+            continue;
+        };
+        let from = from.as_socket().context("raw socket peer")?.ip();
+        if let Some(seen) = port_unreachable(&init(&buf, n), from) {
+            return Ok((errno, seen));
+        }
+    }
+}
+
+/// A UDP request from `src` to `dst`; returns the answering backend's name
+/// and the client's port.
+fn udp_flow(src: IpAddr, dst: SocketAddr) -> Result<(String, u16)> {
+    let sock = std::net::UdpSocket::bind(SocketAddr::new(src, 0))?;
+    sock.set_read_timeout(Some(Duration::from_secs(3)))?;
+    sock.send_to(b"hello", dst)?;
+    let mut buf = [0u8; 1500];
+    let (n, _) = sock.recv_from(&mut buf).context("no answer")?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let name = text.split_once(' ').context("answer")?.0.to_string();
+    Ok((name, sock.local_addr()?.port()))
+}
+
+/// An ICMP "fragmentation needed" (IPv6: "packet too big") with MTU 1400,
+/// quoting `quote`, sent from `from` to `to` on a raw socket of the calling
+/// thread's namespace (the kernel adds the IP header, and ICMPv6's
+/// checksum).
+fn send_too_big(from: IpAddr, to: IpAddr, quote: &[u8]) -> Result<()> {
+    let v4 = to.is_ipv4();
+    let (domain, proto) = if v4 {
+        (Domain::IPV4, Protocol::ICMPV4)
+    } else {
+        (Domain::IPV6, Protocol::ICMPV6)
+    };
+    let mut msg = if v4 {
+        vec![3, 4, 0, 0, 0, 0, 0x05, 0x78]
+    } else {
+        vec![2, 0, 0, 0, 0, 0, 0x05, 0x78]
+    };
+    msg.extend_from_slice(quote);
+    if v4 {
+        let c = !canary_tests::checksum::fold(canary_tests::checksum::rfc1071_sum(&msg, 0));
+        msg[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    let raw = Socket::new(domain, Type::RAW, Some(proto))?;
+    raw.bind(&SocketAddr::new(from, 0).into())?;
+    raw.send_to(&msg, &SocketAddr::new(to, 0).into())?;
+    Ok(())
+}
+
+/// Does `ns`'s route to `dst` carry a path MTU of 1400 (an exception a
+/// "too big" left)? Waits up to `wait` for it to appear.
+fn pmtu_1400(ns: &canary_tests::Netns, dst: IpAddr, wait: Duration) -> Result<bool> {
+    let end = Instant::now() + wait;
+    loop {
+        let out = ns.ip(&["route", "get", &dst.to_string()])?;
+        if String::from_utf8_lossy(&out.stdout).contains("mtu 1400") {
+            return Ok(true);
+        }
+        if Instant::now() >= end {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn real_icmp_errors_are_translated_both_ways_and_only_from_their_side() -> Result<()> {
+    let mut topo = Topology::new(3)?;
+    topo.start_servers(53)?;
+    let _d = topo.spawn_canaryd(Some(&config()))?;
+    let stat = |r: u32| -> Result<u64> { Ok(datapath(&topo)?[r as usize]) };
+
+    // A backend's kernel: port unreachable, to the client from the VIP.
+    for (src, vip) in [(client_v4(20), CLOSED_V4), (client_v6(20), CLOSED_V6)] {
+        let vip: IpAddr = vip.parse()?;
+        let before = stat(reason::ICMP_TO_CLIENT)?;
+        let (errno, (from, qsrc, qdst)) = topo
+            .client
+            .run(|| udp_to_closed(src, SocketAddr::new(vip, CLOSED_PORT)))?;
+        println!("{src} -> {vip}:{CLOSED_PORT}: errno {errno}, ICMP from {from} quoting {qsrc} -> {qdst}");
+        assert_eq!(errno, libc::ECONNREFUSED, "the client's socket took it");
+        assert_eq!(from, vip, "from the VIP");
+        assert_eq!((qsrc, qdst), (src, vip), "quoting the client's packet");
+        assert!(stat(reason::ICMP_TO_CLIENT)? > before, "icmp_to_client");
+    }
+
+    // A "too big" about a reply: from the backends' side it is dropped,
+    // from a router on the client's side it reaches the backend.
+    for (src, vip, router) in [
+        (client_v4(21), DNS_V4, "198.18.0.2"),
+        (client_v6(21), DNS_V6, "2001:db8::2"),
+    ] {
+        let vip: IpAddr = vip.parse()?;
+        let router: IpAddr = router.parse()?;
+        let (name, port) = topo
+            .client
+            .run(|| udp_flow(src, SocketAddr::new(vip, 53)))?;
+        let k = topo
+            .backends
+            .iter()
+            .position(|b| b.name == name)
+            .with_context(|| format!("answered by {name}"))?;
+        let (backend, neighbour) = (&topo.backends[k], &topo.backends[(k + 1) % 3]);
+        // The reply as it left the load balancer: VIP:53 -> client.
+        let reply = canary_tests::packet::udp_full(0, vip, 53, src, port, b"b1 hello", 63);
+        let quote = canary_tests::packet::ip_packet(&reply).to_vec();
+        assert!(
+            !pmtu_1400(&backend.ns, src, Duration::ZERO)?,
+            "{name}: no exception to begin with"
+        );
+
+        let (dropped, translated) = (stat(reason::DROP_ICMP)?, stat(reason::ICMP_TO_BACKEND)?);
+        let n_src = if vip.is_ipv4() {
+            neighbour.v4
+        } else {
+            neighbour.v6
+        };
+        neighbour.ns.run(|| send_too_big(n_src, vip, &quote))?;
+        assert!(
+            !pmtu_1400(&backend.ns, src, Duration::from_millis(500))?,
+            "{name}: a too-big from {} ({n_src}) must not reach it",
+            neighbour.name
+        );
+        assert!(stat(reason::DROP_ICMP)? > dropped, "dropped (drop_icmp)");
+        assert_eq!(stat(reason::ICMP_TO_BACKEND)?, translated, "not translated");
+
+        topo.client.run(|| send_too_big(router, vip, &quote))?;
+        assert!(
+            pmtu_1400(&backend.ns, src, Duration::from_secs(3))?,
+            "{name}: its path MTU toward {src} is 1400 after the client side's too-big"
+        );
+        assert!(
+            stat(reason::ICMP_TO_BACKEND)? > translated,
+            "icmp_to_backend"
+        );
+        println!("{src}: too big about {name}'s reply: dropped from {n_src}, taken from {router}");
     }
     Ok(())
 }

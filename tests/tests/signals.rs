@@ -5,7 +5,9 @@
 //! timeout against the canary and each ACK a backend RST, and the healthy
 //! rollout aborted within seconds; now the bad SYNs are dropped at the
 //! load balancer and the ACKs' resets are not judged: no rollback. A canary
-//! that really resets its connections is still rolled back within 2 s.
+//! that resets the connections of one client only is held, not rolled back
+//! (a step fails only on failures of 3 distinct clients); one that resets
+//! every client's is still rolled back within 2 s.
 
 use anyhow::{ensure, Result};
 use canary_common::{choose_version, reason, split_hash, FlowKey, FAMILY_V4, PROTO_TCP};
@@ -21,8 +23,8 @@ use std::time::Duration;
 const FIRST_STEP_BP: u32 = 500;
 
 /// A client address outside the load's (client_v4(0..4000)) that the
-/// service's split sends to the canary at the first step.
-fn canary_client(yaml: &str) -> Result<Ipv4Addr> {
+/// service's split sends to the canary at the first step, and its index.
+fn canary_client(yaml: &str) -> Result<(u32, Ipv4Addr)> {
     let cfg = Config::parse(yaml)?;
     let s = &cfg.services[0];
     for i in 4000..4096 {
@@ -39,7 +41,7 @@ fn canary_client(yaml: &str) -> Result<Ipv4Addr> {
         );
         let bucket = split_hash(&key, affinity_flag(s.affinity), s.seed());
         if choose_version(bucket, FIRST_STEP_BP) == 1 {
-            return Ok(a);
+            return Ok((i, a));
         }
     }
     anyhow::bail!("no client address of 96 hashes to the canary at 5 %")
@@ -69,7 +71,7 @@ fn one_client_cannot_forge_failures_but_a_resetting_canary_is_caught() -> Result
     // The forged traffic pins the canary's source-IP hash only with
     // source-IP affinity (the default); with 5-tuple affinity each frame
     // would hash anew.
-    let attacker = canary_client(&yaml)?;
+    let (attacker_index, attacker) = canary_client(&yaml)?;
     let _d = topo.spawn_canaryd(Some(&yaml))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let mut load = Load::start(
@@ -132,14 +134,62 @@ fn one_client_cannot_forge_failures_but_a_resetting_canary_is_caught() -> Result
     );
     assert!(c.judged > 0, "the load's canary connections were judged");
 
-    // A canary that really resets: still rolled back within 2 s.
+    // The canary resets every connection, but only one client makes any
+    // (as a client provoking resets would): its failures hold the step,
+    // they do not fail it.
+    let (ok1, failed1) = load.stop();
     topo.set_fault("b3", "rst")?;
+    let mut one = Load::start(
+        &topo.client,
+        vip(),
+        LoadBounds {
+            clients: 1,
+            first_client: attacker_index,
+            pause: Duration::from_millis(20),
+            max_time: Duration::from_secs(3),
+            ..LoadBounds::default()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, one_failed) = one.stop();
+    let s = topo.service_status("shop")?;
+    let r = s.rollout.as_ref().unwrap();
+    let notes = r
+        .analysis
+        .as_ref()
+        .map(|a| a.notes.join("; "))
+        .unwrap_or_default();
+    println!(
+        "one client against a resetting canary: {one_failed} of its connections failed, \
+         {} judged resets; phase {}; {notes}",
+        s.signals.canary.judged_resets, r.phase
+    );
+    assert!(
+        s.signals.canary.judged_resets >= 10,
+        "its failures were judged"
+    );
+    assert_eq!(
+        r.phase, "running",
+        "one client cannot fail the step: {r:#?}"
+    );
+    assert!(notes.contains("1 distinct client(s)"), "{notes}");
+
+    // Every client meets the resetting canary: rolled back within 2 s.
+    let mut load = Load::start(
+        &topo.client,
+        vip(),
+        LoadBounds {
+            pause: Duration::from_millis(2),
+            ..LoadBounds::default()
+        },
+    );
     let took = time_to_weight_zero(&topo, &maps, Duration::from_secs(10), "rst")?;
     let (ok, failed) = load.stop();
+    let (ok, failed) = (ok + ok1, failed + failed1);
     let s = topo.service_status("shop")?;
     let r = s.rollout.as_ref().unwrap();
     println!(
-        "resetting canary: weight 0 {:.0} ms after the fault ({}); load: {ok} ok, {failed} failed",
+        "resetting canary: weight 0 {:.0} ms after the load met it ({}); load: {ok} ok, {failed} failed",
         took.as_secs_f64() * 1e3,
         r.reason.as_deref().unwrap_or("?")
     );

@@ -231,6 +231,10 @@ pub struct AnalysisConfig {
     /// No step passes with fewer canary connections than this.
     #[serde(default = "default_min_canary_connections")]
     pub min_canary_connections: u64,
+    /// A step fails on its error counts only when at least this many
+    /// distinct clients failed in it: one client cannot fail a canary.
+    #[serde(default = "default_min_failing_clients")]
+    pub min_failing_clients: u64,
     /// A SYN with no SYN-ACK after this long is a failed connection.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,

@@ -34,6 +34,9 @@ pub(super) fn default_alpha() -> f64 {
 pub(super) fn default_power() -> f64 {
     0.9
 }
+pub(super) fn default_min_failing_clients() -> u64 {
+    3
+}
 pub(super) fn default_min_canary_connections() -> u64 {
     100
 }
@@ -129,6 +132,7 @@ impl Default for AnalysisConfig {
             false_alarm_rate: default_alpha(),
             power: default_power(),
             min_canary_connections: default_min_canary_connections(),
+            min_failing_clients: default_min_failing_clients(),
             handshake_timeout: default_handshake_timeout(),
             prometheus: None,
         }
@@ -147,6 +151,7 @@ impl RolloutConfig {
             steps: self.steps.len() as u32,
             power: a.power,
             min_canary_connections: a.min_canary_connections,
+            min_failing_clients: a.min_failing_clients,
         }
     }
 }

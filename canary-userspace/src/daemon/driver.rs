@@ -64,6 +64,7 @@ impl Daemon {
                 attempts: sig.judged,
                 failures: sig.resets + sig.unreachables + timeouts,
                 handshake_us_log2: hs.handshake_us_log2,
+                failing_clients: self.failing.distinct(service, v),
             })
         };
         Some(WindowCounts {
@@ -119,9 +120,21 @@ impl Daemon {
         } else {
             Vec::new()
         };
-        for (sid, v) in expired {
-            if let Some(name) = self.dp.service_name(sid) {
-                *self.timeouts.entry((name.to_string(), v)).or_default() += 1;
+        for (key, sid, v) in expired {
+            if let Some(name) = self.dp.service_name(sid).map(str::to_string) {
+                *self.timeouts.entry((name.clone(), v)).or_default() += 1;
+                let step = self.step_began.get(&name).copied();
+                self.failing
+                    .note(&name, v, failing::client_of_flow(&key), step);
+            }
+        }
+        // The data plane's judged failures, with their clients: every tick,
+        // so the ring never fills.
+        for e in self.dp.drain_failures() {
+            if let Some(name) = self.dp.service_name(e.service_id).map(str::to_string) {
+                let step = self.step_began.get(&name).copied();
+                self.failing
+                    .note(&name, e.version & 1, failing::client_of_event(&e), step);
             }
         }
 
@@ -194,7 +207,7 @@ impl Daemon {
 
     /// Removes the handshakes older than their service's timeout (default
     /// 3 s) and returns them as (service id, version).
-    pub(super) fn expire_handshakes(&mut self) -> Vec<(u32, u32)> {
+    pub(super) fn expire_handshakes(&mut self) -> Vec<(canary_common::FlowKey, u32, u32)> {
         let timeouts: HashMap<u32, u64> = self
             .running
             .services
@@ -359,6 +372,7 @@ pub(super) fn window_delta(cur: &WindowCounts, prev: &WindowCounts) -> WindowCou
             attempts: c.attempts.saturating_sub(p.attempts),
             failures: c.failures.saturating_sub(p.failures),
             handshake_us_log2: h,
+            failing_clients: c.failing_clients.saturating_sub(p.failing_clients),
         }
     };
     WindowCounts {

@@ -1086,6 +1086,9 @@ fn add_windows(a: &WindowCounts, b: &WindowCounts) -> WindowCounts {
             attempts: x.attempts + y.attempts,
             failures: x.failures + y.failures,
             handshake_us_log2: h,
+            // Summed over hosts: a client whose connections ECMP spreads
+            // over several hosts counts once on each.
+            failing_clients: x.failing_clients + y.failing_clients,
         }
     };
     WindowCounts {

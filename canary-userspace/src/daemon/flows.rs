@@ -114,7 +114,8 @@ impl Daemon {
             }
         }
         // The attached veths' peers, every 10 s (README: "Running on veth
-        // and in containers").
+        // and in containers"): asked of the checking thread, which does the
+        // rtnetlink, /proc and setns work off this lock; returns at once.
         self.dp.recheck_veths();
     }
 

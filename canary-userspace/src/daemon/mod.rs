@@ -10,6 +10,7 @@
 
 mod driver;
 pub mod events;
+mod failing;
 mod fleet;
 mod flows;
 mod ops;
@@ -149,6 +150,8 @@ pub struct Daemon {
     flood: flows::FloodWatch,
     /// SYNs dropped for a wrong TCP checksum, watched for the veth trap.
     bad_checksums: flows::BadChecksumWatch,
+    /// The distinct clients behind each version's failures in the step.
+    failing: failing::FailingClients,
     /// When LOCAL_ADDRS was last compared with this host's addresses.
     local_addrs_at: Option<Instant>,
     /// The fleet (`fleet:` in the config): etcd's state as this host sees
@@ -252,6 +255,7 @@ impl Daemon {
             sweeper: None,
             flood: flows::FloodWatch::default(),
             bad_checksums: flows::BadChecksumWatch::default(),
+            failing: failing::FailingClients::default(),
             local_addrs_at: None,
             fleet: file_fleet.as_ref().map(|cfg| {
                 // This run of canaryd: a host skips the echo of its own writes.

@@ -188,6 +188,7 @@ impl Daemon {
             sweeper: _,
             flood: _,
             bad_checksums: _,
+            failing,
             local_addrs_at: _,
             // Its caches are keyed by etcd's documents (removed there).
             fleet: _,
@@ -197,6 +198,7 @@ impl Daemon {
         timeouts.retain(|(name, _), _| known.contains(name.as_str()));
         tick_prev.retain(|name, _| known.contains(name.as_str()));
         step_began.retain(|name, _| known.contains(name.as_str()));
+        failing.retain(|name| known.contains(name));
         pending_rollbacks.retain(|name| known.contains(name.as_str()));
         for (_, counts) in recent.iter_mut() {
             counts.retain(|name, _| known.contains(name.as_str()));

@@ -409,7 +409,7 @@ impl DataPlane {
             .cloned()
             .collect();
         self.attach_migrating(&ifindexes, config, &ids, &mut report)?;
-        self.check_veths(&unattached, config, prev.as_ref(), &mut report);
+        self.check_veths(&unattached, config, prev.as_ref());
 
         let keep_services: HashSet<String> =
             config.services.iter().map(|s| s.name.clone()).collect();

@@ -3,11 +3,13 @@
 //! inspection tools).
 
 use anyhow::{anyhow, Context, Result};
-use aya::maps::{Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{
+    Array, DevMapHash, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuValues, RingBuf,
+};
 use aya::Ebpf;
 use canary_common::{
-    names, reason, version_stats_index, BackendAddrKey, BackendInfo, BackendStats, FlowKey,
-    FlowState, HealthStats, JudgeSettings, LocalAddrKey, OverrideKeyData, OverrideValue,
+    names, reason, version_stats_index, BackendAddrKey, BackendInfo, BackendStats, FailureEvent,
+    FlowKey, FlowState, HealthStats, JudgeSettings, LocalAddrKey, OverrideKeyData, OverrideValue,
     PendingHandshake, ReverseNat, ServiceState, Settings, Signals, VersionStats, VipInfo, VipKey,
 };
 use std::path::{Path, PathBuf};
@@ -141,6 +143,7 @@ pub fn expected_layout(flow_table_size: u32, services: u32) -> Vec<(&'static str
             MAX_BUDGET_CLIENTS,
         ),
         (names::JUDGE, 4, sz(size_of::<JudgeSettings>()), 1),
+        (names::FAILURES, 0, 0, FAILURES_BYTES),
     ]
 }
 
@@ -153,6 +156,9 @@ const REPLACEABLE: [&str; 1] = [names::DATAPATH_STATS];
 /// Checks the pins in `dir` against [`expected_layout`]; a clear error
 /// names the first map that differs.
 pub fn check_pinned_layout(dir: &Path, flow_table_size: u32, services: u32) -> Result<()> {
+    // Replaced only once every other pin passed: a refusal leaves all as
+    // it was.
+    let mut replace = Vec::new();
     for (name, key, value, max) in expected_layout(flow_table_size, services) {
         let path = dir.join(name);
         if !path.exists() {
@@ -162,14 +168,7 @@ pub fn check_pinned_layout(dir: &Path, flow_table_size: u32, services: u32) -> R
             .with_context(|| format!("reading pinned map {}", path.display()))?;
         let found = (info.key_size(), info.value_size(), info.max_entries());
         if found != (key, value, max) && REPLACEABLE.contains(&name) {
-            log::info!(
-                "pinned counter map {} has key/value size and entries {found:?}, this canaryd \
-                 needs {:?}: replacing it (its counters start again from zero)",
-                path.display(),
-                (key, value, max)
-            );
-            std::fs::remove_file(&path)
-                .with_context(|| format!("removing the old pin {}", path.display()))?;
+            replace.push((path, found, (key, value, max)));
             continue;
         }
         if found != (key, value, max) {
@@ -185,6 +184,16 @@ pub fn check_pinned_layout(dir: &Path, flow_table_size: u32, services: u32) -> R
                 }
             );
         }
+    }
+    for (path, found, want) in replace {
+        log::info!(
+            "pinned counter map {} has key/value size and entries {found:?}, this canaryd \
+             needs {want:?}: replacing it (its counters start again from zero)",
+            path.display(),
+        );
+        // The running program keeps the old map by its fd, not by the pin.
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing the old pin {}", path.display()))?;
     }
     Ok(())
 }
@@ -209,6 +218,7 @@ pub struct Maps {
     pub local_addrs: HashMap<MapData, LocalAddrKey, u32>,
     pub signals: PerCpuArray<MapData, Signals>,
     pub judge: Array<MapData, JudgeSettings>,
+    pub failures: RingBuf<MapData>,
 }
 
 /// The `MAGLEV` array mapped into this process (it is created
@@ -368,6 +378,7 @@ impl Maps {
             local_addrs: typed(get(names::LOCAL_ADDRS)?, names::LOCAL_ADDRS)?,
             signals: typed(get(names::SIGNALS)?, names::SIGNALS)?,
             judge: typed(get(names::JUDGE)?, names::JUDGE)?,
+            failures: typed(get(names::FAILURES)?, names::FAILURES)?,
         })
     }
 
@@ -474,6 +485,21 @@ impl Maps {
         Ok(t)
     }
 
+    /// The judged failures the data plane recorded since the last call
+    /// (`FAILURES`), oldest first.
+    pub fn drain_failures(&mut self) -> Vec<FailureEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.failures.next() {
+            if item.len() >= std::mem::size_of::<FailureEvent>() {
+                // SAFETY: the data plane writes whole `FailureEvent`s (a
+                // plain-old-data record); the ring gives no alignment
+                // promise, hence the unaligned read.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FailureEvent) });
+            }
+        }
+        out
+    }
+
     /// Tells the data plane how many connections a second one client
     /// address may have judged per service (0: no limit).
     pub fn set_judged_per_client(&mut self, per_client_per_s: u32) -> Result<()> {
@@ -495,7 +521,7 @@ impl Maps {
         &mut self,
         now_ns: u64,
         timeout_ns: impl Fn(u32) -> u64,
-    ) -> Vec<(u32, u32)> {
+    ) -> Vec<(FlowKey, u32, u32)> {
         let expired: Vec<(FlowKey, PendingHandshake)> = self
             .handshakes
             .iter()
@@ -505,7 +531,7 @@ impl Maps {
         expired
             .into_iter()
             .filter(|(k, _)| self.handshakes.remove(k).is_ok())
-            .map(|(_, p)| (p.service_id, p.version & 1))
+            .map(|(k, p)| (k, p.service_id, p.version & 1))
             .collect()
     }
 

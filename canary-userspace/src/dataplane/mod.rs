@@ -422,13 +422,18 @@ impl DataPlane {
     }
 
     /// Removes the pending handshakes older than their service's timeout and
-    /// returns them as (service id, version).
+    /// returns them as (connection, service id, version).
     pub fn expire_handshakes(
         &mut self,
         now_ns: u64,
         timeout_ns: impl Fn(u32) -> u64,
-    ) -> Vec<(u32, u32)> {
+    ) -> Vec<(canary_common::FlowKey, u32, u32)> {
         self.maps.expire_handshakes(now_ns, timeout_ns)
+    }
+
+    /// The judged failures the data plane recorded since the last call.
+    pub fn drain_failures(&mut self) -> Vec<canary_common::FailureEvent> {
+        self.maps.drain_failures()
     }
 
     /// Which version and backend `client` gets from service `s` now,

@@ -19,6 +19,15 @@
 //! read (and set) with the ethtool ioctls from a thread that has entered
 //! that namespace. Nothing here touches an interface the config does not
 //! name, or the peer of one, and the peers only when asked to fix them.
+//!
+//! The checks run on a thread of their own (`VethChecks`): the daemon hands
+//! it the interfaces to check, under its lock, and reads what the thread
+//! published, never waiting for rtnetlink, a namespace search or `setns`.
+//! Each check is bounded (`CHECK_BUDGET`, the search within it by
+//! `SEARCH_BUDGET` and `SEARCH_MAX_ENTRIES`), and a peer namespace not
+//! found is searched for again only after a wait that doubles (`Unfound`).
+//! At start the daemon waits for the first checks, at most `START_WAIT`, so
+//! `fix_veth_offloads` has acted before canaryd says it is ready.
 
 use anyhow::{anyhow, bail, Context, Result};
 use canary_control::api::InterfaceStatus;
@@ -32,19 +41,37 @@ use netlink_packet_route::link::{
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-/// At most this many candidate namespaces are asked for their id (named
-/// ones and processes together): a bound on a host with very many
-/// processes.
-const MAX_CANDIDATES: usize = 65_536;
 
 /// How often the veths are looked at again after their first check.
 pub const RECHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// All the time one interface's check may take: its rtnetlink asks, the
+/// search for its peer's namespace and the ethtool ioctls in there.
+pub const CHECK_BUDGET: Duration = Duration::from_secs(2);
+
+/// The search for a peer's namespace (named ones, then those of
+/// processes) opens at most this many entries...
+const SEARCH_MAX_ENTRIES: usize = 32_768;
+/// ...and takes at most this long (within `CHECK_BUDGET`).
+const SEARCH_BUDGET: Duration = Duration::from_secs(1);
+
+/// A peer namespace a search did not find is searched for again after
+/// this long, then after twice as long each time, up to `UNFOUND_MAX`.
+const UNFOUND_FIRST: Duration = Duration::from_secs(10);
+const UNFOUND_MAX: Duration = Duration::from_secs(300);
+/// A search due within this much of a re-check is done in that re-check
+/// (they come every `RECHECK_EVERY`, on the daemon's one-second clock).
+const DUE_SLACK: Duration = Duration::from_secs(1);
+
+/// How long canaryd's start waits for the first checks (before it says
+/// it is ready); the checks not done by then report later.
+pub const START_WAIT: Duration = Duration::from_secs(5);
 
 /// The peer's network namespace, as canaryd found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,25 +253,29 @@ impl LinkFacts {
 }
 
 /// A blocking rtnetlink socket in the namespace of the thread that opened
-/// it.
+/// it, whose answers must come before `deadline` (the check's).
 struct Rtnl {
     sock: Socket,
     seq: u32,
+    deadline: Instant,
 }
 
 impl Rtnl {
-    fn open() -> Result<Rtnl> {
+    fn open(deadline: Instant) -> Result<Rtnl> {
         let mut sock = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket")?;
         sock.bind_auto().context("binding the rtnetlink socket")?;
         sock.connect(&SocketAddr::new(0, 0))?;
-        let timeout = nix::sys::time::TimeVal::new(2, 0);
-        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
-            .context("rtnetlink receive timeout")?;
-        Ok(Rtnl { sock, seq: 0 })
+        Ok(Rtnl {
+            sock,
+            seq: 0,
+            deadline,
+        })
     }
 
-    /// One request, its one answer (or the kernel's error).
+    /// One request, its one answer (or the kernel's error), before the
+    /// deadline.
     fn ask(&mut self, msg: RouteNetlinkMessage) -> Result<RouteNetlinkMessage> {
+        use nix::sys::time::{TimeVal, TimeValLike};
         self.seq = self.seq.wrapping_add(1);
         let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
         req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
@@ -254,10 +285,26 @@ impl Rtnl {
         req.serialize(&mut buf);
         self.sock.send(&buf, 0).context("rtnetlink send")?;
         let mut answer = None;
-        // The answer, then the ACK: a bounded number of reads (each bounded
-        // by the receive timeout).
+        // The answer, then the ACK: a bounded number of reads, each waiting
+        // at most until the deadline.
         for _ in 0..8 {
-            let (data, _) = self.sock.recv_from_full().context("rtnetlink receive")?;
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("rtnetlink: no answer within the check's {CHECK_BUDGET:?}");
+            }
+            // Never zero: a zero receive timeout waits for ever.
+            let wait = TimeVal::microseconds(left.as_micros().clamp(1_000, 2_000_000) as i64);
+            nix::sys::socket::setsockopt(
+                &self.sock,
+                nix::sys::socket::sockopt::ReceiveTimeout,
+                &wait,
+            )
+            .context("rtnetlink receive timeout")?;
+            let (data, _) = match self.sock.recv_from_full() {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e).context("rtnetlink receive"),
+            };
             let mut at = 0;
             while at < data.len() {
                 let m: NetlinkMessage<RouteNetlinkMessage> =
@@ -320,55 +367,112 @@ impl Rtnl {
     }
 }
 
+/// What a search for a namespace found, and what it covered.
+#[derive(Debug, Default)]
+struct Search {
+    found: Option<Namespace>,
+    /// Entries opened: `/run/netns` names, then processes.
+    opened: usize,
+    /// Distinct namespaces among them, each asked for its id once.
+    asked: usize,
+    took: Duration,
+    /// The bound that ended it early, if one did.
+    cut: Option<String>,
+}
+
+impl Search {
+    /// "12 namespaces in 340 entries, 3 ms".
+    fn summary(&self) -> String {
+        format!(
+            "{} namespaces in {} entries, {} ms{}",
+            self.asked,
+            self.opened,
+            self.took.as_millis(),
+            match &self.cut {
+                Some(c) => format!("; stopped at {c}"),
+                None => String::new(),
+            }
+        )
+    }
+}
+
 /// The namespace that has id `nsid` from here: named ones first
 /// (`/run/netns`), then those of processes; each namespace is asked once.
-fn find_namespace(rtnl: &mut Rtnl, nsid: i32) -> Option<Namespace> {
+/// Bounded: at most `SEARCH_MAX_ENTRIES` entries, and stops at `until`.
+fn find_namespace(rtnl: &mut Rtnl, nsid: i32, until: Instant) -> Search {
+    let began = Instant::now();
+    let mut s = Search::default();
     let mut seen = HashSet::new();
-    let mut asked = 0usize;
-    let mut is_it = |path: &std::path::Path, asked: &mut usize| -> bool {
-        if *asked >= MAX_CANDIDATES {
-            return false;
+    // Ok(true): the one; Ok(false): not it; Err: a bound is reached.
+    let mut is_it = |path: &Path, s: &mut Search| -> Result<bool, String> {
+        if s.opened >= SEARCH_MAX_ENTRIES {
+            return Err(format!("its bound of {SEARCH_MAX_ENTRIES} entries"));
         }
+        if Instant::now() >= until {
+            return Err(format!("its time bound ({} ms)", SEARCH_BUDGET.as_millis()));
+        }
+        s.opened += 1;
         let Ok(f) = File::open(path) else {
-            return false;
+            return Ok(false);
         };
         let Ok(st) = nix::sys::stat::fstat(f.as_raw_fd()) else {
-            return false;
+            return Ok(false);
         };
         if !seen.insert((st.st_dev, st.st_ino)) {
-            return false;
+            return Ok(false);
         }
-        *asked += 1;
-        rtnl.nsid_of(f.as_raw_fd()) == Some(nsid)
+        s.asked += 1;
+        Ok(rtnl.nsid_of(f.as_raw_fd()) == Some(nsid))
     };
-    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
-    names.sort();
-    for n in names {
-        if is_it(&PathBuf::from("/run/netns").join(&n), &mut asked) {
-            return Some(Namespace::Named(n));
+    'search: {
+        let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .take(SEARCH_MAX_ENTRIES)
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        names.sort();
+        for n in names {
+            match is_it(&PathBuf::from("/run/netns").join(&n), &mut s) {
+                Ok(true) => {
+                    s.found = Some(Namespace::Named(n));
+                    break 'search;
+                }
+                Ok(false) => {}
+                Err(cut) => {
+                    s.cut = Some(cut);
+                    break 'search;
+                }
+            }
+        }
+        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .take(SEARCH_MAX_ENTRIES)
+            .collect();
+        pids.sort_unstable();
+        for pid in pids {
+            match is_it(&PathBuf::from(format!("/proc/{pid}/ns/net")), &mut s) {
+                Ok(true) => {
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .map(|c| c.trim().to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    s.found = Some(Namespace::Process { pid, comm });
+                    break 'search;
+                }
+                Ok(false) => {}
+                Err(cut) => {
+                    s.cut = Some(cut);
+                    break 'search;
+                }
+            }
         }
     }
-    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    pids.sort_unstable();
-    for pid in pids {
-        if is_it(&PathBuf::from(format!("/proc/{pid}/ns/net")), &mut asked) {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map(|c| c.trim().to_string())
-                .unwrap_or_else(|_| "?".into());
-            return Some(Namespace::Process { pid, comm });
-        }
-    }
-    None
+    s.took = began.elapsed();
+    s
 }
 
 // The legacy ethtool commands (linux/ethtool.h), each with a struct
@@ -419,8 +523,8 @@ struct PeerReport {
 
 /// Reads (and with `fix`, repairs) peer `index` from the current thread's
 /// namespace.
-fn inspect_here(index: u32, fix: bool) -> Result<PeerReport> {
-    let facts = Rtnl::open()?.link(index, None, None)?;
+fn inspect_here(index: u32, fix: bool, deadline: Instant) -> Result<PeerReport> {
+    let facts = Rtnl::open(deadline)?.link(index, None, None)?;
     let name = facts
         .name
         .with_context(|| format!("the peer (index {index}) has no name"))?;
@@ -469,18 +573,30 @@ fn inspect_here(index: u32, fix: bool) -> Result<PeerReport> {
     })
 }
 
+/// Why `setns` into another network namespace failed: EPERM means canaryd
+/// lacks `CAP_SYS_ADMIN` (README: Requirements), said as such.
+fn setns_error(e: nix::errno::Errno) -> anyhow::Error {
+    if e == nix::errno::Errno::EPERM {
+        anyhow!(
+            "canaryd lacks CAP_SYS_ADMIN, which entering another network namespace needs \
+             (setns: EPERM); without it only peers in canaryd's own namespace are checked"
+        )
+    } else {
+        anyhow!("entering it: {e}")
+    }
+}
+
 /// `inspect_here` in namespace `ns`, from a thread that enters it (the
 /// namespace of a thread is its own: canaryd's other threads stay put).
-fn inspect_in(ns: &Namespace, index: u32, fix: bool) -> Result<PeerReport> {
+fn inspect_in(ns: &Namespace, index: u32, fix: bool, deadline: Instant) -> Result<PeerReport> {
     let Some(path) = ns.path() else {
-        return inspect_here(index, fix);
+        return inspect_here(index, fix, deadline);
     };
     let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::scope(|s| {
         s.spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering {}", ns.describe()))?;
-            inspect_here(index, fix)
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(setns_error)?;
+            inspect_here(index, fix, deadline)
         })
         .join()
         .map_err(|_| anyhow!("the thread inspecting the peer panicked"))?
@@ -548,89 +664,55 @@ impl Check {
     }
 }
 
-/// The namespace with id `nsid` from here: the one found before for that
-/// id when it still has it, else a fresh search (remembered).
-fn namespace_of(
-    rtnl: &mut Rtnl,
-    nsid: i32,
-    known: &mut BTreeMap<i32, Namespace>,
-) -> Option<Namespace> {
-    if let Some(ns) = known.get(&nsid) {
-        let still = ns
-            .path()
-            .and_then(|p| File::open(p).ok())
-            .is_some_and(|f| rtnl.nsid_of(f.as_raw_fd()) == Some(nsid));
-        if still {
-            return Some(ns.clone());
-        }
-        known.remove(&nsid);
-    }
-    let ns = find_namespace(rtnl, nsid)?;
-    known.insert(nsid, ns.clone());
-    Some(ns)
+/// What one check of an interface came to.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// A veth, and what the check of its peer found.
+    Checked(Check),
+    /// Not a veth: nothing to check, nothing listed.
+    NotVeth,
+    /// The interface itself could not be read (said once): the last
+    /// finding stays.
+    Unreadable,
 }
 
-/// Checks `iface` (in canaryd's namespace) and, with `fix`, repairs its
-/// peer. None: not a veth (nothing to check). Logs nothing.
-fn check_one(
-    iface: &str,
-    fix: bool,
-    known: &mut BTreeMap<i32, Namespace>,
-) -> Result<Option<(Check, PeerFix)>> {
-    let mut rtnl = Rtnl::open()?;
-    let facts = rtnl
-        .link(0, Some(iface), None)
-        .with_context(|| format!("looking up {iface}"))?;
-    if !facts.veth {
-        return Ok(None);
+/// The checking thread's work, behind a trait so that a test can put a
+/// slow one in its place.
+trait Inspector: Send {
+    /// Checks `iface` (and with `fix`, repairs its peer), logging what it
+    /// finds.
+    fn check(&mut self, iface: &str, fix: bool) -> Verdict;
+    /// Forgets interfaces no longer attached.
+    fn retain(&mut self, attached: &[String]);
+}
+
+/// A peer namespace the last search did not find: when that search was,
+/// what it covered, and how long until the next one.
+#[derive(Debug, Clone)]
+struct Unfound {
+    at: Instant,
+    wait: Duration,
+    summary: String,
+}
+
+impl Unfound {
+    /// After a search at `now` that did not find it; `prev`: the search
+    /// before, which did not either (the wait doubles).
+    fn after(prev: Option<&Unfound>, now: Instant, summary: String) -> Unfound {
+        Unfound {
+            at: now,
+            wait: prev.map_or(UNFOUND_FIRST, |p| (p.wait * 2).min(UNFOUND_MAX)),
+            summary,
+        }
     }
-    let unseen = |name: Option<String>, why: String| Check {
-        interface: iface.to_string(),
-        peer: Peer::Unseen { name, why },
-        at: Instant::now(),
-    };
-    let Some(index) = facts.peer_index else {
-        return Ok(Some((
-            unseen(None, "the kernel names no peer for it".into()),
-            PeerFix::default(),
-        )));
-    };
-    let ns = match facts.peer_nsid {
-        None => Namespace::Own,
-        Some(nsid) => match namespace_of(&mut rtnl, nsid, known) {
-            Some(ns) => ns,
-            None => {
-                // Its name, at least, through the kernel's cross-namespace
-                // link query.
-                let name = rtnl.link(index, None, Some(nsid)).ok().and_then(|f| f.name);
-                let why = format!(
-                    "it is interface {index} of the namespace with id {nsid} here, which has \
-                     no /run/netns name and no process canaryd can see"
-                );
-                return Ok(Some((unseen(name, why), PeerFix::default())));
-            }
-        },
-    };
-    match inspect_in(&ns, index, fix) {
-        Ok(r) => Ok(Some((
-            Check {
-                interface: iface.to_string(),
-                peer: Peer::Seen {
-                    name: r.name,
-                    ns,
-                    state: r.state,
-                },
-                at: Instant::now(),
-            },
-            PeerFix {
-                changed: r.changed,
-                failed: r.failed,
-            },
-        ))),
-        Err(e) => Ok(Some((
-            unseen(None, format!("in {}: {e:#}", ns.describe())),
-            PeerFix::default(),
-        ))),
+
+    /// Whether a check at `now` searches again.
+    fn due(&self, now: Instant) -> bool {
+        now + DUE_SLACK >= self.at + self.wait
+    }
+
+    fn next_in(&self, now: Instant) -> Duration {
+        (self.at + self.wait).saturating_duration_since(now)
     }
 }
 
@@ -641,29 +723,155 @@ struct PeerFix {
     failed: Vec<(Problem, String)>,
 }
 
-/// The checks of the attached veths, and what has been said about them.
+/// The checking thread's memory: the last findings, what has been said,
+/// the namespaces found and those not found.
 #[derive(Debug, Default)]
-pub struct VethChecks {
-    checks: BTreeMap<String, Check>,
+struct Checker {
+    /// The last finding per interface (what a re-check compares with).
+    last: BTreeMap<String, Check>,
     /// Interfaces whose unseen peer has been reported (said once).
     said_unseen: HashSet<String>,
     /// Peer namespaces found so far, by their id from here.
     namespaces: BTreeMap<i32, Namespace>,
-    last_round: Option<Instant>,
+    /// Peer namespaces searched for and not found, by their id from here.
+    unfound: BTreeMap<i32, Unfound>,
+    /// The id of each interface's peer namespace at its last check.
+    peer_nsid: BTreeMap<String, i32>,
 }
 
-impl VethChecks {
+impl Checker {
+    /// The namespace with id `nsid` from here: the one found before for
+    /// that id when it still has it, else a search, unless one found
+    /// nothing a short while ago (`Unfound`). Err: why it is not known.
+    fn namespace_of(
+        &mut self,
+        rtnl: &mut Rtnl,
+        iface: &str,
+        nsid: i32,
+    ) -> std::result::Result<Namespace, String> {
+        if let Some(ns) = self.namespaces.get(&nsid) {
+            let still = ns
+                .path()
+                .and_then(|p| File::open(p).ok())
+                .is_some_and(|f| rtnl.nsid_of(f.as_raw_fd()) == Some(nsid));
+            if still {
+                return Ok(ns.clone());
+            }
+            self.namespaces.remove(&nsid);
+        }
+        let why = |u: &Unfound| {
+            format!(
+                "searched {}; next search in {} s",
+                u.summary,
+                u.next_in(Instant::now()).as_secs()
+            )
+        };
+        let now = Instant::now();
+        if let Some(u) = self.unfound.get(&nsid).filter(|u| !u.due(now)) {
+            return Err(why(u));
+        }
+        let s = find_namespace(rtnl, nsid, (now + SEARCH_BUDGET).min(rtnl.deadline));
+        if let Some(ns) = s.found {
+            self.unfound.remove(&nsid);
+            self.namespaces.insert(nsid, ns.clone());
+            return Ok(ns);
+        }
+        let u = Unfound::after(self.unfound.get(&nsid), now, s.summary());
+        info!(
+            "{iface}: the network namespace of its veth peer (id {nsid} from here) was not \
+             found ({}); next search in {} s",
+            u.summary,
+            u.wait.as_secs()
+        );
+        let out = why(&u);
+        self.unfound.insert(nsid, u);
+        Err(out)
+    }
+
+    /// Checks `iface` (in canaryd's namespace) and, with `fix`, repairs
+    /// its peer, all within `CHECK_BUDGET`. None: not a veth (nothing to
+    /// check). Logs nothing but a search that found nothing.
+    fn check_one(&mut self, iface: &str, fix: bool) -> Result<Option<(Check, PeerFix)>> {
+        let deadline = Instant::now() + CHECK_BUDGET;
+        let mut rtnl = Rtnl::open(deadline)?;
+        let facts = rtnl
+            .link(0, Some(iface), None)
+            .with_context(|| format!("looking up {iface}"))?;
+        if !facts.veth {
+            self.peer_nsid.remove(iface);
+            return Ok(None);
+        }
+        let unseen = |name: Option<String>, why: String| Check {
+            interface: iface.to_string(),
+            peer: Peer::Unseen { name, why },
+            at: Instant::now(),
+        };
+        let Some(index) = facts.peer_index else {
+            return Ok(Some((
+                unseen(None, "the kernel names no peer for it".into()),
+                PeerFix::default(),
+            )));
+        };
+        // Its name, at least, through the kernel's cross-namespace link
+        // query, for a peer that cannot be inspected.
+        let name_of = |rtnl: &mut Rtnl| {
+            let nsid = facts.peer_nsid?;
+            rtnl.link(index, None, Some(nsid)).ok()?.name
+        };
+        let ns = match facts.peer_nsid {
+            None => {
+                self.peer_nsid.remove(iface);
+                Namespace::Own
+            }
+            Some(nsid) => {
+                self.peer_nsid.insert(iface.to_string(), nsid);
+                match self.namespace_of(&mut rtnl, iface, nsid) {
+                    Ok(ns) => ns,
+                    Err(detail) => {
+                        let why = format!(
+                            "it is interface {index} of the namespace with id {nsid} here, \
+                             which has no /run/netns name and no process canaryd can see \
+                             ({detail})"
+                        );
+                        return Ok(Some((unseen(name_of(&mut rtnl), why), PeerFix::default())));
+                    }
+                }
+            }
+        };
+        match inspect_in(&ns, index, fix, deadline) {
+            Ok(r) => Ok(Some((
+                Check {
+                    interface: iface.to_string(),
+                    peer: Peer::Seen {
+                        name: r.name,
+                        ns,
+                        state: r.state,
+                    },
+                    at: Instant::now(),
+                },
+                PeerFix {
+                    changed: r.changed,
+                    failed: r.failed,
+                },
+            ))),
+            Err(e) => Ok(Some((
+                unseen(name_of(&mut rtnl), format!("in {}: {e:#}", ns.describe())),
+                PeerFix::default(),
+            ))),
+        }
+    }
+}
+
+impl Inspector for Checker {
     /// Checks `iface` (just attached, or asked again) and logs what it
-    /// finds: a warning per problem with its fix command, and (once per
-    /// interface) a peer that cannot be seen. Returns what a fix changed, one
-    /// line each, for the caller to log (the apply report, or `recheck`).
-    pub fn check(&mut self, iface: &str, fix: bool) -> Vec<String> {
-        let mut report = Vec::new();
-        let (check, done) = match check_one(iface, fix, &mut self.namespaces) {
+    /// finds: what a fix changed, a warning per problem with its fix
+    /// command, and (once per interface) a peer that cannot be seen.
+    fn check(&mut self, iface: &str, fix: bool) -> Verdict {
+        let (check, done) = match self.check_one(iface, fix) {
             Ok(Some(c)) => c,
             Ok(None) => {
-                self.checks.remove(iface);
-                return report;
+                self.last.remove(iface);
+                return Verdict::NotVeth;
             }
             Err(e) => {
                 // The interface itself could not be read: the attach would
@@ -671,18 +879,18 @@ impl VethChecks {
                 if self.said_unseen.insert(iface.to_string()) {
                     warn!("{iface}: checking its veth offloads: {e:#}");
                 }
-                return report;
+                return Verdict::Unreadable;
             }
         };
-        let before = self.checks.get(iface).map(Check::problems);
+        let before = self.last.get(iface).map(Check::problems);
         match &check.peer {
             Peer::Seen { name, ns, .. } => {
                 self.said_unseen.remove(iface);
                 for c in &done.changed {
-                    report.push(format!(
+                    info!(
                         "fix_veth_offloads: {name} in {}, the veth peer of {iface}: {c}",
                         ns.describe()
-                    ));
+                    );
                 }
                 // A problem already reported is not repeated by the
                 // periodic re-check.
@@ -720,65 +928,258 @@ impl VethChecks {
                 }
             }
         }
-        self.checks.insert(iface.to_string(), check);
-        report
+        self.last.insert(iface.to_string(), check.clone());
+        Verdict::Checked(check)
     }
 
-    /// Forgets interfaces no longer attached.
-    pub fn retain(&mut self, attached: impl Fn(&str) -> bool) {
-        self.checks.retain(|i, _| attached(i));
-        self.said_unseen.retain(|i| attached(i));
+    fn retain(&mut self, attached: &[String]) {
+        let on = |i: &String| attached.contains(i);
+        self.last.retain(|i, _| on(i));
+        self.said_unseen.retain(on);
+        self.peer_nsid.retain(|i, _| on(i));
+        let used: HashSet<i32> = self.peer_nsid.values().copied().collect();
+        self.namespaces.retain(|id, _| used.contains(id));
+        self.unfound.retain(|id, _| used.contains(id));
+    }
+}
+
+/// What the daemon and the checking thread share: the daemon's asks and
+/// the thread's findings. Locked only to read or write these, never across
+/// a check.
+#[derive(Debug, Default)]
+struct Board {
+    /// The interfaces attached now (findings for others are dropped).
+    attached: Vec<String>,
+    /// `fix_veth_offloads`, as last asked.
+    fix: bool,
+    /// Interfaces to check, in the order asked (each once).
+    asked: VecDeque<String>,
+    /// The interface being checked now.
+    busy: Option<String>,
+    /// The findings, by interface: what `canaryctl status` and the metric
+    /// show.
+    checks: BTreeMap<String, Check>,
+    /// The daemon's side is gone: the thread ends.
+    stop: bool,
+}
+
+impl Board {
+    /// `iface` to be checked, unless it already waits for it.
+    fn ask(&mut self, iface: &String) {
+        if !self.asked.contains(iface) {
+            self.asked.push_back(iface.clone());
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    board: Mutex<Board>,
+    /// Something was asked, or a check is done.
+    changed: Condvar,
+}
+
+impl Shared {
+    fn board(&self) -> MutexGuard<'_, Board> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The checking thread: takes the asked interfaces one at a time, checks
+/// each with the board unlocked and publishes the finding. Ends when the
+/// daemon's side is dropped.
+fn work(shared: &Shared, mut inspector: Box<dyn Inspector>) {
+    loop {
+        let (iface, fix, attached) = {
+            let mut b = shared.board();
+            let iface = loop {
+                if b.stop {
+                    return;
+                }
+                if let Some(i) = b.asked.pop_front() {
+                    break i;
+                }
+                b = shared.changed.wait(b).unwrap_or_else(|p| p.into_inner());
+            };
+            b.busy = Some(iface.clone());
+            (iface, b.fix, b.attached.clone())
+        };
+        inspector.retain(&attached);
+        let verdict = inspector.check(&iface, fix);
+        let mut b = shared.board();
+        b.busy = None;
+        if b.attached.contains(&iface) {
+            match verdict {
+                Verdict::Checked(c) => {
+                    b.checks.insert(iface, c);
+                }
+                Verdict::NotVeth => {
+                    b.checks.remove(&iface);
+                }
+                Verdict::Unreadable => {}
+            }
+        }
+        drop(b);
+        shared.changed.notify_all();
+    }
+}
+
+/// The checks of the attached veths, as the daemon sees them: it asks for
+/// checks and reads their findings, each a moment's hold of the board; the
+/// checks run on a thread of their own (started at the first ask).
+pub struct VethChecks {
+    shared: Arc<Shared>,
+    /// What the thread checks with, until it starts.
+    idle: Option<Box<dyn Inspector>>,
+    /// When the last round was asked for.
+    last_round: Option<Instant>,
+}
+
+impl Default for VethChecks {
+    fn default() -> VethChecks {
+        VethChecks::with(Box::new(Checker::default()))
+    }
+}
+
+impl Drop for VethChecks {
+    fn drop(&mut self) {
+        self.shared.board().stop = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+impl VethChecks {
+    fn with(inspector: Box<dyn Inspector>) -> VethChecks {
+        VethChecks {
+            shared: Arc::default(),
+            idle: Some(inspector),
+            last_round: None,
+        }
     }
 
-    /// Looks at every checked veth again every `RECHECK_EVERY` (a problem
-    /// fixed by hand leaves the status; a new one is warned about; with
-    /// `fix`, repaired).
-    pub fn recheck(&mut self, fix: bool) {
-        if self.last_round.is_some_and(|t| t.elapsed() < RECHECK_EVERY) {
+    /// Asks for `ifaces` to be checked, with `fix_veth_offloads` = `fix`;
+    /// `attached`: every interface attached now (the findings for others
+    /// are dropped). Returns at once: the thread logs what it finds, and
+    /// `status` shows it.
+    pub fn ask(&mut self, ifaces: &[String], attached: &[String], fix: bool) {
+        {
+            let mut b = self.shared.board();
+            let on = |i: &String| attached.contains(i);
+            b.attached = attached.to_vec();
+            b.fix = fix;
+            b.checks.retain(|i, _| on(i));
+            b.asked.retain(on);
+            for i in ifaces.iter().filter(|i| on(i)) {
+                b.ask(i);
+            }
+        }
+        self.shared.changed.notify_all();
+        self.last_round.get_or_insert_with(Instant::now);
+        if ifaces.is_empty() {
             return;
         }
-        self.last_round = Some(Instant::now());
-        let names: Vec<String> = self.checks.keys().cloned().collect();
-        for iface in names {
-            for line in self.check(&iface, fix) {
-                info!("{line}");
+        if let Some(inspector) = self.idle.take() {
+            let shared = self.shared.clone();
+            let started = std::thread::Builder::new()
+                .name("canary-veths".into())
+                .spawn(move || work(&shared, inspector));
+            if let Err(e) = started {
+                warn!("the veth peers go unchecked: starting their thread: {e}");
             }
         }
     }
 
-    /// The veths checked and what their checks found.
+    /// Waits until everything asked has been checked, at most `within`:
+    /// true when it has.
+    pub fn wait(&self, within: Duration) -> bool {
+        let end = Instant::now() + within;
+        let mut b = self.shared.board();
+        while !b.asked.is_empty() || b.busy.is_some() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            b = self
+                .shared
+                .changed
+                .wait_timeout(b, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Every `RECHECK_EVERY`, asks for every checked veth to be looked at
+    /// again (a problem fixed by hand leaves the status; a new one is
+    /// warned about; with `fix`, repaired). Returns at once.
+    pub fn recheck(&mut self, fix: bool) {
+        let now = Instant::now();
+        let Some(last) = self.last_round else {
+            self.last_round = Some(now);
+            return;
+        };
+        if now.duration_since(last) < RECHECK_EVERY {
+            return;
+        }
+        self.last_round = Some(now);
+        {
+            let mut b = self.shared.board();
+            b.fix = fix;
+            let veths: Vec<String> = b.checks.keys().cloned().collect();
+            for i in &veths {
+                b.ask(i);
+            }
+        }
+        self.shared.changed.notify_all();
+    }
+
+    /// The veths checked and what their last checks found.
     pub fn status(&self) -> Vec<InterfaceStatus> {
-        self.checks.values().map(Check::status).collect()
+        self.shared
+            .board()
+            .checks
+            .values()
+            .map(Check::status)
+            .collect()
     }
 }
 
 impl super::DataPlane {
     /// After an apply attached `fresh` (interfaces this canaryd had not
-    /// attached before: all of them at start, new ones on a reload): checks
-    /// those that are veths. When `fix_veth_offloads` has just been turned
-    /// on, every attached one is checked (and fixed). What a fix changed
-    /// goes into the apply report too.
+    /// attached before: all of them at start, new ones on a reload): asks
+    /// for those to be checked. When `fix_veth_offloads` has just been
+    /// turned on, every attached one is checked (and fixed). At start
+    /// (`prev` None) it waits for the checks, at most `START_WAIT`, so the
+    /// peers are fixed before canaryd says it is ready; later it does not
+    /// wait (the daemon's lock is held): the findings go to the log and the
+    /// status as they come.
     pub(super) fn check_veths(
         &mut self,
         fresh: &[String],
         config: &crate::config::Config,
         prev: Option<&crate::config::Config>,
-        report: &mut super::ApplyReport,
     ) {
         let fix = config.fix_veth_offloads;
         let turned_on = fix && prev.is_some_and(|p| !p.fix_veth_offloads);
         let attached: Vec<String> = self.links.keys().cloned().collect();
-        self.veths.retain(|i| attached.iter().any(|a| a == i));
-        for iface in &attached {
-            if turned_on || fresh.contains(iface) {
-                report.lines.extend(self.veths.check(iface, fix));
-            }
+        let ask: Vec<String> = attached
+            .iter()
+            .filter(|i| turned_on || fresh.contains(*i))
+            .cloned()
+            .collect();
+        self.veths.ask(&ask, &attached, fix);
+        if prev.is_none() && !ask.is_empty() && !self.veths.wait(START_WAIT) {
+            warn!(
+                "the veth peer checks are not done after {START_WAIT:?}: canaryd goes on, \
+                 and what they find follows in the log and in `canaryctl status`"
+            );
         }
     }
 
-    /// Looks at the attached veths' peers again (every `RECHECK_EVERY`;
-    /// canaryd calls it every second): a fixed problem leaves the status, a
-    /// new one is warned about (and fixed, with `fix_veth_offloads`).
+    /// Asks for the attached veths' peers to be looked at again (every
+    /// `RECHECK_EVERY`; canaryd calls it every second, under its lock: it
+    /// returns at once): a fixed problem leaves the status, a new one is
+    /// warned about (and fixed, with `fix_veth_offloads`).
     pub fn recheck_veths(&mut self) {
         let fix = self.applied.as_ref().is_some_and(|c| c.fix_veth_offloads);
         self.veths.recheck(fix);
@@ -944,5 +1345,179 @@ mod tests {
                     .to_string(),
             ]
         );
+    }
+
+    /// The searches for a peer namespace that is never found, with a
+    /// re-check every 10 s for 15 minutes: after 10 s, then 20, 40, 80,
+    /// 160 s, then every 5 minutes (7 searches, where searching at every
+    /// re-check would be 91).
+    #[test]
+    fn an_unfound_namespace_is_searched_again_after_a_doubling_wait() {
+        let t0 = Instant::now();
+        let mut unfound: Option<Unfound> = None;
+        let mut searches = Vec::new();
+        for round in 0..=90u64 {
+            // The re-checks drift a little, and a search starts a moment
+            // after its round.
+            let now = t0 + Duration::from_millis(round * 10_000 + round * 7);
+            if unfound.as_ref().is_none_or(|u| u.due(now)) {
+                let at = now + Duration::from_millis(3);
+                searches.push(round * 10);
+                unfound = Some(Unfound::after(unfound.as_ref(), at, String::new()));
+            }
+        }
+        assert_eq!(searches, vec![0, 10, 30, 70, 150, 310, 610]);
+        assert_eq!(unfound.unwrap().wait, UNFOUND_MAX);
+    }
+
+    /// A slow check (standing in for a long namespace search) and what
+    /// the daemon does under its lock meanwhile: asking, re-checking and
+    /// reading the status each return at once, not after the check.
+    struct Slow {
+        each: Duration,
+        done: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl Inspector for Slow {
+        fn check(&mut self, iface: &str, _fix: bool) -> Verdict {
+            std::thread::sleep(self.each);
+            self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Verdict::Checked(Check {
+                interface: iface.to_string(),
+                peer: Peer::Unseen {
+                    name: None,
+                    why: "slow".into(),
+                },
+                at: Instant::now(),
+            })
+        }
+        fn retain(&mut self, _attached: &[String]) {}
+    }
+
+    #[test]
+    fn the_daemon_side_never_waits_for_a_slow_check() {
+        let done = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut v = VethChecks::with(Box::new(Slow {
+            each: Duration::from_millis(600),
+            done: done.clone(),
+        }));
+        let ifaces: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let t = Instant::now();
+        v.ask(&ifaces, &ifaces, false);
+        let asked = t.elapsed();
+        // While the three checks (1.8 s) run: the daemon's calls, timed.
+        let mut slowest = asked;
+        let mut while_busy = 0;
+        let end = Instant::now() + Duration::from_millis(1_500);
+        while Instant::now() < end {
+            let busy = v.shared.board().busy.is_some();
+            let t = Instant::now();
+            let _ = v.status();
+            v.recheck(true);
+            v.ask(&ifaces[..1], &ifaces, false);
+            slowest = slowest.max(t.elapsed());
+            if busy && done.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+                while_busy += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        println!("slowest daemon-side call while checks ran: {slowest:?} ({while_busy} calls)");
+        assert!(while_busy > 10, "the calls overlapped the checks");
+        assert!(slowest < Duration::from_millis(200), "{slowest:?}");
+        // Waiting is bounded, and the findings arrive.
+        let t = Instant::now();
+        assert!(!v.wait(Duration::from_millis(100)), "still checking");
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(v.wait(Duration::from_secs(5)), "the checks end");
+        let names: Vec<String> = v.status().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ifaces);
+        // A detached interface leaves the status at the next ask.
+        v.ask(&[], &ifaces[1..], false);
+        assert_eq!(v.status().len(), 2);
+    }
+
+    #[test]
+    fn rtnetlink_asks_end_at_the_check_deadline() {
+        let mut late = Rtnl::open(Instant::now()).expect("rtnetlink socket");
+        let t = Instant::now();
+        let e = late.link(1, None, None).unwrap_err();
+        assert!(e.to_string().contains("no answer within"), "{e:#}");
+        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        // In time, the loopback device answers (index 1 in every namespace).
+        let mut rtnl = Rtnl::open(Instant::now() + CHECK_BUDGET).unwrap();
+        assert_eq!(
+            rtnl.link(1, None, None).unwrap().name.as_deref(),
+            Some("lo")
+        );
+    }
+
+    #[test]
+    fn a_namespace_search_is_bounded() {
+        let mut rtnl = Rtnl::open(Instant::now() + CHECK_BUDGET).unwrap();
+        // No time left: nothing is opened.
+        let s = find_namespace(&mut rtnl, i32::MAX - 7, Instant::now());
+        assert!(s.found.is_none() && s.opened == 0, "{s:?}");
+        assert!(s.cut.as_deref().unwrap().contains("time bound"), "{s:?}");
+        // An id nothing has: the whole host looked at, within its budget.
+        let t = Instant::now();
+        let s = find_namespace(&mut rtnl, i32::MAX - 7, t + SEARCH_BUDGET);
+        assert!(s.found.is_none(), "{s:?}");
+        assert!(t.elapsed() < SEARCH_BUDGET + Duration::from_millis(100));
+        println!("a search that finds nothing: {}", s.summary());
+    }
+
+    /// `setns` without CAP_SYS_ADMIN: the peer is not inspectable, and the
+    /// reason names the capability. (Capabilities are a thread's own: the
+    /// test drops CAP_SYS_ADMIN on a thread of its own; without root it is
+    /// not there in the first place.)
+    #[test]
+    fn entering_a_namespace_without_cap_sys_admin_names_the_capability() {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        const CAP_SYS_ADMIN: u32 = 21;
+        let e = std::thread::spawn(|| {
+            let mut hdr = Header {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let mut data = [Data::default(); 2];
+            // SAFETY: a v3 header and two data structs, as capget/capset
+            // take them; pid 0 is this thread.
+            unsafe {
+                assert_eq!(
+                    libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()),
+                    0
+                );
+                data[0].effective &= !(1 << CAP_SYS_ADMIN);
+                assert_eq!(libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()), 0);
+            }
+            // Our own namespace by a process path: setns all the same.
+            let ns = Namespace::Process {
+                pid: std::process::id(),
+                comm: "test".into(),
+            };
+            inspect_in(&ns, 1, false, Instant::now() + CHECK_BUDGET).unwrap_err()
+        })
+        .join()
+        .unwrap();
+        let e = format!("{e:#}");
+        assert!(e.contains("lacks CAP_SYS_ADMIN"), "{e}");
+        assert!(e.contains("EPERM"), "{e}");
+        let other = format!("{:#}", setns_error(nix::errno::Errno::EINVAL));
+        assert!(!other.contains("CAP_SYS_ADMIN"), "{other}");
     }
 }

@@ -115,6 +115,7 @@ fn bp(percent: f64) -> WeightBp {
 fn add(a: &mut VersionCounts, b: &VersionCounts) {
     a.attempts += b.attempts;
     a.failures += b.failures;
+    a.failing_clients += b.failing_clients;
     for (x, y) in a
         .handshake_us_log2
         .iter_mut()
@@ -122,6 +123,18 @@ fn add(a: &mut VersionCounts, b: &VersionCounts) {
     {
         *x += y;
     }
+}
+
+/// `Some(why)` when the canary's failures in the step come from fewer
+/// distinct clients than the plan needs to fail a step.
+fn too_few_failing_clients(
+    canary: &VersionCounts,
+    limits: &crate::rollout::analysis::Limits,
+) -> Option<String> {
+    let (have, need) = (canary.failing_clients, limits.min_failing_clients);
+    (need > 1 && have < need).then(|| {
+        format!("the canary's failures come from {have} distinct client(s), {need} are needed to fail a step")
+    })
 }
 
 /// Did one of the sequential tests cross its bound?
@@ -247,6 +260,13 @@ impl Rollout {
         self.step_elapsed_ms += dt.as_millis() as u64;
         let mut limits = self.frozen_plan(plan).limits();
         limits.steps = self.steps.len() as u32;
+        if self.steps[self.step] >= 100.0 {
+            // A 100 % step has no stable traffic to compare with by design,
+            // only the stragglers of the previous step: enough of them
+            // switched the ratio checks on with a sample need of millions,
+            // and the step never ended. The ceiling still applies.
+            limits.max_canary_vs_stable_ratio = None;
+        }
         let a = analyze_detailed(&self.window, &limits);
         let verdict = a.verdict.clone();
         let crossed = sprt_crossed(&a);
@@ -260,10 +280,19 @@ impl Rollout {
             let alpha_look = a.alpha_per_check / self.guard_looks_allowed() as f64;
             guard = self.guard(&limits, alpha_look);
         }
+        // One client cannot fail a step: its failures (forged or real)
+        // hold the step until enough distinct clients fail.
+        let held = too_few_failing_clients(&self.window.canary, &limits);
+        let mut a = a;
+        if let Some(h) = &held {
+            if guard.is_some() || matches!(verdict, Verdict::Fail { .. }) {
+                a.notes.push(format!("held, not failed: {h}"));
+            }
+        }
         self.last = Some(a);
         let n = self.steps.len();
         let here = format!("step {}/{} ({}%)", self.step + 1, n, self.steps[self.step]);
-        if let Some(why) = guard {
+        if let Some(why) = guard.filter(|_| held.is_none()) {
             let why = format!("{here} failed: {why}");
             self.abort(why.clone());
             return Action::Rollback(why);
@@ -289,6 +318,9 @@ impl Rollout {
         // step only waits (for the external metric), and only the
         // sequential tests and the guard can still fail it.
         let passes = match verdict {
+            // Failing but held (too few distinct clients): neither fails
+            // nor passes.
+            Verdict::Fail { .. } if held.is_some() => false,
             Verdict::Fail { reason } if crossed || (decide_now && !self.final_passed) => {
                 let why = format!("{here} failed: {reason}");
                 self.abort(why.clone());
@@ -453,11 +485,13 @@ mod tests {
             stable: VersionCounts {
                 attempts: stable.0,
                 failures: stable.1,
+                failing_clients: stable.1,
                 ..Default::default()
             },
             canary: VersionCounts {
                 attempts: canary.0,
                 failures: canary.1,
+                failing_clients: canary.1,
                 ..Default::default()
             },
         }
@@ -531,6 +565,35 @@ mod tests {
             r.tick_(&p, &counts((1, 0), (1, 0)), Duration::from_secs(9)),
             Action::None
         );
+    }
+
+    /// 60 failures of 100 from two clients only: held (neither failed nor
+    /// passed), with the reason in the analysis' notes; once a third client
+    /// fails, the step fails.
+    #[test]
+    fn failures_of_too_few_distinct_clients_hold_the_step() {
+        let p = plan();
+        let (mut r, _) = Rollout::start(&p);
+        let mut two_clients = counts((1000, 1), (100, 60));
+        two_clients.canary.failing_clients = 2;
+        for _ in 0..20 {
+            let a = r.tick_(&p, &two_clients, Duration::from_millis(250));
+            assert_eq!(a, Action::None, "held, not rolled back");
+            two_clients.canary.failing_clients = 0; // no new client since
+        }
+        assert_eq!(r.phase, Phase::Running);
+        assert_eq!(r.step, 0, "not passed either");
+        let notes = &r.last.as_ref().unwrap().notes;
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("2 distinct client(s), 3 are needed")),
+            "{notes:?}"
+        );
+        let mut third = counts((0, 0), (1, 1));
+        third.canary.failing_clients = 1;
+        let a = r.tick_(&p, &third, TICK);
+        assert!(matches!(a, Action::Rollback(_)), "{a:?}");
     }
 
     #[test]

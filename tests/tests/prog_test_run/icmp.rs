@@ -3,7 +3,13 @@
 //! reply reaches its backend; a backend's port unreachable fails a judged
 //! UDP flow, once; a packet too big for its route is answered here
 //! quoting it as its sender sent it; an expiring TTL to a VIP is dropped;
-//! ICMP that is not about our flows passes untouched.
+//! ICMP that is not about our flows passes untouched. An error that does
+//! not come back the way its quoted packet went (not addressed to that
+//! packet's sender, or in through another interface than the one toward
+//! its destination, or 802.1Q-tagged) is not translated: a client cannot
+//! forge a backend's port unreachable, probe for backend addresses or have
+//! the VIP send ICMP to a third host, and the backends' side cannot send a
+//! backend errors about its replies.
 //!
 //! Every expected frame is built from scratch by etherparse (`icmp_frame`,
 //! `tcp_full`, `udp_full`), so comparing the output byte for byte checks
@@ -818,5 +824,269 @@ fn icmp_not_about_our_flows_passes_and_bad_quotes_to_a_vip_are_dropped() {
             &[(reason::PASS_REPLY_NO_FLOW, 1)],
             "the host's own probe",
         );
+    });
+}
+
+/// Another backend side than `side` (1..=3).
+fn other_side(side: u8) -> u8 {
+    side % 3 + 1
+}
+
+#[test]
+fn a_port_unreachable_forged_on_the_client_side_is_neither_translated_nor_counted() {
+    run_lab(&icmp_config(), None, |lab| {
+        for (service, client, vip) in [
+            ("dns", "198.18.16.30", VIP_UDP),
+            ("dns6", "2001:db8:1000::30", VIP6_UDP),
+        ] {
+            let (client, vip) = (ip(client), ip(vip));
+            let (kind, code) = if vip.is_ipv4() {
+                (V4_UNREACH, 3)
+            } else {
+                (V6_UNREACH, 4)
+            };
+            let (key, backend, version) = udp_flow(lab, client, 46000, vip, true);
+            let side = backend_side(backend);
+            // The client's datagram as the backend got it, quoted in a
+            // port unreachable "from the backend" to the client.
+            let dnat = client_packet(PROTO_UDP, client, 46000, backend, 63);
+            let before = unreachables(lab, service, version);
+            let forged =
+                |at: u8| icmp_error(at, backend, client, kind, code, [0; 4], ip_packet(&dnat));
+            // Sent by the client itself, the outer source spoofed: it comes
+            // in on lb-client, not through the interface toward the
+            // backend. Passed untouched, as an error about a stranger's
+            // packet would be (nothing here tells the client it guessed a
+            // backend's address), and no failure of the canary.
+            for (at, what) in [
+                (0, "on the client's side"),
+                (other_side(side), "on another backend's side"),
+            ] {
+                expect(
+                    lab,
+                    &forged(at),
+                    at as usize,
+                    XDP_PASS,
+                    true,
+                    &[(reason::PASS_NOT_VIP, 1)],
+                    &format!("{service}: forged {what}"),
+                );
+                assert_eq!(
+                    unreachables(lab, service, version),
+                    before,
+                    "{service}: forged {what}, not counted"
+                );
+                let flags = lab.flow(&key).unwrap().flags;
+                assert_eq!(
+                    flags & FLOW_UNREACH_COUNTED,
+                    0,
+                    "{service}: forged {what}, the flow is not marked"
+                );
+            }
+            // The backend's own, through its interface: translated, and
+            // the one failure of the flow (the forgeries used nothing up).
+            expect(
+                lab,
+                &forged(side),
+                side as usize,
+                XDP_REDIRECT,
+                false,
+                &[(reason::ICMP_TO_CLIENT, 1), (reason::FWD_REDIRECT, 1)],
+                &format!("{service}: the backend's own"),
+            );
+            assert_eq!(
+                unreachables(lab, service, version),
+                before + 1,
+                "{service}: the backend's own counts"
+            );
+        }
+    });
+}
+
+#[test]
+fn errors_quoting_a_backend_tell_a_prober_nothing_and_reach_no_third_host() {
+    run_lab(&icmp_config(), None, |lab| {
+        // (victim or prober, a backend, an address that is no backend,
+        // client-side router, type, code)
+        for (victim, backend, stranger, router, kind, code) in [
+            (
+                "198.18.17.1",
+                "198.18.1.2",
+                "198.18.1.77",
+                ROUTER_C4,
+                V4_UNREACH,
+                3,
+            ),
+            (
+                "2001:db8:1000::31",
+                "2001:db8:1::2",
+                "2001:db8:1::77",
+                ROUTER_C6,
+                V6_UNREACH,
+                4,
+            ),
+        ] {
+            let (victim, backend, stranger) = (ip(victim), ip(backend), ip(stranger));
+            // From the client's side, an error "to" the victim quoting its
+            // datagram to an address: a backend's, or a stranger's. The
+            // outer source is one routed out of lb-client, as a forger would
+            // pick it. Both pass untouched, counted alike: no ICMP from the
+            // VIP to the victim, and no difference for a prober to see.
+            for (to, what) in [(backend, "a backend"), (stranger, "no backend")] {
+                let quoted = client_packet(PROTO_UDP, victim, 47000, to, 63);
+                let err = icmp_error(
+                    0,
+                    ip(router),
+                    victim,
+                    kind,
+                    code,
+                    [0; 4],
+                    ip_packet(&quoted),
+                );
+                expect(
+                    lab,
+                    &err,
+                    0,
+                    XDP_PASS,
+                    true,
+                    &[(reason::PASS_NOT_VIP, 1)],
+                    &format!("client side, quoting {what} ({to})"),
+                );
+            }
+            // From the backend's own side, but not addressed to the quote's
+            // source (the client): not ours either.
+            let side = backend_side(backend);
+            let quoted = client_packet(PROTO_UDP, victim, 47001, backend, 63);
+            let elsewhere = if victim.is_ipv4() {
+                ip("198.18.17.2")
+            } else {
+                ip("2001:db8:1000::32")
+            };
+            let err = icmp_error(
+                side,
+                backend,
+                elsewhere,
+                kind,
+                code,
+                [0; 4],
+                ip_packet(&quoted),
+            );
+            expect(
+                lab,
+                &err,
+                side as usize,
+                XDP_PASS,
+                true,
+                &[(reason::PASS_NOT_VIP, 1)],
+                "backend side, addressed to another host than the quote's source",
+            );
+        }
+    });
+}
+
+#[test]
+fn an_error_about_a_reply_forged_on_the_backend_side_does_not_reach_the_backend() {
+    run_lab(&icmp_config(), None, |lab| {
+        for (i, (service, client, vip, kind, code, rest)) in [
+            ("web", "198.18.16.33", VIP4, V4_UNREACH, 4, MTU_1400),
+            ("web6", "2001:db8:1000::33", VIP6, V6_TOO_BIG, 0, MTU_1400),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (client, vip) = (ip(client), ip(vip));
+            let sport = 48000 + i as u16;
+            let r = lab.run(&client_packet(PROTO_TCP, client, sport, vip, 64), 0);
+            assert_eq!(r.action, XDP_REDIRECT, "{service}: the client's packet");
+            let backend = dst_addr(&r.out);
+            let side = backend_side(backend);
+            let reply = tcp_full(side, None, backend, 80, client, sport, Tcp::SynAck, 64);
+            let r = lab.run(&reply, side as usize);
+            assert_eq!(r.action, XDP_REDIRECT, "{service}: the reply");
+            let quote = ip_packet(&r.out).to_vec();
+            // A "too big" about the reply, to the VIP, coming in from the
+            // backends' side (a backend's neighbour, say, telling the
+            // backend its path to the client is narrow): dropped, the
+            // backend never sees it.
+            for at in [side, other_side(side)] {
+                let from = if vip.is_ipv4() {
+                    ip(&format!("198.18.{at}.9"))
+                } else {
+                    ip(&format!("2001:db8:{at}::9"))
+                };
+                let err = icmp_error(at, from, vip, kind, code, rest, &quote);
+                expect(
+                    lab,
+                    &err,
+                    at as usize,
+                    XDP_DROP,
+                    false,
+                    &[(reason::DROP_ICMP, 1)],
+                    &format!("{service}: about a reply, from backend side {at}"),
+                );
+            }
+            // Addressed to the backend itself rather than to the reply's
+            // sender (the VIP): not ours, untouched.
+            let router = if vip.is_ipv4() { ROUTER_C4 } else { ROUTER_C6 };
+            let err = icmp_error(0, ip(router), backend, kind, code, rest, &quote);
+            expect(
+                lab,
+                &err,
+                0,
+                XDP_PASS,
+                true,
+                &[(reason::PASS_NOT_VIP, 1)],
+                &format!("{service}: about a reply, addressed to the backend"),
+            );
+            // The same error to the VIP from the client's side: translated.
+            let err = icmp_error(0, ip(router), vip, kind, code, rest, &quote);
+            expect(
+                lab,
+                &err,
+                0,
+                XDP_REDIRECT,
+                false,
+                &[(reason::ICMP_TO_BACKEND, 1), (reason::FWD_REDIRECT, 1)],
+                &format!("{service}: about a reply, from the client's side"),
+            );
+        }
+    });
+}
+
+#[test]
+fn a_tagged_error_about_a_forwarded_packet_is_dropped_unchecked() {
+    run_lab(&icmp_config(), None, |lab| {
+        let (client, vip) = (ip("198.18.16.34"), ip(VIP_UDP));
+        let (key, backend, version) = udp_flow(lab, client, 49000, vip, true);
+        let side = backend_side(backend);
+        let dnat = client_packet(PROTO_UDP, client, 49000, backend, 63);
+        let before = unreachables(lab, "dns", version);
+        // The backend's port unreachable, 802.1Q-tagged: XDP sees the
+        // parent device, not the VLAN device the route names, so where it
+        // came from cannot be told. Neither translated nor passed on (the
+        // client would see the backend's address).
+        let err = icmp_frame(
+            mac_nbr(side),
+            mac_lb(side),
+            Some(7),
+            backend,
+            client,
+            64,
+            V4_UNREACH,
+            3,
+            [0; 4],
+            ip_packet(&dnat),
+        );
+        expect(
+            lab,
+            &err,
+            side as usize,
+            XDP_DROP,
+            false,
+            &[(reason::DROP_ICMP, 1)],
+            "tagged",
+        );
+        assert_eq!(unreachables(lab, "dns", version), before, "not counted");
+        assert_eq!(lab.flow(&key).unwrap().flags & FLOW_UNREACH_COUNTED, 0);
     });
 }

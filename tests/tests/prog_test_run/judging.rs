@@ -9,7 +9,7 @@
 use super::lifecycle::start_of_a_second;
 use super::*;
 use canary_common::flow::FLOW_JUDGED;
-use canary_common::Signals;
+use canary_common::{Signals, FAILURE_RESET};
 
 fn signals(lab: &Lab, service: &str, version: u32) -> Signals {
     lab.dp()
@@ -220,9 +220,19 @@ fn a_backend_rst_counts_only_on_a_judged_connection() {
         let s0 = signals(lab, "web", version);
         let side = backend_side(backend);
         let rst = tcp(side, backend, 80, client, 45001, Tcp::Rst);
+        let _ = lab.dp_mut().maps_mut().drain_failures();
         lab.run(&rst, side as usize);
         lab.run(&rst, side as usize);
         assert_eq!(signals(lab, "web", version).resets, s0.resets + 1);
+        // Reported with its client, for canaryd's distinct-client count.
+        let events = lab.dp_mut().maps_mut().drain_failures();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let e = events[0];
+        assert_eq!(
+            (e.service_id, e.version, e.kind),
+            (sid, version, FAILURE_RESET)
+        );
+        assert_eq!(e.addr, key.src, "the client");
     });
 }
 
@@ -300,4 +310,104 @@ fn dst_other(vip: IpAddr) -> IpAddr {
         IpAddr::V4(_) => v4("198.18.101.1"),
         IpAddr::V6(_) => v6("2001:db8:101::1"),
     }
+}
+
+#[test]
+fn a_syn_with_a_wrong_ipv4_header_checksum_is_dropped() {
+    run_lab(&config(10.0), None, |lab| {
+        let (client, vip) = (v4("198.18.16.48"), v4(VIP4));
+        let key = flow_key(client, 43100, vip, 80, PROTO_TCP);
+        let mut syn = tcp(0, client, 43100, vip, 80, Tcp::Syn);
+        // The IPv4 header checksum (bytes 10..12 of the header) made wrong;
+        // the TCP checksum is right.
+        syn[ETH_HLEN + 10] ^= 0x11;
+        expect(
+            lab,
+            &syn,
+            0,
+            XDP_DROP,
+            false,
+            &[(reason::DROP_BAD_CHECKSUM, 1)],
+            "SYN with a wrong IPv4 header checksum",
+        );
+        assert!(lab.flow(&key).is_none());
+        assert!(!pending(lab, &key));
+    });
+}
+
+/// What a client can provoke does not count: its own RST ends its
+/// handshake without a timeout, and a backend's RST after the client's own
+/// RST or FIN is not judged.
+#[test]
+fn what_a_client_provokes_after_closing_is_not_judged() {
+    run_lab(&config(10.0), None, |lab| {
+        let vip = v4(VIP4);
+        // A SYN, then the client's RST before any answer: no handshake left
+        // to time out.
+        let client = v4("198.18.16.49");
+        let key = flow_key(client, 45100, vip, 80, PROTO_TCP);
+        lab.run(&tcp(0, client, 45100, vip, 80, Tcp::Syn), 0);
+        assert!(pending(lab, &key));
+        lab.run(&tcp(0, client, 45100, vip, 80, Tcp::Rst), 0);
+        assert!(!pending(lab, &key), "the client's RST ended its handshake");
+
+        // A judged connection answered, then closed by the client (FIN);
+        // the backend resets what the client sends afterwards.
+        let client = v4("198.18.16.50");
+        let key = flow_key(client, 45101, vip, 80, PROTO_TCP);
+        let (_, backend, version) = forward_expect(
+            lab,
+            "web",
+            &tcp(0, client, 45101, vip, 80, Tcp::Syn),
+            &key,
+            true,
+            XDP_REDIRECT,
+            &[(reason::FWD_REDIRECT, 1)],
+            "SYN",
+        );
+        let side = backend_side(backend);
+        lab.run(
+            &tcp(side, backend, 80, client, 45101, Tcp::SynAck),
+            side as usize,
+        );
+        lab.run(&tcp(0, client, 45101, vip, 80, Tcp::Fin), 0);
+        let s0 = signals(lab, "web", version);
+        lab.run(
+            &tcp(side, backend, 80, client, 45101, Tcp::Rst),
+            side as usize,
+        );
+        assert_eq!(
+            signals(lab, "web", version).resets,
+            s0.resets,
+            "a RST after the client's FIN is not judged"
+        );
+    });
+}
+
+/// An IPv6 client is its /64: fresh addresses in one /64 share a budget.
+#[test]
+fn an_ipv6_clients_budget_is_its_slash_64() {
+    run_lab(&config(10.0), None, |lab| {
+        lab.dp_mut().maps_mut().set_judged_per_client(2).unwrap();
+        let vip = v6(VIP6);
+        start_of_a_second();
+        for i in 0..3u16 {
+            let client = v6(&format!("2001:db8:1000::{:x}", 0x100 + i));
+            let key = flow_key(client, 46100, vip, 80, PROTO_TCP);
+            let mut want = vec![(reason::FWD_REDIRECT, 1)];
+            if i == 2 {
+                want.push((reason::NOT_JUDGED_BUDGET, 1));
+            }
+            forward_expect(
+                lab,
+                "web6",
+                &tcp(0, client, 46100, vip, 80, Tcp::Syn),
+                &key,
+                true,
+                XDP_REDIRECT,
+                &want,
+                &format!("SYN from address {i} of the /64"),
+            );
+        }
+    });
 }

@@ -45,6 +45,11 @@ pub struct VersionCounts {
     pub failures: u64,
     /// SYN -> SYN-ACK times; bucket `i` counts `[2^i, 2^(i+1))` µs.
     pub handshake_us_log2: [u64; HISTOGRAM_BUCKETS],
+    /// Distinct clients that failed (a client counts once per step; see
+    /// canaryd's `failing.rs`). A counter like the others: a window's value
+    /// is the clients that failed first within it.
+    #[serde(default)]
+    pub failing_clients: u64,
 }
 
 impl Default for VersionCounts {
@@ -53,6 +58,7 @@ impl Default for VersionCounts {
             attempts: 0,
             failures: 0,
             handshake_us_log2: [0; HISTOGRAM_BUCKETS],
+            failing_clients: 0,
         }
     }
 }

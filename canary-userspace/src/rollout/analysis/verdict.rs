@@ -25,6 +25,9 @@ pub struct Limits {
     pub power: f64,
     /// No step passes with fewer canary connections than this.
     pub min_canary_connections: u64,
+    /// No step fails on its error counts unless at least this many
+    /// distinct clients failed in it (0 or 1: any).
+    pub min_failing_clients: u64,
 }
 
 impl Default for Limits {
@@ -37,6 +40,7 @@ impl Default for Limits {
             steps: 6,
             power: 0.9,
             min_canary_connections: 100,
+            min_failing_clients: 0,
         }
     }
 }
