@@ -402,6 +402,17 @@ pub struct ClientKey {
     pub family: u32,
 }
 
+impl ClientKey {
+    /// A client as judging sees it, from a connection's source address (map
+    /// layout): IPv4 the address (its words 1..3 are zero), IPv6 its /64,
+    /// since one host usually holds a whole /64 and could otherwise take a
+    /// fresh budget, or count as a fresh failing client, with every address.
+    #[inline(always)]
+    pub fn client_addr(src: &[u32; 4]) -> [u32; 4] {
+        [src[0], src[1], 0, 0]
+    }
+}
+
 /// `CLIENT_BUDGET` value: how many of a client's new connections were
 /// judged in the current second.
 #[repr(C)]

@@ -161,10 +161,8 @@ pub fn judge(flow: &FlowKey, service_id: u32, version: u32, now_s: u32) -> bool 
 /// more through, which is harmless.
 #[inline(always)]
 fn within_budget(flow: &FlowKey, service_id: u32, now_s: u32, per_second: u32) -> bool {
-    // An IPv6 client is its /64: one host usually has a whole /64 and
-    // could otherwise take a fresh budget with every address.
     let key = ClientKey {
-        addr: [flow.src[0], flow.src[1], 0, 0],
+        addr: ClientKey::client_addr(&flow.src),
         service_id,
         family: flow.family as u32,
     };
@@ -193,7 +191,7 @@ pub fn failed(flow: &FlowKey, service_id: u32, version: u32, kind: u32) {
     };
     let p = e.as_mut_ptr();
     unsafe {
-        (*p).addr = [flow.src[0], flow.src[1], 0, 0];
+        (*p).addr = ClientKey::client_addr(&flow.src);
         (*p).family = flow.family as u32;
         (*p).service_id = service_id;
         (*p).version = version;

@@ -63,6 +63,20 @@ impl Conn {
 }
 
 /// One datagram from `src` to `dst`; the backend's name from the reply.
+/// A line each way on every connection; the indexes of those that fail,
+/// with the error.
+pub fn ping_all(conns: &mut [Conn], what: &str) -> Vec<(usize, String)> {
+    conns
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            c.ping(&format!("{what} {i}"))
+                .err()
+                .map(|e| (i, format!("{e:#}")))
+        })
+        .collect()
+}
+
 pub fn udp_request(
     src: IpAddr,
     dst: SocketAddr,

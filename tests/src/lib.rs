@@ -37,7 +37,7 @@ pub mod rollout;
 pub mod topology;
 pub mod xdp_lab;
 
-pub use client::{burst, tcp_connect, udp_request, Conn};
+pub use client::{burst, ping_all, tcp_connect, udp_request, Conn};
 pub use config::{FleetSection, FlowTable, LbConfig, Service};
 pub use daemon::{Daemon, Host};
 pub use etcd::EtcdCluster;

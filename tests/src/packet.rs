@@ -136,9 +136,7 @@ pub fn udp(
     payload: &[u8],
     zero_checksum: bool,
 ) -> Vec<u8> {
-    let b = l3(mac_nbr(side), mac_lb(side), None, src, dst, 64).udp(sport, dport);
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
+    let mut v = udp_full(side, src, sport, dst, dport, payload, 64);
     if zero_checksum {
         let l4 = l4_offset(&v).unwrap().1;
         v[l4 + 6] = 0;

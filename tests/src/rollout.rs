@@ -24,12 +24,24 @@ pub fn time_to_weight_zero(
     limit: Duration,
     fault: &str,
 ) -> Result<Duration> {
+    time_to_weight_zero_of(topo, maps, "shop", limit, fault)
+}
+
+/// `time_to_weight_zero` of the first service's map entry, whose status
+/// (as `service`) goes into the error.
+pub fn time_to_weight_zero_of(
+    topo: &Topology,
+    maps: &Maps,
+    service: &str,
+    limit: Duration,
+    fault: &str,
+) -> Result<Duration> {
     let t0 = Instant::now();
     while weight_bp(maps)? != 0 {
         if t0.elapsed() > limit {
             bail!(
                 "{fault}: no rollback {limit:?} after the fault: {:#?}",
-                topo.service_status("shop")?
+                topo.service_status(service)?
             );
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -109,28 +121,30 @@ pub fn topology(rst_fraction: f64) -> Result<Topology> {
 /// The canary server (b3) drops every SYN to port 80 from now on (its
 /// namespace, and the rule, go with the topology).
 pub fn blackhole_canary_port(topo: &Topology) -> Result<()> {
+    canary_input_rule(
+        topo,
+        "ip",
+        "cnry_blackhole",
+        &["tcp", "dport", "80", "drop"],
+    )
+}
+
+/// An nftables rule on the canary server's (b3) input, in a table of its
+/// own (`family` ip, ip6 or inet): it goes with the topology's namespace.
+pub fn canary_input_rule(topo: &Topology, family: &str, table: &str, rule: &[&str]) -> Result<()> {
     let b3 = &topo.backends[2].ns;
-    b3.exec(&["nft", "add", "table", "ip", "cnry_blackhole"])?;
+    b3.exec(&["nft", "add", "table", family, table])?;
     b3.exec(&[
         "nft",
         "add",
         "chain",
-        "ip",
-        "cnry_blackhole",
+        family,
+        table,
         "in",
         "{ type filter hook input priority 0 ; }",
     ])?;
-    b3.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "ip",
-        "cnry_blackhole",
-        "in",
-        "tcp",
-        "dport",
-        "80",
-        "drop",
-    ])?;
+    let mut args = vec!["nft", "add", "rule", family, table, "in"];
+    args.extend_from_slice(rule);
+    b3.exec(&args)?;
     Ok(())
 }

@@ -20,7 +20,7 @@
 use anyhow::{ensure, Context, Result};
 use aya::maps::{MapData, MapInfo};
 use canary_tests::xdp_lab::run_lab;
-use canary_tests::{client_v4, tcp_connect, Conn, LbConfig, Service, Topology, VIP_V4};
+use canary_tests::{client_v4, ping_all, tcp_connect, LbConfig, Service, Topology, VIP_V4};
 use canary_userspace::dataplane::pins::Found;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -70,19 +70,6 @@ fn pins_with_ids(dir: &Path) -> Result<BTreeMap<String, u32>> {
         }
     }
     Ok(out)
-}
-
-/// A line each way on every connection; the indexes of those that fail.
-fn ping_all(conns: &mut [Conn], what: &str) -> Vec<(usize, String)> {
-    conns
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            c.ping(&format!("{what} {i}"))
-                .err()
-                .map(|e| (i, format!("{e:#}")))
-        })
-        .collect()
 }
 
 #[test]

@@ -12,7 +12,9 @@
 use anyhow::{ensure, Result};
 use canary_common::{choose_version, reason, split_hash, FlowKey, FAMILY_V4, PROTO_TCP};
 use canary_tests::flood::{Shape, SynFlood};
-use canary_tests::rollout::{time_to_weight_zero, topology, vip, weight_bp};
+use canary_tests::rollout::{
+    canary_input_rule, time_to_weight_zero, time_to_weight_zero_of, topology, vip, weight_bp,
+};
 use canary_tests::{client_v4, LbConfig, Load, LoadBounds, Service, VIP_V4};
 use canary_userspace::config::Config;
 use canary_userspace::dataplane::affinity_flag;
@@ -283,42 +285,21 @@ fn a_udp_canary_answering_port_unreachable_is_rolled_back_without_probes() -> Re
     assert_eq!(s.rollout.as_ref().unwrap().phase, "running");
 
     // The canary's service goes down: its kernel answers port unreachable.
-    let b3 = &topo.backends[2].ns;
-    b3.exec(&["nft", "add", "table", "inet", "cnry_down"])?;
-    b3.exec(&[
-        "nft",
-        "add",
-        "chain",
+    canary_input_rule(
+        &topo,
         "inet",
         "cnry_down",
-        "in",
-        "{ type filter hook input priority 0 ; }",
-    ])?;
-    b3.exec(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "cnry_down",
-        "in",
-        "udp",
-        "dport",
-        "53",
-        "reject",
-        "with",
-        "icmpx",
-        "port-unreachable",
-    ])?;
-    let t0 = std::time::Instant::now();
-    while weight_bp(&maps)? != 0 {
-        ensure!(
-            t0.elapsed() < Duration::from_secs(10),
-            "no rollback 10 s after the canary went down: {:#?}",
-            topo.service_status("dns")?
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let took = t0.elapsed();
+        &[
+            "udp",
+            "dport",
+            "53",
+            "reject",
+            "with",
+            "icmpx",
+            "port-unreachable",
+        ],
+    )?;
+    let took = time_to_weight_zero_of(&topo, &maps, "dns", Duration::from_secs(10), "canary down")?;
     stop.store(true, Ordering::Relaxed);
     for l in loaders {
         let _ = l.join();

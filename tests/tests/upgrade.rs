@@ -14,7 +14,8 @@ use anyhow::{ensure, Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, MapInfo};
 use canary_common::{addr, FlowKey, FlowState, PROTO_TCP};
 use canary_tests::{
-    client_v4, client_v6, tcp_connect, Daemon, LbConfig, Service, Topology, VIP_V4, VIP_V6,
+    client_v4, client_v6, ping_all, tcp_connect, Daemon, LbConfig, Service, Topology, VIP_V4,
+    VIP_V6,
 };
 use canary_userspace::dataplane::migrate;
 use std::net::{IpAddr, SocketAddr};
@@ -70,19 +71,6 @@ impl Drop for AsideCleanup {
     fn drop(&mut self) {
         let _ = migrate::remove_aside(&self.0);
     }
-}
-
-/// A line each way on every connection; the indexes of those that fail.
-fn ping_all(conns: &mut [canary_tests::Conn], what: &str) -> Vec<(usize, String)> {
-    conns
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            c.ping(&format!("{what} {i}"))
-                .err()
-                .map(|e| (i, format!("{e:#}")))
-        })
-        .collect()
 }
 
 fn value_size(pin: &Path) -> Result<u32> {

@@ -120,21 +120,23 @@ impl Daemon {
         } else {
             Vec::new()
         };
+        // Every failure with its client: the timeouts found here and the
+        // data plane's judged failures (drained every tick, so the ring
+        // never fills).
+        let mut failed = Vec::new();
         for (key, sid, v) in expired {
-            if let Some(name) = self.dp.service_name(sid).map(str::to_string) {
-                *self.timeouts.entry((name.clone(), v)).or_default() += 1;
-                let step = self.step_began.get(&name).copied();
-                self.failing
-                    .note(&name, v, failing::client_of_flow(&key), step);
+            if let Some(name) = self.dp.service_name(sid) {
+                *self.timeouts.entry((name.to_string(), v)).or_default() += 1;
             }
+            failed.push((sid, v, failing::client_of_flow(&key)));
         }
-        // The data plane's judged failures, with their clients: every tick,
-        // so the ring never fills.
         for e in self.dp.drain_failures() {
-            if let Some(name) = self.dp.service_name(e.service_id).map(str::to_string) {
-                let step = self.step_began.get(&name).copied();
-                self.failing
-                    .note(&name, e.version & 1, failing::client_of_event(&e), step);
+            failed.push((e.service_id, e.version & 1, failing::client_of_event(&e)));
+        }
+        for (sid, v, client) in failed {
+            if let Some(name) = self.dp.service_name(sid) {
+                let step = self.step_began.get(name).copied();
+                self.failing.note(name, v, client, step);
             }
         }
 

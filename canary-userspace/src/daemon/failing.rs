@@ -12,7 +12,7 @@
 //! the number of clients seen for the first time in the step, so a window
 //! is a difference of two readings like every other counter.
 
-use canary_common::{FailureEvent, FlowKey, FAMILY_V6};
+use canary_common::{ClientKey, FailureEvent, FlowKey};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
@@ -75,14 +75,10 @@ pub fn client_of_event(e: &FailureEvent) -> Client {
     (e.family, e.addr)
 }
 
-/// The client of a connection (IPv6: its /64).
+/// The client of a connection (IPv6: its /64), as the data plane reports
+/// it.
 pub fn client_of_flow(key: &FlowKey) -> Client {
-    let a = key.src;
-    if u32::from(key.family) == u32::from(FAMILY_V6) {
-        (key.family as u32, [a[0], a[1], 0, 0])
-    } else {
-        (key.family as u32, a)
-    }
+    (key.family as u32, ClientKey::client_addr(&key.src))
 }
 
 #[cfg(test)]
@@ -112,6 +108,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_client_is_its_slash_64() {
+        use canary_common::FAMILY_V6;
         let k = |last: u32| FlowKey {
             src: [1, 2, 3, last],
             family: FAMILY_V6,

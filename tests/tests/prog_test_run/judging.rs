@@ -34,6 +34,26 @@ fn pending(lab: &Lab, key: &canary_common::FlowKey) -> bool {
     lab.dp().maps().handshakes.get(key, 0).is_ok()
 }
 
+/// A client's packet opening a new flow: redirected, counted as
+/// `fwd_redirect` and `flow_insert` plus `extra` (see `forward_expect`).
+fn new_flow(
+    lab: &Lab,
+    service: &str,
+    frame: &[u8],
+    key: &canary_common::FlowKey,
+    extra: &[(u32, u64)],
+    what: &str,
+) -> (Run, IpAddr, u32) {
+    let mut reasons = vec![(reason::FWD_REDIRECT, 1)];
+    reasons.extend_from_slice(extra);
+    forward_expect(lab, service, frame, key, true, XDP_REDIRECT, &reasons, what)
+}
+
+/// Is the flow's entry judged?
+fn judged(lab: &Lab, key: &canary_common::FlowKey) -> bool {
+    lab.flow(key).expect("the entry").flags & FLOW_JUDGED != 0
+}
+
 /// Offset of the TCP checksum in a frame without VLAN tag.
 fn tcp_check_at(frame: &[u8]) -> usize {
     l4_offset(frame).unwrap().1 + 16
@@ -67,17 +87,8 @@ fn a_syn_with_a_wrong_checksum_is_dropped_and_never_timed() {
             // The same SYN with its checksum right is judged and timed.
             let good = tcp(0, client, 43000, vip, 80, Tcp::Syn);
             let before = total(lab, service);
-            forward_expect(
-                lab,
-                service,
-                &good,
-                &key,
-                true,
-                XDP_REDIRECT,
-                &[(reason::FWD_REDIRECT, 1)],
-                "good SYN",
-            );
-            assert_ne!(lab.flow(&key).unwrap().flags & FLOW_JUDGED, 0);
+            new_flow(lab, service, &good, &key, &[], "good SYN");
+            assert!(judged(lab, &key));
             assert!(pending(lab, &key), "{service}: handshake timed");
             assert_eq!(total(lab, service).judged, before.judged + 1);
         }
@@ -97,17 +108,15 @@ fn a_syn_with_data_is_forwarded_unjudged() {
         set_u16(&mut syn, ETH_HLEN + 2, tot);
         fix_ipv4_csum(&mut syn, ETH_HLEN);
         let s0 = total(lab, "web");
-        forward_expect(
+        new_flow(
             lab,
             "web",
             &syn,
             &key,
-            true,
-            XDP_REDIRECT,
-            &[(reason::FWD_REDIRECT, 1), (reason::NOT_JUDGED_UNCHECKED, 1)],
+            &[(reason::NOT_JUDGED_UNCHECKED, 1)],
             "SYN with data",
         );
-        assert_eq!(lab.flow(&key).unwrap().flags & FLOW_JUDGED, 0);
+        assert!(!judged(lab, &key));
         assert!(!pending(lab, &key), "an unjudged SYN is not timed");
         assert_eq!(total(lab, "web"), s0);
     });
@@ -122,34 +131,30 @@ fn one_client_has_only_so_many_judged_connections_a_second() {
         start_of_a_second();
         for i in 0..5u16 {
             let key = flow_key(client, 44000 + i, vip, 80, PROTO_TCP);
-            let mut want = vec![(reason::FWD_REDIRECT, 1)];
+            let mut want = vec![];
             if i >= 3 {
                 want.push((reason::NOT_JUDGED_BUDGET, 1));
             }
-            forward_expect(
+            new_flow(
                 lab,
                 "web",
                 &tcp(0, client, 44000 + i, vip, 80, Tcp::Syn),
                 &key,
-                true,
-                XDP_REDIRECT,
                 &want,
                 &format!("SYN {i}"),
             );
-            let judged = lab.flow(&key).unwrap().flags & FLOW_JUDGED != 0;
+            let judged = judged(lab, &key);
             assert_eq!(judged, i < 3, "SYN {i} judged");
             assert_eq!(pending(lab, &key), i < 3, "SYN {i} timed");
         }
         // Another client has a budget of its own.
         let key = flow_key(other, 44100, vip, 80, PROTO_TCP);
-        forward_expect(
+        new_flow(
             lab,
             "web",
             &tcp(0, other, 44100, vip, 80, Tcp::Syn),
             &key,
-            true,
-            XDP_REDIRECT,
-            &[(reason::FWD_REDIRECT, 1)],
+            &[],
             "another client",
         );
         let s = total(lab, "web");
@@ -158,17 +163,15 @@ fn one_client_has_only_so_many_judged_connections_a_second() {
         // The next second starts afresh.
         start_of_a_second();
         let key = flow_key(client, 44010, vip, 80, PROTO_TCP);
-        forward_expect(
+        new_flow(
             lab,
             "web",
             &tcp(0, client, 44010, vip, 80, Tcp::Syn),
             &key,
-            true,
-            XDP_REDIRECT,
-            &[(reason::FWD_REDIRECT, 1)],
+            &[],
             "next second",
         );
-        assert_ne!(lab.flow(&key).unwrap().flags & FLOW_JUDGED, 0);
+        assert!(judged(lab, &key));
     });
 }
 
@@ -181,17 +184,15 @@ fn a_backend_rst_counts_only_on_a_judged_connection() {
         // knows no such connection, resets it.
         let client = v4("198.18.16.44");
         let key = flow_key(client, 45000, vip, 80, PROTO_TCP);
-        let (_, backend, version) = forward_expect(
+        let (_, backend, version) = new_flow(
             lab,
             "web",
             &tcp(0, client, 45000, vip, 80, Tcp::Ack),
             &key,
-            true,
-            XDP_REDIRECT,
-            &[(reason::FWD_REDIRECT, 1)],
+            &[],
             "bare ACK",
         );
-        assert_eq!(lab.flow(&key).unwrap().flags & FLOW_JUDGED, 0);
+        assert!(!judged(lab, &key));
         let rsts = || lab.dp().maps().health_stats(sid, version).unwrap().rsts;
         let (r0, s0) = (rsts(), signals(lab, "web", version));
         let side = backend_side(backend);
@@ -207,14 +208,12 @@ fn a_backend_rst_counts_only_on_a_judged_connection() {
         // A judged connection's RST counts, once.
         let client = v4("198.18.16.45");
         let key = flow_key(client, 45001, vip, 80, PROTO_TCP);
-        let (_, backend, version) = forward_expect(
+        let (_, backend, version) = new_flow(
             lab,
             "web",
             &tcp(0, client, 45001, vip, 80, Tcp::Syn),
             &key,
-            true,
-            XDP_REDIRECT,
-            &[(reason::FWD_REDIRECT, 1)],
+            &[],
             "SYN",
         );
         let s0 = signals(lab, "web", version);
@@ -355,14 +354,12 @@ fn what_a_client_provokes_after_closing_is_not_judged() {
         // the backend resets what the client sends afterwards.
         let client = v4("198.18.16.50");
         let key = flow_key(client, 45101, vip, 80, PROTO_TCP);
-        let (_, backend, version) = forward_expect(
+        let (_, backend, version) = new_flow(
             lab,
             "web",
             &tcp(0, client, 45101, vip, 80, Tcp::Syn),
             &key,
-            true,
-            XDP_REDIRECT,
-            &[(reason::FWD_REDIRECT, 1)],
+            &[],
             "SYN",
         );
         let side = backend_side(backend);
@@ -394,17 +391,15 @@ fn an_ipv6_clients_budget_is_its_slash_64() {
         for i in 0..3u16 {
             let client = v6(&format!("2001:db8:1000::{:x}", 0x100 + i));
             let key = flow_key(client, 46100, vip, 80, PROTO_TCP);
-            let mut want = vec![(reason::FWD_REDIRECT, 1)];
+            let mut want = vec![];
             if i == 2 {
                 want.push((reason::NOT_JUDGED_BUDGET, 1));
             }
-            forward_expect(
+            new_flow(
                 lab,
                 "web6",
                 &tcp(0, client, 46100, vip, 80, Tcp::Syn),
                 &key,
-                true,
-                XDP_REDIRECT,
                 &want,
                 &format!("SYN from address {i} of the /64"),
             );
