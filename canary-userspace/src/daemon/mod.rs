@@ -15,6 +15,7 @@ mod fleet;
 mod flows;
 mod ops;
 mod probes;
+mod reload;
 pub mod state;
 mod status;
 
