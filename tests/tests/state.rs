@@ -3,7 +3,7 @@
 //! (at start and after a live change). canaryd runs for real in the netns
 //! topology.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use canary_tests::{daemon::Daemon, LbConfig, Service, Topology, VIP_V4};
 use canary_userspace::daemon::state::RuntimeState;
 use canary_userspace::dataplane::maps::Maps;
@@ -281,5 +281,60 @@ fn a_reload_right_after_ready_is_a_reload() -> Result<()> {
         assert_eq!(topo.service_status("shop")?.weight_percent, weight);
         d.stop();
     }
+    Ok(())
+}
+
+/// Issue 13, finding 5: errors name their true source. A run-time change
+/// saved in the state file that the rules now refuse (a loopback canary
+/// backend) is dropped at start with a line naming the state file, and the
+/// file's pool runs; a weight override out of range stops the start with
+/// one line naming the state file and the field, not the config.
+#[test]
+fn a_bad_run_time_change_in_the_state_file_is_blamed_on_the_state_file() -> Result<()> {
+    let topo = Topology::new(3)?;
+    let path = state_path(&topo);
+    std::fs::create_dir_all(topo.state_dir())?;
+    let pool = serde_json::json!({
+        "services": {"shop": {"canary": {"pool": ["127.0.0.1"], "file_pool": [CANARY]}}}
+    });
+    std::fs::write(&path, serde_json::to_vec(&pool)?)?;
+    let d = topo.spawn_canaryd(Some(&config(10.0)))?;
+    let log = d.log();
+    let want = format!(
+        "state file {}: service shop: run-time canary pool [127.0.0.1] dropped",
+        path.display()
+    );
+    let line = log
+        .lines()
+        .find(|l| l.contains(&want))
+        .with_context(|| format!("no line {want:?}: {log}"))?;
+    assert!(line.contains("loopback"), "{line}");
+    assert_eq!(canary_in_status(&topo)?, (10.0, true));
+    let backends: Vec<IpAddr> = topo
+        .service_status("shop")?
+        .backends
+        .iter()
+        .map(|b| b.addr)
+        .collect();
+    assert!(
+        !backends.contains(&"127.0.0.1".parse()?),
+        "127.0.0.1 is a backend: {backends:?}"
+    );
+    drop(d);
+
+    let weight = serde_json::json!({
+        "services": {"shop": {"weight": {
+            "weight_bp": 999_999, "source": "canaryctl (uid 0)", "file_weight_bp": 1000
+        }}}
+    });
+    std::fs::write(&path, serde_json::to_vec(&weight)?)?;
+    let (status, stderr) = Daemon::run_to_exit(&topo, &config(10.0), Duration::from_secs(8))?;
+    assert!(!status.success(), "canaryd started: {stderr}");
+    let want = format!(
+        "state file {}: services.shop.weight.weight_bp: 999999 is out of range (0 to 10000)",
+        path.display()
+    );
+    assert!(stderr.contains(&want), "want {want:?}: {stderr}");
+    assert!(!stderr.contains("applying the config"), "{stderr}");
     Ok(())
 }

@@ -77,6 +77,7 @@ fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    control::transport::raise_fd_limit();
     let file = read_config(args.config.as_deref())?;
     if args.config.is_none() {
         info!("no --config given: using the built-in demo config");
@@ -167,13 +168,17 @@ async fn run(args: Args) -> Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                match lock(&daemon).reload("SIGHUP") {
-                    Ok(_) => say("canaryd applied config"),
-                    Err(e) => {
-                        error!("reload rejected, running config unchanged: {}", e.message);
-                        say(&format!("canaryd reload rejected: {}", e.message));
+                // Its own task: reading the file must not hold up this loop.
+                let d = daemon.clone();
+                tokio::spawn(async move {
+                    match canary_userspace::daemon::reload(&d, "SIGHUP").await {
+                        Ok(_) => say("canaryd applied config"),
+                        Err(e) => {
+                            error!("reload rejected, running config unchanged: {}", e.message);
+                            say(&format!("canaryd reload rejected: {}", e.message));
+                        }
                     }
-                }
+                });
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

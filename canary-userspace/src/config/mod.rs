@@ -5,10 +5,14 @@
 //! defaults and derived values (weight, seed, limits, interfaces); here:
 //! parsing and loading.
 
+mod addresses;
+mod limits;
 mod model;
 mod resolve;
 mod validate;
 
+pub use addresses::{backend_on_host, BackendRule};
+pub use limits::{MAX_CONFIG_BYTES, MAX_NESTING};
 pub use model::*;
 pub use resolve::default_seed;
 
@@ -24,13 +28,14 @@ pub use crate::control::api::Version;
 impl Config {
     /// Parse and validate YAML text.
     pub fn parse(text: &str) -> Result<Config> {
+        limits::check_nesting(text)?;
         let config: Config = serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
+        let text = limits::read_bounded(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("config {}", path.display()))
     }
@@ -185,6 +190,23 @@ services:
         for (text, needle) in cases {
             let e = err_of(&text);
             assert!(e.contains(needle), "error {e:?} should mention {needle:?}");
+        }
+    }
+
+    #[test]
+    fn a_vip_must_be_a_routable_unicast_address() {
+        for (vip, why) in [
+            ("127.0.0.1", "is a loopback address; a VIP must be"),
+            ("169.254.9.9", "is a link-local address"),
+            ("255.255.255.255", "is the broadcast address"),
+            ("0.0.0.0", "is the unspecified address"),
+            ("224.0.0.1", "is a multicast address"),
+        ] {
+            let e = err_of(&GOOD.replace("vip: 198.18.100.1", &format!("vip: {vip}")));
+            assert!(
+                e.contains(&format!("services[0] (shop).vip: {vip} {why}")),
+                "{e}"
+            );
         }
     }
 

@@ -20,6 +20,7 @@ pub mod state;
 mod status;
 
 pub use ops::weight_from_percent;
+pub use reload::reload;
 
 use crate::config::{Config, OnRollback, Protocol, Version, DEFAULT_CONFIG};
 use crate::control::api::{
@@ -45,6 +46,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+
+/// This host's addresses for `RuntimeState::effective` (none when they
+/// cannot be listed: the apply lists them again and says why it cannot).
+fn host_addresses_now() -> Vec<(IpAddr, String)> {
+    crate::dataplane::host_addresses().unwrap_or_default()
+}
 
 /// Who set the weight after a rollback, in logs and status.
 fn rolled_back() -> String {
@@ -182,9 +189,10 @@ impl Daemon {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let state_path = RuntimeState::path(&dir, instance);
         let mut state = RuntimeState::load(&state_path)?;
-        let effective = state.effective(&file);
+        let effective = state.effective(&file, &host_addresses_now());
+        // The overrides came from the state file: its lines say so.
         for line in &effective.dropped {
-            warn!("{line}");
+            warn!("state file {}: {line}", state_path.display());
         }
         let running = effective.config;
         let mut dp = DataPlane::load_with(

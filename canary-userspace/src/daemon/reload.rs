@@ -1,14 +1,35 @@
-//! Reloading the config file: read and checked whole, then applied through
-//! the data plane (`Daemon::commit`); a bad file changes nothing.
+//! Reloading the config file: read, parsed and checked whole off the
+//! daemon's lock and off its runtime thread, then applied through the data
+//! plane (`Daemon::commit`) under the lock; a bad file changes nothing.
 
 use super::*;
+use std::sync::Mutex;
+
+/// Reloads run one at a time: the file read last is the one applied last.
+static ONE_RELOAD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A reload as SIGHUP and the API run it. Reading and parsing a file
+/// (bounded by `config::MAX_CONFIG_BYTES` and `MAX_NESTING`, but still up
+/// to seconds for a large one) happens on a blocking thread without the
+/// lock, so status, the rollout engine, the probes and the metrics keep
+/// their cadence; only the apply takes the lock.
+pub async fn reload(daemon: &Arc<Mutex<Daemon>>, who: &str) -> OpResult<Vec<String>> {
+    let _turn = ONE_RELOAD_AT_A_TIME.lock().await;
+    let lock = || daemon.lock().unwrap_or_else(|p| p.into_inner());
+    let path = lock().config_path.clone();
+    let file = tokio::task::spawn_blocking(move || read_config(path.as_deref()))
+        .await
+        .map_err(|e| OpError::new(Refusal::Internal, format!("reading the config: {e}")))?
+        .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
+    let mut daemon = lock();
+    daemon.reload_file(file, who)
+}
 
 impl Daemon {
-    /// Re-reads the config file. The whole file is validated first; a bad
-    /// file changes nothing.
-    pub fn reload(&mut self, who: &str) -> OpResult<Vec<String>> {
-        let file = read_config(self.config_path.as_deref())
-            .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
+    /// Applies a config file read again (`reload`). The whole file has been
+    /// validated; what cannot change at run time is refused here, and a
+    /// refused file changes nothing.
+    pub fn reload_file(&mut self, file: Config, who: &str) -> OpResult<Vec<String>> {
         for (field, same) in [
             (
                 "control_socket",
@@ -34,9 +55,15 @@ impl Daemon {
             }
         }
         let mut state = self.state.clone();
-        let effective = state.effective(&file);
+        let effective = state.effective(&file, &host_addresses_now());
         let before = self.weights();
-        let mut lines = effective.dropped;
+        // Run-time changes, as saved in the state file.
+        let saved = self.state_path.display().to_string();
+        let mut lines: Vec<String> = effective
+            .dropped
+            .into_iter()
+            .map(|l| format!("state file {saved}: {l}"))
+            .collect();
         lines.extend(self.commit(effective.config, state)?);
         self.file = file;
         for l in &lines {

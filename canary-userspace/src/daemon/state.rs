@@ -235,7 +235,10 @@ impl RuntimeState {
     /// kept before the stable pool, the stable pool before the canary pool),
     /// and each dropped one gets a line in `Effective::dropped` for the
     /// caller to log.
-    pub fn effective(&mut self, file: &Config) -> Effective {
+    ///
+    /// `host` is this host's addresses with their interfaces: a run-time
+    /// pool holding one of them is dropped like any invalid override.
+    pub fn effective(&mut self, file: &Config, host: &[(IpAddr, String)]) -> Effective {
         self.services
             .retain(|name, _| file.services.iter().any(|s| &s.name == name));
         self.rollouts
@@ -281,7 +284,10 @@ impl RuntimeState {
                         f.apply(o, &mut c.services[i]);
                     }
                 }
-                c.validate().map(|()| c).map_err(|e| format!("{e:#}"))
+                c.validate()
+                    .and_then(|()| c.check_backends_not_on_host(host))
+                    .map(|()| c)
+                    .map_err(|e| format!("{e:#}"))
             };
             let full = (1u32 << n) - 1;
             let mut chosen = None;
@@ -291,7 +297,9 @@ impl RuntimeState {
                     break;
                 }
             }
-            // The empty set is the file's own service: it validates.
+            // The empty set is the file's own service: it validates (but
+            // for a backend on this host, which the apply then refuses,
+            // blaming the file).
             let (mask, config) = chosen.unwrap_or_else(|| (0, out.clone()));
             for (b, f) in present.iter().enumerate() {
                 if mask & (1 << b) != 0 {
@@ -366,7 +374,7 @@ services:
                 canary: None,
             },
         );
-        let eff = st.effective(&file).config;
+        let eff = st.effective(&file, &[]).config;
         assert_eq!(eff.services[0].weight_bp(), 3000);
         assert_eq!(eff.services[0].stable.len(), 1);
         assert_eq!(st.weight_source("shop"), "canaryctl (uid 0)");
@@ -374,7 +382,7 @@ services:
         // The file's weight is edited: the file wins, the pool override stays.
         let edited =
             Config::parse(&FILE.replace("canary_weight: 10", "canary_weight: 20")).unwrap();
-        let eff = st.effective(&edited).config;
+        let eff = st.effective(&edited, &[]).config;
         assert_eq!(eff.services[0].weight_bp(), 2000);
         assert_eq!(eff.services[0].stable.len(), 1);
         assert_eq!(st.weight_source("shop"), "config");
@@ -407,7 +415,7 @@ services:
                 canary: Some(canary_pool_override(&[], &zero)),
             },
         );
-        let eff = st.effective(&file);
+        let eff = st.effective(&file, &[]);
         assert_eq!(eff.config, file);
         assert_eq!(eff.dropped.len(), 1, "{:?}", eff.dropped);
         assert!(
@@ -444,7 +452,7 @@ services:
                 canary: Some(canary_pool_override(&[], &file)),
             },
         );
-        let eff = st.effective(&file);
+        let eff = st.effective(&file, &[]);
         eff.config.validate().unwrap();
         assert_eq!(eff.config.services[0].weight_bp(), 3000);
         assert_eq!(eff.config.services[0].stable.len(), 1);
@@ -454,7 +462,7 @@ services:
         let o = &st.services["shop"];
         assert!(o.weight.is_some() && o.stable.is_some() && o.canary.is_none());
         // Deterministic: the same again gives the same, and drops nothing more.
-        let again = st.effective(&file);
+        let again = st.effective(&file, &[]);
         assert_eq!(again.config, eff.config);
         assert!(again.dropped.is_empty());
     }
