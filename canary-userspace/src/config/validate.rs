@@ -1,6 +1,7 @@
 //! Validation of a whole config before anything touches a map: every
 //! rule, and an error that names the field it is about.
 
+use super::addresses::BackendRule;
 use super::model::*;
 use super::Version;
 use anyhow::{bail, Context, Result};
@@ -57,7 +58,12 @@ impl Config {
         }
         let mut names = HashSet::new();
         let mut vips: HashMap<(IpAddr, u16, Protocol), &str> = HashMap::new();
-        let mut vip_addrs = HashSet::new();
+        // Every VIP address and the first service that has it: no backend
+        // may be one (whatever port or protocol).
+        let mut vip_addrs: HashMap<IpAddr, &str> = HashMap::new();
+        for s in &self.services {
+            vip_addrs.entry(s.vip).or_insert(&s.name);
+        }
         // NAT mode recognises replies by their source (backend, port, proto),
         // so one backend port can serve only one service.
         let mut backend_owner: HashMap<(IpAddr, u16, Protocol), &str> = HashMap::new();
@@ -83,8 +89,15 @@ impl Config {
             if s.port == 0 {
                 bail!("{at}.port: must be 1 to 65535");
             }
-            if s.vip.is_unspecified() || s.vip.is_multicast() {
-                bail!("{at}.vip: {} is not a usable unicast address", s.vip);
+            // A VIP is a destination clients route to: the address rules
+            // of a backend (but "another host": a VIP may be this host's).
+            if let Some(rule) = super::BackendRule::of(s.vip) {
+                let why = rule.says();
+                let why = why.split(';').next().unwrap_or_default();
+                bail!(
+                    "{at}.vip: {} is {why}; a VIP must be a unicast address clients can route to",
+                    s.vip
+                );
             }
             if let Some(other) = vips.insert((s.vip, s.port, s.protocol), &s.name) {
                 bail!(
@@ -94,7 +107,6 @@ impl Config {
                     s.protocol
                 );
             }
-            vip_addrs.insert(s.vip);
             WeightBp::from_percent(s.canary_weight)
                 .with_context(|| format!("{at}.canary_weight"))?;
             if s.stable.is_empty() {
@@ -116,8 +128,11 @@ impl Config {
                             s.vip
                         );
                     }
-                    if b.is_unspecified() || b.is_multicast() {
-                        bail!("{field}: {b} is not a usable unicast address");
+                    if let Some(rule) = BackendRule::of(*b) {
+                        bail!("{}", rule.error(&field, *b));
+                    }
+                    if let Some(owner) = vip_addrs.get(b) {
+                        bail!("{}", BackendRule::Vip(owner.to_string()).error(&field, *b));
                     }
                     if !seen.insert(*b) {
                         bail!("{field}: {b} appears twice in this service's pools");
@@ -165,13 +180,6 @@ impl Config {
             }
             if let Some(r) = &s.rollout {
                 validate_rollout(r, s).with_context(|| format!("{at}.rollout"))?;
-            }
-        }
-        for s in &self.services {
-            for b in s.stable.iter().chain(&s.canary) {
-                if vip_addrs.contains(b) {
-                    bail!("services ({}): backend {b} is also a VIP address", s.name);
-                }
             }
         }
         if total_backends > MAX_BACKENDS as usize / 2 {
@@ -409,4 +417,104 @@ fn validate_fleet(f: &super::FleetConfig) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    /// Two services, v4 and v6; `{B4}` and `{B6}` are the second canary
+    /// backend of each.
+    const TWO: &str = r#"
+interface: lb-client
+services:
+  - name: shop
+    vip: 198.18.100.1
+    port: 80
+    protocol: tcp
+    canary_weight: 10
+    stable: [198.18.1.2]
+    canary: [198.18.3.2, {B4}]
+  - name: api
+    vip: "2001:db8:100::1"
+    port: 443
+    protocol: tcp
+    canary_weight: 10
+    stable: ["2001:db8:1::2"]
+    canary: ["2001:db8:3::2", "{B6}"]
+  - name: cart
+    vip: 198.18.100.2
+    port: 8080
+    protocol: udp
+    stable: [198.18.2.2]
+"#;
+
+    fn with(b4: &str, b6: &str) -> Result<Config, String> {
+        let text = TWO.replace("{B4}", b4).replace("{B6}", b6);
+        Config::parse(&text).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn usable_backends_pass() {
+        with("198.18.4.2", "2001:db8:4::2").unwrap();
+    }
+
+    #[test]
+    fn every_v4_rule_names_the_field_and_the_rule() {
+        for (b, rule) in [
+            ("0.0.0.0", "is the unspecified address"),
+            ("0.0.0.7", "is in 0.0.0.0/8"),
+            (
+                "127.0.0.1",
+                "is a loopback address; a backend must be another host",
+            ),
+            ("127.1.2.3", "is a loopback address"),
+            ("255.255.255.255", "is the broadcast address"),
+            ("240.0.0.1", "is in 240.0.0.0/4, reserved"),
+            ("169.254.1.1", "is a link-local address"),
+            ("224.0.0.1", "is a multicast address"),
+            ("198.18.100.1", "is the VIP of service shop"),
+            // Another service's VIP, on another port and protocol.
+            ("198.18.100.2", "is the VIP of service cart"),
+        ] {
+            let e = with(b, "2001:db8:4::2").unwrap_err();
+            let want = format!("services[0] (shop).canary[1]: {b} {rule}");
+            assert!(e.contains(&want), "{b}: {e:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn every_v6_rule_names_the_field_and_the_rule() {
+        for (b, rule) in [
+            ("::", "is the unspecified address"),
+            (
+                "::1",
+                "is a loopback address; a backend must be another host",
+            ),
+            ("fe80::1", "is a link-local address"),
+            ("ff02::1", "is a multicast address"),
+            ("::ffff:198.18.4.2", "is an IPv4-mapped IPv6 address"),
+            ("2001:db8:100::1", "is the VIP of service api"),
+        ] {
+            let e = with("198.18.4.2", b).unwrap_err();
+            let want = format!("services[1] (api).canary[1]: {b} {rule}");
+            assert!(e.contains(&want), "{b}: {e:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_refused_by_field() {
+        let c = with("198.18.4.2", "2001:db8:4::2").unwrap();
+        let host = vec![
+            ("198.18.0.1".parse().unwrap(), "lb-client".to_string()),
+            ("2001:db8:4::2".parse().unwrap(), "lb-b4".to_string()),
+        ];
+        let e = format!("{:#}", c.check_backends_not_on_host(&host).unwrap_err());
+        assert_eq!(
+            e,
+            "services[1] (api).canary[1]: 2001:db8:4::2 is an address of this host \
+             (interface lb-b4); a backend must be another host"
+        );
+        c.check_backends_not_on_host(&host[..1]).unwrap();
+    }
 }

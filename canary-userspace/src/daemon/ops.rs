@@ -188,6 +188,27 @@ impl Daemon {
                     format!("{addr} is already in the {} pool of {service}", pool.name()),
                 ));
             }
+            // An address that can never be a backend is a bad request (400),
+            // named as the request (not a config field: the file has no such
+            // entry); the rules are `Config::validate`'s and
+            // `DataPlane::plan`'s, which check it again. (Another address
+            // family is validate's to refuse.)
+            let field = format!("backends add {service} {}", pool.name());
+            if addr.is_ipv4() == self.running.services[i].vip.is_ipv4() {
+                let host = crate::dataplane::host_addresses()?;
+                let rule = crate::config::BackendRule::of(addr)
+                    .or_else(|| {
+                        self.running
+                            .services
+                            .iter()
+                            .find(|s| s.vip == addr)
+                            .map(|s| crate::config::BackendRule::Vip(s.name.clone()))
+                    })
+                    .or_else(|| crate::config::backend_on_host(addr, &host));
+                if let Some(rule) = rule {
+                    return Err(OpError::new(Refusal::BadRequest, rule.error(&field, addr)));
+                }
+            }
             list.push(addr);
         } else {
             let before = list.len();
@@ -200,8 +221,17 @@ impl Daemon {
             }
         }
         let new_pool = list.clone();
-        next.validate()
-            .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
+        let request = format!(
+            "backends {} {service} {} {addr}",
+            if add { "add" } else { "remove" },
+            pool.name()
+        );
+        next.validate().map_err(|e| {
+            OpError::new(
+                Refusal::Conflict,
+                format!("{request}: the pools it would make are invalid: {e:#}"),
+            )
+        })?;
         let file_pool = self
             .file
             .services

@@ -51,6 +51,10 @@ impl DataPlane {
         for iface in config.interfaces() {
             ifindexes.insert(iface.clone(), ifindex(&iface)?);
         }
+        // The rules that need this host: its interfaces, and no backend at
+        // one of its own addresses (start, reload, `backends add`, fleet).
+        self.check_interfaces(config)?;
+        config.check_backends_not_on_host(&host_addresses()?)?;
         if let Some(prev) = &self.applied {
             if prev.flow_table_entries() != config.flow_table_entries() {
                 bail!("flow_table.size: changing the flow table size needs a restart of canaryd");
@@ -400,8 +404,16 @@ impl DataPlane {
             .filter_map(|k| k.ok())
             .filter(|k| !wanted.contains(k))
             .collect();
+        let ports_dropped = !stale_ports.is_empty();
         for k in stale_ports {
             let _ = self.maps.tx_ports.remove(k);
+        }
+        // A next hop cached toward a port just removed would fail its
+        // redirect (drop_unroutable) until the bump at the end: bump now.
+        if ports_dropped {
+            if let Err(e) = self.maps.bump_nexthop_gen() {
+                warn!("invalidating cached next hops: {e:#}");
+            }
         }
         let unattached: Vec<String> = ifindexes
             .keys()

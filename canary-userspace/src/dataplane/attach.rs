@@ -18,10 +18,12 @@ impl DataPlane {
         wanted: &BTreeMap<String, u32>,
         report: &mut ApplyReport,
     ) -> Result<()> {
+        let mut attached_now = Vec::new();
         for iface in wanted.keys() {
             if self.links.contains_key(iface) {
                 continue;
             }
+            attached_now.push(iface.clone());
             let pin = self.link_pin(iface);
             let program: &mut Xdp = self
                 .ebpf
@@ -85,6 +87,14 @@ impl DataPlane {
                 }
             }
         }
+        // What the move means for traffic, said before the old interfaces
+        // are detached (the new ones are attached already, above).
+        report.lines.extend(move_lines(
+            self.applied.as_ref(),
+            &attached_now,
+            &stale,
+            wanted.keys(),
+        ));
         for iface in stale {
             let _ = std::fs::remove_file(self.link_pin(&iface));
             self.links.remove(&iface);
@@ -135,6 +145,203 @@ pub fn remove_pins(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The interfaces a config attaches to, each with the field that names it
+/// (`interface` first, then `backend_interfaces[i]`, each name once).
+fn interface_fields(config: &Config) -> Vec<(String, String)> {
+    let mut out = vec![("interface".to_string(), config.interface.clone())];
+    for (i, name) in config.backend_interfaces.iter().enumerate() {
+        if !out.iter().any(|(_, n)| n == name) {
+            out.push((format!("backend_interfaces[{i}]"), name.clone()));
+        }
+    }
+    out
+}
+
+impl DataPlane {
+    /// The interfaces `config` attaches to, checked before anything is
+    /// written (`plan`). A loopback interface is refused always: no packet
+    /// from another host arrives there. An interface this data plane is not
+    /// attached to yet that is down or has no address is refused on a
+    /// reload (moving the data plane there would leave every new connection
+    /// unanswered); at start it is a warning and canaryd attaches anyway,
+    /// so that a restart during a link flap keeps control of the data plane
+    /// (XDP attaches to a down link and works once it comes up). The same
+    /// rules hold for `backend_interfaces`: replies come back there and
+    /// packets to the backends leave there, so a down or unaddressed one
+    /// loses its backends' traffic just as a wrong `interface` loses the
+    /// clients'.
+    pub(super) fn check_interfaces(&self, config: &Config) -> Result<()> {
+        let starting = self.applied.is_none();
+        for (field, iface) in interface_fields(config) {
+            let state = InterfaceState::read(&iface)?;
+            let Some(problem) = state.problem() else {
+                continue;
+            };
+            let said = format!("{field}: {iface} {}", problem.says());
+            if problem == InterfaceProblem::Loopback {
+                bail!("{said}");
+            }
+            if self.links.contains_key(&iface) {
+                // Attached already: a link that went down (or lost its
+                // addresses) does not block a weight or a pool change.
+                continue;
+            }
+            if starting {
+                warn!(
+                    "{said}; attached anyway at start (it carries the service once it is up \
+                     and addressed)"
+                );
+            } else {
+                bail!("{said}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `plan` needs to know of an interface before attaching to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceState {
+    /// IFF_UP: set up by the administrator (whatever its carrier).
+    pub up: bool,
+    /// IFF_LOOPBACK.
+    pub loopback: bool,
+    /// Its IPv4 and IPv6 addresses, link-local ones included.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Why an interface cannot carry the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterfaceProblem {
+    Loopback,
+    Down,
+    NoAddress,
+}
+
+impl InterfaceProblem {
+    /// The end of `FIELD: IFACE ...`.
+    pub fn says(self) -> &'static str {
+        match self {
+            InterfaceProblem::Loopback => {
+                "is a loopback interface; no packet from another host arrives there"
+            }
+            InterfaceProblem::Down => {
+                "is down (not IFF_UP); it carries no packet until it is set up"
+            }
+            InterfaceProblem::NoAddress => {
+                "has no address, not even a link-local one; no route leads through it"
+            }
+        }
+    }
+}
+
+impl InterfaceState {
+    /// Reads the flags and addresses of `name` in this network namespace.
+    pub fn read(name: &str) -> Result<InterfaceState> {
+        let mut found = false;
+        let mut state = InterfaceState::default();
+        for ifa in nix::ifaddrs::getifaddrs().context("listing this host's interfaces")? {
+            if ifa.interface_name != name {
+                continue;
+            }
+            found = true;
+            use nix::net::if_::InterfaceFlags as F;
+            state.up |= ifa.flags.contains(F::IFF_UP);
+            state.loopback |= ifa.flags.contains(F::IFF_LOOPBACK);
+            let Some(a) = ifa.address else { continue };
+            if let Some(v4) = a.as_sockaddr_in() {
+                state.addresses.push(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = a.as_sockaddr_in6() {
+                state.addresses.push(IpAddr::V6(v6.ip()));
+            }
+        }
+        if !found {
+            bail!("interface {name}: no such interface in this network namespace");
+        }
+        Ok(state)
+    }
+
+    /// The first rule this interface breaks, if any.
+    pub fn problem(&self) -> Option<InterfaceProblem> {
+        if self.loopback {
+            Some(InterfaceProblem::Loopback)
+        } else if !self.up {
+            Some(InterfaceProblem::Down)
+        } else if self.addresses.is_empty() {
+            Some(InterfaceProblem::NoAddress)
+        } else {
+            None
+        }
+    }
+}
+
+/// The report lines of a change of the attached interfaces, said after the
+/// new ones are attached and before the old ones are detached: what
+/// becomes of the traffic arriving on an interface canary leaves. `prev`
+/// is the config applied so far (its roles), `attached` the interfaces
+/// just attached, `leaving` those about to be detached, `kept` every
+/// interface attached afterwards. None when nothing is detached.
+pub(super) fn move_lines<'a>(
+    prev: Option<&Config>,
+    attached: &[String],
+    leaving: &[String],
+    kept: impl Iterator<Item = &'a String>,
+) -> Vec<String> {
+    if leaving.is_empty() {
+        return Vec::new();
+    }
+    let kept: Vec<&str> = kept.map(String::as_str).collect();
+    let mut lines = vec![if attached.is_empty() {
+        format!(
+            "interfaces: detaching the data plane from {}",
+            leaving.join(", ")
+        )
+    } else {
+        format!(
+            "interfaces: moving the data plane from {} to {} ({} attached first)",
+            leaving.join(", "),
+            attached.join(", "),
+            attached.join(", ")
+        )
+    }];
+    for iface in leaving {
+        let client = prev.is_some_and(|c| &c.interface == iface);
+        // Replies come back on `backend_interfaces`, or on `interface` when
+        // there are none.
+        let replies = prev.is_some_and(|c| {
+            c.backend_interfaces.contains(iface)
+                || (c.backend_interfaces.is_empty() && &c.interface == iface)
+        });
+        let mut what = Vec::new();
+        if client || prev.is_none() {
+            what.push(
+                "new connections to the VIPs arriving there are no longer split (the kernel \
+                 routes them as if canary were not there), and packets of open connections \
+                 arriving there are no longer forwarded to their backends"
+                    .to_string(),
+            );
+        }
+        if replies || prev.is_none() {
+            what.push(
+                "backends' replies arriving there are no longer given their VIP back (clients \
+                 drop them)"
+                    .to_string(),
+            );
+        }
+        what.push(format!(
+            "packets canary rewrites toward {iface} are handed to the kernel to forward \
+             (pass_to_stack: it has left the redirect ports); open connections keep their \
+             flow-table entries, so their packets arriving on {} go on to the same backend",
+            kept.join(", ")
+        ));
+        lines.push(format!(
+            "interfaces: once {iface} is detached: {}",
+            what.join("; ")
+        ));
+    }
+    lines
+}
+
 pub fn ifindex(name: &str) -> Result<u32> {
     let c = std::ffi::CString::new(name).context("interface name")?;
     let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
@@ -142,4 +349,86 @@ pub fn ifindex(name: &str) -> Result<u32> {
         bail!("interface {name}: no such interface in this network namespace");
     }
     Ok(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_rules_in_order() {
+        let ok = InterfaceState {
+            up: true,
+            loopback: false,
+            addresses: vec!["fe80::1".parse().unwrap()],
+        };
+        assert_eq!(ok.problem(), None, "a link-local address is an address");
+        let lo = InterfaceState {
+            loopback: true,
+            ..ok.clone()
+        };
+        assert_eq!(lo.problem(), Some(InterfaceProblem::Loopback));
+        let down = InterfaceState {
+            up: false,
+            addresses: vec![],
+            ..ok.clone()
+        };
+        assert_eq!(down.problem(), Some(InterfaceProblem::Down));
+        let bare = InterfaceState {
+            addresses: vec![],
+            ..ok.clone()
+        };
+        assert_eq!(bare.problem(), Some(InterfaceProblem::NoAddress));
+        assert!(InterfaceProblem::Loopback.says().contains("loopback"));
+        assert!(InterfaceProblem::Down.says().contains("down"));
+        assert!(InterfaceProblem::NoAddress.says().contains("no address"));
+    }
+
+    #[test]
+    fn the_loopback_interface_reads_as_loopback() {
+        let lo = InterfaceState::read("lo").unwrap();
+        assert!(lo.loopback, "{lo:?}");
+        assert!(InterfaceState::read("no-such-if0").is_err());
+    }
+
+    #[test]
+    fn fields_name_each_interface_once() {
+        let mut c = Config::parse(crate::config::DEFAULT_CONFIG).unwrap();
+        c.interface = "front".into();
+        c.backend_interfaces = vec!["b1".into(), "front".into(), "b2".into()];
+        let f = interface_fields(&c);
+        assert_eq!(
+            f,
+            [
+                ("interface".to_string(), "front".to_string()),
+                ("backend_interfaces[0]".to_string(), "b1".to_string()),
+                ("backend_interfaces[2]".to_string(), "b2".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_move_says_what_becomes_of_the_old_interface() {
+        let mut prev = Config::parse(crate::config::DEFAULT_CONFIG).unwrap();
+        prev.interface = "x".into();
+        prev.backend_interfaces = vec!["b1".into()];
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let kept = s(&["b1", "y"]);
+        assert!(move_lines(Some(&prev), &s(&["y"]), &[], kept.iter()).is_empty());
+        let lines = move_lines(Some(&prev), &s(&["y"]), &s(&["x"]), kept.iter());
+        assert_eq!(
+            lines[0],
+            "interfaces: moving the data plane from x to y (y attached first)"
+        );
+        assert!(lines[1].starts_with("interfaces: once x is detached: new connections"));
+        assert!(lines[1].contains("no longer split"), "{}", lines[1]);
+        assert!(!lines[1].contains("replies"), "{}", lines[1]);
+        assert!(lines[1].contains("arriving on b1, y go on to the same backend"));
+        // A backend interface dropped: its replies.
+        let kept = s(&["x"]);
+        let lines = move_lines(Some(&prev), &[], &s(&["b1"]), kept.iter());
+        assert_eq!(lines[0], "interfaces: detaching the data plane from b1");
+        assert!(lines[1].contains("replies arriving there are no longer given their VIP back"));
+        assert!(!lines[1].contains("no longer split"), "{}", lines[1]);
+    }
 }

@@ -23,7 +23,7 @@ pub mod report;
 pub mod sweep;
 
 pub use apply::ApplyReport;
-pub use attach::{ifindex, remove_pins};
+pub use attach::{ifindex, remove_pins, InterfaceProblem, InterfaceState};
 pub use ids::Ids;
 pub use keys::{affinity_flag, flow_key, override_lookup_key, proto_number, vip_key};
 use keys::{backend_addr_key, vip_marker};
@@ -105,17 +105,24 @@ pub fn monotonic_s() -> u32 {
 /// `LOCAL_ADDRS` holds: a backend's packet to one of them is this host's
 /// own connection, passed untouched).
 pub fn local_addresses() -> Result<Vec<IpAddr>> {
+    let mut out: Vec<IpAddr> = host_addresses()?.into_iter().map(|(a, _)| a).collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Every address of every interface in this network namespace, with the
+/// interface it is on (an address on two interfaces is listed twice).
+pub fn host_addresses() -> Result<Vec<(IpAddr, String)>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs().context("listing this host's addresses")? {
         let Some(a) = ifa.address else { continue };
         if let Some(v4) = a.as_sockaddr_in() {
-            out.push(IpAddr::V4(v4.ip()));
+            out.push((IpAddr::V4(v4.ip()), ifa.interface_name));
         } else if let Some(v6) = a.as_sockaddr_in6() {
-            out.push(IpAddr::V6(v6.ip()));
+            out.push((IpAddr::V6(v6.ip()), ifa.interface_name));
         }
     }
-    out.sort();
-    out.dedup();
     Ok(out)
 }
 
