@@ -20,11 +20,60 @@ pub enum WeightError {
 
 impl fmt::Display for WeightError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WeightError::OutOfRange(p) => write!(f, "{p} is out of range (0 to 100 percent)"),
-            WeightError::TooPrecise(p) => write!(f, "{p} has more than two decimals"),
+        match *self {
+            WeightError::OutOfRange(p) => {
+                write!(f, "{} is out of range (0 to 100 percent)", Short(p))
+            }
+            WeightError::TooPrecise(p) => write!(
+                f,
+                "{} has more than two decimals (0 to 100 percent, e.g. 12.5 or 0.01)",
+                Short(p)
+            ),
         }
     }
+}
+
+/// A number for a message: as written for ordinary values, in exponent
+/// form (`1e308`, `1e-300`) for huge or tiny ones, never hundreds of digits.
+struct Short(f64);
+
+impl fmt::Display for Short {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let a = self.0.abs();
+        if self.0.is_finite() && a != 0.0 && !(1e-4..1e6).contains(&a) {
+            write!(f, "{:e}", self.0)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+/// Counts the decimals of a number as `{}` writes it (the shortest decimal
+/// form that reads back as the same `f64`), without allocating.
+#[derive(Default)]
+struct Decimals {
+    point: bool,
+    count: usize,
+}
+
+impl fmt::Write for Decimals {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            if c == '.' {
+                self.point = true;
+            } else if self.point && c.is_ascii_digit() {
+                self.count += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decimals(x: f64) -> usize {
+    let mut d = Decimals::default();
+    // Writing to a counter cannot fail.
+    let _ = fmt::Write::write_fmt(&mut d, format_args!("{x}"));
+    d.count
 }
 
 impl core::error::Error for WeightError {}
@@ -35,17 +84,23 @@ impl WeightBp {
     pub const FULL: WeightBp = WeightBp(10_000);
 
     /// Percent (0..=100, at most two decimals) to basis points.
+    ///
+    /// "Two decimals" is judged on the number as written: the shortest
+    /// decimal form that reads back as the same `f64` (what `{}` prints,
+    /// what serde_json and YAML parsers produce from `12.34`) may have at
+    /// most two digits after the point. So `1e-300` and `33.333` are both
+    /// too precise, and `0.29` (`28.999...` once scaled) is 29 bp. `-0` is
+    /// 0.
     pub fn from_percent(percent: f64) -> Result<WeightBp, WeightError> {
         if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
             return Err(WeightError::OutOfRange(percent));
         }
-        let scaled = percent * 100.0;
-        // `f64::round` needs std; the value is finite and within 0..=10000.
-        let bp = (scaled + 0.5) as u32 as f64;
-        let diff = scaled - bp;
-        if !(-1e-6..=1e-6).contains(&diff) {
+        if decimals(percent) > 2 {
             return Err(WeightError::TooPrecise(percent));
         }
+        // `f64::round` needs std; the value is finite and within 0..=10000,
+        // and within a rounding error of a whole number of basis points.
+        let bp = (percent * 100.0 + 0.5) as u32;
         Ok(WeightBp(bp as u16))
     }
 
@@ -95,6 +150,43 @@ mod tests {
             Err(WeightError::TooPrecise(_))
         ));
         assert_eq!(WeightBp::from_bp(20_000), WeightBp::FULL);
+    }
+
+    #[test]
+    fn two_decimals_as_written_and_short_messages() {
+        let ok = |p: f64| WeightBp::from_percent(p).map(WeightBp::bp);
+        assert_eq!(ok(12.5), Ok(1250));
+        assert_eq!(ok(0.01), Ok(1));
+        assert_eq!(ok(100.0), Ok(10_000));
+        assert_eq!(ok(-0.0), Ok(0));
+        assert_eq!(ok(33.33), Ok(3333));
+        assert_eq!(ok(99.99), Ok(9999));
+        // Every whole number of basis points reads back as itself.
+        for bp in 0..=10_000u32 {
+            assert_eq!(ok(bp as f64 / 100.0), Ok(bp), "{bp}");
+        }
+        for p in [1e-300, 33.333, 0.001, 0.1 + 0.2, 5e-324] {
+            assert_eq!(ok(p), Err(WeightError::TooPrecise(p)), "{p}");
+        }
+        for p in [100.001, 1e308, -0.01, 150.0, f64::INFINITY, -1e-300] {
+            assert_eq!(ok(p), Err(WeightError::OutOfRange(p)), "{p}");
+        }
+        assert!(matches!(ok(f64::NAN), Err(WeightError::OutOfRange(_))));
+        let msg = |p: f64| format!("{}", WeightBp::from_percent(p).unwrap_err());
+        assert_eq!(msg(1e308), "1e308 is out of range (0 to 100 percent)");
+        assert_eq!(msg(-1e308), "-1e308 is out of range (0 to 100 percent)");
+        assert_eq!(msg(100.001), "100.001 is out of range (0 to 100 percent)");
+        assert_eq!(msg(f64::NAN), "NaN is out of range (0 to 100 percent)");
+        assert_eq!(
+            msg(f64::NEG_INFINITY),
+            "-inf is out of range (0 to 100 percent)"
+        );
+        assert!(msg(1e-300).starts_with("1e-300 has more than two decimals"));
+        assert!(msg(33.333).starts_with("33.333 has more than two decimals"));
+        for p in [1e308, 1e-300, 5e-324, 1e200, -1e-300, 123456789.123] {
+            let m = msg(p);
+            assert!(m.len() < 100, "{m}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! canaryctl: the operator's command line for canaryd. Talks to the
 //! daemon's root-only control socket; input is checked here first, so a
 //! typo is answered without touching the daemon, and again by the daemon.
-//! Errors are one line on stderr (`canaryctl: ...`) and exit status 1.
+//! Errors are one line on stderr (`canaryctl: ...`) and exit status 1; a
+//! daemon that does not answer within `--timeout` is one of them. A closed
+//! stdout (`canaryctl events | head -1`) ends canaryctl quietly, status 0.
 
 use anyhow::{bail, Result};
 use canary_common::weight::WeightBp;
@@ -11,6 +13,7 @@ use canary_control::api::{
 };
 use canary_control::client::Client;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,6 +27,16 @@ struct Args {
     /// Print the daemon's JSON answer instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// How long canaryd may take to answer a call (e.g. 10s, 500ms; 0 waits
+    /// for ever). `events --follow` waits this long beyond its 30 s poll.
+    #[arg(
+        long,
+        env = "CANARY_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -128,11 +141,54 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(args)) {
+        if e.chain().any(|c| c.is::<StdoutClosed>()) {
+            // The reader went away (`| head -1`): it has what it wanted.
+            std::process::exit(0);
+        }
         // One line: the chain joined, newlines flattened.
         let msg = format!("{e:#}").replace('\n', " ");
-        eprintln!("canaryctl: {msg}");
+        let _ = writeln!(std::io::stderr(), "canaryctl: {msg}");
         std::process::exit(1);
     }
+}
+
+/// stdout's reader closed it (`canaryctl events | head -1`): not a
+/// failure, canaryctl stops without a word.
+#[derive(Debug)]
+struct StdoutClosed;
+
+impl std::fmt::Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Writes to stdout (flushed, so `--follow` output is seen at once); a
+/// closed pipe is `StdoutClosed`, not a panic as with `print!`.
+fn emit(args: std::fmt::Arguments) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
+}
+
+/// `print!` that returns `StdoutClosed` from the function instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))?
+    };
+}
+
+/// `println!`, the same way.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))?
+    };
 }
 
 /// Local check of a weight, with the daemon's rules (same function).
@@ -152,7 +208,7 @@ fn parse_addr(text: &str) -> Result<IpAddr> {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let client = Client::new(&args.socket);
+    let client = Client::new(&args.socket).with_timeout(args.timeout);
     let json = args.json;
     match args.command {
         Command::Status {
@@ -164,9 +220,9 @@ async fn run(args: Args) -> Result<()> {
             if let Some(name) = &host {
                 let h = fleet_host(&status, name)?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&h)?);
+                    outln!("{}", serde_json::to_string_pretty(&h)?);
                 } else {
-                    print!("{}", render_fleet_host(&h));
+                    out!("{}", render_fleet_host(&h));
                 }
                 if !watch {
                     return Ok(());
@@ -177,12 +233,12 @@ async fn run(args: Args) -> Result<()> {
             let shown = select(status, service.as_deref())?;
             if watch && !json {
                 // Clear the screen, as `watch` does.
-                print!("\x1b[H\x1b[2J");
+                out!("\x1b[H\x1b[2J");
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&shown)?);
+                outln!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
-                print!("{}", render_status(&shown, service.is_none()));
+                out!("{}", render_status(&shown, service.is_none()));
             }
             if !watch {
                 return Ok(());
@@ -222,16 +278,16 @@ async fn run(args: Args) -> Result<()> {
             parse_client(&who)?;
             let e = client.explain(&service, &who).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&e)?);
+                outln!("{}", serde_json::to_string_pretty(&e)?);
             } else {
-                println!(
+                outln!(
                     "{} -> {} {} ({})",
                     who,
                     e.version.name(),
                     e.backend,
                     e.decided_by
                 );
-                println!("{}", e.reason);
+                outln!("{}", e.reason);
             }
             Ok(())
         }
@@ -248,9 +304,9 @@ async fn run(args: Args) -> Result<()> {
                 };
                 for e in &batch {
                     if json {
-                        println!("{}", serde_json::to_string(e)?);
+                        outln!("{}", serde_json::to_string(e)?);
                     } else {
-                        println!("{} {:<8} {:<10} {}", e.time, e.kind, e.service, e.message);
+                        outln!("{} {:<8} {:<10} {}", e.time, e.kind, e.service, e.message);
                     }
                     after = after.max(e.seq);
                 }
@@ -271,12 +327,12 @@ async fn run(args: Args) -> Result<()> {
 
 fn done(change: Change, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&change)?);
+        outln!("{}", serde_json::to_string_pretty(&change)?);
     } else if change.changes.is_empty() {
-        println!("no change");
+        outln!("no change");
     } else {
         for line in &change.changes {
-            println!("{line}");
+            outln!("{line}");
         }
     }
     Ok(())

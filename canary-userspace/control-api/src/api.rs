@@ -15,9 +15,18 @@
 //! | POST | /v1/reload | | `Change` |
 //! | POST | /v1/teardown | | `Change` |
 //!
-//! Errors are a non-2xx status with an `ApiError` body: 400 bad input, 403
-//! not root, 404 unknown service, 409 refused (e.g. a reload that fails
-//! validation), 500 internal.
+//! Every failure is a non-2xx status with an `ApiError` body
+//! (`{"error": "one line"}`), whatever went wrong:
+//!
+//! | status | when |
+//! | --- | --- |
+//! | 400 | a body or query string that does not parse, has a wrong type, a missing or unknown field (request bodies and query strings refuse unknown fields), a body without `Content-Type: application/json`, a bad path parameter, a weight out of range (0 to 100) or with more than two decimals |
+//! | 403 | not root (checked before anything else of the request is read) |
+//! | 404 | unknown service, unknown route |
+//! | 405 | a route called with the wrong method |
+//! | 409 | refused (a reload that fails validation, a weight for an empty canary pool, a rollout already running) |
+//! | 413 | a body over axum's limit (2 MB) |
+//! | 500 | internal |
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -419,13 +428,17 @@ pub struct FlowTableStatus {
     pub reply_no_flow_nat: u64,
 }
 
+/// Request bodies refuse unknown fields (`{"percent": 10, "evil": 1}` is
+/// 400): a misspelt field is an error, not a silent default.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct SetWeight {
     /// 0 to 100, at most two decimals.
     pub percent: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct BackendChange {
     pub pool: Version,
     pub addr: IpAddr,
@@ -573,6 +586,19 @@ pub struct Analysis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_bodies_refuse_unknown_fields() {
+        let w: SetWeight = serde_json::from_str(r#"{"percent": 12.5}"#).unwrap();
+        assert_eq!(w.percent, 12.5);
+        let e = serde_json::from_str::<SetWeight>(r#"{"percent": 10, "evil": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `evil`"), "{e}");
+        let e = serde_json::from_str::<BackendChange>(
+            r#"{"pool": "canary", "addr": "198.18.4.2", "weight": 3}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `weight`"), "{e}");
+    }
 
     #[test]
     fn verbs_and_kinds_keep_their_wire_names() {

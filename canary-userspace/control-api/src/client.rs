@@ -1,6 +1,8 @@
 //! The control API's client (used by `canaryctl`): HTTP/1.1 + JSON over the
 //! Unix socket with hyper. Every failure becomes one line an operator can
-//! act on: no daemon, not root, unknown service, the daemon's refusal.
+//! act on: no daemon, not root, unknown service, the daemon's refusal, a
+//! daemon that does not answer in time (`timeout`, default 10 s, on top of
+//! a long poll's own wait).
 
 use crate::api::{
     ApiError, BackendChange, Change, Event, Explain, RolloutVerb, SetWeight, Status, Version,
@@ -14,21 +16,41 @@ use serde::Serialize;
 use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokio::net::UnixStream;
+
+/// How long a call may take (connect, request, answer) unless told
+/// otherwise: canaryd answers in milliseconds; a fleet change waits for
+/// etcd, which has its own shorter deadlines.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Client {
     socket: PathBuf,
+    /// Per call; zero waits for ever.
+    timeout: Duration,
 }
 
 impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Client {
         Client {
             socket: socket.into(),
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// Each call (connect, request, whole answer) must end within
+    /// `timeout`, plus the wait a long poll asks for; zero waits for ever.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     async fn connect(&self) -> Result<UnixStream> {
@@ -54,16 +76,38 @@ impl Client {
         uri: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T> {
-        let stream = self.connect().await?;
+        self.call_waiting(method, uri, body, Duration::ZERO).await
+    }
+
+    /// `call` for a request that asks canaryd to wait up to `wait` before it
+    /// answers (a long poll): the timeout starts after that wait.
+    async fn call_waiting<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+        wait: Duration,
+    ) -> Result<T> {
         let request = Request::builder()
             .method(method)
             .uri(uri)
             .header(header::HOST, "canaryd")
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let (status, bytes) = crate::http::exchange(stream, request)
-            .await
-            .context("canaryd closed the connection")?;
+        let exchange = async {
+            let stream = self.connect().await?;
+            crate::http::exchange(stream, request)
+                .await
+                .context("canaryd closed the connection")
+        };
+        let (status, bytes) = if self.timeout.is_zero() {
+            exchange.await?
+        } else {
+            match tokio::time::timeout(self.timeout + wait, exchange).await {
+                Ok(answer) => answer?,
+                Err(_) => bail!("{}", self.no_answer(wait)),
+            }
+        };
         if status.is_success() {
             return serde_json::from_slice(&bytes)
                 .with_context(|| format!("canaryd's answer to {uri} does not parse"));
@@ -129,12 +173,28 @@ impl Client {
 
     /// Events after `after`, waiting up to `wait_ms` for one.
     pub async fn events(&self, after: u64, wait_ms: u64) -> Result<Vec<Event>> {
-        self.call(
+        self.call_waiting(
             Method::GET,
             &format!("/v1/events?after={after}&wait_ms={wait_ms}"),
             None,
+            Duration::from_millis(wait_ms),
         )
         .await
+    }
+
+    /// The one line for a call that timed out.
+    fn no_answer(&self, wait: Duration) -> String {
+        let after = if wait.is_zero() {
+            String::new()
+        } else {
+            format!(" after its {} long poll", seconds(wait))
+        };
+        format!(
+            "canaryd did not answer within {}{after} on {} (is it stuck? see its log; \
+             --timeout waits longer)",
+            seconds(self.timeout),
+            self.socket.display()
+        )
     }
 
     pub async fn reload(&self) -> Result<Change> {
@@ -144,6 +204,11 @@ impl Client {
     pub async fn teardown(&self) -> Result<Change> {
         self.post("/v1/teardown", &()).await
     }
+}
+
+/// "10s", "1.5s", "0.2s".
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
 }
 
 /// Service names are config names (letters, digits, `-`, `_`, `.`); anything
@@ -172,6 +237,50 @@ mod tests {
         for bad in ["", "a/b", "shop?x=1", "sh op"] {
             assert!(service_uri(bad, "weight").is_err(), "{bad:?}");
         }
+    }
+
+    /// A "daemon" that accepts and never answers: the call ends after the
+    /// timeout with one line saying so (and, for a long poll, after its
+    /// wait too).
+    #[tokio::test]
+    async fn a_silent_daemon_times_out_with_one_line() {
+        let dir = std::env::temp_dir().join(format!("canary-client-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("silent.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.push(s);
+            }
+        });
+        let c = Client::new(&path).with_timeout(Duration::from_millis(200));
+        let start = std::time::Instant::now();
+        let e = c.status().await.unwrap_err().to_string();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(
+            e,
+            format!(
+                "canaryd did not answer within 0.2s on {} (is it stuck? see its log; \
+                 --timeout waits longer)",
+                path.display()
+            )
+        );
+        let start = std::time::Instant::now();
+        let e = c.events(0, 300).await.unwrap_err().to_string();
+        assert!(start.elapsed() >= Duration::from_millis(500), "{e}");
+        assert!(
+            e.starts_with("canaryd did not answer within 0.2s after its 0.3s long poll on "),
+            "{e}"
+        );
+        assert_eq!(Client::new(&path).timeout(), DEFAULT_TIMEOUT);
+        held.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -413,16 +413,30 @@ fn fleet(r: &mut Registry, f: &crate::control::api::FleetStatus) {
 /// Binds the metrics listener (before the data plane is touched, so a busy
 /// port fails the start cleanly).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics endpoint {addr}"))
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // A burst of connections waits in the kernel's queue (capped by
+        // net.core.somaxconn) rather than having its SYNs dropped.
+        socket.listen(crate::control::transport::LISTEN_BACKLOG)
+    };
+    bind().with_context(|| format!("binding the metrics endpoint {addr}"))
 }
 
+/// Serves scrapes: at most `transport`'s metrics cap of connections (more
+/// are closed at once), each closed when idle or half-sent for
+/// `transport::HEADER_TIMEOUT`.
 pub async fn serve_on(listener: TcpListener, source: Source) -> Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(source);
-    axum::serve(listener, app).await.context("metrics endpoint")
+    crate::control::transport::serve_metrics(listener, app)
+        .await
+        .context("metrics endpoint")
 }
 
 async fn scrape(axum::extract::State(source): axum::extract::State<Source>) -> Response {

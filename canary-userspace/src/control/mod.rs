@@ -4,8 +4,10 @@
 //! crate, shared with `canaryctl`; they are re-exported here so the daemon
 //! names one place.
 
+mod extract;
 pub mod metrics;
 pub mod server;
+pub mod transport;
 
 pub use canary_control::{api, client, http};
 pub use server::{bind, serve, socket_path};

@@ -1,13 +1,18 @@
 //! The control API server: HTTP/1.1 + JSON (axum) on a Unix socket that only
-//! root can open (mode 0600, and each request's peer uid is checked again,
-//! before anything else of the request is read: `root_only`).
+//! root can open (mode 0600), and each request is checked again before
+//! anything else of it is looked at (`root_only`): the connecting uid
+//! (SO_PEERCRED) and the uid of every process that wrote the connection's
+//! bytes (SCM_CREDENTIALS, `transport::CredStream`) must be 0.
+//! Connection caps and timeouts: `transport`.
 //! Routes and bodies: see `api.rs`.
 
 use crate::control::api::{ApiError, BackendChange, Change, SetWeight};
+use crate::control::extract::{no_route, wrong_method, Body, PathOf, QueryOf};
+use crate::control::transport;
 use crate::daemon::{weight_from_percent, Daemon, OpError, OpResult, Refusal};
 use crate::fleet::link::{Link, PublishError};
 use anyhow::{Context, Result};
-use axum::extract::{connect_info, ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,29 +38,38 @@ struct Ctx {
     fleet: Option<Link>,
 }
 
-/// The peer's credentials, from SO_PEERCRED.
+/// Who is at the other end of a request: the uid that connected
+/// (SO_PEERCRED) and the writers of the connection's bytes so far (each
+/// read's SCM_CREDENTIALS: a socket root opened and handed to another
+/// process carries that process's uid on what it writes).
 #[derive(Clone, Debug)]
 struct Peer {
+    /// The connecting process's uid.
     uid: Option<u32>,
-}
-
-impl connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
-        Peer {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
+    writers: Arc<transport::Writers>,
 }
 
 impl Peer {
+    /// The uid the request is from: the first writer that was not root,
+    /// else the connecting one.
+    fn writer(&self) -> Option<u32> {
+        match self.writers.foreign() {
+            Some(transport::Foreign::Uid(uid)) => Some(uid),
+            Some(transport::Foreign::Unknown) => None,
+            None => self.uid,
+        }
+    }
     fn who(&self) -> String {
-        match self.uid {
+        match self.writer() {
             Some(uid) => format!("canaryctl (uid {uid})"),
             None => "canaryctl (uid unknown)".to_string(),
         }
     }
+    fn is_root(&self) -> bool {
+        self.uid == Some(0) && self.writers.foreign().is_none()
+    }
     fn check_root(&self) -> Result<(), Fail> {
-        if self.uid == Some(0) {
+        if self.is_root() {
             Ok(())
         } else {
             Err(Fail(
@@ -66,8 +80,10 @@ impl Peer {
     }
 }
 
-/// A refused request: its status and the one-line reason.
-struct Fail(StatusCode, String);
+/// A refused request: its status and the one-line reason, answered as
+/// `{"error": reason}` (every failure, axum's rejections included: see
+/// `extract.rs`).
+pub(super) struct Fail(pub(super) StatusCode, pub(super) String);
 
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
@@ -102,7 +118,9 @@ pub fn bind(path: &FsPath) -> Result<UnixListener> {
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let bound = UnixListener::bind(path);
+    // SO_PASSCRED before anyone can connect: the first bytes carry their
+    // writer's uid too.
+    let bound = transport::unix_listener(path);
     nix::sys::stat::umask(old);
     let listener =
         bound.with_context(|| format!("binding the control socket {}", path.display()))?;
@@ -133,26 +151,92 @@ pub async fn serve(
         .route("/v1/events", get(events))
         .route("/v1/reload", post(reload))
         .route("/v1/teardown", post(teardown_handler))
+        // What no route takes is answered in the API's error shape too
+        // (added before the layer, so a non-root caller still gets 403).
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
         // Outermost: the caller's uid is checked before any route runs its
         // extractors (a bad body from a non-root caller is 403, not 400).
         .layer(axum::middleware::from_fn(root_only))
         .with_state(ctx);
-    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .await
-        .context("control API")
+    transport::serve_control(listener, app, |uid, writers| {
+        ConnectInfo(Peer { uid, writers })
+    })
+    .await
+    .context("control API")
 }
 
+/// The largest request body read: axum's own default limit (the API's
+/// bodies are a few bytes of JSON; only root's bodies are read).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
 /// Every request: a caller that is not root is refused before its path,
-/// query or body is looked at.
+/// query or body is looked at. A root caller's body is read here, within
+/// `transport::BODY_TIMEOUT`, and the writers are checked again once it
+/// is: bytes another process wrote after root's head refuse the request
+/// too. The uid logged is the writer's.
 async fn root_only(
     ConnectInfo(peer): ConnectInfo<Peer>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match peer.check_root() {
-        Ok(()) => next.run(req).await,
-        Err(fail) => fail.into_response(),
+    // Refusals end the connection (`connection: close`).
+    let answer = |code: StatusCode, error: String| {
+        let mut r = (code, Json(ApiError { error })).into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        r
+    };
+    let refuse = |req: &axum::http::request::Parts| {
+        let uid = |u: Option<u32>| u.map_or("unknown".to_string(), |u| u.to_string());
+        log::warn!(
+            "control API: refused {} {} written by uid {} (connected as uid {})",
+            req.method,
+            req.uri.path(),
+            uid(peer.writer()),
+            uid(peer.uid),
+        );
+        answer(StatusCode::FORBIDDEN, "the control API is root-only".into())
+    };
+    let (parts, body) = req.into_parts();
+    if !peer.is_root() {
+        return refuse(&parts);
     }
+    let read = axum::body::to_bytes(body, MAX_BODY);
+    let body = match tokio::time::timeout(transport::BODY_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                answer(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is over {MAX_BODY} bytes"),
+                )
+            } else {
+                answer(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            };
+        }
+        Err(_) => {
+            return answer(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {:?}",
+                    transport::BODY_TIMEOUT
+                ),
+            )
+        }
+    };
+    if !peer.is_root() {
+        return refuse(&parts);
+    }
+    next.run(axum::extract::Request::from_parts(parts, body.into()))
+        .await
 }
 
 type Reply<T> = Result<Json<T>, Fail>;
@@ -234,8 +318,8 @@ async fn weight_change(ctx: &Ctx, peer: &Peer, name: &str, bp: WeightBp) -> Repl
 async fn set_weight(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
-    Json(body): Json<SetWeight>,
+    PathOf(name): PathOf<String>,
+    Body(body): Body<SetWeight>,
 ) -> Reply<Change> {
     let bp = weight_from_percent(body.percent).map_err(Fail::from)?;
     weight_change(&ctx, &peer, &name, bp).await
@@ -244,7 +328,7 @@ async fn set_weight(
 async fn rollback(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
+    PathOf(name): PathOf<String>,
 ) -> Reply<Change> {
     weight_change(&ctx, &peer, &name, WeightBp::ZERO).await
 }
@@ -252,7 +336,7 @@ async fn rollback(
 async fn promote(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
+    PathOf(name): PathOf<String>,
 ) -> Reply<Change> {
     weight_change(&ctx, &peer, &name, WeightBp::FULL).await
 }
@@ -275,8 +359,8 @@ async fn backend_change(
 async fn backend_add(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
-    Json(body): Json<BackendChange>,
+    PathOf(name): PathOf<String>,
+    Body(body): Body<BackendChange>,
 ) -> Reply<Change> {
     backend_change(&ctx, &peer, &name, body, true).await
 }
@@ -284,8 +368,8 @@ async fn backend_add(
 async fn backend_remove(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
-    Json(body): Json<BackendChange>,
+    PathOf(name): PathOf<String>,
+    Body(body): Body<BackendChange>,
 ) -> Reply<Change> {
     backend_change(&ctx, &peer, &name, body, false).await
 }
@@ -293,7 +377,7 @@ async fn backend_remove(
 async fn rollout(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path((name, verb)): Path<(String, String)>,
+    PathOf((name, verb)): PathOf<(String, String)>,
 ) -> Reply<Change> {
     peer.check_root()?;
     let who = peer.who();
@@ -301,6 +385,7 @@ async fn rollout(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EventsQuery {
     #[serde(default)]
     after: u64,
@@ -312,7 +397,7 @@ struct EventsQuery {
 async fn events(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Query(q): Query<EventsQuery>,
+    QueryOf(q): QueryOf<EventsQuery>,
 ) -> Reply<Vec<crate::daemon::events::Event>> {
     peer.check_root()?;
     // The log is shared outside the daemon's lock: waiting holds no lock.
@@ -322,6 +407,7 @@ async fn events(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ExplainQuery {
     client: String,
 }
@@ -329,8 +415,8 @@ struct ExplainQuery {
 async fn explain(
     State(ctx): State<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
-    Query(q): Query<ExplainQuery>,
+    PathOf(name): PathOf<String>,
+    QueryOf(q): QueryOf<ExplainQuery>,
 ) -> Reply<crate::control::api::Explain> {
     peer.check_root()?;
     lock(&ctx)
@@ -341,7 +427,9 @@ async fn explain(
 
 async fn reload(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Reply<Change> {
     peer.check_root()?;
-    let changes = lock(&ctx).reload(&peer.who()).map_err(Fail::from)?;
+    let changes = crate::daemon::reload(&ctx.daemon, &peer.who())
+        .await
+        .map_err(Fail::from)?;
     Ok(Json(Change { changes }))
 }
 
