@@ -34,6 +34,7 @@ pub mod packet;
 pub mod prog_run;
 pub mod prometheus;
 pub mod rollout;
+pub mod snapshot;
 pub mod topology;
 pub mod xdp_lab;
 

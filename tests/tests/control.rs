@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use canary_common::{VERSION_CANARY, VERSION_STABLE};
+use canary_tests::snapshot::MapsSnapshot;
 use canary_tests::{
     burst, client_v4, daemon::Daemon, tcp_connect, LbConfig, Service, Topology, VIP_V4,
 };
@@ -189,31 +190,7 @@ fn bad_reloads_change_nothing() -> Result<()> {
     let good = config(10.0);
     let mut d = topo.spawn_canaryd(Some(&good))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
-    let snapshot = |m: &Maps| {
-        let services: Vec<_> = (0..4).map(|i| m.services.get(&i, 0).unwrap()).collect();
-        let mut vips: Vec<_> = m
-            .vips
-            .iter()
-            .map(|r| r.unwrap())
-            .map(|(k, v)| (k.addr, k.port, k.proto, v.service_id))
-            .collect();
-        vips.sort();
-        let mut rev: Vec<_> = m
-            .reverse_nat
-            .iter()
-            .map(|r| r.unwrap())
-            .map(|(k, v)| (k.addr, k.port, v.backend_id, v.version))
-            .collect();
-        rev.sort();
-        let overrides = m.overrides.iter().count();
-        let backends: Vec<_> = m
-            .backends_of(0)
-            .into_iter()
-            .map(|(i, b)| (i, b.addr, b.version))
-            .collect();
-        let maglev: Vec<u32> = (0..64).map(|i| m.maglev.get(&i, 0).unwrap()).collect();
-        (services, vips, rev, overrides, backends, maglev)
-    };
+    let snapshot = |m: &Maps| MapsSnapshot::take(m, 1);
     let before = snapshot(&maps);
     let bad = [
         ("YAML syntax", "services: [\n  - name: shop\n    vip: [\n".to_string()),

@@ -129,13 +129,24 @@ impl Config {
     /// Refuses a backend that is one of this host's addresses, given as
     /// (address, interface) pairs; the error names the field and the rule.
     pub fn check_backends_not_on_host(&self, host: &[(IpAddr, String)]) -> anyhow::Result<()> {
-        for (i, s) in self.services.iter().enumerate() {
-            for v in [Version::Stable, Version::Canary] {
-                for (j, b) in s.pool(v).iter().enumerate() {
-                    if let Some(rule) = backend_on_host(*b, host) {
-                        let field = format!("services[{i}] ({}).{}[{j}]", s.name, v.name());
-                        anyhow::bail!("{}", rule.error(&field, *b));
-                    }
+        for i in 0..self.services.len() {
+            self.check_service_not_on_host(i, host)?;
+        }
+        Ok(())
+    }
+
+    /// The same for the pools of service `i` only.
+    pub fn check_service_not_on_host(
+        &self,
+        i: usize,
+        host: &[(IpAddr, String)],
+    ) -> anyhow::Result<()> {
+        let s = &self.services[i];
+        for v in [Version::Stable, Version::Canary] {
+            for (j, b) in s.pool(v).iter().enumerate() {
+                if let Some(rule) = backend_on_host(*b, host) {
+                    let field = format!("services[{i}] ({}).{}[{j}]", s.name, v.name());
+                    anyhow::bail!("{}", rule.error(&field, *b));
                 }
             }
         }

@@ -9,6 +9,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Bytes a config file may have.
@@ -19,13 +20,18 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 pub const MAX_NESTING: usize = 64;
 
 /// Reads a config file, refusing one larger than `MAX_CONFIG_BYTES`
-/// (checked before reading, and again while reading: the file may grow, or
-/// be a pipe or a device) or one that is not UTF-8.
+/// (checked before reading, and again while reading: the file may grow),
+/// one that is not a regular file (a FIFO would block the reload for good)
+/// or one that is not UTF-8.
 pub fn read_bounded(path: &Path) -> Result<String> {
-    let file = std::fs::File::open(path)?;
+    // Non-blocking: opening a FIFO would otherwise wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
     let meta = file.metadata()?;
-    if meta.is_dir() {
-        bail!("it is a directory");
+    if !meta.is_file() {
+        bail!("it is not a regular file");
     }
     if meta.len() > MAX_CONFIG_BYTES {
         bail!("{}", too_large(meta.len()));
@@ -46,16 +52,22 @@ fn too_large(len: u64) -> String {
 }
 
 /// Refuses YAML nested deeper than `MAX_NESTING`, naming the line where it
-/// goes too deep. A linear scan, not a parser: block levels are counted
-/// from the indentation (each leading `- ` or `? ` opens one more), flow
-/// levels from `[` and `{` outside quotes and comments. It may count a
-/// level too many for odd but valid YAML (a bracket in a plain scalar, an
-/// indented block scalar), never too few for what the parser nests.
+/// goes too deep. A linear scan, not a parser, that may count more levels
+/// than the parser nests (a bracket opening a plain continuation line, odd
+/// indentation) but never fewer than half of them:
+/// - block levels are the open indentation columns, each leading `- `,
+///   `? ` or `: ` opening one more (a sequence at its key's column is the
+///   one case counted once for two levels);
+/// - flow levels are `[` and `{` where a collection can start (a line's
+///   start, after an indicator, inside a flow collection), not inside
+///   quotes, comments or a block scalar's text (`|`, `>`).
 pub fn check_nesting(text: &str) -> Result<()> {
     // Indentation columns of the open block levels.
     let mut blocks: Vec<usize> = Vec::new();
     let mut flow = 0usize;
     let mut quote: Option<char> = None;
+    // A block scalar's text: lines indented deeper than this column.
+    let mut text_below: Option<usize> = None;
     for (n, line) in text.lines().enumerate() {
         let too_deep = || {
             anyhow::anyhow!(
@@ -63,41 +75,55 @@ pub fn check_nesting(text: &str) -> Result<()> {
                 n + 1
             )
         };
-        if quote.is_none() && flow == 0 {
-            let body = line.trim_start_matches(' ');
-            if !body.is_empty() && !body.starts_with('#') {
-                let mut col = line.len() - body.len();
-                let mut rest = body;
-                loop {
-                    while blocks.last().is_some_and(|&top| top >= col) {
-                        blocks.pop();
-                    }
-                    blocks.push(col);
-                    if blocks.len() > MAX_NESTING {
-                        return Err(too_deep());
-                    }
-                    // `- - x` and `? - x` open a level per indicator.
-                    let Some(after) = ["- ", "? "].iter().find_map(|p| rest.strip_prefix(p)) else {
-                        break;
-                    };
-                    let inner = after.trim_start_matches(' ');
-                    col += rest.len() - inner.len();
-                    rest = inner;
-                    if rest.is_empty() {
-                        break;
-                    }
+        let body = line.trim_start_matches(' ');
+        let indent = line.len() - body.len();
+        if let Some(parent) = text_below {
+            if body.is_empty() || indent > parent {
+                continue;
+            }
+            text_below = None;
+        }
+        // The column of the line's innermost node (after its indicators).
+        let mut col = indent;
+        if quote.is_none() && !body.is_empty() && !body.starts_with('#') {
+            let mut rest = body;
+            loop {
+                while blocks.last().is_some_and(|&top| top >= col) {
+                    blocks.pop();
+                }
+                blocks.push(col);
+                if blocks.len() + flow > MAX_NESTING {
+                    return Err(too_deep());
+                }
+                let Some(after) = ["- ", "? ", ": "].iter().find_map(|p| rest.strip_prefix(p))
+                else {
+                    break;
+                };
+                let inner = after.trim_start_matches(' ');
+                col += rest.len() - inner.len();
+                rest = inner;
+                if rest.is_empty() {
+                    break;
                 }
             }
         }
+        // Where a scalar or a collection may start: a line's start, after
+        // an indicator (`- `, `? `, `: `), and inside a flow collection
+        // after `[`, `{`, `,` or `:`.
+        let mut at_start = true;
         let mut prev = ' ';
         let mut chars = line.chars().peekable();
         while let Some(c) = chars.next() {
+            let spaced = matches!(chars.peek(), None | Some(' ') | Some('\t'));
             match quote {
                 Some('"') => match c {
                     '\\' => {
                         chars.next();
                     }
-                    '"' => quote = None,
+                    '"' => {
+                        quote = None;
+                        at_start = false;
+                    }
                     _ => {}
                 },
                 Some(_) => {
@@ -107,20 +133,33 @@ pub fn check_nesting(text: &str) -> Result<()> {
                             chars.next();
                         } else {
                             quote = None;
+                            at_start = false;
                         }
                     }
                 }
                 None => match c {
+                    ' ' | '\t' => {}
                     '#' if prev == ' ' || prev == '\t' => break,
-                    '"' | '\'' if !prev.is_alphanumeric() => quote = Some(c),
-                    '[' | '{' => {
+                    '"' | '\'' if at_start => quote = Some(c),
+                    '[' | '{' if at_start || flow > 0 => {
                         flow += 1;
                         if blocks.len() + flow > MAX_NESTING {
                             return Err(too_deep());
                         }
+                        at_start = true;
                     }
-                    ']' | '}' => flow = flow.saturating_sub(1),
-                    _ => {}
+                    ']' | '}' if flow > 0 => {
+                        flow -= 1;
+                        at_start = false;
+                    }
+                    ',' if flow > 0 => at_start = true,
+                    ':' if flow > 0 || spaced => at_start = true,
+                    '-' | '?' if at_start && spaced => {}
+                    '|' | '>' if at_start && flow == 0 => {
+                        text_below = Some(col);
+                        break;
+                    }
+                    _ => at_start = false,
                 },
             }
             prev = c;
@@ -185,6 +224,31 @@ mod tests {
     }
 
     #[test]
+    fn nothing_in_a_plain_scalar_hides_what_follows() {
+        let deep = format!("c: {}\n", "[".repeat(100));
+        // A quote or a bracket inside a plain scalar opens nothing.
+        for first in ["a: b \"\n", "note: rock 'n roll\n", "x: a[b\n", "y: a{b\n"] {
+            let e = check_nesting(&format!("{first}{deep}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("line 2:"), "{first:?}: {e}");
+            check_nesting(first).unwrap();
+        }
+        // `: ` opens a level like `- ` and `? `.
+        assert!(check_nesting(&format!("? k\n: {}x\n", "- ".repeat(70))).is_err());
+    }
+
+    #[test]
+    fn a_block_scalar_is_text_up_to_its_parent_column() {
+        let text = "q: |\n  sum(rate(x{a=\"b\"}[5m]))\n  [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nr: 1\n";
+        check_nesting(text).unwrap();
+        // A sibling key at the parent's column is not the scalar's text.
+        let sibling = format!("- a: |\n    text\n  b: {}\n", "[".repeat(100));
+        let e = check_nesting(&sibling).unwrap_err().to_string();
+        assert!(e.contains("line 3:"), "{e}");
+    }
+
+    #[test]
     fn size_is_bounded() {
         let dir = std::env::temp_dir().join(format!("canary-limits-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -196,6 +260,10 @@ mod tests {
         std::fs::write(&big, "interface: x\n").unwrap();
         assert_eq!(read_bounded(&big).unwrap(), "interface: x\n");
         assert!(read_bounded(&dir).is_err());
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let e = read_bounded(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -427,8 +427,12 @@ async fn explain(
 
 async fn reload(State(ctx): State<Ctx>, ConnectInfo(peer): ConnectInfo<Peer>) -> Reply<Change> {
     peer.check_root()?;
-    let changes = crate::daemon::reload(&ctx.daemon, &peer.who())
+    // Its own task: a caller that hangs up (canaryctl's timeout) does not
+    // cancel a reload half way, between reading the file and applying it.
+    let (daemon, who) = (ctx.daemon.clone(), peer.who());
+    let changes = tokio::spawn(async move { crate::daemon::reload(&daemon, &who).await })
         .await
+        .map_err(|e| Fail(StatusCode::INTERNAL_SERVER_ERROR, format!("reload: {e}")))?
         .map_err(Fail::from)?;
     Ok(Json(Change { changes }))
 }

@@ -7,9 +7,11 @@
 //!   the file-descriptor limit that [`raise_fd_limit`] raises at start, so
 //!   the two caps together stay well below it and neither listener can take
 //!   the descriptors the other (or the data plane) needs. A full control
-//!   socket stops accepting until a connection ends (its clients wait in
-//!   the kernel's backlog, at most a header timeout); a full metrics
-//!   endpoint accepts and closes at once.
+//!   socket stops accepting until a connection ends: its clients wait in
+//!   the kernel's backlog (until a connection ends, which for an idle or
+//!   half-sent one is at most a header timeout, for a long poll up to
+//!   60 s), and a client finding the backlog full too is refused at once
+//!   (EAGAIN); a full metrics endpoint accepts and closes at once.
 //! * Timeouts (hyper's HTTP/1 server, with tokio's timer): a connection
 //!   must deliver a complete request head within [`HEADER_TIMEOUT`] of
 //!   being accepted or of its previous response (so an idle keep-alive
@@ -246,10 +248,12 @@ fn recv_on(
     if let Ok(cmsgs) = msg.cmsgs() {
         for c in cmsgs {
             match c {
-                // pid 0: the bytes were written without credentials.
-                ControlMessageOwned::ScmCredentials(cred) if cred.pid() != 0 => {
-                    uid = Some(cred.uid())
-                }
+                // The writer's real uid. Its pid may be 0 (a writer in a
+                // PID namespace canaryd cannot see, e.g. root on the host
+                // talking to a containerised canaryd): the uid still holds.
+                // Bytes sent with no credentials carry the overflow uid
+                // (65534), refused like any other non-root writer.
+                ControlMessageOwned::ScmCredentials(cred) => uid = Some(cred.uid()),
                 ControlMessageOwned::ScmRights(fds) => {
                     for fd in fds {
                         let _ = nix::unistd::close(fd);
@@ -364,6 +368,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+/// The metrics endpoint's read buffer per connection (hyper's minimum is
+/// 8 KiB).
+const METRICS_READ_BUFFER: usize = 16 * 1024;
 
 /// One listener's door: its connection cap and its HTTP/1 settings.
 struct Gate {
@@ -523,6 +531,10 @@ where
 /// when full, a new one is accepted and closed at once.
 pub async fn serve_metrics(listener: TcpListener, app: Router) -> io::Result<()> {
     let mut gate = Gate::new("metrics endpoint", current_caps().1);
+    // A scrape is one short GET: a small read buffer bounds what 1,024
+    // connections on a network-facing port can hold (hyper's default is
+    // about 400 KB each).
+    gate.http.max_buf_size(METRICS_READ_BUFFER);
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,

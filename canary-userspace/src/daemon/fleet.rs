@@ -237,7 +237,7 @@ impl Daemon {
             gens.push((s.clone(), doc.generation, Some(doc)));
         }
         let before = self.weights();
-        let effective = state.effective(&self.file, &host_addresses_now());
+        let effective = state.effective(&self.file, &[]);
         for line in &effective.dropped {
             warn!("fleet: {line}");
         }
@@ -411,7 +411,7 @@ impl Daemon {
             );
             bases.push((s.clone(), base));
         }
-        let effective = state.effective(&self.file, &host_addresses_now());
+        let effective = state.effective(&self.file, &[]);
         if let Err(e) = self.commit(effective.config, state) {
             error!("fleet: making the pending rollbacks again: {}", e.message);
             return;

@@ -47,10 +47,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
-/// This host's addresses for `RuntimeState::effective` (none when they
-/// cannot be listed: the apply lists them again and says why it cannot).
-fn host_addresses_now() -> Vec<(IpAddr, String)> {
-    crate::dataplane::host_addresses().unwrap_or_default()
+/// Where the config came from, for errors: `config PATH` or the built-in
+/// one.
+fn config_source(path: Option<&Path>) -> String {
+    match path {
+        Some(p) => format!("config {}", p.display()),
+        None => "built-in config".to_string(),
+    }
 }
 
 /// Who set the weight after a rollback, in logs and status.
@@ -189,7 +192,12 @@ impl Daemon {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         let state_path = RuntimeState::path(&dir, instance);
         let mut state = RuntimeState::load(&state_path)?;
-        let effective = state.effective(&file, &host_addresses_now());
+        // No backend of the file at this host's own addresses: checked
+        // first, so the error names the file, not a run-time change.
+        let host = crate::dataplane::host_addresses()?;
+        file.check_backends_not_on_host(&host)
+            .with_context(|| config_source(config_path.as_deref()))?;
+        let effective = state.effective(&file, &host);
         // The overrides came from the state file: its lines say so.
         for line in &effective.dropped {
             warn!("state file {}: {line}", state_path.display());

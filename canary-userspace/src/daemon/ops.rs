@@ -188,26 +188,30 @@ impl Daemon {
                     format!("{addr} is already in the {} pool of {service}", pool.name()),
                 ));
             }
-            // An address that can never be a backend is a bad request (400),
-            // named as the request (not a config field: the file has no such
-            // entry); the rules are `Config::validate`'s and
-            // `DataPlane::plan`'s, which check it again. (Another address
-            // family is validate's to refuse.)
+            // An address that can never be a backend of this service is a
+            // bad request (400), named as the request (not a config field:
+            // the file has no such entry). `Config::validate` checks the
+            // rules on the address again.
             let field = format!("backends add {service} {}", pool.name());
-            if addr.is_ipv4() == self.running.services[i].vip.is_ipv4() {
-                let host = crate::dataplane::host_addresses()?;
-                let rule = crate::config::BackendRule::of(addr)
-                    .or_else(|| {
-                        self.running
-                            .services
-                            .iter()
-                            .find(|s| s.vip == addr)
-                            .map(|s| crate::config::BackendRule::Vip(s.name.clone()))
-                    })
-                    .or_else(|| crate::config::backend_on_host(addr, &host));
-                if let Some(rule) = rule {
-                    return Err(OpError::new(Refusal::BadRequest, rule.error(&field, addr)));
-                }
+            let vip = self.running.services[i].vip;
+            if addr.is_ipv4() != vip.is_ipv4() {
+                return Err(OpError::new(
+                    Refusal::BadRequest,
+                    format!("{field}: {addr} is not the same address family as the VIP {vip}"),
+                ));
+            }
+            let host = crate::dataplane::host_addresses()?;
+            let rule = crate::config::BackendRule::of(addr)
+                .or_else(|| {
+                    self.running
+                        .services
+                        .iter()
+                        .find(|s| s.vip == addr)
+                        .map(|s| crate::config::BackendRule::Vip(s.name.clone()))
+                })
+                .or_else(|| crate::config::backend_on_host(addr, &host));
+            if let Some(rule) = rule {
+                return Err(OpError::new(Refusal::BadRequest, rule.error(&field, addr)));
             }
             list.push(addr);
         } else {

@@ -5,6 +5,9 @@
 use super::*;
 use std::sync::Mutex;
 
+/// The longest a reload waits for its file to be read and parsed.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reloads run one at a time: the file read last is the one applied last.
 static ONE_RELOAD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -17,9 +20,22 @@ pub async fn reload(daemon: &Arc<Mutex<Daemon>>, who: &str) -> OpResult<Vec<Stri
     let _turn = ONE_RELOAD_AT_A_TIME.lock().await;
     let lock = || daemon.lock().unwrap_or_else(|p| p.into_inner());
     let path = lock().config_path.clone();
-    let file = tokio::task::spawn_blocking(move || read_config(path.as_deref()))
+    let source = config_source(path.as_deref());
+    let read = tokio::task::spawn_blocking(move || read_config(path.as_deref()));
+    // A file system that does not answer (a stuck mount) must not hold
+    // every later reload: give up on it (its thread finishes on its own).
+    let file = tokio::time::timeout(READ_TIMEOUT, read)
         .await
-        .map_err(|e| OpError::new(Refusal::Internal, format!("reading the config: {e}")))?
+        .map_err(|_| {
+            OpError::new(
+                Refusal::Conflict,
+                format!(
+                    "{source}: not read within {}s (is its file system stuck?)",
+                    READ_TIMEOUT.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| OpError::new(Refusal::Internal, format!("reading {source}: {e}")))?
         .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
     let mut daemon = lock();
     daemon.reload_file(file, who)
@@ -54,8 +70,16 @@ impl Daemon {
                 ));
             }
         }
+        let host = crate::dataplane::host_addresses()
+            .map_err(|e| OpError::new(Refusal::Internal, format!("{e:#}")))?;
+        file.check_backends_not_on_host(&host).map_err(|e| {
+            OpError::new(
+                Refusal::Conflict,
+                format!("{}: {e:#}", config_source(self.config_path.as_deref())),
+            )
+        })?;
         let mut state = self.state.clone();
-        let effective = state.effective(&file, &host_addresses_now());
+        let effective = state.effective(&file, &host);
         let before = self.weights();
         // Run-time changes, as saved in the state file.
         let saved = self.state_path.display().to_string();

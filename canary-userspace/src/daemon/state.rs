@@ -237,7 +237,9 @@ impl RuntimeState {
     /// caller to log.
     ///
     /// `host` is this host's addresses with their interfaces: a run-time
-    /// pool holding one of them is dropped like any invalid override.
+    /// pool holding one of them is dropped like any invalid override (a
+    /// fleet passes none: its pools are the fleet's, the same on every
+    /// host).
     pub fn effective(&mut self, file: &Config, host: &[(IpAddr, String)]) -> Effective {
         self.services
             .retain(|name, _| file.services.iter().any(|s| &s.name == name));
@@ -285,7 +287,7 @@ impl RuntimeState {
                     }
                 }
                 c.validate()
-                    .and_then(|()| c.check_backends_not_on_host(host))
+                    .and_then(|()| c.check_service_not_on_host(i, host))
                     .map(|()| c)
                     .map_err(|e| format!("{e:#}"))
             };

@@ -51,10 +51,12 @@ impl DataPlane {
         for iface in config.interfaces() {
             ifindexes.insert(iface.clone(), ifindex(&iface)?);
         }
-        // The rules that need this host: its interfaces, and no backend at
-        // one of its own addresses (start, reload, `backends add`, fleet).
+        // The rule that needs this host's interfaces. (No backend at one of
+        // this host's addresses is checked where a backend enters: the
+        // file at start and reload, `backends add`. Not here: an address
+        // added to this host later must not block every later change, a
+        // rollback included, and a fleet's pool is the same on every host.)
         self.check_interfaces(config)?;
-        config.check_backends_not_on_host(&host_addresses()?)?;
         if let Some(prev) = &self.applied {
             if prev.flow_table_entries() != config.flow_table_entries() {
                 bail!("flow_table.size: changing the flow table size needs a restart of canaryd");
