@@ -38,23 +38,61 @@ impl Host for Topology {
     }
 }
 
-/// Runs `canaryctl --socket <host's> args...` (as root, or as the numeric
-/// `as_uid` (and gid) through setpriv) and returns its output whatever the
-/// exit status.
-pub fn canaryctl(host: &impl Host, args: &[&str], as_uid: Option<u32>) -> Result<Output> {
-    let bin = bin_path("canaryctl")?;
-    let mut cmd = match as_uid {
+/// `program`, run as root or as the numeric `as_uid` (and gid) through
+/// setpriv.
+fn as_user(program: &std::ffi::OsStr, as_uid: Option<u32>) -> Command {
+    match as_uid {
         Some(uid) => {
             let id = uid.to_string();
             let mut c = Command::new("setpriv");
             c.args(["--reuid", &id, "--regid", &id, "--clear-groups"])
-                .arg(&bin);
+                .arg(program);
             c
         }
-        None => Command::new(&bin),
-    };
+        None => Command::new(program),
+    }
+}
+
+/// Runs `canaryctl --socket <host's> args...` (as root, or as the numeric
+/// `as_uid` (and gid) through setpriv) and returns its output whatever the
+/// exit status.
+pub fn canaryctl(host: &impl Host, args: &[&str], as_uid: Option<u32>) -> Result<Output> {
+    let mut cmd = as_user(bin_path("canaryctl")?.as_os_str(), as_uid);
     cmd.arg("--socket").arg(host.socket()).args(args);
     Ok(cmd.stdin(Stdio::null()).output()?)
+}
+
+/// One request with curl on a control socket (as root, or as the numeric
+/// `as_uid` through setpriv): its status and body.
+/// `headers` replace curl's defaults (`content-type:` alone removes it).
+pub fn curl(
+    socket: &Path,
+    as_uid: Option<u32>,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> Result<(u16, String)> {
+    let mut cmd = as_user("curl".as_ref(), as_uid);
+    cmd.args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
+        .arg("--unix-socket")
+        .arg(socket)
+        .args(["-X", method]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(body) = body {
+        cmd.args(["--data-raw", body]);
+    }
+    let out = cmd.arg(format!("http://canaryd{path}")).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "curl {method} {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    let (body, code) = text.rsplit_once('\n').context("no status line")?;
+    Ok((code.trim().parse()?, body.to_string()))
 }
 
 /// `canaryctl args...` as root: its stdout, or an error carrying its

@@ -7,6 +7,7 @@
 //! gives up, in one line, on a daemon that does not answer.
 
 use anyhow::{Context, Result};
+use canary_tests::daemon::curl;
 use canary_tests::{bin_path, LbConfig, Service, Topology, VIP_V4};
 use canary_userspace::dataplane::maps::Maps;
 use std::io::Read;
@@ -26,46 +27,6 @@ fn config(weight: f64) -> String {
                 .canary(["198.18.3.2"]),
         )
         .yaml()
-}
-
-/// One request with curl on the control socket: its status and body.
-/// `headers` replace curl's defaults (`content-type:` alone removes it).
-fn call(
-    socket: &Path,
-    as_uid: Option<u32>,
-    method: &str,
-    path: &str,
-    headers: &[&str],
-    body: Option<&str>,
-) -> Result<(u16, String)> {
-    let mut cmd = match as_uid {
-        Some(uid) => {
-            let id = uid.to_string();
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "curl"]);
-            c
-        }
-        None => Command::new("curl"),
-    };
-    cmd.args(["-sS", "--max-time", "5", "-w", "\n%{http_code}"])
-        .arg("--unix-socket")
-        .arg(socket)
-        .args(["-X", method]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    if let Some(body) = body {
-        cmd.args(["--data-raw", body]);
-    }
-    let out = cmd.arg(format!("http://canaryd{path}")).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "curl {method} {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
-    let (body, code) = text.rsplit_once('\n').context("no status line")?;
-    Ok((code.trim().parse()?, body.to_string()))
 }
 
 /// The body is `{"error": "<one non-empty line>"}` and nothing else.
@@ -312,7 +273,7 @@ fn every_bad_request_gets_the_one_error_shape_and_changes_nothing() -> Result<()
         ("PUT", "/v1/reload", &[], None, 405, "PUT"),
     ];
     for (method, path, headers, body, want, needle) in &cases {
-        let (code, answer) = call(&socket, None, method, path, headers, *body)?;
+        let (code, answer) = curl(&socket, None, method, path, headers, *body)?;
         let what = format!("{method} {path} {headers:?} {body:?}");
         let msg = error_of(&answer).with_context(|| format!("{what}: {code}"))?;
         println!("{code} {what}: {msg}");
@@ -323,7 +284,7 @@ fn every_bad_request_gets_the_one_error_shape_and_changes_nothing() -> Result<()
     }
 
     // A good body is still taken, with or without a charset.
-    let (code, answer) = call(
+    let (code, answer) = curl(
         &socket,
         None,
         "POST",
@@ -342,7 +303,7 @@ fn every_bad_request_gets_the_one_error_shape_and_changes_nothing() -> Result<()
         ("GET", W, None),
         ("POST", W, Some(r#"{"percent":10,"evil":1}"#)),
     ] {
-        let (code, answer) = call(&socket, Some(NOBODY), method, path, JSON, body)?;
+        let (code, answer) = curl(&socket, Some(NOBODY), method, path, JSON, body)?;
         assert_eq!(code, 403, "nobody: {method} {path}: {answer}");
         error_of(&answer)?;
     }

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use canary_common::{VERSION_CANARY, VERSION_STABLE};
+use canary_tests::daemon::curl;
 use canary_tests::snapshot::MapsSnapshot;
 use canary_tests::{
     burst, client_v4, daemon::Daemon, tcp_connect, LbConfig, Service, Topology, VIP_V4,
@@ -336,38 +337,11 @@ fn a_non_root_caller_gets_403_before_its_body_is_read() -> Result<()> {
     let socket = topo.socket();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+    // The status code of one request through curl, as `uid` or root.
     let call = |uid: Option<u32>, method: &str, path: &str, body: &str| -> Result<String> {
-        let mut cmd = match uid {
-            Some(uid) => {
-                let id = uid.to_string();
-                let mut c = std::process::Command::new("setpriv");
-                c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "curl"]);
-                c
-            }
-            None => std::process::Command::new("curl"),
-        };
-        cmd.args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-        ])
-        .arg("--unix-socket")
-        .arg(&socket)
-        .args(["-X", method, "-H", "content-type: application/json"]);
-        if !body.is_empty() {
-            cmd.args(["--data-raw", body]);
-        }
-        let out = cmd.arg(format!("http://canaryd{path}")).output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "curl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        let json = ["content-type: application/json"];
+        let body = Some(body).filter(|b| !b.is_empty());
+        Ok(curl(&socket, uid, method, path, &json, body)?.0.to_string())
     };
     let requests = [
         ("POST", "/v1/services/shop/weight", "{\"percent\": "),

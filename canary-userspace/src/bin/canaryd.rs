@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use canary_userspace::control;
-use canary_userspace::daemon::{read_config, Daemon};
+use canary_userspace::daemon::{lock, read_config, Daemon};
 use clap::Parser;
 use log::{error, info};
 use std::io::Write;
@@ -70,10 +70,6 @@ fn main() {
         eprintln!("canaryd: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
-    d.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn run(args: Args) -> Result<()> {

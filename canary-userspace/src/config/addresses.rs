@@ -119,13 +119,27 @@ fn of_v6(a: Ipv6Addr) -> Option<BackendRule> {
 
 /// The rule a backend breaks against this host's addresses, given as
 /// (address, interface) pairs (`dataplane::host_addresses`).
-pub fn backend_on_host(addr: IpAddr, host: &[(IpAddr, String)]) -> Option<BackendRule> {
+fn backend_on_host(addr: IpAddr, host: &[(IpAddr, String)]) -> Option<BackendRule> {
     host.iter()
         .find(|(a, _)| *a == addr)
         .map(|(_, iface)| BackendRule::ThisHost(iface.clone()))
 }
 
 impl Config {
+    /// The rule `addr` would break as a new backend of this config, if any:
+    /// on its own, as a service's VIP, as one of this host's addresses
+    /// (`host`). (`validate` checks a whole config's pools the same way.)
+    pub fn backend_rule(&self, addr: IpAddr, host: &[(IpAddr, String)]) -> Option<BackendRule> {
+        BackendRule::of(addr)
+            .or_else(|| {
+                self.services
+                    .iter()
+                    .find(|s| s.vip == addr)
+                    .map(|s| BackendRule::Vip(s.name.clone()))
+            })
+            .or_else(|| backend_on_host(addr, host))
+    }
+
     /// Refuses a backend that is one of this host's addresses, given as
     /// (address, interface) pairs; the error names the field and the rule.
     pub fn check_backends_not_on_host(&self, host: &[(IpAddr, String)]) -> anyhow::Result<()> {
@@ -184,7 +198,7 @@ mod tests {
         }
         for a in [
             "198.18.1.2",
-            "10.0.0.1",
+            "198.19.255.255",
             "1.0.0.1",
             "126.255.255.255",
             "128.0.0.1",
@@ -243,7 +257,7 @@ mod tests {
             ("fe80::1", "a link-local address"),
             ("224.0.0.5", "a multicast address"),
             ("ff02::2", "a multicast address"),
-            ("::ffff:10.0.0.1", "an IPv4-mapped IPv6 address"),
+            ("::ffff:198.18.0.1", "an IPv4-mapped IPv6 address"),
         ] {
             let got = e(a);
             assert!(got.starts_with(&format!("{at}: {a} is ")), "{got}");

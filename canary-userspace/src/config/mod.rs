@@ -11,7 +11,7 @@ mod model;
 mod resolve;
 mod validate;
 
-pub use addresses::{backend_on_host, BackendRule};
+pub use addresses::BackendRule;
 pub use limits::{MAX_CONFIG_BYTES, MAX_NESTING};
 pub use model::*;
 pub use resolve::default_seed;

@@ -91,7 +91,7 @@ impl Config {
             }
             // A VIP is a destination clients route to: the address rules
             // of a backend (but "another host": a VIP may be this host's).
-            if let Some(rule) = super::BackendRule::of(s.vip) {
+            if let Some(rule) = BackendRule::of(s.vip) {
                 let why = rule.says();
                 let why = why.split(';').next().unwrap_or_default();
                 bail!(

@@ -242,9 +242,7 @@ async fn root_only(
 type Reply<T> = Result<Json<T>, Fail>;
 
 fn lock(ctx: &Ctx) -> std::sync::MutexGuard<'_, Daemon> {
-    // A panic while holding the lock poisons it; the state is still the
-    // last consistent one (every change commits at its end), so go on.
-    ctx.daemon.lock().unwrap_or_else(|p| p.into_inner())
+    crate::daemon::lock(&ctx.daemon)
 }
 
 async fn status(

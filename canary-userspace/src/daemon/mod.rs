@@ -47,6 +47,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
+/// Locks the daemon canaryd's tasks share (`Arc<Mutex<Daemon>>`). A panic
+/// while holding the lock poisons it; the state is still the last
+/// consistent one (every change commits at its end), so go on.
+pub fn lock(daemon: &std::sync::Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+    daemon.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Where the config came from, for errors: `config PATH` or the built-in
 /// one.
 fn config_source(path: Option<&Path>) -> String {

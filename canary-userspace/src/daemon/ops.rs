@@ -201,16 +201,7 @@ impl Daemon {
                 ));
             }
             let host = crate::dataplane::host_addresses()?;
-            let rule = crate::config::BackendRule::of(addr)
-                .or_else(|| {
-                    self.running
-                        .services
-                        .iter()
-                        .find(|s| s.vip == addr)
-                        .map(|s| crate::config::BackendRule::Vip(s.name.clone()))
-                })
-                .or_else(|| crate::config::backend_on_host(addr, &host));
-            if let Some(rule) = rule {
+            if let Some(rule) = self.running.backend_rule(addr, &host) {
                 return Err(OpError::new(Refusal::BadRequest, rule.error(&field, addr)));
             }
             list.push(addr);

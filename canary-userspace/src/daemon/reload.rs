@@ -18,8 +18,7 @@ static ONE_RELOAD_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_
 /// their cadence; only the apply takes the lock.
 pub async fn reload(daemon: &Arc<Mutex<Daemon>>, who: &str) -> OpResult<Vec<String>> {
     let _turn = ONE_RELOAD_AT_A_TIME.lock().await;
-    let lock = || daemon.lock().unwrap_or_else(|p| p.into_inner());
-    let path = lock().config_path.clone();
+    let path = lock(daemon).config_path.clone();
     let source = config_source(path.as_deref());
     let read = tokio::task::spawn_blocking(move || read_config(path.as_deref()));
     // A file system that does not answer (a stuck mount) must not hold
@@ -37,7 +36,7 @@ pub async fn reload(daemon: &Arc<Mutex<Daemon>>, who: &str) -> OpResult<Vec<Stri
         })?
         .map_err(|e| OpError::new(Refusal::Internal, format!("reading {source}: {e}")))?
         .map_err(|e| OpError::new(Refusal::Conflict, format!("{e:#}")))?;
-    let mut daemon = lock();
+    let mut daemon = lock(daemon);
     daemon.reload_file(file, who)
 }
 

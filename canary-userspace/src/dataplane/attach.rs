@@ -172,8 +172,9 @@ impl DataPlane {
     /// clients'.
     pub(super) fn check_interfaces(&self, config: &Config) -> Result<()> {
         let starting = self.applied.is_none();
+        let all = InterfaceState::read_all()?;
         for (field, iface) in interface_fields(config) {
-            let state = InterfaceState::read(&iface)?;
+            let state = InterfaceState::find(&all, &iface)?;
             let Some(problem) = state.problem() else {
                 continue;
             };
@@ -236,29 +237,29 @@ impl InterfaceProblem {
 }
 
 impl InterfaceState {
-    /// Reads the flags and addresses of `name` in this network namespace.
-    pub fn read(name: &str) -> Result<InterfaceState> {
-        let mut found = false;
-        let mut state = InterfaceState::default();
+    /// The flags and addresses of every interface in this network
+    /// namespace, from one listing.
+    pub fn read_all() -> Result<BTreeMap<String, InterfaceState>> {
+        use nix::net::if_::InterfaceFlags as F;
+        let mut all: BTreeMap<String, InterfaceState> = BTreeMap::new();
         for ifa in nix::ifaddrs::getifaddrs().context("listing this host's interfaces")? {
-            if ifa.interface_name != name {
-                continue;
-            }
-            found = true;
-            use nix::net::if_::InterfaceFlags as F;
+            let ip = ifa.address.as_ref().and_then(super::ip_of);
+            let state = all.entry(ifa.interface_name).or_default();
             state.up |= ifa.flags.contains(F::IFF_UP);
             state.loopback |= ifa.flags.contains(F::IFF_LOOPBACK);
-            let Some(a) = ifa.address else { continue };
-            if let Some(v4) = a.as_sockaddr_in() {
-                state.addresses.push(IpAddr::V4(v4.ip()));
-            } else if let Some(v6) = a.as_sockaddr_in6() {
-                state.addresses.push(IpAddr::V6(v6.ip()));
-            }
+            state.addresses.extend(ip);
         }
-        if !found {
-            bail!("interface {name}: no such interface in this network namespace");
-        }
-        Ok(state)
+        Ok(all)
+    }
+
+    /// `name`'s state in `all` (`read_all`), or why there is none.
+    pub fn find<'a>(
+        all: &'a BTreeMap<String, InterfaceState>,
+        name: &str,
+    ) -> Result<&'a InterfaceState> {
+        all.get(name).with_context(|| {
+            format!("interface {name}: no such interface in this network namespace")
+        })
     }
 
     /// The first rule this interface breaks, if any.
@@ -386,9 +387,10 @@ mod tests {
 
     #[test]
     fn the_loopback_interface_reads_as_loopback() {
-        let lo = InterfaceState::read("lo").unwrap();
+        let all = InterfaceState::read_all().unwrap();
+        let lo = InterfaceState::find(&all, "lo").unwrap();
         assert!(lo.loopback, "{lo:?}");
-        assert!(InterfaceState::read("no-such-if0").is_err());
+        assert!(InterfaceState::find(&all, "no-such-if0").is_err());
     }
 
     #[test]

@@ -116,14 +116,21 @@ pub fn local_addresses() -> Result<Vec<IpAddr>> {
 pub fn host_addresses() -> Result<Vec<(IpAddr, String)>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs().context("listing this host's addresses")? {
-        let Some(a) = ifa.address else { continue };
-        if let Some(v4) = a.as_sockaddr_in() {
-            out.push((IpAddr::V4(v4.ip()), ifa.interface_name));
-        } else if let Some(v6) = a.as_sockaddr_in6() {
-            out.push((IpAddr::V6(v6.ip()), ifa.interface_name));
+        if let Some(ip) = ifa.address.as_ref().and_then(ip_of) {
+            out.push((ip, ifa.interface_name));
         }
     }
     Ok(out)
+}
+
+/// The IP address of an interface address entry (None for a link-layer
+/// one).
+fn ip_of(a: &nix::sys::socket::SockaddrStorage) -> Option<IpAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        Some(IpAddr::V4(v4.ip()))
+    } else {
+        a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+    }
 }
 
 pub struct DataPlane {

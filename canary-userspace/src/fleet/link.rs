@@ -9,7 +9,7 @@
 
 use super::{Key, Keys};
 use crate::config::FleetConfig;
-use crate::daemon::Daemon;
+use crate::daemon::{lock, Daemon};
 use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
@@ -97,10 +97,6 @@ pub struct Link {
     lease: Arc<Mutex<Option<i64>>>,
     /// A write failed for want of etcd: the session starts afresh.
     resync: Arc<tokio::sync::Notify>,
-}
-
-fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
-    d.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn within<T, E: std::fmt::Display>(
