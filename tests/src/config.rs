@@ -7,7 +7,7 @@
 //! ```text
 //! let yaml = LbConfig::lab()
 //!     .service(Service::tcp("shop", VIP_V4, 80).affinity("source-ip").weight(10.0)
-//!         .stable(["198.18.1.2", "198.18.2.2"]).canary(["198.18.3.2"]))
+//!         .lab_pools())
 //!     .yaml();
 //! let small = LbConfig::lab()
 //!     .flow_table(FlowTable::new().size(4096).syn_flood_threshold(2000)
@@ -23,6 +23,12 @@
 
 use canary_userspace::config::Config;
 use std::fmt::Display;
+
+/// The lab's stable and canary backends (`Service::lab_pools`).
+pub const LAB_STABLE_V4: [&str; 2] = ["198.18.1.2", "198.18.2.2"];
+pub const LAB_CANARY_V4: &str = "198.18.3.2";
+pub const LAB_STABLE_V6: [&str; 2] = ["2001:db8:1::2", "2001:db8:2::2"];
+pub const LAB_CANARY_V6: &str = "2001:db8:3::2";
 
 /// A whole config file.
 #[derive(Debug, Clone)]
@@ -314,6 +320,17 @@ impl Service {
     pub fn canary<T: Display>(mut self, addrs: impl IntoIterator<Item = T>) -> Service {
         self.canary = addrs.into_iter().map(|a| a.to_string()).collect();
         self
+    }
+
+    /// The lab's usual pools, in the VIP's family: backends 1 and 2 serve
+    /// stable, backend 3 the canary (`Topology` numbers them so:
+    /// 198.18.I.2 and 2001:db8:I::2).
+    pub fn lab_pools(self) -> Service {
+        if self.vip.contains(':') {
+            self.stable(LAB_STABLE_V6).canary([LAB_CANARY_V6])
+        } else {
+            self.stable(LAB_STABLE_V4).canary([LAB_CANARY_V4])
+        }
     }
 
     /// A source-prefix override: `cidr` always gets `version`.

@@ -86,8 +86,7 @@ pub fn config(rollout: &str) -> String {
 pub fn shop(rollout: &str) -> Service {
     Service::tcp("shop", VIP_V4, 80)
         .weight(0.0)
-        .stable(["198.18.1.2", "198.18.2.2"])
-        .canary(["198.18.3.2"])
+        .lab_pools()
         .raw(&format!(
             "    health:
       probe: http
@@ -111,8 +110,8 @@ pub fn topology(rst_fraction: f64) -> Result<Topology> {
     topo.start_servers_with(
         80,
         &ServerOptions {
-            http_port: Some(HEALTH_PORT),
             rst_fraction,
+            ..ServerOptions::probed()
         },
     )?;
     Ok(topo)

@@ -94,6 +94,14 @@ pub struct ServerOptions {
 }
 
 impl ServerOptions {
+    /// Servers that answer the HTTP health probes of `rollout::shop`.
+    pub fn probed() -> ServerOptions {
+        ServerOptions {
+            http_port: Some(crate::rollout::HEALTH_PORT),
+            rst_fraction: 0.0,
+        }
+    }
+
     /// `canary-testsrv`'s arguments for these options, its fault switch
     /// file, and `more` of its own.
     pub fn args(&self, fault_file: &std::path::Path, more: &[String]) -> Vec<String> {

@@ -20,12 +20,7 @@ const NOBODY: u32 = 65534;
 
 fn config(weight: f64) -> String {
     LbConfig::lab()
-        .service(
-            Service::tcp("shop", VIP_V4, 80)
-                .weight(weight)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
-        )
+        .service(Service::tcp("shop", VIP_V4, 80).weight(weight).lab_pools())
         .yaml()
 }
 

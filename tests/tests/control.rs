@@ -24,8 +24,7 @@ fn config(weight: f64) -> String {
             Service::tcp("shop", VIP_V4, 80)
                 .affinity("source-ip")
                 .weight(weight)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"])
+                .lab_pools()
                 .force("198.18.30.0/24", "canary"),
         )
         .yaml()

@@ -22,12 +22,7 @@ const SLACK: Duration = Duration::from_secs(2);
 fn config() -> String {
     LbConfig::lab()
         .metrics("127.0.0.1:9464")
-        .service(
-            Service::tcp("shop", VIP_V4, 80)
-                .weight(30.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
-        )
+        .service(Service::tcp("shop", VIP_V4, 80).weight(30.0).lab_pools())
         .yaml()
 }
 

@@ -65,13 +65,7 @@ struct Fleet {
 impl Fleet {
     fn new(rollout: &str, lease_ttl: &str) -> Result<Fleet> {
         let mut topo = FleetTopology::new(3, 3)?;
-        topo.start_servers_with(
-            80,
-            &ServerOptions {
-                http_port: Some(HEALTH_PORT),
-                rst_fraction: 0.0,
-            },
-        )?;
+        topo.start_servers_with(80, &ServerOptions::probed())?;
         let mut daemons = Vec::new();
         let mut maps = Vec::new();
         let mut yamls = Vec::new();
@@ -587,10 +581,7 @@ fn a_lost_lb_host_breaks_no_connection() -> Result<()> {
             .fleet(topo.fleet_section(k, "lab").lease_ttl("3s"))
             .service(
                 // No health probes (the push servers serve none).
-                Service::tcp("shop", VIP_V4, 80)
-                    .weight(30.0)
-                    .stable(["198.18.1.2", "198.18.2.2"])
-                    .canary(["198.18.3.2"]),
+                Service::tcp("shop", VIP_V4, 80).weight(30.0).lab_pools(),
             )
             .yaml();
         daemons.push(topo.spawn_canaryd(k, &yaml)?);
@@ -848,14 +839,7 @@ fn one_health_view_decided_by_majority() -> Result<()> {
 fn on_rollback_reset_resets_canary_connections_on_every_host() -> Result<()> {
     let _s = serial();
     let mut topo = FleetTopology::new(3, 3)?;
-    topo.start_push_servers_with(
-        80,
-        &ServerOptions {
-            http_port: Some(HEALTH_PORT),
-            rst_fraction: 0.0,
-        },
-        100,
-    )?;
+    topo.start_push_servers_with(80, &ServerOptions::probed(), 100)?;
     let mut daemons = Vec::new();
     for k in 0..3 {
         let yaml = topo

@@ -20,15 +20,13 @@ fn config(fleet: &FleetTopology, k: usize) -> String {
             Service::tcp("shop", VIP_V4, 80)
                 .affinity("source-ip")
                 .weight(30.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
+                .lab_pools(),
         )
         .service(
             Service::tcp("shop6", VIP_V6, 80)
                 .affinity("source-ip")
                 .weight(30.0)
-                .stable(["2001:db8:1::2", "2001:db8:2::2"])
-                .canary(["2001:db8:3::2"]),
+                .lab_pools(),
         )
         .yaml()
 }

@@ -38,10 +38,7 @@ fn vip() -> SocketAddr {
 }
 
 fn service() -> Service {
-    Service::tcp("shop", VIP_V4, 80)
-        .weight(10.0)
-        .stable(["198.18.1.2", "198.18.2.2"])
-        .canary(["198.18.3.2"])
+    Service::tcp("shop", VIP_V4, 80).weight(10.0).lab_pools()
 }
 
 fn status(topo: &Topology) -> Result<Value> {

@@ -21,22 +21,15 @@ fn config(weight: f64) -> String {
             Service::tcp("shop", VIP_V4, 80)
                 .affinity("source-ip")
                 .weight(weight)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"])
+                .lab_pools()
                 .force("198.18.30.0/24", "canary")
                 .force("198.18.31.0/24", "stable"),
         )
-        .service(
-            Service::tcp("shop6", VIP_V6, 80)
-                .weight(weight)
-                .stable(["2001:db8:1::2", "2001:db8:2::2"])
-                .canary(["2001:db8:3::2"]),
-        )
+        .service(Service::tcp("shop6", VIP_V6, 80).weight(weight).lab_pools())
         .service(
             Service::udp("dns", "198.18.100.2", 53)
                 .weight(weight)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
+                .lab_pools(),
         )
         .yaml()
 }

@@ -28,20 +28,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const STABLE: [&str; 2] = ["198.18.1.2", "198.18.2.2"];
-const CANARY: &str = "198.18.3.2";
 const CONNS: u32 = 20;
 /// How long a restore may take (canaryd checks once a second).
 const RESTORE_WITHIN: Duration = Duration::from_secs(2);
 
 fn config(weight: f64) -> String {
     LbConfig::lab()
-        .service(
-            Service::tcp("shop", VIP_V4, 80)
-                .weight(weight)
-                .stable(STABLE)
-                .canary([CANARY]),
-        )
+        .service(Service::tcp("shop", VIP_V4, 80).weight(weight).lab_pools())
         .yaml()
 }
 

@@ -19,8 +19,7 @@ fn config(weight: f64) -> String {
         .service(
             Service::tcp("shop", VIP_V4, 80)
                 .weight(weight)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"])
+                .lab_pools()
                 .raw(
                     "    rollout:
       steps: [5, 10, 20, 50, 100]

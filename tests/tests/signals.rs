@@ -58,8 +58,7 @@ fn one_client_cannot_forge_failures_but_a_resetting_canary_is_caught() -> Result
         .service(
             Service::tcp("shop", VIP_V4, 80)
                 .weight(0.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"])
+                .lab_pools()
                 .raw(
                     "    rollout:
       steps: [5, 10, 20, 50, 100]
@@ -219,20 +218,14 @@ fn a_udp_canary_answering_port_unreachable_is_rolled_back_without_probes() -> Re
     let mut topo = Topology::new(3)?;
     topo.start_servers(53)?;
     let yaml = LbConfig::lab()
-        .service(
-            Service::udp("dns", VIP_V4, 53)
-                .weight(0.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"])
-                .raw(
-                    "    rollout:
+        .service(Service::udp("dns", VIP_V4, 53).weight(0.0).lab_pools().raw(
+            "    rollout:
       steps: [10, 50, 100]
       interval: 60s
       analysis:
         max_error_ratio: 0.1
 ",
-                ),
-        )
+        ))
         .yaml();
     let _d = topo.spawn_canaryd(Some(&yaml))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;

@@ -19,8 +19,8 @@ use std::time::Instant;
 const N: usize = 100_000;
 const VIP: [u8; 4] = [198, 18, 100, 1];
 const WEIGHTS_PERCENT: [f64; 5] = [1.0, 5.0, 10.0, 50.0, 99.0];
-const STABLE: [&str; 2] = ["198.18.1.2", "198.18.2.2"];
-const CANARY: &str = "198.18.3.2";
+const STABLE: [&str; 2] = canary_tests::config::LAB_STABLE_V4;
+const CANARY: &str = canary_tests::config::LAB_CANARY_V4;
 
 fn config(weight: f64) -> String {
     LbConfig::lab()
@@ -28,8 +28,7 @@ fn config(weight: f64) -> String {
             Service::tcp("split", std::net::Ipv4Addr::from(VIP), 80)
                 .affinity("source-ip")
                 .weight(weight)
-                .stable(STABLE)
-                .canary([CANARY]),
+                .lab_pools(),
         )
         .yaml()
 }

@@ -12,16 +12,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const CANARY: &str = "198.18.3.2";
+const CANARY: &str = canary_tests::config::LAB_CANARY_V4;
 
 fn config(weight: f64) -> String {
     LbConfig::lab()
-        .service(
-            Service::tcp("shop", VIP_V4, 80)
-                .weight(weight)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary([CANARY]),
-        )
+        .service(Service::tcp("shop", VIP_V4, 80).weight(weight).lab_pools())
         .yaml()
 }
 
@@ -30,8 +25,7 @@ fn with_plan() -> String {
         .service(
             Service::tcp("shop", VIP_V4, 80)
                 .weight(0.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary([CANARY])
+                .lab_pools()
                 .raw(
                     "    rollout:
       steps: [5, 10, 20, 50, 80, 100]

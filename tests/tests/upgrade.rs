@@ -23,8 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const STABLE: [&str; 2] = ["198.18.1.2", "198.18.2.2"];
-const CANARY: &str = "198.18.3.2";
 const CONNS: u32 = 50;
 /// IPv6 connections besides (the same path, the other address family).
 const CONNS6: u32 = 10;
@@ -48,18 +46,8 @@ fn previous_canaryd() -> Result<PathBuf> {
 
 fn config(weight: f64) -> String {
     LbConfig::lab()
-        .service(
-            Service::tcp("shop", VIP_V4, 80)
-                .weight(weight)
-                .stable(STABLE)
-                .canary([CANARY]),
-        )
-        .service(
-            Service::tcp("shop6", VIP_V6, 80)
-                .weight(weight)
-                .stable(["2001:db8:1::2", "2001:db8:2::2"])
-                .canary(["2001:db8:3::2"]),
-        )
+        .service(Service::tcp("shop", VIP_V4, 80).weight(weight).lab_pools())
+        .service(Service::tcp("shop6", VIP_V6, 80).weight(weight).lab_pools())
         .yaml()
 }
 

@@ -16,12 +16,7 @@ use std::time::{Duration, Instant};
 fn config(fix: bool, backend_interfaces: &[&str]) -> String {
     let yaml = LbConfig::lab()
         .backend_interfaces(backend_interfaces)
-        .service(
-            Service::tcp("shop", VIP_V4, 80)
-                .weight(10.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
-        )
+        .service(Service::tcp("shop", VIP_V4, 80).weight(10.0).lab_pools())
         .yaml();
     if fix {
         format!("fix_veth_offloads: true\n{yaml}")
@@ -390,6 +385,27 @@ impl Unnamed {
         Ok(ns)
     }
 
+    /// A veth pair: `name` in the LB's namespace (up), its peer `eth0` in
+    /// this one.
+    fn link_from(&self, lb: &canary_tests::netns::Netns, name: &str) -> Result<()> {
+        canary_tests::netns::run(std::process::Command::new("ip").args([
+            "link",
+            "add",
+            name,
+            "netns",
+            &lb.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &self.pid.to_string(),
+        ]))?;
+        lb.ip(&["link", "set", name, "up"])?;
+        Ok(())
+    }
+
     /// Stops the process (the namespace lives on only through its mount).
     fn stop_process(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -419,23 +435,8 @@ fn a_container_peer_gets_nsenter_and_an_unseen_peer_is_said_once() -> Result<()>
     let container = Unnamed::start(None)?;
     let held = std::env::temp_dir().join(format!("{}-held-ns", topo.id));
     let mut hidden = Unnamed::start(Some(held))?;
-    for (name, pid) in [("cnry-vc", container.pid), ("cnry-vh", hidden.pid)] {
-        canary_tests::netns::run(std::process::Command::new("ip").args([
-            "link",
-            "add",
-            name,
-            "netns",
-            &topo.lb.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &pid.to_string(),
-        ]))?;
-        topo.lb.ip(&["link", "set", name, "up"])?;
-    }
+    container.link_from(&topo.lb, "cnry-vc")?;
+    hidden.link_from(&topo.lb, "cnry-vh")?;
     hidden.stop_process();
     let d = topo.spawn_canaryd(Some(&config(false, &["lb-b1", "cnry-vc", "cnry-vh"])))?;
     let log = d.log();
@@ -489,21 +490,7 @@ fn an_unfound_peer_namespace_is_searched_with_a_backoff_and_status_stays_quick()
     let topo = Topology::new(1)?;
     let held = std::env::temp_dir().join(format!("{}-held-ns", topo.id));
     let mut hidden = Unnamed::start(Some(held))?;
-    canary_tests::netns::run(std::process::Command::new("ip").args([
-        "link",
-        "add",
-        "cnry-vh",
-        "netns",
-        &topo.lb.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &hidden.pid.to_string(),
-    ]))?;
-    topo.lb.ip(&["link", "set", "cnry-vh", "up"])?;
+    hidden.link_from(&topo.lb, "cnry-vh")?;
     hidden.stop_process();
     let t = Instant::now();
     let d = topo.spawn_canaryd(Some(&config(false, &["lb-b1", "cnry-vh"])))?;

@@ -122,12 +122,7 @@ fn main() -> Result<()> {
         .unwrap_or_default();
     let yaml = legacy
         + &cfg
-            .service(
-                Service::tcp("shop", VIP_V4, 80)
-                    .weight(10.0)
-                    .stable(["198.18.1.2", "198.18.2.2"])
-                    .canary(["198.18.3.2"]),
-            )
+            .service(Service::tcp("shop", VIP_V4, 80).weight(10.0).lab_pools())
             .yaml();
     let _d = topo.spawn_canaryd(Some(&yaml))?;
     let vip = SocketAddrV4::new(VIP_V4, 80);

@@ -36,29 +36,25 @@ fn icmp_config() -> String {
             Service::tcp("web", VIP4, 80)
                 .affinity("source-ip")
                 .weight(10.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
+                .lab_pools(),
         )
         .service(
             Service::udp("dns", VIP_UDP, 53)
                 .affinity("flow")
                 .weight(10.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
+                .lab_pools(),
         )
         .service(
             Service::tcp("web6", VIP6, 80)
                 .affinity("source-ip")
                 .weight(10.0)
-                .stable(["2001:db8:1::2", "2001:db8:2::2"])
-                .canary(["2001:db8:3::2"]),
+                .lab_pools(),
         )
         .service(
             Service::udp("dns6", VIP6_UDP, 53)
                 .affinity("flow")
                 .weight(10.0)
-                .stable(["2001:db8:1::2", "2001:db8:2::2"])
-                .canary(["2001:db8:3::2"]),
+                .lab_pools(),
         )
         .yaml()
 }

@@ -55,8 +55,7 @@ fn config(weight: f64) -> String {
             Service::tcp("web", VIP4, 80)
                 .affinity("source-ip")
                 .weight(weight)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"])
+                .lab_pools()
                 .force("198.18.24.0/24", "canary")
                 .force("198.18.25.0/24", "stable"),
         )
@@ -64,15 +63,13 @@ fn config(weight: f64) -> String {
             Service::udp("dns", VIP_UDP, 53)
                 .affinity("flow")
                 .weight(10.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
+                .lab_pools(),
         )
         .service(
             Service::tcp("web6", VIP6, 80)
                 .affinity("source-ip")
                 .weight(weight)
-                .stable(["2001:db8:1::2", "2001:db8:2::2"])
-                .canary(["2001:db8:3::2"])
+                .lab_pools()
                 .force("2001:db8:24::/48", "canary")
                 .force("2001:db8:25::/48", "stable"),
         )

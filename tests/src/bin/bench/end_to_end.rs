@@ -51,8 +51,7 @@ pub fn canary_config(weight: f64, stable: &[String]) -> String {
             Service::udp("shop-udp", VIP_UDP, 80)
                 .affinity("flow")
                 .weight(10.0)
-                .stable(["198.18.1.2", "198.18.2.2"])
-                .canary(["198.18.3.2"]),
+                .lab_pools(),
         )
         .yaml()
 }

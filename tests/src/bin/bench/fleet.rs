@@ -19,7 +19,7 @@ use crate::report::Report;
 use crate::Size;
 use anyhow::{bail, Context, Result};
 use canary_tests::fleet::FleetTopology;
-use canary_tests::rollout::{shop, HEALTH_PORT};
+use canary_tests::rollout::shop;
 use canary_tests::{Daemon, Host, Load, LoadBounds, ServerOptions, VIP_V4};
 use canary_userspace::control::api::{Change, SetWeight, Status};
 use canary_userspace::dataplane::maps::Maps;
@@ -339,13 +339,7 @@ struct Fleet {
 impl Fleet {
     fn start() -> Result<Fleet> {
         let mut topo = FleetTopology::new(HOSTS, 3)?;
-        topo.start_servers_with(
-            80,
-            &ServerOptions {
-                http_port: Some(HEALTH_PORT),
-                rst_fraction: 0.0,
-            },
-        )?;
+        topo.start_servers_with(80, &ServerOptions::probed())?;
         let mut f = Fleet {
             load: None,
             daemons: Vec::new(),

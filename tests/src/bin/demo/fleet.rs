@@ -312,14 +312,7 @@ pub fn run() -> Result<()> {
     clock.heading("building the fleet: router, 3 LB hosts, 3 backends, a 3-member etcd cluster");
     let t = Instant::now();
     let mut topo = FleetTopology::new(HOSTS, 3)?;
-    topo.start_push_servers_with(
-        80,
-        &ServerOptions {
-            http_port: Some(HEALTH_PORT),
-            rst_fraction: 0.0,
-        },
-        PUSH_MS,
-    )?;
+    topo.start_push_servers_with(80, &ServerOptions::probed(), PUSH_MS)?;
     println!(
         "  namespaces {}-{{client,router,lb1..3,b1..3,sw,etcd1..3}}; etcd healthy; servers on b1..b3 :80 (HTTP health :{HEALTH_PORT}) ({})",
         topo.id,
