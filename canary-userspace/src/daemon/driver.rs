@@ -53,7 +53,7 @@ impl Daemon {
     /// (judged SYNs only too).
     pub(super) fn cumulative(&self, service: &str) -> Option<WindowCounts> {
         let version = |v: u32| -> Option<VersionCounts> {
-            let (_, hs) = self.dp.counters(service, v)?;
+            let hs = self.dp.health_counters(service, v)?;
             let sig = self.dp.signals(service, v)?;
             let timeouts = self
                 .timeouts
@@ -204,7 +204,7 @@ impl Daemon {
         }
         let cur = self.cumulative(name)?;
         let prev = self.tick_prev.insert(name.to_string(), cur)?;
-        Some(window_delta(&cur, &prev))
+        Some(cur.since(&prev))
     }
 
     /// Removes the handshakes older than their service's timeout (default
@@ -360,25 +360,5 @@ impl Daemon {
         };
         // Live either way; a state that could not be saved is said.
         Ok(std::iter::once(line).chain(self.unsaved_note()).collect())
-    }
-}
-
-/// This tick's counters: `cur - prev` per field (a reset counter gives 0).
-pub(super) fn window_delta(cur: &WindowCounts, prev: &WindowCounts) -> WindowCounts {
-    let one = |c: &VersionCounts, p: &VersionCounts| {
-        let mut h = c.handshake_us_log2;
-        for (x, y) in h.iter_mut().zip(p.handshake_us_log2.iter()) {
-            *x = x.saturating_sub(*y);
-        }
-        VersionCounts {
-            attempts: c.attempts.saturating_sub(p.attempts),
-            failures: c.failures.saturating_sub(p.failures),
-            handshake_us_log2: h,
-            failing_clients: c.failing_clients.saturating_sub(p.failing_clients),
-        }
-    };
-    WindowCounts {
-        stable: one(&cur.stable, &prev.stable),
-        canary: one(&cur.canary, &prev.canary),
     }
 }

@@ -914,8 +914,9 @@ impl Daemon {
             let prev = f.baselines.insert(key, (session, cur));
             if let Some((s, p)) = prev {
                 if s == session {
-                    let d = super::driver::window_delta(&cur, &p);
-                    sum = add_windows(&sum, &d);
+                    // Summed over hosts: a client whose connections ECMP
+                    // spreads over several hosts counts once on each.
+                    sum.add(&cur.since(&p));
                     any = true;
                 }
             }
@@ -1073,26 +1074,5 @@ impl Daemon {
              the rollback is written to etcd when it returns",
             humantime::format_rfc3339_seconds(*since)
         ))
-    }
-}
-
-fn add_windows(a: &WindowCounts, b: &WindowCounts) -> WindowCounts {
-    let one = |x: &VersionCounts, y: &VersionCounts| {
-        let mut h = x.handshake_us_log2;
-        for (p, q) in h.iter_mut().zip(y.handshake_us_log2.iter()) {
-            *p += *q;
-        }
-        VersionCounts {
-            attempts: x.attempts + y.attempts,
-            failures: x.failures + y.failures,
-            handshake_us_log2: h,
-            // Summed over hosts: a client whose connections ECMP spreads
-            // over several hosts counts once on each.
-            failing_clients: x.failing_clients + y.failing_clients,
-        }
-    };
-    WindowCounts {
-        stable: one(&a.stable, &b.stable),
-        canary: one(&a.canary, &b.canary),
     }
 }

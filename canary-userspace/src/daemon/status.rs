@@ -2,7 +2,6 @@
 //! control API and the metrics endpoint serve (rates, observed canary
 //! share, passive health signals, rollout progress).
 
-use super::driver::window_delta;
 use super::*;
 
 impl Daemon {
@@ -81,7 +80,7 @@ impl Daemon {
                 let b = &b;
                 let dt = t0.elapsed().as_secs_f64();
                 if dt > 0.0 {
-                    let d = window_delta(b, a);
+                    let d = b.since(a);
                     for (sig, v) in [(&mut out.stable, &d.stable), (&mut out.canary, &d.canary)] {
                         sig.recent_window_s = dt;
                         sig.recent_connections_per_sec = v.attempts as f64 / dt;

@@ -39,9 +39,8 @@ use canary_common::addr::{family, override_key, to_words};
 use canary_common::weight::WeightBp;
 use canary_common::{
     maglev_base, BackendAddrKey, BackendInfo, HealthStats, OverrideValue, ReverseNat, ServiceState,
-    Settings, Signals, VersionStats, VipInfo, VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP,
-    DEFAULT_FLOW_TABLE_SIZE, DEFAULT_SERVICE_LIMIT, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
-    PROTO_TCP, PROTO_UDP,
+    Settings, Signals, VipInfo, VipKey, AFFINITY_FLOW, AFFINITY_SOURCE_IP, DEFAULT_FLOW_TABLE_SIZE,
+    DEFAULT_SERVICE_LIMIT, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
 };
 use log::{error, info, warn};
 use maps::{pin_dir, Maps};
@@ -413,14 +412,6 @@ impl DataPlane {
                 Err(e) => error!("service {service}: resetting canary connections: {e:#}"),
             }
         });
-    }
-
-    /// A version's traffic and health counters (summed over CPUs).
-    pub fn counters(&self, service: &str, version: u32) -> Option<(VersionStats, HealthStats)> {
-        let sid = self.service_id(service)?;
-        let vs = self.maps.version_stats(sid, version).ok()?;
-        let hs = self.maps.health_stats(sid, version).ok()?;
-        Some((vs, hs))
     }
 
     /// A version's judged signals (summed over CPUs).

@@ -112,19 +112,6 @@ fn bp(percent: f64) -> WeightBp {
     WeightBp::from_percent(percent).unwrap_or(WeightBp::ZERO)
 }
 
-fn add(a: &mut VersionCounts, b: &VersionCounts) {
-    a.attempts += b.attempts;
-    a.failures += b.failures;
-    a.failing_clients += b.failing_clients;
-    for (x, y) in a
-        .handshake_us_log2
-        .iter_mut()
-        .zip(b.handshake_us_log2.iter())
-    {
-        *x += y;
-    }
-}
-
 /// `Some(why)` when the canary's failures in the step come from fewer
 /// distinct clients than the plan needs to fail a step.
 fn too_few_failing_clients(
@@ -230,8 +217,7 @@ impl Rollout {
         let alpha_suffix = alpha_look / RECENT_TICKS as f64;
         let mut w = WindowCounts::default();
         for d in self.recent.iter().rev() {
-            add(&mut w.stable, &d.stable);
-            add(&mut w.canary, &d.canary);
+            w.add(d);
             if let Some(why) = recent_guard(&w, limits, alpha_suffix) {
                 return Some(why);
             }
@@ -255,8 +241,7 @@ impl Rollout {
         if self.phase != Phase::Running {
             return Action::None;
         }
-        add(&mut self.window.stable, &delta.stable);
-        add(&mut self.window.canary, &delta.canary);
+        self.window.add(delta);
         self.step_elapsed_ms += dt.as_millis() as u64;
         let mut limits = self.frozen_plan(plan).limits();
         limits.steps = self.steps.len() as u32;

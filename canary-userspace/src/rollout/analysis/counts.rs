@@ -64,6 +64,35 @@ impl Default for VersionCounts {
 }
 
 impl VersionCounts {
+    /// Adds `other`'s counts (another window, or another host's).
+    pub fn add(&mut self, other: &VersionCounts) {
+        self.attempts += other.attempts;
+        self.failures += other.failures;
+        self.failing_clients += other.failing_clients;
+        for (x, y) in self
+            .handshake_us_log2
+            .iter_mut()
+            .zip(other.handshake_us_log2.iter())
+        {
+            *x += y;
+        }
+    }
+
+    /// The counts since `earlier` (cumulative counters: `self - earlier`
+    /// per field; a counter that went back, as after a reset, gives 0).
+    pub fn since(&self, earlier: &VersionCounts) -> VersionCounts {
+        let mut h = self.handshake_us_log2;
+        for (x, y) in h.iter_mut().zip(earlier.handshake_us_log2.iter()) {
+            *x = x.saturating_sub(*y);
+        }
+        VersionCounts {
+            attempts: self.attempts.saturating_sub(earlier.attempts),
+            failures: self.failures.saturating_sub(earlier.failures),
+            handshake_us_log2: h,
+            failing_clients: self.failing_clients.saturating_sub(earlier.failing_clients),
+        }
+    }
+
     /// Failures over attempts, `None` without attempts.
     pub fn error_rate(&self) -> Option<f64> {
         (self.attempts > 0).then(|| self.failures as f64 / self.attempts as f64)
@@ -75,4 +104,20 @@ impl VersionCounts {
 pub struct WindowCounts {
     pub stable: VersionCounts,
     pub canary: VersionCounts,
+}
+
+impl WindowCounts {
+    /// Adds `other`'s counts, version by version.
+    pub fn add(&mut self, other: &WindowCounts) {
+        self.stable.add(&other.stable);
+        self.canary.add(&other.canary);
+    }
+
+    /// The counts since `earlier`, version by version (`VersionCounts::since`).
+    pub fn since(&self, earlier: &WindowCounts) -> WindowCounts {
+        WindowCounts {
+            stable: self.stable.since(&earlier.stable),
+            canary: self.canary.since(&earlier.canary),
+        }
+    }
 }
