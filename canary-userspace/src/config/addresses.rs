@@ -7,7 +7,10 @@
 //!
 //! The rules on the address alone and against the VIPs are pure and run in
 //! `Config::validate`; the one against this host's own addresses needs the
-//! environment and runs in `DataPlane::plan` (every apply passes there).
+//! environment and runs where a backend enters from this host: the file at
+//! start and at a reload, and `backends add` (not in every apply, so an
+//! address turning up here at run time blocks no later change; nor for a
+//! fleet's pools, the same on every host).
 
 use super::{Config, Version};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -31,6 +34,8 @@ pub enum BackendRule {
     Multicast,
     /// ::ffff:0:0/96
     V4Mapped,
+    /// Not of the family of the service's VIP (given).
+    OtherFamily(IpAddr),
     /// The VIP of a service (any port and protocol).
     Vip(String),
     /// An address of this host, on this interface.
@@ -46,30 +51,67 @@ impl BackendRule {
         }
     }
 
-    /// What the rule says: the end of `FIELD: ADDR is ...`.
-    pub fn says(&self) -> String {
+    /// The rule `addr` breaks as a backend of a service at `vip`, if any
+    /// (the first that applies): the VIP's family, the address on its own,
+    /// another service's VIP (`vip_owner` names the service a VIP is of).
+    pub fn of_backend(
+        addr: IpAddr,
+        vip: IpAddr,
+        vip_owner: impl Fn(IpAddr) -> Option<String>,
+    ) -> Option<BackendRule> {
+        if addr.is_ipv4() != vip.is_ipv4() {
+            return Some(BackendRule::OtherFamily(vip));
+        }
+        BackendRule::of(addr).or_else(|| vip_owner(addr).map(BackendRule::Vip))
+    }
+
+    /// What the address is: `ADDR is ...` (a VIP's error says this alone).
+    pub fn fact(&self) -> String {
+        match self {
+            BackendRule::Unspecified => "the unspecified address".into(),
+            BackendRule::ThisNetwork => {
+                "in 0.0.0.0/8 (\"this network\"), never a destination".into()
+            }
+            BackendRule::Loopback => "a loopback address".into(),
+            BackendRule::Broadcast => "the broadcast address".into(),
+            BackendRule::Reserved => "in 240.0.0.0/4, reserved and not routed".into(),
+            BackendRule::LinkLocal => {
+                "a link-local address, valid on one link only and never routed".into()
+            }
+            BackendRule::Multicast => "a multicast address".into(),
+            BackendRule::V4Mapped => "an IPv4-mapped IPv6 address".into(),
+            BackendRule::OtherFamily(vip) => {
+                format!("not the same address family as the VIP {vip}")
+            }
+            BackendRule::Vip(service) => format!("the VIP of service {service}"),
+            BackendRule::ThisHost(iface) => format!("an address of this host (interface {iface})"),
+        }
+    }
+
+    /// Why that keeps it from being a backend, if the fact does not say.
+    fn reason(&self) -> Option<&'static str> {
         const ANOTHER: &str = "a backend must be another host";
         const ONE: &str = "a backend must be one host";
         const ROUTED: &str = "a backend must have an address canary can route to";
         match self {
-            BackendRule::Unspecified => format!("the unspecified address; {ONE}"),
-            BackendRule::ThisNetwork => {
-                format!("in 0.0.0.0/8 (\"this network\"), never a destination; {ROUTED}")
+            BackendRule::Unspecified | BackendRule::Broadcast | BackendRule::Multicast => Some(ONE),
+            BackendRule::ThisNetwork | BackendRule::Reserved | BackendRule::LinkLocal => {
+                Some(ROUTED)
             }
-            BackendRule::Loopback => format!("a loopback address; {ANOTHER}"),
-            BackendRule::Broadcast => format!("the broadcast address; {ONE}"),
-            BackendRule::Reserved => format!("in 240.0.0.0/4, reserved and not routed; {ROUTED}"),
-            BackendRule::LinkLocal => {
-                format!("a link-local address, valid on one link only and never routed; {ROUTED}")
-            }
-            BackendRule::Multicast => format!("a multicast address; {ONE}"),
-            BackendRule::V4Mapped => "an IPv4-mapped IPv6 address; a backend of an IPv6 service \
-                 needs a native IPv6 address (an IPv4 backend belongs to an IPv4 service)"
-                .to_string(),
-            BackendRule::Vip(service) => format!("the VIP of service {service}; {ANOTHER}"),
-            BackendRule::ThisHost(iface) => {
-                format!("an address of this host (interface {iface}); {ANOTHER}")
-            }
+            BackendRule::Loopback | BackendRule::Vip(_) | BackendRule::ThisHost(_) => Some(ANOTHER),
+            BackendRule::V4Mapped => Some(
+                "a backend of an IPv6 service needs a native IPv6 address \
+                 (an IPv4 backend belongs to an IPv4 service)",
+            ),
+            BackendRule::OtherFamily(_) => None,
+        }
+    }
+
+    /// What the rule says: the end of `FIELD: ADDR is ...`.
+    pub fn says(&self) -> String {
+        match self.reason() {
+            Some(why) => format!("{}; {why}", self.fact()),
+            None => self.fact(),
         }
     }
 
@@ -129,15 +171,19 @@ impl Config {
     /// The rule `addr` would break as a new backend of this config, if any:
     /// on its own, as a service's VIP, as one of this host's addresses
     /// (`host`). (`validate` checks a whole config's pools the same way.)
-    pub fn backend_rule(&self, addr: IpAddr, host: &[(IpAddr, String)]) -> Option<BackendRule> {
-        BackendRule::of(addr)
-            .or_else(|| {
-                self.services
-                    .iter()
-                    .find(|s| s.vip == addr)
-                    .map(|s| BackendRule::Vip(s.name.clone()))
-            })
-            .or_else(|| backend_on_host(addr, host))
+    pub fn backend_rule(
+        &self,
+        addr: IpAddr,
+        vip: IpAddr,
+        host: &[(IpAddr, String)],
+    ) -> Option<BackendRule> {
+        BackendRule::of_backend(addr, vip, |a| {
+            self.services
+                .iter()
+                .find(|s| s.vip == a)
+                .map(|s| s.name.clone())
+        })
+        .or_else(|| backend_on_host(addr, host))
     }
 
     /// Refuses a backend that is one of this host's addresses, given as

@@ -92,11 +92,10 @@ impl Config {
             // A VIP is a destination clients route to: the address rules
             // of a backend (but "another host": a VIP may be this host's).
             if let Some(rule) = BackendRule::of(s.vip) {
-                let why = rule.says();
-                let why = why.split(';').next().unwrap_or_default();
                 bail!(
-                    "{at}.vip: {} is {why}; a VIP must be a unicast address clients can route to",
-                    s.vip
+                    "{at}.vip: {} is {}; a VIP must be a unicast address clients can route to",
+                    s.vip,
+                    rule.fact()
                 );
             }
             if let Some(other) = vips.insert((s.vip, s.port, s.protocol), &s.name) {
@@ -122,17 +121,9 @@ impl Config {
             for v in [Version::Stable, Version::Canary] {
                 for (j, b) in s.pool(v).iter().enumerate() {
                     let field = format!("{at}.{}[{j}]", v.name());
-                    if b.is_ipv4() != s.vip.is_ipv4() {
-                        bail!(
-                            "{field}: {b} is not the same address family as the VIP {}",
-                            s.vip
-                        );
-                    }
-                    if let Some(rule) = BackendRule::of(*b) {
+                    let owner = |a: IpAddr| vip_addrs.get(&a).map(|o| o.to_string());
+                    if let Some(rule) = BackendRule::of_backend(*b, s.vip, owner) {
                         bail!("{}", rule.error(&field, *b));
-                    }
-                    if let Some(owner) = vip_addrs.get(b) {
-                        bail!("{}", BackendRule::Vip(owner.to_string()).error(&field, *b));
                     }
                     if !seen.insert(*b) {
                         bail!("{field}: {b} appears twice in this service's pools");

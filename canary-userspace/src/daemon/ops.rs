@@ -190,18 +190,12 @@ impl Daemon {
             }
             // An address that can never be a backend of this service is a
             // bad request (400), named as the request (not a config field:
-            // the file has no such entry). `Config::validate` checks the
-            // rules on the address again.
+            // the file has no such entry); `Config::validate` below would
+            // refuse it too, as a conflict.
             let field = format!("backends add {service} {}", pool.name());
             let vip = self.running.services[i].vip;
-            if addr.is_ipv4() != vip.is_ipv4() {
-                return Err(OpError::new(
-                    Refusal::BadRequest,
-                    format!("{field}: {addr} is not the same address family as the VIP {vip}"),
-                ));
-            }
             let host = crate::dataplane::host_addresses()?;
-            if let Some(rule) = self.running.backend_rule(addr, &host) {
+            if let Some(rule) = self.running.backend_rule(addr, vip, &host) {
                 return Err(OpError::new(Refusal::BadRequest, rule.error(&field, addr)));
             }
             list.push(addr);
