@@ -95,8 +95,11 @@ pub struct Link {
     op_timeout: Duration,
     writer: mpsc::UnboundedSender<Job>,
     lease: Arc<Mutex<Option<i64>>>,
-    /// A write failed for want of etcd: the session starts afresh.
-    resync: Arc<tokio::sync::Notify>,
+    /// Counts the writes that failed for want of etcd: the session running
+    /// when one fails starts afresh. A count a session subscribes to at its
+    /// start, not a stored wake-up: a failure from before a session began
+    /// (between sessions) must not end the next one after its fresh read.
+    resync: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 async fn within<T, E: std::fmt::Display>(
@@ -142,7 +145,7 @@ impl Link {
             op_timeout: Duration::from_secs(1).min(cfg.lease_ttl / 2),
             writer: tx,
             lease: Arc::new(Mutex::new(None)),
-            resync: Arc::new(tokio::sync::Notify::new()),
+            resync: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         tokio::spawn(link.clone().write_loop(rx, daemon));
         Ok(link)
@@ -218,7 +221,7 @@ impl Link {
                         if let PublishError::CutOff(_) = &e {
                             // The session finds out whether etcd is gone
                             // (and says so) or comes back with a fresh read.
-                            self.resync.notify_one();
+                            self.resync.send_modify(|n| *n += 1);
                         }
                         let mut d = lock(&daemon);
                         d.fleet_publish_failed(&item, &e);
@@ -378,6 +381,7 @@ impl Link {
         daemon: &Arc<Mutex<Daemon>>,
         loaded: &mut bool,
     ) -> Result<()> {
+        let mut resync = self.resync.subscribe();
         let lease = self.lease(c.clone()).await?;
         let (mut keeper, mut renewals) = within(
             self.op_timeout,
@@ -520,7 +524,7 @@ impl Link {
                         Err(e) => bail!("etcd campaign: {e}"),
                     }
                 }
-                _ = self.resync.notified() => {
+                _ = resync.changed() => {
                     bail!("an etcd write failed; reading the fleet's state afresh");
                 }
                 _ = tokio::time::sleep_until(stale) => {
