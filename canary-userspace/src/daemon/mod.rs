@@ -63,6 +63,25 @@ fn config_source(path: Option<&Path>) -> String {
     }
 }
 
+/// The config to run: the file with `state`'s run-time changes, those that
+/// fit. `host` is this host's addresses, at which a run-time pool is
+/// dropped like any invalid change, but in a fleet (its pools are the
+/// fleet's, the same on every host). The dropped changes' lines name the
+/// state file they came from.
+fn effective_here(
+    state: &mut RuntimeState,
+    state_path: &Path,
+    file: &Config,
+    host: &[(IpAddr, String)],
+) -> state::Effective {
+    let host = if file.fleet.is_some() { &[][..] } else { host };
+    let mut effective = state.effective(file, host);
+    for line in &mut effective.dropped {
+        *line = format!("state file {}: {line}", state_path.display());
+    }
+    effective
+}
+
 /// Who set the weight after a rollback, in logs and status.
 fn rolled_back() -> String {
     format!("{ROLLOUT} (rolled back)")
@@ -204,10 +223,9 @@ impl Daemon {
         let host = crate::dataplane::host_addresses()?;
         file.check_backends_not_on_host(&host)
             .with_context(|| config_source(config_path.as_deref()))?;
-        let effective = state.effective(&file, &host);
-        // The overrides came from the state file: its lines say so.
+        let effective = effective_here(&mut state, &state_path, &file, &host);
         for line in &effective.dropped {
-            warn!("state file {}: {line}", state_path.display());
+            warn!("{line}");
         }
         let running = effective.config;
         let mut dp = DataPlane::load_with(

@@ -78,15 +78,9 @@ impl Daemon {
             )
         })?;
         let mut state = self.state.clone();
-        let effective = state.effective(&file, &host);
+        let effective = super::effective_here(&mut state, &self.state_path, &file, &host);
         let before = self.weights();
-        // Run-time changes, as saved in the state file.
-        let saved = self.state_path.display().to_string();
-        let mut lines: Vec<String> = effective
-            .dropped
-            .into_iter()
-            .map(|l| format!("state file {saved}: {l}"))
-            .collect();
+        let mut lines = effective.dropped;
         lines.extend(self.commit(effective.config, state)?);
         self.file = file;
         for l in &lines {

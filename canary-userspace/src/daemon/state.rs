@@ -239,7 +239,7 @@ impl RuntimeState {
     /// `host` is this host's addresses with their interfaces: a run-time
     /// pool holding one of them is dropped like any invalid override (a
     /// fleet passes none: its pools are the fleet's, the same on every
-    /// host).
+    /// host; see `daemon::effective_here`).
     pub fn effective(&mut self, file: &Config, host: &[(IpAddr, String)]) -> Effective {
         self.services
             .retain(|name, _| file.services.iter().any(|s| &s.name == name));
@@ -299,8 +299,8 @@ impl RuntimeState {
                     break;
                 }
             }
-            // The empty set is the file's own service: it validates (but
-            // for a backend on this host, which the apply then refuses,
+            // The empty set is the file's own service: it validates (its
+            // backends were checked against this host's addresses before,
             // blaming the file).
             let (mask, config) = chosen.unwrap_or_else(|| (0, out.clone()));
             for (b, f) in present.iter().enumerate() {
