@@ -133,8 +133,13 @@ impl Daemon {
         for e in self.dp.drain_failures() {
             failed.push((e.service_id, e.version & 1, failing::client_of_event(&e)));
         }
+        // Each service's name looked up once per tick, not per failure.
+        let mut names: HashMap<u32, Option<&str>> = HashMap::new();
         for (sid, v, client) in failed {
-            if let Some(name) = self.dp.service_name(sid) {
+            let name = *names
+                .entry(sid)
+                .or_insert_with(|| self.dp.service_name(sid));
+            if let Some(name) = name {
                 let step = self.step_began.get(name).copied();
                 self.failing.note(name, v, client, step);
             }
@@ -353,8 +358,7 @@ impl Daemon {
                     )
                 })?;
                 let why = format!("aborted by {who} at step {}/{}", r.step + 1, r.steps.len());
-                let reset = self.on_rollback(service) == Some(OnRollback::Reset);
-                self.rollback_now(service, why.clone(), reset);
+                self.roll_back_by_policy(service, why.clone());
                 format!("service {service}: rollout {why}; canary weight 0")
             }
         };

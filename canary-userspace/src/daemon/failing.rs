@@ -29,10 +29,11 @@ struct Tracker {
     distinct: u64,
 }
 
-/// Per (service, version).
+/// Per service, stable and canary (by the version's number). Looked up by
+/// name without allocating: a flood of failures is noted one by one.
 #[derive(Default)]
 pub struct FailingClients {
-    trackers: HashMap<(String, u32), Tracker>,
+    trackers: HashMap<String, [Tracker; 2]>,
 }
 
 /// Most clients remembered per (service, version) and step: beyond it a
@@ -44,10 +45,11 @@ impl FailingClients {
     /// step (`step`: when it began; `None` without a running rollout, then
     /// every failure is remembered as of no step).
     pub fn note(&mut self, service: &str, version: u32, client: Client, step: Option<Instant>) {
-        let t = self
-            .trackers
-            .entry((service.to_string(), version))
-            .or_default();
+        let versions = match self.trackers.get_mut(service) {
+            Some(v) => v,
+            None => self.trackers.entry(service.to_string()).or_default(),
+        };
+        let t = &mut versions[(version & 1) as usize];
         if t.step != step {
             t.step = step;
             t.seen.clear();
@@ -60,13 +62,13 @@ impl FailingClients {
     /// The counter the analysis reads.
     pub fn distinct(&self, service: &str, version: u32) -> u64 {
         self.trackers
-            .get(&(service.to_string(), version))
-            .map_or(0, |t| t.distinct)
+            .get(service)
+            .map_or(0, |v| v[(version & 1) as usize].distinct)
     }
 
     /// Forgets services no longer configured.
     pub fn retain(&mut self, known: impl Fn(&str) -> bool) {
-        self.trackers.retain(|(name, _), _| known(name));
+        self.trackers.retain(|name, _| known(name));
     }
 }
 

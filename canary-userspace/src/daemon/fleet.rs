@@ -20,6 +20,9 @@ use crate::fleet::{self, HealthDoc, HostReport, Key, ServiceDoc};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+/// Why the leader rolls back a canary pool the fleet sees all down.
+const FLEET_CANARY_DOWN: &str = "no healthy canary backend (the fleet's verdict)";
+
 /// What this host last handed to the writer for a service.
 #[derive(Debug, Clone, Copy, Default)]
 struct Issued {
@@ -219,15 +222,7 @@ impl Daemon {
                 }
             }
             let doc = doc.unwrap_or_default();
-            match doc.overrides == Default::default() {
-                true => state.services.remove(s),
-                false => state.services.insert(s.clone(), doc.overrides.clone()),
-            };
-            match &doc.rollout {
-                Some(r) => state.rollouts.insert(s.clone(), r.clone()),
-                None => state.rollouts.remove(s),
-            };
-            state.rollbacks.insert(s.clone(), doc.rollbacks);
+            adopt(&mut state, s, &doc);
             let resets_here = state.canary_resets.get(s).copied().unwrap_or(0);
             if doc.canary_resets > resets_here && !from_mirror {
                 // Another host rolled back with `on_rollback: reset`.
@@ -397,12 +392,7 @@ impl Daemon {
         for s in &pending {
             // etcd's document, then the rollback on top of it.
             let base = f.docs.get(s).map(|(d, _)| d.state()).unwrap_or_default();
-            state.services.insert(s.clone(), base.overrides.clone());
-            match &base.rollout {
-                Some(r) => state.rollouts.insert(s.clone(), r.clone()),
-                None => state.rollouts.remove(s),
-            };
-            state.rollbacks.insert(s.clone(), base.rollbacks);
+            adopt(&mut state, s, &base);
             state.record_rollback(
                 s,
                 "rolled back while this host could not reach etcd",
@@ -574,13 +564,8 @@ impl Daemon {
         if let Err(e) = self.dp.apply(&running) {
             error!("applying the fleet's health verdicts: {e:#}");
         }
-        let canary_down =
-            !svc.canary.is_empty() && svc.canary.iter().all(|b| self.dp.is_unhealthy(service, *b));
-        let active = self.state.rollouts.get(service).is_some_and(|r| r.active());
-        if canary_down && self.runs_rollouts() && (svc.weight_bp() > 0 || active) {
-            let why = "no healthy canary backend (the fleet's verdict)".to_string();
-            let reset = self.on_rollback(service) == Some(OnRollback::Reset);
-            self.rollback_now(service, why, reset);
+        if self.runs_rollouts() && self.canary_down_while_exposed(&svc) {
+            self.roll_back_by_policy(service, FLEET_CANARY_DOWN.into());
         }
     }
 
@@ -856,21 +841,11 @@ impl Daemon {
             .running
             .services
             .iter()
-            .filter(|s| {
-                !s.canary.is_empty()
-                    && s.canary.iter().all(|b| self.dp.is_unhealthy(&s.name, *b))
-                    && (s.weight_bp() > 0
-                        || self.state.rollouts.get(&s.name).is_some_and(|r| r.active()))
-            })
+            .filter(|s| self.canary_down_while_exposed(s))
             .map(|s| s.name.clone())
             .collect();
         for s in down {
-            let reset = self.on_rollback(&s) == Some(OnRollback::Reset);
-            self.rollback_now(
-                &s,
-                "no healthy canary backend (the fleet's verdict)".into(),
-                reset,
-            );
+            self.roll_back_by_policy(&s, FLEET_CANARY_DOWN.into());
         }
         let Some(f) = self.fleet.as_deref() else {
             return Vec::new();
@@ -1075,4 +1050,23 @@ impl Daemon {
             humantime::format_rfc3339_seconds(*since)
         ))
     }
+}
+
+/// etcd's document for `service` as this host's run-time state: its
+/// overrides (none kept when they change nothing), its rollout, its
+/// rollback count. The reset count is each caller's: applying a document
+/// compares it first.
+fn adopt(state: &mut RuntimeState, service: &str, doc: &ServiceDoc) {
+    if doc.overrides == Default::default() {
+        state.services.remove(service);
+    } else {
+        state
+            .services
+            .insert(service.to_string(), doc.overrides.clone());
+    }
+    match &doc.rollout {
+        Some(r) => state.rollouts.insert(service.to_string(), r.clone()),
+        None => state.rollouts.remove(service),
+    };
+    state.rollbacks.insert(service.to_string(), doc.rollbacks);
 }

@@ -129,23 +129,35 @@ impl Daemon {
             Ok(report) => report.lines.iter().for_each(|l| info!("{l}")),
             Err(e) => error!("applying the health change: {e:#}"),
         }
-        let canary_down = !svc.canary.is_empty()
-            && svc
-                .canary
-                .iter()
-                .all(|b| self.dp.is_unhealthy(&svc.name, *b));
-        let rollout_active = self
-            .state
-            .rollouts
-            .get(&svc.name)
-            .is_some_and(|r| r.active());
-        if canary_down && !t.healthy && (svc.weight_bp() > 0 || rollout_active) {
+        if !t.healthy && self.canary_down_while_exposed(&svc) {
             let why = format!(
                 "no healthy canary backend: {} failed its probes ({})",
                 t.addr, t.detail
             );
-            let reset = self.on_rollback(&svc.name) == Some(OnRollback::Reset);
-            self.rollback_now(&svc.name, why, reset);
+            self.roll_back_by_policy(&svc.name, why);
         }
+    }
+
+    /// Whether `svc`'s whole canary pool is unhealthy while the canary
+    /// takes traffic or a rollout is active: what rolls the canary back.
+    pub(super) fn canary_down_while_exposed(&self, svc: &crate::config::ServiceConfig) -> bool {
+        !svc.canary.is_empty()
+            && svc
+                .canary
+                .iter()
+                .all(|b| self.dp.is_unhealthy(&svc.name, *b))
+            && (svc.weight_bp() > 0
+                || self
+                    .state
+                    .rollouts
+                    .get(&svc.name)
+                    .is_some_and(|r| r.active()))
+    }
+
+    /// A rollback, resetting open canary connections when the plan's
+    /// `on_rollback` says `reset`.
+    pub(super) fn roll_back_by_policy(&mut self, service: &str, why: String) {
+        let reset = self.on_rollback(service) == Some(OnRollback::Reset);
+        self.rollback_now(service, why, reset);
     }
 }
