@@ -28,7 +28,7 @@
 use anyhow::{bail, Context, Result};
 use canary_tests::client::PushConn;
 use canary_tests::fleet::FleetTopology;
-use canary_tests::rollout::{shop, HEALTH_PORT};
+use canary_tests::rollout::{canary_client, shop, HEALTH_PORT};
 use canary_tests::{
     client_v4, tcp_connect, Daemon, Load, LoadBounds, Netns, ServerOptions, Service, VIP_V4,
 };
@@ -427,6 +427,88 @@ fn a_fleet_rollout_is_promoted_and_rolled_back_everywhere() -> Result<()> {
     assert!(t < Duration::from_secs(2), "rollback took {t:?}");
     let (ok, failed) = load.stop();
     println!("load: {ok} connections ok, {failed} failed");
+    Ok(())
+}
+
+/// One client whose connections ECMP spreads over all three hosts is one
+/// failing client for the fleet, not three: against a canary that resets
+/// every connection, it holds the step (`min_failing_clients` is 3); the
+/// whole load's clients then fail it. (Summed per host, as before, the one
+/// client counted three times and rolled the canary back.)
+#[test]
+fn one_client_failing_through_every_host_counts_once() -> Result<()> {
+    let _s = serial();
+    let f = Fleet::new(
+        "      steps: [10, 50, 100]
+      interval: 60s
+      analysis:
+        max_error_ratio: 0.1
+",
+        "3s",
+    )?;
+    let (index, addr) = canary_client(&f.yamls[0], 1000)?;
+    let leader = f.leader()?;
+    f.topo.ctl(leader, &["rollout", "start", "shop"])?;
+    f.converge(1000, Duration::from_secs(3))?;
+    // Its probes pass: only the passive signals see the failures.
+    f.topo.set_fault("b3", "rst-service")?;
+    let before = per_host_connections(&f.fleet(leader)?);
+    let mut one = Load::start(
+        &f.topo.client,
+        vip(),
+        LoadBounds {
+            clients: 1,
+            first_client: index,
+            pause: Duration::from_millis(20),
+            max_time: Duration::from_secs(3),
+            ..LoadBounds::default()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (one_ok, one_failed) = one.stop();
+    // Every host's report (each second) and the engine's ticks after it.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = per_host_connections(&f.fleet(leader)?);
+    let spread: Vec<u64> = (1..=3)
+        .map(|k| {
+            let h = format!("lb{k}");
+            after.get(&h).copied().unwrap_or(0) - before.get(&h).copied().unwrap_or(0)
+        })
+        .collect();
+    let s = f.shop(leader)?;
+    let r = s.rollout.context("rollout")?;
+    let notes = r
+        .analysis
+        .as_ref()
+        .map(|a| a.notes.join("; "))
+        .unwrap_or_default();
+    println!(
+        "client {addr}: {one_ok} ok, {one_failed} failed; its connections per host {spread:?}; \
+         phase {}; {notes}",
+        r.phase
+    );
+    assert!(
+        spread.iter().all(|&n| n > 0),
+        "ECMP spread the one client over every host: {spread:?}"
+    );
+    assert!(one_failed >= 20, "the canary reset its connections");
+    assert_eq!(
+        r.phase, "running",
+        "one client cannot fail the step: {r:#?}"
+    );
+    assert!(notes.contains("from 1 distinct client(s)"), "{notes}");
+    assert_eq!(f.weight_bp(leader)?, 1000);
+
+    // The whole load's clients meet the resetting canary: rolled back.
+    let mut load = Load::start(&f.topo.client, vip(), LoadBounds::default());
+    let t = f.converge(0, Duration::from_secs(10))?;
+    let (ok, failed) = load.stop();
+    println!(
+        "every client: weight 0 on all 3 hosts {:.0} ms after the load began; load {ok} ok, {failed} failed",
+        t.as_secs_f64() * 1e3
+    );
+    let r = f.shop(leader)?.rollout.context("rollout")?;
+    assert_eq!(r.phase, "aborted", "{r:#?}");
     Ok(())
 }
 

@@ -10,44 +10,18 @@
 //! every client's is still rolled back within 2 s.
 
 use anyhow::{ensure, Result};
-use canary_common::{choose_version, reason, split_hash, FlowKey, FAMILY_V4, PROTO_TCP};
+use canary_common::reason;
 use canary_tests::flood::{Shape, SynFlood};
 use canary_tests::rollout::{
-    canary_input_rule, time_to_weight_zero, time_to_weight_zero_of, topology, vip, weight_bp,
+    canary_client, canary_input_rule, time_to_weight_zero, time_to_weight_zero_of, topology, vip,
+    weight_bp,
 };
 use canary_tests::{client_v4, LbConfig, Load, LoadBounds, Service, VIP_V4};
-use canary_userspace::config::Config;
-use canary_userspace::dataplane::affinity_flag;
 use canary_userspace::dataplane::maps::Maps;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 const FIRST_STEP_BP: u32 = 500;
-
-/// A client address outside the load's (client_v4(0..4000)) that the
-/// service's split sends to the canary at the first step, and its index.
-fn canary_client(yaml: &str) -> Result<(u32, Ipv4Addr)> {
-    let cfg = Config::parse(yaml)?;
-    let s = &cfg.services[0];
-    for i in 4000..4096 {
-        let IpAddr::V4(a) = client_v4(i) else {
-            unreachable!()
-        };
-        let key = FlowKey::new(
-            [u32::from_ne_bytes(a.octets()), 0, 0, 0],
-            [u32::from_ne_bytes(VIP_V4.octets()), 0, 0, 0],
-            40000u16.to_be(),
-            80u16.to_be(),
-            PROTO_TCP,
-            FAMILY_V4,
-        );
-        let bucket = split_hash(&key, affinity_flag(s.affinity), s.seed());
-        if choose_version(bucket, FIRST_STEP_BP) == 1 {
-            return Ok((i, a));
-        }
-    }
-    anyhow::bail!("no client address of 96 hashes to the canary at 5 %")
-}
 
 #[test]
 fn one_client_cannot_forge_failures_but_a_resetting_canary_is_caught() -> Result<()> {
@@ -72,7 +46,7 @@ fn one_client_cannot_forge_failures_but_a_resetting_canary_is_caught() -> Result
     // The forged traffic pins the canary's source-IP hash only with
     // source-IP affinity (the default); with 5-tuple affinity each frame
     // would hash anew.
-    let (attacker_index, attacker) = canary_client(&yaml)?;
+    let (attacker_index, attacker) = canary_client(&yaml, FIRST_STEP_BP)?;
     let _d = topo.spawn_canaryd(Some(&yaml))?;
     let maps = Maps::from_pins(&topo.pin_dir())?;
     let mut load = Load::start(

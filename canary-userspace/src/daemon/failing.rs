@@ -16,8 +16,7 @@ use canary_common::{ClientKey, FailureEvent, FlowKey};
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
-/// A client as the failure count sees it: family and address (IPv6 /64).
-type Client = (u32, [u32; 4]);
+use crate::fleet::{Client, StepClients};
 
 #[derive(Default)]
 struct Tracker {
@@ -27,6 +26,8 @@ struct Tracker {
     seen: HashSet<Client>,
     /// Clients seen for the first time in a step, ever (a counter).
     distinct: u64,
+    /// Of those, in this step.
+    in_step: u64,
 }
 
 /// Per service, stable and canary (by the version's number). Looked up by
@@ -53,9 +54,11 @@ impl FailingClients {
         if t.step != step {
             t.step = step;
             t.seen.clear();
+            t.in_step = 0;
         }
         if t.seen.len() >= MAX_REMEMBERED || t.seen.insert(client) {
             t.distinct += 1;
+            t.in_step += 1;
         }
     }
 
@@ -64,6 +67,28 @@ impl FailingClients {
         self.trackers
             .get(service)
             .map_or(0, |v| v[(version & 1) as usize].distinct)
+    }
+
+    /// The clients that failed in the step that began at `step` (as `note`
+    /// was given it), at most `max` of them listed (none when the last
+    /// failure was in another step).
+    pub fn of_step(
+        &self,
+        service: &str,
+        version: u32,
+        step: Option<Instant>,
+        max: usize,
+    ) -> StepClients {
+        match self.trackers.get(service) {
+            Some(v) if v[(version & 1) as usize].step == step => {
+                let t = &v[(version & 1) as usize];
+                StepClients {
+                    count: t.in_step,
+                    clients: t.seen.iter().take(max).copied().collect(),
+                }
+            }
+            _ => StepClients::default(),
+        }
     }
 
     /// Forgets services no longer configured.
@@ -106,6 +131,26 @@ mod tests {
         assert_eq!(f.distinct("shop", 1), 3, "a new step: c1 counts again");
         f.retain(|s| s != "shop");
         assert_eq!(f.distinct("shop", 1), 0);
+    }
+
+    #[test]
+    fn a_step_lists_its_own_clients_only() {
+        let mut f = FailingClients::default();
+        let (step1, step2) = (Instant::now(), Instant::now() + Duration::from_secs(30));
+        for i in 0..5 {
+            f.note("shop", 1, (4, [i, 0, 0, 0]), Some(step1));
+        }
+        let listed = f.of_step("shop", 1, Some(step1), 3);
+        assert_eq!((listed.count, listed.clients.len()), (5, 3));
+        assert_eq!(f.of_step("shop", 0, Some(step1), 3), StepClients::default());
+        assert_eq!(
+            f.of_step("shop", 1, Some(step2), 3),
+            StepClients::default(),
+            "the step that began later has had no failure yet"
+        );
+        f.note("shop", 1, (4, [9, 0, 0, 0]), Some(step2));
+        let listed = f.of_step("shop", 1, Some(step2), 3);
+        assert_eq!((listed.count, listed.clients), (1, vec![(4, [9, 0, 0, 0])]));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct FleetState {
     /// The leader's per-host counter baselines: (service, host) -> (its
     /// session, cumulative counters).
     baselines: HashMap<(String, String), (u64, WindowCounts)>,
+    /// The leader's fleet-wide failing-client counts per service, as of its
+    /// previous window: (rollout step, [stable, canary]).
+    failing_base: HashMap<String, (usize, [u64; 2])>,
     /// When the leader last published a rollout's progress.
     progress_at: HashMap<String, Instant>,
     /// Per service, the generation and `seq` of the last document handed
@@ -85,6 +88,7 @@ impl FleetState {
             mirrored: BTreeMap::new(),
             applied: BTreeMap::new(),
             baselines: HashMap::new(),
+            failing_base: HashMap::new(),
             progress_at: HashMap::new(),
             issued: BTreeMap::new(),
             // Until the first session: not yet connected, not cut off.
@@ -283,6 +287,7 @@ impl Daemon {
                 self.step_began.insert(s.clone(), Instant::now());
                 if let Some(f) = self.fleet_mut() {
                     f.baselines.retain(|(svc, _), _| svc != &s);
+                    f.failing_base.remove(&s);
                 }
             }
         }
@@ -333,6 +338,7 @@ impl Daemon {
         f.members.clear();
         f.candidates.clear();
         f.baselines.clear();
+        f.failing_base.clear();
         f.lease = Some(lease);
         for c in changes {
             Self::cache(f, c);
@@ -766,6 +772,7 @@ impl Daemon {
         };
         f.leading = true;
         f.baselines.clear();
+        f.failing_base.clear();
         let line = format!(
             "fleet: {} leads the fleet (rollouts and health verdicts)",
             f.host
@@ -802,6 +809,9 @@ impl Daemon {
             );
             if let Some(c) = self.cumulative(&s.name) {
                 report.counters.insert(s.name.clone(), c);
+            }
+            if let Some(failing) = self.step_failures(&s.name) {
+                report.failing.insert(s.name.clone(), failing);
             }
             if s.health.is_some() {
                 let view = s
@@ -875,6 +885,8 @@ impl Daemon {
     /// baseline; a host gone adds nothing more.
     pub(super) fn fleet_window(&mut self, service: &str) -> Option<WindowCounts> {
         let own = self.cumulative(service)?;
+        let own_failing = self.step_failures(service);
+        let step = self.running_step(service);
         let f = self.fleet.as_deref_mut()?;
         let mut current: Vec<(String, u64, WindowCounts)> = vec![(f.host.clone(), f.session, own)];
         for r in f.live_reports() {
@@ -889,14 +901,61 @@ impl Daemon {
             let prev = f.baselines.insert(key, (session, cur));
             if let Some((s, p)) = prev {
                 if s == session {
-                    // Summed over hosts: a client whose connections ECMP
-                    // spreads over several hosts counts once on each.
                     sum.add(&cur.since(&p));
                     any = true;
                 }
             }
         }
+        // The failing clients are not summed (a client whose connections
+        // ECMP spreads over three hosts would count three times): the
+        // hosts' lists of this step, a client once (`fleet::failing_clients`).
+        // Like a host's first report, the first look sets the base.
+        if let Some(step) = step {
+            let lists: Vec<&fleet::StepFailures> = own_failing
+                .iter()
+                .chain(f.live_reports().filter_map(|r| r.failing.get(service)))
+                .filter(|l| l.step == step)
+                .collect();
+            let now = [0, 1].map(|v| fleet::failing_clients(lists.iter().map(|l| &l.versions[v])));
+            let base = match f.failing_base.get(service) {
+                Some((s, base)) if *s == step => Some(*base),
+                Some(_) => Some([0, 0]),
+                None => None,
+            };
+            let counted = base.unwrap_or(now);
+            sum.stable.failing_clients = now[0].saturating_sub(counted[0]);
+            sum.canary.failing_clients = now[1].saturating_sub(counted[1]);
+            f.failing_base.insert(
+                service.to_string(),
+                (step, [now[0].max(counted[0]), now[1].max(counted[1])]),
+            );
+        }
         any.then_some(sum)
+    }
+
+    /// The step of `service`'s rollout, when one is running.
+    fn running_step(&self, service: &str) -> Option<usize> {
+        self.state
+            .rollouts
+            .get(service)
+            .filter(|r| r.phase == Phase::Running)
+            .map(|r| r.step)
+    }
+
+    /// This host's failing clients of `service`'s running rollout step,
+    /// for its report (none without a failure in the step).
+    fn step_failures(&self, service: &str) -> Option<fleet::StepFailures> {
+        let step = self.running_step(service)?;
+        // The key `note` was given (see the driver's tick).
+        let began = self.step_began.get(service).copied();
+        let versions = [0, 1].map(|v| {
+            self.failing
+                .of_step(service, v, began, fleet::LISTED_FAILING_CLIENTS)
+        });
+        versions
+            .iter()
+            .any(|v| v.count > 0)
+            .then_some(fleet::StepFailures { step, versions })
     }
 
     /// The fleet's part of `status`.

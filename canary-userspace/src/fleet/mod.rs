@@ -245,6 +245,57 @@ pub struct HostReport {
     /// This host's own probe verdicts: service -> backend -> healthy.
     #[serde(default)]
     pub health: BTreeMap<String, BTreeMap<IpAddr, bool>>,
+    /// Per service with a rollout running, the clients whose judged
+    /// connections failed here in its current step: the leader counts a
+    /// client once however many hosts ECMP spread its connections over.
+    #[serde(default)]
+    pub failing: BTreeMap<String, StepFailures>,
+}
+
+/// A client as the failure count sees it: family and address (IPv6: its
+/// /64, as the data plane's judging budget keys it).
+pub type Client = (u32, [u32; 4]);
+
+/// The most failing clients a host lists per version and step. A host with
+/// more lists these and its count; the leader then sums the hosts' counts
+/// (more than this many clients failed on one host alone: no single client
+/// can be behind that), else counts the union of the lists exactly.
+/// `analysis.min_failing_clients` is 3 by default.
+pub const LISTED_FAILING_CLIENTS: usize = 64;
+
+/// One version's failing clients in a step on one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepClients {
+    /// How many clients failed (all of them, listed or not).
+    pub count: u64,
+    /// At most `LISTED_FAILING_CLIENTS` of them.
+    pub clients: Vec<Client>,
+}
+
+/// A service's failing clients on one host in rollout step `step`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepFailures {
+    pub step: usize,
+    /// Stable's, then the canary's (by the version's number).
+    pub versions: [StepClients; 2],
+}
+
+/// The fleet's number of distinct failing clients from the hosts' lists of
+/// one step and version: the size of their union when every list is whole,
+/// else the sum of the hosts' counts.
+pub fn failing_clients<'a>(hosts: impl IntoIterator<Item = &'a StepClients>) -> u64 {
+    let mut union = std::collections::HashSet::new();
+    let (mut sum, mut whole) = (0u64, true);
+    for h in hosts {
+        sum += h.count;
+        whole &= h.clients.len() as u64 == h.count;
+        union.extend(h.clients.iter().copied());
+    }
+    if whole {
+        union.len() as u64
+    } else {
+        sum
+    }
 }
 
 /// The fleet verdict of one backend from the hosts' views: unhealthy when a
@@ -322,6 +373,25 @@ pub fn agreement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_failing_on_several_hosts_counts_once() {
+        let list = |ids: &[u32]| StepClients {
+            count: ids.len() as u64,
+            clients: ids.iter().map(|&i| (4, [i, 0, 0, 0])).collect(),
+        };
+        // One client through three hosts: 1, not 3.
+        let one = [list(&[7]), list(&[7]), list(&[7])];
+        assert_eq!(failing_clients(&one), 1);
+        // Distinct clients add up; shared ones count once.
+        let some = [list(&[1, 2]), list(&[2, 3]), list(&[])];
+        assert_eq!(failing_clients(&some), 3);
+        assert_eq!(failing_clients(&[] as &[StepClients]), 0);
+        // A host with more clients than it lists: the counts are summed.
+        let mut many = list(&[1, 2]);
+        many.count = 100;
+        assert_eq!(failing_clients(&[many, list(&[1])]), 101);
+    }
 
     #[test]
     fn keys_round_trip() {

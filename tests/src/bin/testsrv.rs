@@ -8,6 +8,8 @@
 //!   connection), any other GET `200` and the name (the health check);
 //! - `--fault-file F`: read for every new connection, it switches faults on
 //!   at run time: `rst` (every connection on both ports is reset),
+//!   `rst-service` (service connections are reset, the health endpoint
+//!   answers as usual: an application failing behind a passing check),
 //!   `http500` (the health endpoint answers 500), `silent` (connections are
 //!   accepted but never answered), `errors` (connections are served as
 //!   usual but counted as application errors: a fault only the
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 enum Fault {
     None,
     Rst,
+    RstService,
     Http500,
     Silent,
     Errors,
@@ -50,6 +53,7 @@ fn fault(file: &Option<PathBuf>) -> Fault {
     let Some(f) = file else { return Fault::None };
     match std::fs::read_to_string(f).unwrap_or_default().trim() {
         "rst" => Fault::Rst,
+        "rst-service" => Fault::RstService,
         "http500" => Fault::Http500,
         "silent" => Fault::Silent,
         "errors" => Fault::Errors,
@@ -186,7 +190,7 @@ fn main() {
             Fault::Errors => {
                 stats.errors.fetch_add(1, Ordering::SeqCst);
             }
-            Fault::Rst => {
+            Fault::Rst | Fault::RstService => {
                 reset(stream);
                 continue;
             }
