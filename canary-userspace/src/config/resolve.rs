@@ -208,6 +208,15 @@ impl Config {
         }
         all
     }
+
+    /// The field that names `iface`, one of `interfaces()`: `interface`,
+    /// else the first `backend_interfaces[i]` that names it.
+    pub fn interface_field(&self, iface: &str) -> String {
+        match self.backend_interfaces.iter().position(|i| i == iface) {
+            Some(i) if self.interface != iface => format!("backend_interfaces[{i}]"),
+            _ => "interface".to_string(),
+        }
+    }
 }
 
 pub fn default_lease_ttl() -> Duration {

@@ -182,7 +182,7 @@ async fn root_only(
 ) -> Response {
     // Refusals end the connection (`connection: close`).
     let answer = |code: StatusCode, error: String| {
-        let mut r = (code, Json(ApiError { error })).into_response();
+        let mut r = Fail(code, error).into_response();
         r.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),

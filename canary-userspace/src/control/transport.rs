@@ -36,10 +36,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags};
 use std::future::Future;
 use std::io::{self, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -79,10 +78,21 @@ fn fd_limit() -> io::Result<(u64, u64)> {
     Ok((rl.rlim_cur, rl.rlim_max))
 }
 
+/// The connection caps (control, metrics) derived from the open-file
+/// limit: set by `raise_fd_limit`, else from the limit as the first
+/// listener finds it.
+static CAPS: OnceLock<(usize, usize)> = OnceLock::new();
+
 /// Raises the soft limit on open files to the hard limit (call once, at
-/// start, before the listeners serve) and logs it with the connection caps
-/// derived from it. Returns the soft limit in force.
-pub fn raise_fd_limit() -> u64 {
+/// start, before the listeners serve), derives the connection caps from
+/// the limit in force (both listeners take theirs from it) and logs them.
+pub fn raise_fd_limit() {
+    let limit = raised_fd_limit();
+    let _ = CAPS.set(caps(limit));
+}
+
+/// `raise_fd_limit`'s raise and log line: the soft limit in force.
+fn raised_fd_limit() -> u64 {
     let (soft, hard) = match fd_limit() {
         Ok(l) => l,
         Err(e) => {
@@ -128,17 +138,17 @@ fn caps(soft: u64) -> (usize, usize) {
     )
 }
 
+/// The connection caps (control, metrics) in force: `raise_fd_limit`'s,
+/// or (not called) those of the limit as it is now.
 fn current_caps() -> (usize, usize) {
-    caps(fd_limit().map(|l| l.0).unwrap_or(1024))
+    *CAPS.get_or_init(|| caps(fd_limit().map(|l| l.0).unwrap_or(1024)))
 }
 
 /// Who wrote a connection's bytes, as far as they have been read.
 #[derive(Debug, Default)]
 pub struct Writers {
-    /// Some byte came from another uid than 0, or without credentials.
-    foreign: AtomicBool,
-    /// The first such uid (`u32::MAX`: no credentials).
-    uid: AtomicU32,
+    /// The first writer of a byte that was not root (set once).
+    foreign: OnceLock<Foreign>,
 }
 
 /// A writer other than root.
@@ -152,28 +162,21 @@ pub enum Foreign {
 
 impl Writers {
     fn record(&self, uid: Option<u32>) {
-        if uid == Some(0) || self.foreign.load(Ordering::Acquire) {
-            return;
+        if uid != Some(0) {
+            let _ = self.foreign.set(uid.map_or(Foreign::Unknown, Foreign::Uid));
         }
-        self.uid.store(uid.unwrap_or(u32::MAX), Ordering::Release);
-        self.foreign.store(true, Ordering::Release);
     }
 
     /// The first writer that was not root, if any.
     pub fn foreign(&self) -> Option<Foreign> {
-        if !self.foreign.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(match self.uid.load(Ordering::Acquire) {
-            u32::MAX => Foreign::Unknown,
-            uid => Foreign::Uid(uid),
-        })
+        self.foreign.get().copied()
     }
 }
 
 /// An accepted control connection read with `recvmsg`: every read carries
-/// the credentials of the process that wrote its bytes (SO_PASSCRED), which
-/// go to `writers`.
+/// the credentials of the process that wrote its bytes (SO_PASSCRED, which
+/// the socket has from its listener: [`unix_listener`]), which go to
+/// `writers`.
 pub struct CredStream {
     io: UnixStream,
     writers: Arc<Writers>,
@@ -181,15 +184,12 @@ pub struct CredStream {
 }
 
 impl CredStream {
-    /// Sets SO_PASSCRED on the accepted socket (inherited from the listener
-    /// already; this covers a listener that did not have it).
-    pub fn new(io: UnixStream, writers: Arc<Writers>) -> io::Result<CredStream> {
-        setsockopt(&io.as_fd(), sockopt::PassCred, &true)?;
-        Ok(CredStream {
+    pub fn new(io: UnixStream, writers: Arc<Writers>) -> CredStream {
+        CredStream {
             io,
             writers,
             cmsg: nix::cmsg_space!(libc::ucred),
-        })
+        }
     }
 }
 
@@ -241,28 +241,20 @@ fn recv_on(
         Some(cmsg),
         MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
     )?;
-    let mut uid = None;
-    // A truncated control message (descriptors sent along: the buffer has
-    // room for credentials only, so none is installed) counts as no
-    // credentials.
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            match c {
-                // The writer's real uid. Its pid may be 0 (a writer in a
-                // PID namespace canaryd cannot see, e.g. root on the host
-                // talking to a containerised canaryd): the uid still holds.
-                // Bytes sent with no credentials carry the overflow uid
-                // (65534), refused like any other non-root writer.
-                ControlMessageOwned::ScmCredentials(cred) => uid = Some(cred.uid()),
-                ControlMessageOwned::ScmRights(fds) => {
-                    for fd in fds {
-                        let _ = nix::unistd::close(fd);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
+    // The writer's real uid. Its pid may be 0 (a writer in a PID namespace
+    // canaryd cannot see, e.g. root on the host talking to a containerised
+    // canaryd): the uid still holds. Bytes sent with no credentials carry
+    // the overflow uid (65534), refused like any other non-root writer.
+    // Descriptors sent along do not fit (the buffer has room for the
+    // credentials only, so the kernel installs none) and truncate the
+    // control messages: `cmsgs` refuses them, and the read counts as one
+    // without credentials.
+    let uid = msg.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|c| match c {
+            ControlMessageOwned::ScmCredentials(cred) => Some(cred.uid()),
+            _ => None,
+        })
+    });
     Ok((msg.bytes, uid))
 }
 
@@ -477,18 +469,12 @@ pub fn unix_listener(path: &std::path::Path) -> io::Result<UnixListener> {
     UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
 }
 
-/// Sets SO_PASSCRED on the control socket's listener: the sockets it
-/// accepts inherit it, so the very first bytes of a connection already
-/// carry their writer's credentials.
-pub fn pass_credentials(listener: &UnixListener) -> io::Result<()> {
-    setsockopt(&listener.as_fd(), sockopt::PassCred, &true)?;
-    Ok(())
-}
-
-/// Serves the control API on its Unix socket: at most the control cap of
-/// connections (when full, the next ones wait in the backlog), each read as
-/// a [`CredStream`]. `ext(connecting uid, writers)` is put into each
-/// request's extensions (the handlers' `ConnectInfo`).
+/// Serves the control API on its Unix socket, a listener from
+/// [`unix_listener`] (SO_PASSCRED, which the sockets it accepts inherit):
+/// at most the control cap of connections (when full, the next ones wait
+/// in the backlog), each read as a [`CredStream`]. `ext(connecting uid,
+/// writers)` is put into each request's extensions (the handlers'
+/// `ConnectInfo`).
 pub async fn serve_control<E>(
     listener: UnixListener,
     app: Router,
@@ -497,7 +483,6 @@ pub async fn serve_control<E>(
 where
     E: Clone + Send + Sync + 'static,
 {
-    pass_credentials(&listener)?;
     let mut gate = Gate::new("control API", current_caps().0);
     loop {
         let permit = match gate.permits.clone().try_acquire_owned() {
@@ -520,10 +505,8 @@ where
         };
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         let writers = Arc::new(Writers::default());
-        match CredStream::new(stream, writers.clone()) {
-            Ok(io) => gate.spawn(permit, io, app.clone(), ext(uid, writers)),
-            Err(e) => log::warn!("control API: SO_PASSCRED on a connection: {e}"),
-        }
+        let io = CredStream::new(stream, writers.clone());
+        gate.spawn(permit, io, app.clone(), ext(uid, writers));
     }
 }
 

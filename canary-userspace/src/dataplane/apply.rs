@@ -18,6 +18,12 @@ type PlannedService<'a> = (&'a ServiceConfig, u32, Vec<(Version, IpAddr, u32)>);
 /// Everything `apply` decided before its first write.
 struct Plan<'a> {
     ifindexes: BTreeMap<String, u32>,
+    /// The interfaces to attach to that this data plane is not attached to
+    /// yet.
+    unattached: Vec<String>,
+    /// This host's addresses (`LOCAL_ADDRS`), from the listing the
+    /// interfaces were checked against.
+    local_addrs: Vec<IpAddr>,
     ids: Ids,
     /// Service slots the kernel has active now.
     active_slots: HashSet<u32>,
@@ -47,16 +53,20 @@ impl DataPlane {
     /// backend, and the desired contents of the keyed maps.
     fn plan<'a>(&self, config: &'a Config) -> Result<Plan<'a>> {
         config.validate()?;
+        let interfaces = config.interfaces();
         let mut ifindexes = BTreeMap::new();
-        for iface in config.interfaces() {
-            ifindexes.insert(iface.clone(), ifindex(&iface)?);
+        for iface in &interfaces {
+            ifindexes.insert(iface.clone(), ifindex(iface)?);
         }
-        // The rule that needs this host's interfaces. (No backend at one of
+        let unattached = self.unattached(&interfaces);
+        // This host's interfaces, listed once per apply: the rules of the
+        // interfaces to attach to, and `LOCAL_ADDRS`. (No backend at one of
         // this host's addresses is checked where a backend enters: the
         // file at start and reload, `backends add`. Not here: an address
         // added to this host later must not block every later change, a
         // rollback included, and a fleet's pool is the same on every host.)
-        self.check_interfaces(config)?;
+        let host = InterfaceState::read_all()?;
+        self.check_interfaces(config, &unattached, &host)?;
         if let Some(prev) = &self.applied {
             if prev.flow_table_entries() != config.flow_table_entries() {
                 bail!("flow_table.size: changing the flow table size needs a restart of canaryd");
@@ -143,6 +153,8 @@ impl DataPlane {
 
         Ok(Plan {
             ifindexes,
+            unattached,
+            local_addrs: addresses_of(&host),
             ids,
             active_slots,
             services: plan,
@@ -160,6 +172,8 @@ impl DataPlane {
     fn write(&mut self, config: &Config, plan: Plan<'_>) -> Result<ApplyReport> {
         let Plan {
             ifindexes,
+            unattached,
+            local_addrs,
             mut ids,
             active_slots,
             services: plan,
@@ -394,7 +408,8 @@ impl DataPlane {
                 d(p.flow_table.sweep_interval),
             ));
         }
-        self.refresh_local_addrs().context("filling LOCAL_ADDRS")?;
+        self.set_local_addrs(&local_addrs)
+            .context("filling LOCAL_ADDRS")?;
         let wanted: HashSet<u32> = ifindexes.values().copied().collect();
         for idx in ifindexes.values() {
             self.maps.tx_ports.insert(*idx, *idx, None, 0)?;
@@ -417,11 +432,6 @@ impl DataPlane {
                 warn!("invalidating cached next hops: {e:#}");
             }
         }
-        let unattached: Vec<String> = ifindexes
-            .keys()
-            .filter(|i| !self.links.contains_key(*i))
-            .cloned()
-            .collect();
         self.attach_migrating(&ifindexes, config, &ids, &mut report)?;
         self.check_veths(&unattached, config, prev.as_ref());
 
@@ -451,22 +461,14 @@ impl DataPlane {
     /// Per-version counters and health signals of a fresh (possibly reused)
     /// service id start from zero.
     pub(super) fn zero_version_stats(&mut self, sid: u32, version: u32) -> Result<()> {
-        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let index = canary_common::version_stats_index(sid, version);
-        let zeros = PerCpuValues::try_from(vec![canary_common::VersionStats::default(); n])?;
-        self.maps.version_stats.set(index, zeros, 0)?;
-        let zeros = PerCpuValues::try_from(vec![canary_common::HealthStats::default(); n])?;
-        self.maps.health_stats.set(index, zeros, 0)?;
-        let zeros = PerCpuValues::try_from(vec![canary_common::Signals::default(); n])?;
-        self.maps.signals.set(index, zeros, 0)?;
-        Ok(())
+        maps::zero_per_cpu(&mut self.maps.version_stats, index)?;
+        maps::zero_per_cpu(&mut self.maps.health_stats, index)?;
+        maps::zero_per_cpu(&mut self.maps.signals, index)
     }
 
     pub(super) fn zero_backend_stats(&mut self, bid: u32) -> Result<()> {
-        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let zeros = PerCpuValues::try_from(vec![canary_common::BackendStats::default(); n])?;
-        self.maps.backend_stats.set(bid, zeros, 0)?;
-        Ok(())
+        maps::zero_per_cpu(&mut self.maps.backend_stats, bid)
     }
 
     pub(super) fn write_maglev(

@@ -18,12 +18,8 @@ impl DataPlane {
         wanted: &BTreeMap<String, u32>,
         report: &mut ApplyReport,
     ) -> Result<()> {
-        let mut attached_now = Vec::new();
-        for iface in wanted.keys() {
-            if self.links.contains_key(iface) {
-                continue;
-            }
-            attached_now.push(iface.clone());
+        let attached_now = self.unattached(wanted.keys());
+        for iface in &attached_now {
             let pin = self.link_pin(iface);
             let program: &mut Xdp = self
                 .ebpf
@@ -145,56 +141,65 @@ pub fn remove_pins(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// The interfaces a config attaches to, each with the field that names it
-/// (`interface` first, then `backend_interfaces[i]`, each name once).
-fn interface_fields(config: &Config) -> Vec<(String, String)> {
-    let mut out = vec![("interface".to_string(), config.interface.clone())];
-    for (i, name) in config.backend_interfaces.iter().enumerate() {
-        if !out.iter().any(|(_, n)| n == name) {
-            out.push((format!("backend_interfaces[{i}]"), name.clone()));
-        }
-    }
-    out
-}
-
 impl DataPlane {
-    /// The interfaces `config` attaches to, checked before anything is
-    /// written (`plan`). A loopback interface is refused always: no packet
-    /// from another host arrives there. An interface this data plane is not
-    /// attached to yet that is down or has no address is refused on a
-    /// reload (moving the data plane there would leave every new connection
-    /// unanswered); at start it is a warning and canaryd attaches anyway,
-    /// so that a restart during a link flap keeps control of the data plane
-    /// (XDP attaches to a down link and works once it comes up). The same
-    /// rules hold for `backend_interfaces`: replies come back there and
-    /// packets to the backends leave there, so a down or unaddressed one
-    /// loses its backends' traffic just as a wrong `interface` loses the
-    /// clients'.
-    pub(super) fn check_interfaces(&self, config: &Config) -> Result<()> {
+    /// Those of `ifaces` this data plane is not attached to yet, in their
+    /// order.
+    pub(super) fn unattached<'a>(
+        &self,
+        ifaces: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<String> {
+        ifaces
+            .into_iter()
+            .filter(|i| !self.links.contains_key(*i))
+            .cloned()
+            .collect()
+    }
+
+    /// The interfaces `config` attaches to, checked against this host's
+    /// interfaces as `host` (`InterfaceState::read_all`) lists them, before
+    /// anything is written (`plan`); `unattached` are those this data plane
+    /// is not attached to yet. A loopback interface
+    /// is refused always: no packet from another host arrives there. One
+    /// that is down or has no address is refused on a reload (moving the
+    /// data plane there would leave every new connection unanswered); at
+    /// start it is a warning and canaryd attaches anyway, so that a restart
+    /// during a link flap keeps control of the data plane (XDP attaches to a
+    /// down link and works once it comes up). The same rules hold for
+    /// `backend_interfaces`: replies come back there and packets to the
+    /// backends leave there, so a down or unaddressed one loses its
+    /// backends' traffic just as a wrong `interface` loses the clients'.
+    ///
+    /// An interface attached already is refused only if it is a loopback
+    /// one (a data plane taken over from pins an older canaryd left on
+    /// `lo`): its going down (or losing its addresses) since it was
+    /// attached does not block a weight or a pool change.
+    pub(super) fn check_interfaces(
+        &self,
+        config: &Config,
+        unattached: &[String],
+        host: &BTreeMap<String, InterfaceState>,
+    ) -> Result<()> {
         let starting = self.applied.is_none();
-        let all = InterfaceState::read_all()?;
-        for (field, iface) in interface_fields(config) {
-            let state = InterfaceState::find(&all, &iface)?;
+        for iface in config.interfaces() {
+            let state = InterfaceState::find(host, &iface)?;
             let Some(problem) = state.problem() else {
                 continue;
             };
-            let said = format!("{field}: {iface} {}", problem.says());
-            if problem == InterfaceProblem::Loopback {
-                bail!("{said}");
-            }
-            if self.links.contains_key(&iface) {
-                // Attached already: a link that went down (or lost its
-                // addresses) does not block a weight or a pool change.
+            if problem != InterfaceProblem::Loopback && !unattached.contains(&iface) {
                 continue;
             }
-            if starting {
-                warn!(
-                    "{said}; attached anyway at start (it carries the service once it is up \
-                     and addressed)"
-                );
-            } else {
+            let said = format!(
+                "{}: {iface} {}",
+                config.interface_field(&iface),
+                problem.says()
+            );
+            if problem == InterfaceProblem::Loopback || !starting {
                 bail!("{said}");
             }
+            warn!(
+                "{said}; attached anyway at start (it carries the service once it is up \
+                 and addressed)"
+            );
         }
         Ok(())
     }
@@ -398,7 +403,11 @@ mod tests {
         let mut c = Config::parse(crate::config::DEFAULT_CONFIG).unwrap();
         c.interface = "front".into();
         c.backend_interfaces = vec!["b1".into(), "front".into(), "b2".into()];
-        let f = interface_fields(&c);
+        let f: Vec<(String, String)> = c
+            .interfaces()
+            .into_iter()
+            .map(|i| (c.interface_field(&i), i))
+            .collect();
         assert_eq!(
             f,
             [

@@ -147,10 +147,21 @@ pub fn expected_layout(flow_table_size: u32, services: u32) -> Vec<(&'static str
     ]
 }
 
-/// Maps that hold only counters: a pin of another shape (an older
-/// canaryd's, with fewer slots) is replaced by a fresh map instead of
-/// refusing to start. The counters start again from zero (Prometheus takes
-/// that as a counter reset); nothing a connection needs is lost.
+/// The maps that hold only counters: without their pins, a restart starts
+/// them again from zero (Prometheus takes that as a counter reset), and
+/// nothing a connection needs is lost.
+pub const COUNTER_MAPS: [&str; 5] = [
+    names::VERSION_STATS,
+    names::BACKEND_STATS,
+    names::DATAPATH_STATS,
+    names::HEALTH_STATS,
+    names::SIGNALS,
+];
+
+/// The counter maps (of [`COUNTER_MAPS`]) whose pin of another shape (an
+/// older canaryd's, with fewer slots) is replaced by a fresh map instead of
+/// refusing to start. Only the data-path counters: the others are what a
+/// rollout in progress is judged on.
 const REPLACEABLE: [&str; 1] = [names::DATAPATH_STATS];
 
 /// Checks the pins in `dir` against [`expected_layout`]; a clear error
@@ -384,22 +395,14 @@ impl Maps {
 
     /// Per-version counters of a service, summed over CPUs.
     pub fn version_stats(&self, service_id: u32, version: u32) -> Result<VersionStats> {
-        let per_cpu = self
-            .version_stats
-            .get(&version_stats_index(service_id, version), 0)?;
-        Ok(sum_version(&per_cpu))
+        summed(
+            &self.version_stats,
+            version_stats_index(service_id, version),
+        )
     }
 
     pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
-        let per_cpu = self.backend_stats.get(&backend_id, 0)?;
-        let mut t = BackendStats::default();
-        for s in per_cpu.iter() {
-            t.packets += s.packets;
-            t.bytes += s.bytes;
-            t.new_flows += s.new_flows;
-            t.reply_packets += s.reply_packets;
-        }
-        Ok(t)
+        summed(&self.backend_stats, backend_id)
     }
 
     /// Invalidates every cached next hop at once: the connections' next
@@ -452,37 +455,12 @@ impl Maps {
 
     /// Passive health signals of a service's version, summed over CPUs.
     pub fn health_stats(&self, service_id: u32, version: u32) -> Result<HealthStats> {
-        let per_cpu = self
-            .health_stats
-            .get(&version_stats_index(service_id, version), 0)?;
-        let mut t = HealthStats::default();
-        for s in per_cpu.iter() {
-            t.syn_acks += s.syn_acks;
-            t.rsts += s.rsts;
-            for (a, b) in t
-                .handshake_us_log2
-                .iter_mut()
-                .zip(s.handshake_us_log2.iter())
-            {
-                *a += b;
-            }
-        }
-        Ok(t)
+        summed(&self.health_stats, version_stats_index(service_id, version))
     }
 
     /// The judged signals of a service's version, summed over CPUs.
     pub fn signals(&self, service_id: u32, version: u32) -> Result<Signals> {
-        let per_cpu = self
-            .signals
-            .get(&version_stats_index(service_id, version), 0)?;
-        let mut t = Signals::default();
-        for s in per_cpu.iter() {
-            t.judged += s.judged;
-            t.resets += s.resets;
-            t.unreachables += s.unreachables;
-            t.over_budget += s.over_budget;
-        }
-        Ok(t)
+        summed(&self.signals, version_stats_index(service_id, version))
     }
 
     /// The judged failures the data plane recorded since the last call
@@ -539,8 +517,7 @@ impl Maps {
     pub fn datapath_stats(&self) -> Result<[u64; reason::COUNT as usize]> {
         let mut out = [0u64; reason::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = self.datapath_stats.get(&(i as u32), 0)?;
-            *slot = per_cpu.iter().sum();
+            *slot = summed(&self.datapath_stats, i as u32)?;
         }
         Ok(out)
     }
@@ -570,14 +547,109 @@ pub fn local_addr_key(addr: std::net::IpAddr) -> LocalAddrKey {
     }
 }
 
-fn sum_version(per_cpu: &PerCpuValues<VersionStats>) -> VersionStats {
-    let mut t = VersionStats::default();
-    for s in per_cpu.iter() {
-        t.packets += s.packets;
-        t.bytes += s.bytes;
-        t.new_flows += s.new_flows;
-        t.reply_packets += s.reply_packets;
-        t.reply_bytes += s.reply_bytes;
+/// A per-CPU value that adds up over CPUs (a counter record, field by
+/// field).
+pub trait PerCpuSum: aya::Pod + Default {
+    fn add(&mut self, other: &Self);
+}
+
+/// `PerCpuSum` for a record of plain counters; its fields are named whole
+/// (a field added to the record and not here does not compile).
+macro_rules! per_cpu_sum {
+    ($t:ident: $($f:ident),+) => {
+        impl PerCpuSum for $t {
+            fn add(&mut self, other: &Self) {
+                let $t { $($f),+ } = *other;
+                $(self.$f += $f;)+
+            }
+        }
+    };
+}
+
+per_cpu_sum!(VersionStats: packets, bytes, new_flows, reply_packets, reply_bytes);
+per_cpu_sum!(BackendStats: packets, bytes, new_flows, reply_packets);
+per_cpu_sum!(Signals: judged, resets, unreachables, over_budget);
+
+impl PerCpuSum for HealthStats {
+    fn add(&mut self, other: &Self) {
+        let HealthStats {
+            syn_acks,
+            rsts,
+            handshake_us_log2,
+        } = other;
+        self.syn_acks += syn_acks;
+        self.rsts += rsts;
+        for (a, b) in self.handshake_us_log2.iter_mut().zip(handshake_us_log2) {
+            *a += b;
+        }
     }
-    t
+}
+
+impl PerCpuSum for u64 {
+    fn add(&mut self, other: &Self) {
+        *self += other;
+    }
+}
+
+/// Slot `index` of a per-CPU map, summed over CPUs.
+pub fn summed<T: PerCpuSum>(map: &PerCpuArray<MapData, T>, index: u32) -> Result<T> {
+    Ok(map.get(&index, 0)?.iter().fold(T::default(), |mut t, v| {
+        t.add(v);
+        t
+    }))
+}
+
+/// Sets slot `index` of a per-CPU map to zero on every CPU (the counters
+/// of an id handed out afresh).
+pub fn zero_per_cpu<T: aya::Pod + Default>(
+    map: &mut PerCpuArray<MapData, T>,
+    index: u32,
+) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    map.set(index, PerCpuValues::try_from(vec![T::default(); cpus])?, 0)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replaceable_maps_hold_only_counters() {
+        assert!(REPLACEABLE.iter().all(|m| COUNTER_MAPS.contains(m)));
+    }
+
+    #[test]
+    fn counters_add_up_field_by_field() {
+        let mut t = HealthStats::default();
+        let mut one = HealthStats {
+            syn_acks: 1,
+            rsts: 2,
+            ..HealthStats::default()
+        };
+        one.handshake_us_log2[3] = 5;
+        t.add(&one);
+        t.add(&one);
+        assert_eq!((t.syn_acks, t.rsts, t.handshake_us_log2[3]), (2, 4, 10));
+        let mut s = Signals::default();
+        s.add(&Signals {
+            judged: 1,
+            resets: 2,
+            unreachables: 3,
+            over_budget: 4,
+        });
+        s.add(&Signals {
+            judged: 10,
+            ..Signals::default()
+        });
+        assert_eq!(
+            s,
+            Signals {
+                judged: 11,
+                resets: 2,
+                unreachables: 3,
+                over_budget: 4
+            }
+        );
+    }
 }

@@ -31,7 +31,6 @@ use keys::{backend_addr_key, vip_marker};
 use crate::config::{Affinity, Config, Protocol, ServiceConfig, Version};
 use anyhow::{bail, Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
-use aya::maps::PerCpuValues;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{xdp::XdpLink, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
@@ -104,22 +103,24 @@ pub fn monotonic_s() -> u32 {
 /// `LOCAL_ADDRS` holds: a backend's packet to one of them is this host's
 /// own connection, passed untouched).
 pub fn local_addresses() -> Result<Vec<IpAddr>> {
-    let mut out: Vec<IpAddr> = host_addresses()?.into_iter().map(|(a, _)| a).collect();
+    Ok(addresses_of(&InterfaceState::read_all()?))
+}
+
+/// Every address in `all` (`InterfaceState::read_all`) once, sorted.
+fn addresses_of(all: &BTreeMap<String, InterfaceState>) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = all.values().flat_map(|s| s.addresses.clone()).collect();
     out.sort();
     out.dedup();
-    Ok(out)
+    out
 }
 
 /// Every address of every interface in this network namespace, with the
 /// interface it is on (an address on two interfaces is listed twice).
 pub fn host_addresses() -> Result<Vec<(IpAddr, String)>> {
-    let mut out = Vec::new();
-    for ifa in nix::ifaddrs::getifaddrs().context("listing this host's addresses")? {
-        if let Some(ip) = ifa.address.as_ref().and_then(ip_of) {
-            out.push((ip, ifa.interface_name));
-        }
-    }
-    Ok(out)
+    Ok(InterfaceState::read_all()?
+        .into_iter()
+        .flat_map(|(name, s)| s.addresses.into_iter().map(move |a| (a, name.clone())))
+        .collect())
 }
 
 /// The IP address of an interface address entry (None for a link-layer
@@ -303,7 +304,12 @@ impl DataPlane {
     /// Makes `LOCAL_ADDRS` match this host's addresses now (canaryd calls
     /// it every few seconds); returns (added, removed).
     pub fn refresh_local_addrs(&mut self) -> Result<(usize, usize)> {
-        let addrs = local_addresses()?;
+        self.set_local_addrs(&local_addresses()?)
+    }
+
+    /// Makes `LOCAL_ADDRS` hold `addrs` (`local_addresses`); returns
+    /// (added, removed).
+    fn set_local_addrs(&mut self, addrs: &[IpAddr]) -> Result<(usize, usize)> {
         if addrs.len() > canary_common::MAX_LOCAL_ADDRS as usize {
             warn!(
                 "this host has {} addresses; LOCAL_ADDRS holds the first {}",
@@ -311,7 +317,7 @@ impl DataPlane {
                 canary_common::MAX_LOCAL_ADDRS
             );
         }
-        self.maps.sync_local_addrs(&addrs)
+        self.maps.sync_local_addrs(addrs)
     }
 
     /// Makes every cached next hop stale at once (their connections' next

@@ -41,7 +41,7 @@ use netlink_packet_route::link::{
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -159,6 +159,22 @@ impl Problem {
             Problem::NoNapi => "gro on",
         }
     }
+
+    /// What the peer has: "TX checksum offload on".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Problem::TxChecksum => "TX checksum offload on",
+            Problem::NoNapi => "GRO off and no XDP program",
+        }
+    }
+
+    /// What the peer has once it is mended.
+    pub fn mended(self) -> &'static str {
+        match self {
+            Problem::TxChecksum => "TX checksum offload off",
+            Problem::NoNapi => "NAPI (GRO on or an XDP program)",
+        }
+    }
 }
 
 /// The problems of a peer in this state.
@@ -177,18 +193,18 @@ pub fn problems(s: PeerState) -> Vec<Problem> {
 pub fn warning(iface: &str, peer: &str, ns: &Namespace, p: Problem, fix_on: bool) -> String {
     let at = format!("{iface}: its veth peer {peer} in {}", ns.describe());
     let cmd = ns.command(peer, p.setting());
-    let what = match p {
+    let then = match p {
         Problem::TxChecksum => format!(
-            "{at} has TX checksum offload on: the frames it sends into canary's XDP program \
-             carry partial checksums, are forwarded that way and dropped by the receiver \
-             (connections through {iface} time out)"
+            "the frames it sends into canary's XDP program carry partial checksums, are \
+             forwarded that way and dropped by the receiver (connections through {iface} \
+             time out)"
         ),
         Problem::NoNapi => format!(
-            "{at} has GRO off and no XDP program: the frames canary redirects out of {iface} \
-             are dropped (a veth delivers redirected frames only to a peer with NAPI: GRO on, \
-             or an XDP program)"
+            "the frames canary redirects out of {iface} are dropped (a veth delivers \
+             redirected frames only to a peer with NAPI: GRO on, or an XDP program)"
         ),
     };
+    let what = format!("{at} has {}: {then}", p.describe());
     if fix_on {
         format!("{what}; fix_veth_offloads could not change it: run `{cmd}`")
     } else {
@@ -638,13 +654,7 @@ impl Check {
                 Some(format!("{name} in {}", ns.describe())),
                 problems(*state)
                     .into_iter()
-                    .map(|p| {
-                        let what = match p {
-                            Problem::TxChecksum => "TX checksum offload on",
-                            Problem::NoNapi => "GRO off and no XDP program",
-                        };
-                        format!("{what}; fix: `{}`", ns.command(name, p.setting()))
-                    })
+                    .map(|p| format!("{}; fix: `{}`", p.describe(), ns.command(name, p.setting())))
                     .collect(),
             ),
             Peer::Unseen { name, why } => (
@@ -913,10 +923,7 @@ impl Inspector for Checker {
                                 "{iface}: its veth peer {name} in {} now has {} \
                                  (the earlier warning no longer applies)",
                                 ns.describe(),
-                                match p {
-                                    Problem::TxChecksum => "TX checksum offload off",
-                                    Problem::NoNapi => "NAPI (GRO on or an XDP program)",
-                                }
+                                p.mended()
                             );
                         }
                     }
@@ -959,6 +966,10 @@ struct Board {
     /// The findings, by interface: what `canaryctl status` and the metric
     /// show.
     checks: BTreeMap<String, Check>,
+    /// Interfaces whose last check could not read them (an rtnetlink
+    /// timeout, a socket not opened): not known to be veths or not, so
+    /// asked again at every re-check, as the veths in `checks` are.
+    unread: BTreeSet<String>,
     /// The daemon's side is gone: the thread ends.
     stop: bool,
 }
@@ -1011,12 +1022,16 @@ fn work(shared: &Shared, mut inspector: Box<dyn Inspector>) {
         if b.attached.contains(&iface) {
             match verdict {
                 Verdict::Checked(c) => {
+                    b.unread.remove(&iface);
                     b.checks.insert(iface, c);
                 }
                 Verdict::NotVeth => {
+                    b.unread.remove(&iface);
                     b.checks.remove(&iface);
                 }
-                Verdict::Unreadable => {}
+                Verdict::Unreadable => {
+                    b.unread.insert(iface);
+                }
             }
         }
         drop(b);
@@ -1068,6 +1083,7 @@ impl VethChecks {
             b.attached = attached.to_vec();
             b.fix = fix;
             b.checks.retain(|i, _| on(i));
+            b.unread.retain(on);
             b.asked.retain(on);
             for i in ifaces.iter().filter(|i| on(i)) {
                 b.ask(i);
@@ -1111,7 +1127,8 @@ impl VethChecks {
 
     /// Every `RECHECK_EVERY`, asks for every checked veth to be looked at
     /// again (a problem fixed by hand leaves the status; a new one is
-    /// warned about; with `fix`, repaired). Returns at once.
+    /// warned about; with `fix`, repaired), and every interface whose last
+    /// check could not read it. Returns at once.
     pub fn recheck(&mut self, fix: bool) {
         let now = Instant::now();
         let Some(last) = self.last_round else {
@@ -1125,8 +1142,8 @@ impl VethChecks {
         {
             let mut b = self.shared.board();
             b.fix = fix;
-            let veths: Vec<String> = b.checks.keys().cloned().collect();
-            for i in &veths {
+            let again: Vec<String> = b.checks.keys().chain(&b.unread).cloned().collect();
+            for i in &again {
                 b.ask(i);
             }
         }
@@ -1438,6 +1455,66 @@ mod tests {
         // A detached interface leaves the status at the next ask.
         v.ask(&[], &ifaces[1..], false);
         assert_eq!(v.status().len(), 2);
+    }
+
+    /// `veth0` cannot be read at its first check (an rtnetlink timeout),
+    /// then is a veth; `eth0` is no veth. Records every check.
+    struct Flaky {
+        checked: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Inspector for Flaky {
+        fn check(&mut self, iface: &str, _fix: bool) -> Verdict {
+            let mut checked = self.checked.lock().unwrap();
+            checked.push(iface.to_string());
+            if iface == "eth0" {
+                return Verdict::NotVeth;
+            }
+            if checked.iter().filter(|i| *i == iface).count() == 1 {
+                return Verdict::Unreadable;
+            }
+            Verdict::Checked(Check {
+                interface: iface.to_string(),
+                peer: Peer::Unseen {
+                    name: None,
+                    why: "flaky".into(),
+                },
+                at: Instant::now(),
+            })
+        }
+        fn retain(&mut self, _attached: &[String]) {}
+    }
+
+    #[test]
+    fn an_interface_unreadable_at_its_first_check_is_checked_again() {
+        let checked = Arc::new(Mutex::new(Vec::new()));
+        let mut v = VethChecks::with(Box::new(Flaky {
+            checked: checked.clone(),
+        }));
+        let ifaces: Vec<String> = ["veth0", "eth0"].map(String::from).to_vec();
+        v.ask(&ifaces, &ifaces, false);
+        assert!(v.wait(Duration::from_secs(5)), "the checks end");
+        assert!(v.status().is_empty(), "{:?}", v.status());
+        // The next rounds (due once RECHECK_EVERY has passed): the
+        // unreadable one is asked again and found a veth; the one that is
+        // no veth is not asked again.
+        for round in 1..=2 {
+            v.last_round = Instant::now().checked_sub(RECHECK_EVERY);
+            v.recheck(false);
+            assert!(v.wait(Duration::from_secs(5)), "round {round} ends");
+            let names: Vec<String> = v.status().into_iter().map(|s| s.name).collect();
+            assert_eq!(names, ["veth0"], "round {round}");
+        }
+        assert_eq!(
+            *checked.lock().unwrap(),
+            ["veth0", "eth0", "veth0", "veth0"]
+        );
+        // Detached: no longer asked.
+        v.ask(&[], &[], false);
+        v.last_round = Instant::now().checked_sub(RECHECK_EVERY);
+        v.recheck(false);
+        assert!(v.wait(Duration::from_secs(5)));
+        assert_eq!(checked.lock().unwrap().len(), 4);
     }
 
     #[test]

@@ -50,24 +50,31 @@ pub struct PinReport {
 }
 
 impl PinReport {
-    fn with(&self, want: impl Fn(&Found) -> bool) -> Vec<String> {
-        self.pins
-            .iter()
-            .filter(|(_, f)| want(f))
-            .map(|(p, _)| p.clone())
-            .collect()
-    }
-
     /// The pins pinned again by this check.
     pub fn restored(&self) -> Vec<String> {
-        self.with(|f| *f == Found::Restored)
+        pins_where(&self.pins, |f| *f == Found::Restored)
     }
 
-    /// The pins a restart would not find as they are: missing and not
-    /// restorable, or holding another object.
+    /// The pins a restart would not find as they are (`at_risk`).
     pub fn at_risk(&self) -> Vec<String> {
-        self.with(|f| matches!(f, Found::Unrestorable(_) | Found::Foreign(_)))
+        at_risk(&self.pins)
     }
+}
+
+/// The pins of `pins` whose finding is `want`ed.
+fn pins_where(pins: &BTreeMap<String, Found>, want: impl Fn(&Found) -> bool) -> Vec<String> {
+    pins.iter()
+        .filter(|(_, f)| want(f))
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+/// The pins of `pins` a restart would not find as they are: missing and
+/// not restorable, or holding another object.
+fn at_risk(pins: &BTreeMap<String, Found>) -> Vec<String> {
+    pins_where(pins, |f| {
+        matches!(f, Found::Unrestorable(_) | Found::Foreign(_))
+    })
 }
 
 /// What identifies a map we hold (the id alone could match a link's id:
@@ -252,14 +259,10 @@ impl DataPlane {
 
     /// The pin watcher's totals as of its last check (status, metrics).
     pub fn pin_status(&self) -> crate::control::api::PinsStatus {
-        let last = PinReport {
-            pins: self.pin_watch.last.clone(),
-            ..PinReport::default()
-        };
         crate::control::api::PinsStatus {
             watched: (self.pin_watch.maps.len() + self.links.len()) as u64,
             restored_total: self.pin_watch.restored_total,
-            at_risk: last.at_risk(),
+            at_risk: at_risk(&self.pin_watch.last),
         }
     }
 
@@ -396,7 +399,7 @@ pub fn restart_loses(pin: &str) -> String {
         canary_common::names::HANDSHAKES => {
             "the handshakes in flight (their timeouts go uncounted)".into()
         }
-        p if p.ends_with("_STATS") || p == "SIGNALS" => {
+        p if maps::COUNTER_MAPS.contains(&p) => {
             format!("the {p} counters (they start again from zero)")
         }
         p => {
