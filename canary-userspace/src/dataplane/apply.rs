@@ -432,7 +432,7 @@ impl DataPlane {
                 warn!("invalidating cached next hops: {e:#}");
             }
         }
-        self.attach_migrating(&ifindexes, config, &ids, &mut report)?;
+        self.attach_migrating(&ifindexes, &unattached, config, &ids, &mut report)?;
         self.check_veths(&unattached, config, prev.as_ref());
 
         let keep_services: HashSet<String> =

@@ -12,14 +12,15 @@ impl DataPlane {
     /// Attaches to every wanted interface: a link pinned by an earlier
     /// canaryd is taken over by swapping our program into it (atomic, no
     /// packet sees no program); otherwise a new link is created and pinned.
-    /// Links of interfaces no longer wanted are removed.
+    /// Links of interfaces no longer wanted are removed. `unattached`: the
+    /// wanted ones not attached yet (`plan` found them).
     pub(super) fn attach_interfaces(
         &mut self,
         wanted: &BTreeMap<String, u32>,
+        unattached: &[String],
         report: &mut ApplyReport,
     ) -> Result<()> {
-        let attached_now = self.unattached(wanted.keys());
-        for iface in &attached_now {
+        for iface in unattached {
             let pin = self.link_pin(iface);
             let program: &mut Xdp = self
                 .ebpf
@@ -87,7 +88,7 @@ impl DataPlane {
         // are detached (the new ones are attached already, above).
         report.lines.extend(move_lines(
             self.applied.as_ref(),
-            &attached_now,
+            unattached,
             &stale,
             wanted.keys(),
         ));

@@ -357,13 +357,14 @@ impl DataPlane {
     pub(super) fn attach_migrating(
         &mut self,
         ifindexes: &BTreeMap<String, u32>,
+        unattached: &[String],
         config: &Config,
         ids: &Ids,
         report: &mut ApplyReport,
     ) -> Result<()> {
         let aside = aside_dir(&self.pin_dir);
         if !aside.is_dir() {
-            return self.attach_interfaces(ifindexes, report);
+            return self.attach_interfaces(ifindexes, unattached, report);
         }
         let unfinished = || {
             format!(
@@ -376,7 +377,7 @@ impl DataPlane {
         let mapping = Mapping::new(config, ids);
         let mut seen = HashSet::new();
         let before = old.copy(&mut self.maps.flows, &mapping, now_s()?, true, &mut seen);
-        self.attach_interfaces(ifindexes, report)
+        self.attach_interfaces(ifindexes, unattached, report)
             .with_context(unfinished)?;
         let after = old.copy(&mut self.maps.flows, &mapping, now_s()?, false, &mut seen);
         drop(old);
