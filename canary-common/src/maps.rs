@@ -592,6 +592,9 @@ pub mod reason {
     /// Slots of the `DATAPATH_STATS` map: room for reasons to come, so a
     /// new reason does not change the pinned map's size.
     pub const SLOTS: u32 = 64;
+    // A reason beyond the map's slots would never be counted (the
+    // program's lookup of its slot fails): grow `SLOTS` first.
+    const _: () = assert!(COUNT <= SLOTS);
 
     /// Names for logs and metrics, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [

@@ -48,34 +48,6 @@ impl fmt::Display for Short {
     }
 }
 
-/// Counts the decimals of a number as `{}` writes it (the shortest decimal
-/// form that reads back as the same `f64`), without allocating.
-#[derive(Default)]
-struct Decimals {
-    point: bool,
-    count: usize,
-}
-
-impl fmt::Write for Decimals {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        for c in s.chars() {
-            if c == '.' {
-                self.point = true;
-            } else if self.point && c.is_ascii_digit() {
-                self.count += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn decimals(x: f64) -> usize {
-    let mut d = Decimals::default();
-    // Writing to a counter cannot fail.
-    let _ = fmt::Write::write_fmt(&mut d, format_args!("{x}"));
-    d.count
-}
-
 impl core::error::Error for WeightError {}
 
 impl WeightBp {
@@ -88,19 +60,21 @@ impl WeightBp {
     /// "Two decimals" is judged on the number as written: the shortest
     /// decimal form that reads back as the same `f64` (what `{}` prints,
     /// what serde_json and YAML parsers produce from `12.34`) may have at
-    /// most two digits after the point. So `1e-300` and `33.333` are both
-    /// too precise, and `0.29` (`28.999...` once scaled) is 29 bp. `-0` is
-    /// 0.
+    /// most two digits after the point. That is the case exactly when the
+    /// number is the `f64` nearest some whole number of basis points over
+    /// 100, which is what is checked: that number, scaled and rounded,
+    /// divides back to it. So `1e-300` and `33.333` are both too precise,
+    /// and `0.29` (`28.999...` once scaled) is 29 bp. `-0` is 0.
     pub fn from_percent(percent: f64) -> Result<WeightBp, WeightError> {
         if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
             return Err(WeightError::OutOfRange(percent));
         }
-        if decimals(percent) > 2 {
+        // Rounded by hand (`f64::round` needs std): finite and within
+        // 0..=10000 once scaled.
+        let bp = (percent * 100.0 + 0.5) as u32;
+        if bp as f64 / 100.0 != percent {
             return Err(WeightError::TooPrecise(percent));
         }
-        // `f64::round` needs std; the value is finite and within 0..=10000,
-        // and within a rounding error of a whole number of basis points.
-        let bp = (percent * 100.0 + 0.5) as u32;
         Ok(WeightBp(bp as u16))
     }
 

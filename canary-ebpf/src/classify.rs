@@ -99,7 +99,7 @@ pub fn classify<H: IpHdr, const L3: usize>(ctx: &XdpContext) -> Result<Packet<H>
 
 /// Is `addr` one of our VIP addresses (any port)?
 #[inline(always)]
-fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
+pub(crate) fn is_vip_addr(addr: [u32; 4], family: u8) -> bool {
     unsafe { VIPS.get(&VipKey::marker(addr, family)) }.is_some()
 }
 

@@ -32,7 +32,6 @@ pub fn forward<H: IpHdr, const L3: usize>(
         Ok(t) => t,
         Err(outcome) => return outcome,
     };
-    health::note_opening(&tcp, opening, &flow, &mut target, now.secs);
     let backend = H::addr(&target.addr);
     if nat::dnat::<H>(ctx, pkt.ip, pkt.l4, pkt.proto, &pkt.dst, &backend).is_none() {
         return Outcome::drop(reason::DROP_MALFORMED);
@@ -40,14 +39,18 @@ pub fn forward<H: IpHdr, const L3: usize>(
     let routed = route::send::<H, L3>(ctx, pkt.ip, pkt.proto, pkt.sport, pkt.dport, target.cached);
     // Too big for the backend's route: answered from the VIP, quoting the
     // packet as the client sent it (the DNAT undone). Not forwarded, so
-    // not remembered nor counted (the smaller retry is decided alike).
-    // Verifier: before `remember`, where fewer states reach it.
+    // not judged, remembered nor counted (the smaller retry is decided
+    // and judged alike). Verifier: before `remember`, where fewer states
+    // reach it.
     if routed.too_big != 0 {
         let (ip, l4, proto, mtu) = (pkt.ip, pkt.l4, pkt.proto, routed.too_big);
         if let Some(answer) = icmp::too_big::<H, L3>(ctx, ip, l4, proto, &flow.dst, false, mtu) {
             return answer;
         }
     }
+    // Not answered here: judged now (`note_opening` sets the flags
+    // `remember` stores).
+    health::note_opening(&tcp, opening, &flow, &mut target, now.secs);
     remember(ctx, &flow, &target, routed.learned, &now);
     if routed.outcome.delivered() {
         stats::count_forward(

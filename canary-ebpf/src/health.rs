@@ -6,7 +6,7 @@
 //! FIN, RST: see `canary_common::flow`).
 
 use crate::decide::{move_along, Remember, Target};
-use crate::judge::{failed, judge, signals, Opening};
+use crate::judge::{failure, judge, Opening};
 use crate::maps::{HANDSHAKES, HEALTH_STATS};
 use crate::parse::ptr_at;
 use crate::stats::count;
@@ -92,10 +92,7 @@ pub fn note_reply(
             // sent after closing (a client can provoke that at will).
             let client_closed = state.flags & (FLOW_RST | FLOW_FIN_CLIENT) != 0;
             if rst && state.flags & FLOW_JUDGED != 0 && !client_closed {
-                if let Some(s) = signals(service_id, version) {
-                    unsafe { (*s).resets += 1 };
-                }
-                failed(flow, service_id, version, FAILURE_RESET);
+                failure(flow, service_id, version, FAILURE_RESET);
             }
         }
         move_along(state, flags, now_s);

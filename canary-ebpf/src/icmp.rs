@@ -71,21 +71,23 @@
 //! its sender sent it (the rewrite undone; the IP header and 64 bytes),
 //! back out of the interface it came in on (`tx_icmp_too_big`).
 
+use crate::classify::is_vip_addr;
 use crate::family::IpHdr;
-use crate::maps::{BACKENDS, FLOWS, LOCAL_ADDRS, REVERSE_NAT, SIGNALS, TX_PORTS, VIPS};
+use crate::maps::{BACKENDS, FLOWS, LOCAL_ADDRS, REVERSE_NAT, TX_PORTS, VIPS};
 use crate::outcome::Outcome;
-use crate::parse::{ptr_at, words16, words4};
+use crate::parse::{csum, ptr_at, words16, words4};
 use crate::stats::count;
-use crate::{nat, route};
+use crate::{judge, nat, route};
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
+use canary_common::checksum::{self, fold};
 use canary_common::flow::{FLOW_JUDGED, FLOW_UNREACH_COUNTED};
 use canary_common::{
-    checksum, reason, version_stats_index, BackendAddrKey, FlowKey, LocalAddrKey, ReverseNat,
-    VipKey, FAMILY_V4, PROTO_TCP, PROTO_UDP,
+    reason, BackendAddrKey, FlowKey, LocalAddrKey, ReverseNat, VipKey, FAILURE_UNREACHABLE,
+    FAMILY_V4, PROTO_TCP, PROTO_UDP,
 };
 use network_types::eth::EthHdr;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -237,10 +239,7 @@ fn ip_check<H: IpHdr>(ip: *const H) -> u16 {
 /// (`None`: passed untouched, as an error about anyone else's traffic).
 #[inline(always)]
 fn not_ours<H: IpHdr>(ip: *const H) -> Option<Outcome> {
-    let key = VipKey::marker(dst_of(ip), H::FAMILY);
-    unsafe { VIPS.get(&key) }
-        .is_some()
-        .then_some(Outcome::drop(reason::DROP_ICMP))
+    is_vip_addr(dst_of(ip), H::FAMILY).then_some(Outcome::drop(reason::DROP_ICMP))
 }
 
 /// An ICMP error about one of our flows, translated (see the module doc).
@@ -378,16 +377,8 @@ fn note_unreachable(flow: &FlowKey, rev: &ReverseNat) {
         return;
     }
     unsafe { (*e).flags = flags | FLOW_UNREACH_COUNTED };
-    let slot = version_stats_index(rev.service_id, rev.version & 1);
-    if let Some(s) = SIGNALS.get_ptr_mut(slot) {
-        unsafe { (*s).unreachables += 1 };
-    }
-    crate::judge::failed(
-        flow,
-        rev.service_id,
-        rev.version & 1,
-        canary_common::FAILURE_UNREACHABLE,
-    );
+    let version = rev.version & 1;
+    judge::failure(flow, rev.service_id, version, FAILURE_UNREACHABLE);
 }
 
 /// An error about a client -> backend packet: from the VIP to the client,
@@ -402,23 +393,12 @@ fn to_client<H: IpHdr, const L3: usize>(
     rev: &ReverseNat,
     unreachable: bool,
 ) -> Outcome {
+    let vip = H::addr(&rev.vip);
     if unreachable && src_of(ip) == dst_of(q.inner) {
-        let vip = H::addr(&rev.vip);
         let flow = FlowKey::new(src_of(q.inner), vip, q.sport, q.dport, PROTO_UDP, H::FAMILY);
         note_unreachable(&flow, rev);
     }
-    let vip = H::addr(&rev.vip);
-    let mut check = unsafe { u16::from_ne_bytes((*hdr).check) };
-    check = rewrite_quote::<H>(ctx, q, false, &vip, check);
-    let src = src_of(ip);
-    H::set_src(ip, &src, &vip);
-    if !is_v4::<H>() {
-        // ICMPv6's checksum covers the pseudo-header's addresses.
-        check = H::l4_check(check, &src, &vip);
-    }
-    unsafe { (*hdr).check = check.to_ne_bytes() };
-    count(reason::ICMP_TO_CLIENT);
-    route::send::<H, L3>(ctx, ip, icmp_proto::<H>(), 0, 0, core::ptr::null()).outcome
+    translate::<H, L3>(ctx, ip, hdr, q, false, &vip, reason::ICMP_TO_CLIENT)
 }
 
 /// An error about a reply (VIP -> client): to the flow's backend, quoting
@@ -446,15 +426,38 @@ fn to_backend<H: IpHdr, const L3: usize>(
         return Outcome::drop(reason::DROP_ICMP);
     };
     let backend = H::addr(&b.addr);
+    translate::<H, L3>(ctx, ip, hdr, q, true, &backend, reason::ICMP_TO_BACKEND)
+}
+
+/// Translates the error at `ip` and sends it on, counted as `why`: the
+/// quoted packet's destination becomes `new` (see `rewrite_quote`), and so
+/// does the error's source, which speaks for that destination; with `src`,
+/// the quoted packet's source and the error's destination. The ICMP
+/// checksum follows both (ICMPv6's covers its pseudo-header's addresses).
+#[inline(always)]
+fn translate<H: IpHdr, const L3: usize>(
+    ctx: &XdpContext,
+    ip: *mut H,
+    hdr: *mut IcmpHdr,
+    q: &Quote<H>,
+    src: bool,
+    new: &[u32; 4],
+    why: u32,
+) -> Outcome {
     let mut check = unsafe { u16::from_ne_bytes((*hdr).check) };
-    check = rewrite_quote::<H>(ctx, q, true, &backend, check);
-    let dst = dst_of(ip);
-    H::set_dst(ip, &dst, &backend);
+    check = rewrite_quote::<H>(ctx, q, src, new, check);
+    // The quote's source is the error's destination, and the other way.
+    let old = if src { dst_of(ip) } else { src_of(ip) };
+    if src {
+        H::set_dst(ip, &old, new);
+    } else {
+        H::set_src(ip, &old, new);
+    }
     if !is_v4::<H>() {
-        check = H::l4_check(check, &dst, &backend);
+        check = H::l4_check(check, &old, new);
     }
     unsafe { (*hdr).check = check.to_ne_bytes() };
-    count(reason::ICMP_TO_BACKEND);
+    count(why);
     route::send::<H, L3>(ctx, ip, icmp_proto::<H>(), 0, 0, core::ptr::null()).outcome
 }
 
@@ -565,22 +568,6 @@ pub fn too_big<H: IpHdr, const L3: usize>(
     })
 }
 
-/// The one's-complement sum `s` folded to 16 bits.
-#[inline(always)]
-fn fold(s: u64) -> u16 {
-    let s = (s & 0xffff_ffff) + (s >> 32);
-    let s = (s & 0xffff) + (s >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    ((s & 0xffff) + (s >> 16)) as u16
-}
-
-/// `bpf_csum_diff` over the `N` bytes at `p` (`None` if the helper fails).
-#[inline(always)]
-fn csum<const N: usize>(p: *mut [u8; N]) -> Option<u64> {
-    let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, 0) };
-    (r >= 0).then_some(r as u64)
-}
-
 /// Answers the packet at `L3` (as its sender sent it) with ICMP
 /// "fragmentation needed" (v4: type 3 code 4) / "packet too big" (v6: type
 /// 2) carrying `mtu`, from the packet's destination to its source, quoting
@@ -657,7 +644,7 @@ fn build_v4<const L3: usize>(ctx: &XdpContext, mtu: u16) -> Option<()> {
         (*ip).check = [0, 0];
         copy4(&(*quoted).dst_addr, &mut (*ip).src_addr);
         copy4(&(*quoted).src_addr, &mut (*ip).dst_addr);
-        let check = !fold(csum(ip as *mut [u8; Ipv4Hdr::LEN])?);
+        let check = !fold(csum(ip as *mut [u8; Ipv4Hdr::LEN], 0)?);
         (*ip).check = check.to_ne_bytes();
 
         let m = msg as *mut u8;
@@ -666,7 +653,7 @@ fn build_v4<const L3: usize>(ctx: &XdpContext, mtu: u16) -> Option<()> {
         let mtu = mtu.to_be_bytes();
         let head: [u8; ICMP_HLEN] = [3, 4, 0, 0, 0, 0, mtu[0], mtu[1]];
         core::ptr::copy_nonoverlapping(head.as_ptr(), m, ICMP_HLEN);
-        let check = !fold(csum(msg)?);
+        let check = !fold(csum(msg, 0)?);
         core::ptr::copy_nonoverlapping(check.to_ne_bytes().as_ptr(), m.add(2), 2);
     }
     Some(())
@@ -696,7 +683,7 @@ fn build_v6<const L3: usize>(ctx: &XdpContext, mtu: u16) -> Option<()> {
         // packet's bytes would be loaded (see `canary_common::checksum`).
         let len = u32::from_ne_bytes((PAYLOAD as u32).to_be_bytes()) as u64;
         let next = u32::from_ne_bytes([0, 0, 0, PROTO_ICMPV6]) as u64;
-        let check = !fold(csum(summed)? + len + next);
+        let check = !fold(csum(summed, 0)? + len + next);
         core::ptr::copy_nonoverlapping(check.to_ne_bytes().as_ptr(), m.add(2), 2);
     }
     Some(())

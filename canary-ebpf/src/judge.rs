@@ -24,14 +24,14 @@
 use crate::classify::Packet;
 use crate::family::IpHdr;
 use crate::maps::{CLIENT_BUDGET, FAILURES, JUDGE, SIGNALS};
-use crate::parse::ptr_at;
+use crate::parse::{csum, ptr_at};
 use crate::stats::count;
-use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use canary_common::checksum::fold;
 use canary_common::flow::Tcp;
 use canary_common::{
     reason, version_stats_index, ClientBudget, ClientKey, FailureEvent, FlowKey, Signals,
-    FAMILY_V4, PROTO_TCP,
+    FAILURE_RESET, FAMILY_V4, PROTO_TCP,
 };
 use network_types::tcp::TcpHdr;
 
@@ -121,18 +121,8 @@ fn pseudo_header_sum(src: &[u32; 4], dst: &[u32; 4], len: u32) -> u64 {
 /// not hold them).
 #[inline(always)]
 fn sum_at<const N: usize>(ctx: &XdpContext, l4: usize, seed: u64) -> Option<u64> {
-    let p = ptr_at::<[u8; N]>(ctx, l4)?;
     // The helper takes a 32-bit seed: fold the pseudo-header's sum first.
-    let r = unsafe {
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            p as *mut u32,
-            N as u32,
-            fold(seed) as u32,
-        )
-    };
-    (r >= 0).then_some(r as u64)
+    csum(ptr_at::<[u8; N]>(ctx, l4)?, fold(seed) as u32)
 }
 
 /// A new connection with state, opened by a checked packet: is it judged
@@ -177,15 +167,33 @@ fn within_budget(flow: &FlowKey, service_id: u32, now_s: u32, per_second: u32) -
 
 /// The (service, version) slot of `SIGNALS` (this CPU's).
 #[inline(always)]
-pub fn signals(service_id: u32, version: u32) -> Option<*mut Signals> {
+fn signals(service_id: u32, version: u32) -> Option<*mut Signals> {
     SIGNALS.get_ptr_mut(version_stats_index(service_id, version))
+}
+
+/// A judged connection's failure of `kind` (`FAILURE_RESET`: its backend's
+/// RST; `FAILURE_UNREACHABLE`: its backend's port unreachable): counted
+/// for its version in `SIGNALS` (`resets`, `unreachables`) and recorded
+/// with its client (`failed`). The callers see to once per connection.
+#[inline(always)]
+pub fn failure(flow: &FlowKey, service_id: u32, version: u32, kind: u32) {
+    if let Some(s) = signals(service_id, version) {
+        unsafe {
+            if kind == FAILURE_RESET {
+                (*s).resets += 1;
+            } else {
+                (*s).unreachables += 1;
+            }
+        }
+    }
+    failed(flow, service_id, version, kind);
 }
 
 /// Records a judged connection's failure with its client (`FAILURES`), for
 /// canaryd's count of distinct failing clients. Written in place in the
 /// ring (no copy on the stack); a full ring drops it.
 #[inline(always)]
-pub fn failed(flow: &FlowKey, service_id: u32, version: u32, kind: u32) {
+fn failed(flow: &FlowKey, service_id: u32, version: u32, kind: u32) {
     let Some(mut e) = FAILURES.reserve::<FailureEvent>(0) else {
         return;
     };

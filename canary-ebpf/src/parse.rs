@@ -1,7 +1,8 @@
 //! Bounds-checked access to packet bytes. Every header is checked against
 //! `data_end` before it is read; the verifier rejects the program otherwise.
+//! Also the one's-complement sum of such bytes (`csum`).
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{helpers::bpf_csum_diff, programs::XdpContext};
 use core::mem::size_of;
 
 /// A pointer to a `T` at `offset` bytes into the packet, if the packet holds
@@ -14,6 +15,16 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
         return None;
     }
     Some((start + offset) as *mut T)
+}
+
+/// `seed` plus the one's-complement sum (unfolded) of the `N` bytes at `p`
+/// (from `ptr_at`), by `bpf_csum_diff`; `None` if the helper fails. `N`
+/// is a multiple of 4 and a constant: the verifier checks the helper's
+/// bounds against it.
+#[inline(always)]
+pub fn csum<const N: usize>(p: *mut [u8; N], seed: u32) -> Option<u64> {
+    let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, N as u32, seed) };
+    (r >= 0).then_some(r as u64)
 }
 
 #[inline(always)]

@@ -114,20 +114,8 @@ fn lookup<H: IpHdr, const L3: usize>(
     dport: u16,
 ) -> Routed {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
-    H::fib_query(ip, &mut p);
-    p.l4_protocol = proto;
-    p.sport = sport;
-    p.dport = dport;
     let ttl = H::ttl(ip);
-    p.ifindex = ctx.ingress_ifindex() as u32;
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let rc = fib::<H>(ctx, ip, proto, sport, dport, true, &mut p);
     finish::<H, L3>(ctx, ip, &p, rc, ttl)
 }
 
@@ -149,22 +137,34 @@ pub fn toward_ingress<H: IpHdr>(
     dport: u16,
 ) -> bool {
     let mut p: FibParams = unsafe { core::mem::zeroed() };
-    H::fib_query(ip, &mut p);
-    p.__bindgen_anon_1.tot_len = 0;
+    let rc = fib::<H>(ctx, ip, proto, sport, dport, false, &mut p) as u32;
+    (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+        && p.ifindex == ctx.ingress_ifindex() as u32
+}
+
+/// The `bpf_fib_lookup` of the packet whose IP header is at `ip` (protocol
+/// `proto`, ports in map layout) as it came in on the ingress interface:
+/// `p` (zeroed) filled in and answered, the helper's return code. `len`:
+/// the header's length is compared with the route's MTU (else 0: not).
+#[inline(always)]
+fn fib<H: IpHdr>(
+    ctx: &XdpContext,
+    ip: *const H,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    len: bool,
+    p: &mut FibParams,
+) -> i64 {
+    H::fib_query(ip, p);
+    if !len {
+        p.__bindgen_anon_1.tot_len = 0;
+    }
     p.l4_protocol = proto;
     p.sport = sport;
     p.dport = dport;
-    let ingress = ctx.ingress_ifindex() as u32;
-    p.ifindex = ingress;
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.as_ptr(),
-            &mut p,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    } as u32;
-    (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) && p.ifindex == ingress
+    p.ifindex = ctx.ingress_ifindex() as u32;
+    unsafe { bpf_fib_lookup(ctx.as_ptr(), p, core::mem::size_of::<FibParams>() as i32, 0) }
 }
 
 /// After a lookup: redirect if we may, else let the stack route. The TTL is

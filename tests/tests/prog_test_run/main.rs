@@ -25,6 +25,7 @@ mod malformed;
 mod policy;
 mod reply;
 mod routing;
+mod too_big_judging;
 
 use canary_common::{
     backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, PROTO_TCP,
