@@ -21,7 +21,6 @@ use super::*;
 use canary_common::flow::{FLOW_JUDGED, FLOW_UNREACH_COUNTED};
 use canary_common::FlowKey;
 
-const VIP6_UDP: &str = "2001:db8:100::2";
 /// A router between this host and the backends, and one on the clients'
 /// side (addresses only: nothing is sent to them).
 const ROUTER_B4: &str = "198.18.60.1";

@@ -45,6 +45,8 @@ const VIP4: &str = "198.18.100.1";
 const VIP_UDP: &str = "198.18.100.2";
 const VIP_UNRESOLVED: &str = "198.18.100.3";
 const VIP6: &str = "2001:db8:100::1";
+/// The IPv6 UDP services' VIP (icmp, too_big_judging).
+const VIP6_UDP: &str = "2001:db8:100::2";
 /// A backend address in lb-b1's subnet with no neighbour entry.
 const UNRESOLVED_BACKEND: &str = "198.18.1.9";
 

@@ -7,8 +7,6 @@ use super::lifecycle::start_of_a_second;
 use super::*;
 use canary_common::flow::FLOW_JUDGED;
 
-const VIP6_UDP: &str = "2001:db8:100::2";
-
 /// UDP services in both families (a UDP flow's first packet is judged).
 fn udp_config() -> String {
     LbConfig::lab()
