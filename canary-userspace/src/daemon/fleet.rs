@@ -17,11 +17,52 @@
 use super::*;
 use crate::fleet::link::{Change, Publish, PublishError};
 use crate::fleet::{self, HealthDoc, HostReport, Key, ServiceDoc};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
 
 /// Why the leader rolls back a canary pool the fleet sees all down.
 const FLEET_CANARY_DOWN: &str = "no healthy canary backend (the fleet's verdict)";
+
+/// The leader's count of a step's failing clients, per version: the step
+/// (when it began here: a resumed or restarted step is a new one), the
+/// clients counted so far, and the figure handed to the engine so far.
+struct FailingCount {
+    step: Instant,
+    counted: [HashSet<fleet::Client>; 2],
+    reported: [u64; 2],
+}
+
+/// The most clients the leader remembers per version and step: beyond it
+/// the hosts' lists are cut off anyway and their counts are summed.
+const MAX_COUNTED: usize = 10_000;
+
+impl FailingCount {
+    fn new(step: Instant) -> FailingCount {
+        FailingCount {
+            step,
+            counted: Default::default(),
+            reported: [0, 0],
+        }
+    }
+
+    /// Counts version `v` of the hosts' lists of the step: returns how many
+    /// failing clients are new since the last call (a client once, however
+    /// many hosts list it and for how long; when a host's list is cut off,
+    /// at least the hosts' counts summed, `fleet::failing_clients`).
+    fn add(&mut self, v: usize, lists: &[fleet::StepFailures]) -> u64 {
+        let counted = &mut self.counted[v];
+        for c in lists.iter().flat_map(|l| &l.versions[v].clients) {
+            if counted.len() < MAX_COUNTED {
+                counted.insert(*c);
+            }
+        }
+        let listed = fleet::failing_clients(lists.iter().map(|l| &l.versions[v]));
+        let total = (counted.len() as u64).max(listed);
+        let new = total.saturating_sub(self.reported[v]);
+        self.reported[v] = self.reported[v].max(total);
+        new
+    }
+}
 
 /// What this host last handed to the writer for a service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,9 +98,9 @@ pub struct FleetState {
     /// The leader's per-host counter baselines: (service, host) -> (its
     /// session, cumulative counters).
     baselines: HashMap<(String, String), (u64, WindowCounts)>,
-    /// The leader's fleet-wide failing-client counts per service, as of its
-    /// previous window: (rollout step, [stable, canary]).
-    failing_base: HashMap<String, (usize, [u64; 2])>,
+    /// The failing clients the leader has counted per service in its
+    /// current step (`FailingCount`).
+    failing_base: HashMap<String, FailingCount>,
     /// When the leader last published a rollout's progress.
     progress_at: HashMap<String, Instant>,
     /// Per service, the generation and `seq` of the last document handed
@@ -287,7 +328,6 @@ impl Daemon {
                 self.step_began.insert(s.clone(), Instant::now());
                 if let Some(f) = self.fleet_mut() {
                     f.baselines.retain(|(svc, _), _| svc != &s);
-                    f.failing_base.remove(&s);
                 }
             }
         }
@@ -797,6 +837,7 @@ impl Daemon {
             session: f.session,
             at_ms: fleet::unix_ms(),
             leader: f.leading,
+            lists_failing: true,
             ..Default::default()
         };
         for s in &self.running.services {
@@ -887,48 +928,61 @@ impl Daemon {
         let own = self.cumulative(service)?;
         let own_failing = self.step_failures(service);
         let step = self.running_step(service);
+        let began = self.step_began.get(service).copied();
         let f = self.fleet.as_deref_mut()?;
-        let mut current: Vec<(String, u64, WindowCounts)> = vec![(f.host.clone(), f.session, own)];
+        let mut current: Vec<(String, u64, WindowCounts, bool)> =
+            vec![(f.host.clone(), f.session, own, true)];
         for r in f.live_reports() {
             if let Some(c) = r.counters.get(service) {
-                current.push((r.host.clone(), r.session, *c));
+                current.push((r.host.clone(), r.session, *c, r.lists_failing));
             }
         }
         let mut sum = WindowCounts::default();
+        // The distinct counts of hosts that list no failing clients.
+        let mut unlisted = [0u64; 2];
         let mut any = false;
-        for (host, session, cur) in current {
+        for (host, session, cur, lists) in current {
             let key = (service.to_string(), host);
             let prev = f.baselines.insert(key, (session, cur));
             if let Some((s, p)) = prev {
                 if s == session {
-                    sum.add(&cur.since(&p));
+                    let d = cur.since(&p);
+                    if !lists {
+                        unlisted[0] += d.stable.failing_clients;
+                        unlisted[1] += d.canary.failing_clients;
+                    }
+                    sum.add(&d);
                     any = true;
                 }
             }
         }
         // The failing clients are not summed (a client whose connections
         // ECMP spreads over three hosts would count three times): the
-        // hosts' lists of this step, a client once (`fleet::failing_clients`).
-        // Like a host's first report, the first look sets the base.
-        if let Some(step) = step {
-            let lists: Vec<&fleet::StepFailures> = own_failing
-                .iter()
-                .chain(f.live_reports().filter_map(|r| r.failing.get(service)))
+        // hosts' lists of this step, each client counted once however many
+        // hosts list it and for how long (a host restarting or leaving
+        // takes none back). Like a host's first report, the leader's first
+        // look at a step (just elected) only sets what is counted.
+        if let (Some(step), Some(began)) = (step, began) {
+            let lists: Vec<fleet::StepFailures> = own_failing
+                .into_iter()
+                .chain(
+                    f.live_reports()
+                        .filter_map(|r| r.failing.get(service).cloned()),
+                )
                 .filter(|l| l.step == step)
                 .collect();
-            let now = [0, 1].map(|v| fleet::failing_clients(lists.iter().map(|l| &l.versions[v])));
-            let base = match f.failing_base.get(service) {
-                Some((s, base)) if *s == step => Some(*base),
-                Some(_) => Some([0, 0]),
-                None => None,
-            };
-            let counted = base.unwrap_or(now);
-            sum.stable.failing_clients = now[0].saturating_sub(counted[0]);
-            sum.canary.failing_clients = now[1].saturating_sub(counted[1]);
-            f.failing_base.insert(
-                service.to_string(),
-                (step, [now[0].max(counted[0]), now[1].max(counted[1])]),
-            );
+            let first_look = !f.failing_base.contains_key(service);
+            let count = f
+                .failing_base
+                .entry(service.to_string())
+                .or_insert_with(|| FailingCount::new(began));
+            if count.step != began {
+                *count = FailingCount::new(began);
+            }
+            for (v, window) in [&mut sum.stable, &mut sum.canary].into_iter().enumerate() {
+                let new = count.add(v, &lists);
+                window.failing_clients = unlisted[v] + if first_look { 0 } else { new };
+            }
         }
         any.then_some(sum)
     }
@@ -1128,4 +1182,37 @@ fn adopt(state: &mut RuntimeState, service: &str, doc: &ServiceDoc) {
         None => state.rollouts.remove(service),
     };
     state.rollbacks.insert(service.to_string(), doc.rollbacks);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet::{StepClients, StepFailures};
+
+    /// A host's list of canary clients `ids`, of `count` in all.
+    fn host(ids: &[u32], count: u64) -> StepFailures {
+        let mut l = StepFailures::default();
+        l.versions[1] = StepClients {
+            count,
+            clients: ids.iter().map(|&i| (4, [i, 0, 0, 0])).collect(),
+        };
+        l
+    }
+
+    #[test]
+    fn the_leader_counts_each_failing_client_once_a_step() {
+        let mut c = FailingCount::new(Instant::now());
+        // One client on three hosts, seen over three looks: one.
+        let one = [host(&[7], 1), host(&[7], 1), host(&[7], 1)];
+        assert_eq!(c.add(1, &one), 1);
+        assert_eq!(c.add(1, &one), 0);
+        assert_eq!(c.add(0, &one), 0, "stable had none");
+        // A host restarts (its list is empty again) and a new client fails
+        // elsewhere: counted, the first not taken back.
+        let after = [host(&[], 0), host(&[7, 8], 2), host(&[7], 1)];
+        assert_eq!(c.add(1, &after), 1);
+        // A host with more clients than it lists: the counts summed.
+        let many = [host(&[1, 2], 100), host(&[7], 1)];
+        assert_eq!(c.add(1, &many), 99, "101 in all, 2 counted before");
+    }
 }

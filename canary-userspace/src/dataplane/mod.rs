@@ -426,10 +426,11 @@ impl DataPlane {
         self.maps.signals(sid, version).ok()
     }
 
-    /// A version's health counters (zero when unreadable).
+    /// A version's health counters (summed over CPUs; None when unknown or
+    /// unreadable).
     pub fn health_counters(&self, service: &str, version: u32) -> Option<HealthStats> {
         let sid = self.service_id(service)?;
-        Some(self.maps.health_stats(sid, version).unwrap_or_default())
+        self.maps.health_stats(sid, version).ok()
     }
 
     /// Removes the pending handshakes older than their service's timeout and

@@ -250,6 +250,11 @@ pub struct HostReport {
     /// client once however many hosts ECMP spread its connections over.
     #[serde(default)]
     pub failing: BTreeMap<String, StepFailures>,
+    /// This canaryd lists its failing clients (`failing`). A report without
+    /// it (an older canaryd, during a rolling upgrade) has its distinct
+    /// count added as before.
+    #[serde(default)]
+    pub lists_failing: bool,
 }
 
 /// A client as the failure count sees it: family and address (IPv6: its
