@@ -53,12 +53,12 @@ impl DataPlane {
     /// backend, and the desired contents of the keyed maps.
     fn plan<'a>(&self, config: &'a Config) -> Result<Plan<'a>> {
         config.validate()?;
-        let interfaces = config.interfaces();
         let mut ifindexes = BTreeMap::new();
-        for iface in &interfaces {
-            ifindexes.insert(iface.clone(), ifindex(iface)?);
+        for iface in config.interfaces() {
+            ifindexes.insert(iface.clone(), ifindex(&iface)?);
         }
-        let unattached = self.unattached(&interfaces);
+        // In name order, as `attach_interfaces` attaches them.
+        let unattached = self.unattached(ifindexes.keys());
         // This host's interfaces, listed once per apply: the rules of the
         // interfaces to attach to, and `LOCAL_ADDRS`. (No backend at one of
         // this host's addresses is checked where a backend enters: the
