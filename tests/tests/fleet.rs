@@ -453,6 +453,10 @@ fn one_client_failing_through_every_host_counts_once() -> Result<()> {
     // Its probes pass: only the passive signals see the failures.
     f.topo.set_fault("b3", "rst-service")?;
     let before = per_host_connections(&f.fleet(leader)?);
+    // The one client runs until the leader's tests find the canary failing
+    // (and hold it): a host counts a reset only when the backend's reply
+    // returns through it (README, fleet), so with ECMP returns about a
+    // third of them are seen and the crossing takes a varying time.
     let mut one = Load::start(
         &f.topo.client,
         vip(),
@@ -460,14 +464,36 @@ fn one_client_failing_through_every_host_counts_once() -> Result<()> {
             clients: 1,
             first_client: index,
             pause: Duration::from_millis(20),
-            max_time: Duration::from_secs(3),
+            max_time: Duration::from_secs(15),
             ..LoadBounds::default()
         },
     );
-    std::thread::sleep(Duration::from_secs(3));
+    let began = Instant::now();
+    let mut held = None;
+    let mut last = None;
+    while held.is_none() && began.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(250));
+        let r = f.shop(leader)?.rollout.context("rollout")?;
+        last = r.analysis.clone();
+        if r.phase != "running" {
+            held = Some(r);
+            break;
+        }
+        // Failing, and the client's failure lists counted (they come with
+        // the reports, a second apart: until then the count is 0).
+        let failing = r.analysis.as_ref().is_some_and(|a| {
+            matches!(
+                a.verdict,
+                canary_userspace::control::api::Verdict::Fail { .. }
+            ) && !a.notes.iter().any(|n| n.contains("from 0 distinct"))
+        });
+        if failing {
+            held = Some(r);
+        }
+    }
     let (one_ok, one_failed) = one.stop();
-    // Every host's report (each second) and the engine's ticks after it.
-    std::thread::sleep(Duration::from_secs(3));
+    // Every host's report (each second), so each one's share is counted.
+    std::thread::sleep(Duration::from_millis(1500));
     let after = per_host_connections(&f.fleet(leader)?);
     let spread: Vec<u64> = (1..=3)
         .map(|k| {
@@ -475,17 +501,20 @@ fn one_client_failing_through_every_host_counts_once() -> Result<()> {
             after.get(&h).copied().unwrap_or(0) - before.get(&h).copied().unwrap_or(0)
         })
         .collect();
-    let s = f.shop(leader)?;
-    let r = s.rollout.context("rollout")?;
+    let r = held.unwrap_or_else(|| {
+        panic!("the leader's tests never found the one client's canary failing: {last:?}")
+    });
     let notes = r
         .analysis
         .as_ref()
         .map(|a| a.notes.join("; "))
         .unwrap_or_default();
     println!(
-        "client {addr}: {one_ok} ok, {one_failed} failed; its connections per host {spread:?}; \
-         phase {}; {notes}",
-        r.phase
+        "client {addr}: {one_ok} ok, {one_failed} failed in {:.1} s; its connections per host \
+         {spread:?}; phase {}; {notes}\nanalysis: {:?}",
+        began.elapsed().as_secs_f64(),
+        r.phase,
+        r.analysis
     );
     assert!(
         spread.iter().all(|&n| n > 0),
@@ -497,6 +526,8 @@ fn one_client_failing_through_every_host_counts_once() -> Result<()> {
         "one client cannot fail the step: {r:#?}"
     );
     assert!(notes.contains("from 1 distinct client(s)"), "{notes}");
+    let r = f.shop(leader)?.rollout.context("rollout")?;
+    assert_eq!(r.phase, "running", "still held: {r:#?}");
     assert_eq!(f.weight_bp(leader)?, 1000);
 
     // The whole load's clients meet the resetting canary: rolled back.

@@ -30,6 +30,11 @@ struct FailingCount {
     step: Instant,
     counted: [HashSet<fleet::Client>; 2],
     reported: [u64; 2],
+    /// Taken over mid-step (this host just became leader): the hosts'
+    /// lists hold clients the previous leader already counted, so the
+    /// first look only sets what is counted. A step that began here counts
+    /// from its first look (its first failures can come before it).
+    taken_over: bool,
 }
 
 /// The most clients the leader remembers per version and step: beyond it
@@ -42,6 +47,15 @@ impl FailingCount {
             step,
             counted: Default::default(),
             reported: [0, 0],
+            taken_over: false,
+        }
+    }
+
+    /// A step under way when this host became leader.
+    fn taken_over(step: Instant) -> FailingCount {
+        FailingCount {
+            taken_over: true,
+            ..FailingCount::new(step)
         }
     }
 
@@ -812,7 +826,6 @@ impl Daemon {
         };
         f.leading = true;
         f.baselines.clear();
-        f.failing_base.clear();
         let line = format!(
             "fleet: {} leads the fleet (rollouts and health verdicts)",
             f.host
@@ -821,9 +834,15 @@ impl Daemon {
         self.events.push("*", EventKind::Fleet, line);
         // Rollouts under way continue from the step and window in etcd.
         let running: Vec<String> = self.state.rollouts.keys().cloned().collect();
+        let now = Instant::now();
+        let mut taken = HashMap::new();
         for s in running {
             self.tick_prev.remove(&s);
-            self.step_began.insert(s, Instant::now());
+            self.step_began.insert(s.clone(), now);
+            taken.insert(s, FailingCount::taken_over(now));
+        }
+        if let Some(f) = self.fleet_mut() {
+            f.failing_base = taken;
         }
     }
 
@@ -961,8 +980,10 @@ impl Daemon {
         // hosts' lists of this step, each client counted once however many
         // hosts list it and for how long (a host restarting or leaving
         // takes none back). Like a host's first report, the leader's first
-        // look at a step (just elected) only sets what is counted.
-        if let (Some(step), Some(began)) = (step, began) {
+        // look at a step it took over (just elected) only sets what is
+        // counted; a step that began here counts from its first look. A
+        // look whose window is dropped (no baselines yet) counts nothing.
+        if let (true, Some(step), Some(began)) = (any, step, began) {
             let lists: Vec<fleet::StepFailures> = own_failing
                 .into_iter()
                 .chain(
@@ -971,7 +992,6 @@ impl Daemon {
                 )
                 .filter(|l| l.step == step)
                 .collect();
-            let first_look = !f.failing_base.contains_key(service);
             let count = f
                 .failing_base
                 .entry(service.to_string())
@@ -979,6 +999,7 @@ impl Daemon {
             if count.step != began {
                 *count = FailingCount::new(began);
             }
+            let first_look = std::mem::take(&mut count.taken_over);
             for (v, window) in [&mut sum.stable, &mut sum.canary].into_iter().enumerate() {
                 let new = count.add(v, &lists);
                 window.failing_clients = unlisted[v] + if first_look { 0 } else { new };
