@@ -5,7 +5,7 @@
 
 use crate::{LbConfig, ServerOptions, Service, Topology, VIP_V4};
 use anyhow::{bail, Context, Result};
-use canary_userspace::control::api::ServiceStatus;
+use canary_userspace::control::api::{RolloutStatus, ServiceStatus};
 use canary_userspace::dataplane::maps::Maps;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -173,4 +173,12 @@ pub fn canary_client(yaml: &str, bp: u32) -> Result<(u32, std::net::Ipv4Addr)> {
         }
     }
     bail!("no client address of 96 hashes to the canary at {bp} bp")
+}
+
+/// The notes of a rollout's last analysis, on one line ("" without one).
+pub fn analysis_notes(r: &RolloutStatus) -> String {
+    r.analysis
+        .as_ref()
+        .map(|a| a.notes.join("; "))
+        .unwrap_or_default()
 }

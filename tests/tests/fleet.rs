@@ -28,7 +28,7 @@
 use anyhow::{bail, Context, Result};
 use canary_tests::client::PushConn;
 use canary_tests::fleet::FleetTopology;
-use canary_tests::rollout::{canary_client, shop, HEALTH_PORT};
+use canary_tests::rollout::{analysis_notes, canary_client, shop, HEALTH_PORT};
 use canary_tests::{
     client_v4, tcp_connect, Daemon, Load, LoadBounds, Netns, ServerOptions, Service, VIP_V4,
 };
@@ -504,11 +504,7 @@ fn one_client_failing_through_every_host_counts_once() -> Result<()> {
     let r = held.unwrap_or_else(|| {
         panic!("the leader's tests never found the one client's canary failing: {last:?}")
     });
-    let notes = r
-        .analysis
-        .as_ref()
-        .map(|a| a.notes.join("; "))
-        .unwrap_or_default();
+    let notes = analysis_notes(&r);
     println!(
         "client {addr}: {one_ok} ok, {one_failed} failed in {:.1} s; its connections per host \
          {spread:?}; phase {}; {notes}\nanalysis: {:?}",

@@ -13,8 +13,8 @@ use anyhow::{ensure, Result};
 use canary_common::reason;
 use canary_tests::flood::{Shape, SynFlood};
 use canary_tests::rollout::{
-    canary_client, canary_input_rule, time_to_weight_zero, time_to_weight_zero_of, topology, vip,
-    weight_bp,
+    analysis_notes, canary_client, canary_input_rule, time_to_weight_zero, time_to_weight_zero_of,
+    topology, vip, weight_bp,
 };
 use canary_tests::{client_v4, LbConfig, Load, LoadBounds, Service, VIP_V4};
 use canary_userspace::dataplane::maps::Maps;
@@ -129,11 +129,7 @@ fn one_client_cannot_forge_failures_but_a_resetting_canary_is_caught() -> Result
     let (_, one_failed) = one.stop();
     let s = topo.service_status("shop")?;
     let r = s.rollout.as_ref().unwrap();
-    let notes = r
-        .analysis
-        .as_ref()
-        .map(|a| a.notes.join("; "))
-        .unwrap_or_default();
+    let notes = analysis_notes(r);
     println!(
         "one client against a resetting canary: {one_failed} of its connections failed, \
          {} judged resets; phase {}; {notes}",

@@ -37,24 +37,14 @@ fn icmp_config() -> String {
                 .weight(10.0)
                 .lab_pools(),
         )
-        .service(
-            Service::udp("dns", VIP_UDP, 53)
-                .affinity("flow")
-                .weight(10.0)
-                .lab_pools(),
-        )
+        .service(lab_udp("dns", VIP_UDP))
         .service(
             Service::tcp("web6", VIP6, 80)
                 .affinity("source-ip")
                 .weight(10.0)
                 .lab_pools(),
         )
-        .service(
-            Service::udp("dns6", VIP6_UDP, 53)
-                .affinity("flow")
-                .weight(10.0)
-                .lab_pools(),
-        )
+        .service(lab_udp("dns6", VIP6_UDP))
         .yaml()
 }
 

@@ -52,6 +52,15 @@ const UNRESOLVED_BACKEND: &str = "198.18.1.9";
 
 /// The LB configuration of every test; `web` (the IPv4 TCP VIP) and `web6`
 /// get `weight` percent, the UDP service 10 %.
+/// A UDP service on port 53 with the lab's pools, split per flow at 10 %
+/// (a UDP flow's first packet is judged).
+fn lab_udp(name: &str, vip: &str) -> Service {
+    Service::udp(name, vip, 53)
+        .affinity("flow")
+        .weight(10.0)
+        .lab_pools()
+}
+
 fn config(weight: f64) -> String {
     LbConfig::lab()
         .service(
@@ -62,12 +71,7 @@ fn config(weight: f64) -> String {
                 .force("198.18.24.0/24", "canary")
                 .force("198.18.25.0/24", "stable"),
         )
-        .service(
-            Service::udp("dns", VIP_UDP, 53)
-                .affinity("flow")
-                .weight(10.0)
-                .lab_pools(),
-        )
+        .service(lab_udp("dns", VIP_UDP))
         .service(
             Service::tcp("web6", VIP6, 80)
                 .affinity("source-ip")

@@ -10,18 +10,8 @@ use canary_common::flow::FLOW_JUDGED;
 /// UDP services in both families (a UDP flow's first packet is judged).
 fn udp_config() -> String {
     LbConfig::lab()
-        .service(
-            Service::udp("dns", VIP_UDP, 53)
-                .affinity("flow")
-                .weight(10.0)
-                .lab_pools(),
-        )
-        .service(
-            Service::udp("dns6", VIP6_UDP, 53)
-                .affinity("flow")
-                .weight(10.0)
-                .lab_pools(),
-        )
+        .service(lab_udp("dns", VIP_UDP))
+        .service(lab_udp("dns6", VIP6_UDP))
         .yaml()
 }
 
