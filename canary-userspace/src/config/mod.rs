@@ -8,12 +8,18 @@
 mod addresses;
 mod limits;
 mod model;
+mod plan_adaptive;
+mod plan_cohorts;
+mod plan_signals;
 mod resolve;
 mod validate;
 
 pub use addresses::BackendRule;
 pub use limits::{MAX_CONFIG_BYTES, MAX_NESTING};
 pub use model::*;
+pub use plan_adaptive::*;
+pub use plan_cohorts::*;
+pub use plan_signals::*;
 pub use resolve::default_seed;
 
 use anyhow::{Context, Result};

@@ -241,6 +241,12 @@ pub struct AnalysisConfig {
     /// An application metric from Prometheus, per version.
     #[serde(default)]
     pub prometheus: Option<PrometheusCheck>,
+    /// Further metrics, business ones included (see plan_signals.rs).
+    #[serde(default)]
+    pub metrics: Vec<super::MetricCheck>,
+    /// Canary against stable on response time (see plan_signals.rs).
+    #[serde(default)]
+    pub latency: Option<super::LatencyCheck>,
 }
 
 /// An external metric: a PromQL query run for each version (`$version`
@@ -267,7 +273,9 @@ pub struct PrometheusCheck {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutConfig {
-    /// Canary weights in percent, rising, e.g. [5, 10, 15, 20, 50, 100].
+    /// Canary weights in percent, rising, e.g. [5, 10, 15, 20, 50, 100]
+    /// (a fixed plan; an adaptive one has none).
+    #[serde(default)]
     pub steps: Vec<f64>,
     /// Least observation time per step (a step also waits for the canary
     /// connections its analysis needs).
@@ -277,6 +285,17 @@ pub struct RolloutConfig {
     pub analysis: AnalysisConfig,
     #[serde(default)]
     pub on_rollback: OnRollback,
+    /// What a failed step does (rollback by default).
+    #[serde(default)]
+    pub on_failure: super::OnFailure,
+    /// Fixed steps or adaptive ones (`adaptive:`).
+    #[serde(default)]
+    pub strategy: super::Strategy,
+    #[serde(default)]
+    pub adaptive: Option<super::AdaptiveConfig>,
+    /// Source-network cohorts with their own weight per step.
+    #[serde(default)]
+    pub cohorts: Vec<super::CohortConfig>,
 }
 
 /// `flow_table:`. The size is fixed at load time (a restart changes it);

@@ -135,6 +135,8 @@ impl Default for AnalysisConfig {
             min_failing_clients: default_min_failing_clients(),
             handshake_timeout: default_handshake_timeout(),
             prometheus: None,
+            metrics: Vec::new(),
+            latency: None,
         }
     }
 }

@@ -265,7 +265,10 @@ fn validate_health(h: &HealthConfig, s: &ServiceConfig) -> Result<()> {
     Ok(())
 }
 
-fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
+fn validate_fixed_steps(r: &RolloutConfig) -> Result<()> {
+    if r.adaptive.is_some() {
+        bail!("adaptive: only with strategy: adaptive");
+    }
     if r.steps.is_empty() {
         bail!("steps: at least one step is needed");
     }
@@ -277,6 +280,16 @@ fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
         }
         last = *step;
     }
+    Ok(())
+}
+
+fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
+    match r.strategy {
+        super::Strategy::Fixed => validate_fixed_steps(r)?,
+        super::Strategy::Adaptive => super::plan_adaptive::validate(r)?,
+    }
+    super::plan_cohorts::validate(r, s)?;
+    super::plan_signals::validate(r)?;
     if r.interval < Duration::from_millis(100) {
         bail!("interval: {:?} is below 100ms", r.interval);
     }

@@ -171,6 +171,7 @@ impl Rollout {
                 .clone()
                 .unwrap_or_else(|| current.analysis.clone()),
             on_rollback: self.on_rollback.unwrap_or(current.on_rollback),
+            ..current.clone()
         }
     }
 
@@ -444,6 +445,10 @@ mod tests {
                 ..Default::default()
             },
             on_rollback: OnRollback::Keep,
+            on_failure: Default::default(),
+            strategy: Default::default(),
+            adaptive: None,
+            cohorts: Vec::new(),
         }
     }
 
