@@ -280,8 +280,7 @@ impl Rollout {
         let here = format!("step {}/{} ({}%)", self.step + 1, n, self.steps[self.step]);
         if let Some(why) = guard.filter(|_| held.is_none()) {
             let why = format!("{here} failed: {why}");
-            self.abort(why.clone());
-            return Action::Rollback(why);
+            return self.fail(why);
         }
         let decide_now = self.step_elapsed_ms >= self.interval_ms;
         let mut external_ok = true;
@@ -289,8 +288,7 @@ impl Rollout {
             Some(Judgement::Fail(why)) => {
                 self.external = Some(why.clone());
                 let why = format!("{here} failed: {why}");
-                self.abort(why.clone());
-                return Action::Rollback(why);
+                return self.fail(why);
             }
             Some(Judgement::Unknown(why)) => {
                 self.external = Some(format!("waiting: {why}"));
@@ -309,8 +307,7 @@ impl Rollout {
             Verdict::Fail { .. } if held.is_some() => false,
             Verdict::Fail { reason } if crossed || (decide_now && !self.final_passed) => {
                 let why = format!("{here} failed: {reason}");
-                self.abort(why.clone());
-                return Action::Rollback(why);
+                return self.fail(why);
             }
             _ if self.final_passed => true,
             Verdict::Pass if decide_now => {
@@ -356,6 +353,13 @@ impl Rollout {
             }
             _ => Action::None,
         }
+    }
+
+    /// A step failed (`why` names the step and the signal): what the plan's
+    /// failure policy does with it.
+    fn fail(&mut self, why: String) -> Action {
+        self.abort(why.clone());
+        Action::Rollback(why)
     }
 
     /// Marks the rollout aborted (the caller sets the weight to 0).
