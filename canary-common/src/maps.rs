@@ -148,10 +148,19 @@ pub struct ServiceState {
     pub pool_size: [u32; 2],
     /// Non-zero when the service is configured (an array slot always exists).
     pub active: u32,
-    /// Non-zero when the service has source-prefix overrides (a new flow of
-    /// a service without any skips the LPM lookup).
+    /// A bit set (the field's name is older than its bits): `SVC_PREFIXES`
+    /// when the service has `OVERRIDES` entries (a new flow of a service
+    /// without any skips the LPM lookup), `SVC_COHORTS_LIVE` when the
+    /// cohort weights in those entries apply.
     pub has_overrides: u32,
 }
+
+/// `ServiceState::has_overrides`: look the client up in `OVERRIDES`.
+pub const SVC_PREFIXES: u32 = 1;
+/// `ServiceState::has_overrides`: cohort entries decide with their own
+/// weight. Clear: they fall through to `weight_bp` (a rollback clears it in
+/// the same one write that sets the weight to 0).
+pub const SVC_COHORTS_LIVE: u32 = 2;
 
 /// `BACKENDS` value, indexed by backend id.
 #[repr(C)]
@@ -283,12 +292,27 @@ pub const OVERRIDE_SERVICE_BITS: u32 = 32;
 /// IPv4-mapped IPv6 prefix length (`::ffff:0:0/96`).
 pub const OVERRIDE_V4_MAPPED_BITS: u32 = 96;
 
-/// `OVERRIDES` value.
+/// `OVERRIDES` value. The word is packed (its size is pinned): bit 0 is a
+/// plain override's forced version; with `OV_COHORT` set it is a cohort's
+/// source instead, with the cohort's index and weight (`split::cohort_value`).
+/// Bit 0 of a cohort entry is 0, so a program older than cohorts sends its
+/// clients to stable.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OverrideValue {
     pub version: u32,
 }
+
+/// `OverrideValue::version`: the entry is a cohort's source.
+pub const OV_COHORT: u32 = 2;
+/// Cohort index: bits 8..16.
+pub const OV_COHORT_INDEX_SHIFT: u32 = 8;
+pub const OV_COHORT_INDEX_MASK: u32 = 0xff;
+/// Cohort weight in basis points: bits 16..30.
+pub const OV_COHORT_WEIGHT_SHIFT: u32 = 16;
+pub const OV_COHORT_WEIGHT_MASK: u32 = 0x3fff;
+/// Cohorts of one service, at most.
+pub const MAX_COHORTS: usize = 16;
 
 /// `REVERSE_NAT` key: a backend as it appears in the source of a reply.
 #[repr(C)]
@@ -588,7 +612,9 @@ pub mod reason {
     /// A bare SYN too long to check (data with the SYN, beyond 60 bytes of
     /// TCP): forwarded, but not judged.
     pub const NOT_JUDGED_UNCHECKED: u32 = 29;
-    pub const COUNT: u32 = 30;
+    /// Decisions made by a live cohort's weight (also counted as forwarded).
+    pub const COHORT_HIT: u32 = 30;
+    pub const COUNT: u32 = 31;
     /// Slots of the `DATAPATH_STATS` map: room for reasons to come, so a
     /// new reason does not change the pinned map's size.
     pub const SLOTS: u32 = 64;
@@ -628,6 +654,7 @@ pub mod reason {
         "drop_icmp",
         "not_judged_budget",
         "not_judged_unchecked",
+        "cohort_hit",
     ];
 }
 

@@ -3,7 +3,11 @@
 //! so raising the weight only moves clients from stable to canary (monotone).
 
 use crate::hash::murmur3_words;
-use crate::maps::{FlowKey, AFFINITY_FLOW, MAGLEV_TABLE_SIZE, VERSION_CANARY, VERSION_STABLE};
+use crate::maps::{
+    FlowKey, ServiceState, AFFINITY_FLOW, MAGLEV_TABLE_SIZE, OV_COHORT, OV_COHORT_INDEX_MASK,
+    OV_COHORT_INDEX_SHIFT, OV_COHORT_WEIGHT_MASK, OV_COHORT_WEIGHT_SHIFT, SVC_COHORTS_LIVE,
+    VERSION_CANARY, VERSION_STABLE,
+};
 
 /// Weights are basis points: 10000 = 100 %.
 pub const WEIGHT_SCALE_BP: u32 = 10_000;
@@ -72,6 +76,62 @@ pub fn maglev_slot(backend_hash: u32) -> u32 {
     backend_hash % MAGLEV_TABLE_SIZE
 }
 
+/// What decided a new connection's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    /// A plain source-prefix override.
+    Forced,
+    /// A live cohort (its index) with its own weight.
+    Cohort(u32),
+    /// The hash bucket against the service's weight ("everyone").
+    Hash,
+}
+
+/// The `OVERRIDES` value of a plain override forcing `version`.
+#[inline(always)]
+pub fn forced_value(version: u32) -> u32 {
+    version & 1
+}
+
+/// The `OVERRIDES` value of a source of cohort `index` at `weight_bp`
+/// (bit 0 stays 0: an older program sends the cohort to stable).
+#[inline(always)]
+pub fn cohort_value(index: u32, weight_bp: u32) -> u32 {
+    OV_COHORT
+        | ((index & OV_COHORT_INDEX_MASK) << OV_COHORT_INDEX_SHIFT)
+        | ((weight_bp.min(WEIGHT_SCALE_BP) & OV_COHORT_WEIGHT_MASK) << OV_COHORT_WEIGHT_SHIFT)
+}
+
+/// A cohort value's (index, weight in basis points); None for a plain one.
+#[inline(always)]
+pub fn cohort_of(value: u32) -> Option<(u32, u32)> {
+    if value & OV_COHORT == 0 {
+        return None;
+    }
+    Some((
+        (value >> OV_COHORT_INDEX_SHIFT) & OV_COHORT_INDEX_MASK,
+        (value >> OV_COHORT_WEIGHT_SHIFT) & OV_COHORT_WEIGHT_MASK,
+    ))
+}
+
+/// The version of a new connection: `ov` is the client's `OVERRIDES` value
+/// (the longest prefix), if any. A plain override forces its version; a
+/// cohort source decides with the cohort's weight while the service's
+/// cohorts are live; anything else is the hash against the weight. The
+/// kernel and `canaryctl explain` both call this.
+#[inline(always)]
+pub fn decide_version(hash: u32, svc: &ServiceState, ov: Option<u32>) -> (u32, By) {
+    match ov {
+        Some(v) if v & OV_COHORT == 0 => (forced_value(v), By::Forced),
+        Some(v) if svc.has_overrides & SVC_COHORTS_LIVE != 0 => {
+            let w = (v >> OV_COHORT_WEIGHT_SHIFT) & OV_COHORT_WEIGHT_MASK;
+            let idx = (v >> OV_COHORT_INDEX_SHIFT) & OV_COHORT_INDEX_MASK;
+            (choose_version(hash, w), By::Cohort(idx))
+        }
+        _ => (choose_version(hash, svc.weight_bp), By::Hash),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +161,99 @@ mod tests {
             }
             assert_eq!(choose_version(h, 0), VERSION_STABLE);
             assert_eq!(choose_version(h, WEIGHT_SCALE_BP), VERSION_CANARY);
+        }
+    }
+
+    fn svc(weight_bp: u32, flags: u32) -> ServiceState {
+        ServiceState {
+            weight_bp,
+            has_overrides: flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cohort_value_round_trips_and_keeps_bit_0_clear() {
+        for idx in 0..crate::maps::MAX_COHORTS as u32 {
+            for w in [0, 1, 500, 9_999, WEIGHT_SCALE_BP] {
+                let v = cohort_value(idx, w);
+                assert_eq!(cohort_of(v), Some((idx, w)));
+                assert_eq!(v & 1, 0, "an older program must read stable");
+            }
+        }
+        assert_eq!(
+            cohort_of(cohort_value(3, 20_000)),
+            Some((3, WEIGHT_SCALE_BP))
+        );
+        assert_eq!(cohort_of(forced_value(VERSION_CANARY)), None);
+        assert_eq!(cohort_of(forced_value(VERSION_STABLE)), None);
+    }
+
+    #[test]
+    fn forced_beats_cohort_beats_hash() {
+        use crate::maps::{SVC_COHORTS_LIVE, SVC_PREFIXES};
+        let live = svc(0, SVC_PREFIXES | SVC_COHORTS_LIVE);
+        for i in 0..2000 {
+            let h = split_hash(&client(i, 1), AFFINITY_SOURCE_IP, 9);
+            // A plain override forces whatever the weights say.
+            assert_eq!(
+                decide_version(h, &live, Some(forced_value(VERSION_STABLE))),
+                (VERSION_STABLE, By::Forced)
+            );
+            assert_eq!(
+                decide_version(
+                    h,
+                    &svc(WEIGHT_SCALE_BP, SVC_PREFIXES),
+                    Some(forced_value(0))
+                ),
+                (VERSION_STABLE, By::Forced)
+            );
+            // A live cohort at 100 % beats the service's 0 %.
+            assert_eq!(
+                decide_version(h, &live, Some(cohort_value(2, WEIGHT_SCALE_BP))),
+                (VERSION_CANARY, By::Cohort(2))
+            );
+            // No entry: the hash against the service's weight.
+            assert_eq!(decide_version(h, &live, None), (VERSION_STABLE, By::Hash));
+            assert_eq!(
+                decide_version(
+                    h,
+                    &svc(WEIGHT_SCALE_BP, SVC_PREFIXES | SVC_COHORTS_LIVE),
+                    None
+                ),
+                (VERSION_CANARY, By::Hash)
+            );
+        }
+    }
+
+    #[test]
+    fn without_the_live_bit_the_weight_decides() {
+        use crate::maps::SVC_PREFIXES;
+        for i in 0..2000 {
+            let h = split_hash(&client(i, 1), AFFINITY_SOURCE_IP, 9);
+            for w in [0, 500, 5000, WEIGHT_SCALE_BP] {
+                let off = svc(w, SVC_PREFIXES);
+                let (v, by) = decide_version(h, &off, Some(cohort_value(0, WEIGHT_SCALE_BP)));
+                assert_eq!((v, by), (choose_version(h, w), By::Hash));
+            }
+        }
+    }
+
+    #[test]
+    fn monotone_in_the_cohort_weight() {
+        use crate::maps::{SVC_COHORTS_LIVE, SVC_PREFIXES};
+        let live = svc(0, SVC_PREFIXES | SVC_COHORTS_LIVE);
+        for i in 0..4000 {
+            let h = split_hash(&client(i, 1000), AFFINITY_SOURCE_IP, 7);
+            let mut was_canary = false;
+            for w in (0..=WEIGHT_SCALE_BP).step_by(250) {
+                let (v, by) = decide_version(h, &live, Some(cohort_value(1, w)));
+                assert_eq!(by, By::Cohort(1));
+                let canary = v == VERSION_CANARY;
+                assert!(!was_canary || canary, "client {i} flipped back at {w}");
+                was_canary = canary;
+            }
+            assert!(was_canary);
         }
     }
 

@@ -1,7 +1,8 @@
 //! Decide where a client -> VIP packet goes: the flow table first (an open
 //! connection stays on its backend); on a miss, or an entry that is no
 //! longer this connection's (expired, or closed and reopened by a SYN), a
-//! source-prefix override or hash bucket vs weight picks the version, and
+//! source-prefix override, a live cohort's weight or the hash bucket vs
+//! the weight picks the version (`decide_version`), and
 //! the live Maglev table of that pool the backend. The decision functions
 //! themselves are `canary_common`'s, shared with `canaryctl explain`; the
 //! decision is a pure function of the packet and the tables, so a
@@ -26,8 +27,8 @@ use canary_common::flow::{
     after_client, closing, still_valid, Tcp, FLOW_CLIENT_ACKED, FLOW_REPLIED,
 };
 use canary_common::{
-    backend_hash, choose_version, maglev_base, maglev_slot, reason, split_hash, FlowKey, FlowState,
-    NextHop, OverrideKeyData, VipInfo, BACKEND_NONE,
+    backend_hash, decide_version, maglev_base, maglev_slot, reason, split_hash, By, FlowKey,
+    FlowState, NextHop, OverrideKeyData, VipInfo, BACKEND_NONE, SVC_PREFIXES,
 };
 
 /// errno of an insert that found the key (BPF_NOEXIST).
@@ -80,13 +81,12 @@ pub fn valid(nh: *const NextHop, gen: u32) -> *const NextHop {
     }
 }
 
-/// The version forced on this client by a source-prefix override, if any.
+/// The client's `OVERRIDES` word (longest prefix), if any: a forced
+/// version or a cohort source (`canary_common::decide_version` reads it).
 #[inline(always)]
-fn override_version(service_id: u32, flow: &FlowKey) -> Option<u32> {
+fn override_value(service_id: u32, flow: &FlowKey) -> Option<u32> {
     let (bits, data) = OverrideKeyData::client(service_id, &flow.src, flow.family);
-    OVERRIDES
-        .get(&LpmKey::new(bits, data))
-        .map(|v| v.version & 1)
+    OVERRIDES.get(&LpmKey::new(bits, data)).map(|v| v.version)
 }
 
 /// Flood mode: may this bare SYN create state? Counts it against the
@@ -192,18 +192,19 @@ pub fn decide(flow: &FlowKey, vip: &VipInfo, tcp: &Tcp, now: &Now) -> Result<Tar
         None => {
             // The service entry matters only to a new decision.
             let svc = SERVICES.get(service_id).ok_or(NO_BACKEND)?;
-            let forced = if svc.has_overrides != 0 {
-                override_version(service_id, flow)
+            let ov = if svc.has_overrides & SVC_PREFIXES != 0 {
+                override_value(service_id, flow)
             } else {
                 None
             };
-            let version = match forced {
-                Some(v) => {
-                    count(reason::OVERRIDE_HIT);
-                    v
-                }
-                None => choose_version(split_hash(flow, vip.affinity, svc.seed), svc.weight_bp),
-            } & 1;
+            let h = split_hash(flow, vip.affinity, svc.seed);
+            let (version, by) = decide_version(h, svc, ov);
+            match by {
+                By::Forced => count(reason::OVERRIDE_HIT),
+                By::Cohort(_) => count(reason::COHORT_HIT),
+                By::Hash => {}
+            }
+            let version = version & 1;
             if svc.pool_size[version as usize] == 0 {
                 return Err(NO_BACKEND);
             }

@@ -173,6 +173,19 @@ pub struct Service {
     raw: String,
 }
 
+/// `cohorts:` of a service's `rollout:` (keys indented six spaces): each
+/// cohort as (name, source networks, weight in percent per step).
+pub fn cohorts_yaml(cohorts: &[(&str, &[&str], &[f64])]) -> String {
+    let mut y = String::from("      cohorts:\n");
+    for (name, sources, steps) in cohorts {
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        y += &format!("        - name: {name}\n");
+        y += &format!("          sources: {}\n", list(&sources));
+        y += &format!("          steps: {steps:?}\n");
+    }
+    y
+}
+
 /// An address or CIDR as YAML: IPv6 (it has colons) quoted.
 fn scalar(s: &str) -> String {
     if s.contains(':') {
@@ -337,6 +350,22 @@ impl Service {
     pub fn force(mut self, cidr: &str, version: &str) -> Service {
         self.overrides.push((cidr.into(), version.into()));
         self
+    }
+
+    /// `rollout:` with fixed `steps` (percent), `interval` (humantime) and
+    /// `cohorts` (see `cohorts_yaml`); `more` are further keys of the plan,
+    /// indented six spaces.
+    pub fn rollout_with_cohorts(
+        self,
+        steps: &[f64],
+        interval: &str,
+        cohorts: &[(&str, &[&str], &[f64])],
+        more: &str,
+    ) -> Service {
+        self.raw(&format!(
+            "    rollout:\n      steps: {steps:?}\n      interval: {interval}\n{}{more}",
+            cohorts_yaml(cohorts)
+        ))
     }
 
     /// Further keys of the service (`health:`, `rollout:` ...) as YAML,

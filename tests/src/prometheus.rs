@@ -18,6 +18,34 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
+    /// The rollout lab's Prometheus (`rollout::topology`): in the LB
+    /// namespace on 127.0.0.1:9090, scraping each backend's `/metrics` on
+    /// the health port, b1 and b2 labelled `version="stable"`, b3
+    /// `version="canary"`.
+    pub fn lab(topo: &crate::Topology) -> Result<Prometheus> {
+        let port = crate::rollout::HEALTH_PORT;
+        let targets: Vec<(String, &str)> = vec![
+            (format!("198.18.1.2:{port}"), "stable"),
+            (format!("198.18.2.2:{port}"), "stable"),
+            (format!("198.18.3.2:{port}"), "canary"),
+        ];
+        Prometheus::start(&topo.lb, &topo.id, "127.0.0.1:9090", &targets)
+    }
+
+    /// An instant query's raw JSON answer (for a test's log), run with
+    /// curl in `ns`.
+    pub fn query(&self, ns: &Netns, promql: &str) -> Result<String> {
+        let out = ns.exec(&[
+            "curl",
+            "-sf",
+            "--get",
+            "--data-urlencode",
+            &format!("query={promql}"),
+            &format!("{}/api/v1/query", self.url),
+        ])?;
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
     /// `targets`: (host:port, version label) scraped at `/metrics`.
     pub fn start(
         ns: &Netns,

@@ -60,7 +60,13 @@ enum Command {
     /// Canary weight 0: every new connection goes to stable.
     Rollback { service: String },
     /// Canary weight 100: every new connection goes to canary.
-    Promote { service: String },
+    Promote {
+        service: String,
+        /// Finish the release instead (as `rollout finish`): the canary
+        /// pool becomes the stable pool, the canary pool is emptied, weight 0.
+        #[arg(long)]
+        finalize: bool,
+    },
     /// Add or remove a backend of a pool (run-time; kept across restarts
     /// until the config file changes that pool).
     Backends {
@@ -79,7 +85,9 @@ enum Command {
         client: String,
     },
     /// Run the service's rollout plan (config `rollout:`): start, pause,
-    /// resume, or abort (abort rolls back: canary weight 0).
+    /// resume, or abort (abort rolls back: canary weight 0); finish ends a
+    /// release: the canary pool becomes the stable pool, the canary pool is
+    /// emptied, weight 0, open connections kept (former stable backends drain).
     Rollout {
         #[arg(value_enum)]
         action: RolloutAction,
@@ -115,6 +123,7 @@ enum RolloutAction {
     Pause,
     Resume,
     Abort,
+    Finish,
 }
 
 impl RolloutAction {
@@ -124,6 +133,7 @@ impl RolloutAction {
             RolloutAction::Pause => RolloutVerb::Pause,
             RolloutAction::Resume => RolloutVerb::Resume,
             RolloutAction::Abort => RolloutVerb::Abort,
+            RolloutAction::Finish => RolloutVerb::Finish,
         }
     }
 }
@@ -253,7 +263,14 @@ async fn run(args: Args) -> Result<()> {
             done(client.set_weight(&service, percent).await?, json)
         }
         Command::Rollback { service } => done(client.rollback(&service).await?, json),
-        Command::Promote { service } => done(client.promote(&service).await?, json),
+        Command::Promote { service, finalize } => {
+            let change = if finalize {
+                client.rollout(&service, RolloutVerb::Finish).await?
+            } else {
+                client.promote(&service).await?
+            };
+            done(change, json)
+        }
         Command::Backends {
             action,
             service,
@@ -288,6 +305,9 @@ async fn run(args: Args) -> Result<()> {
                     e.decided_by
                 );
                 outln!("{}", e.reason);
+                if let Some(c) = &e.cohort {
+                    outln!("cohort: {c}");
+                }
             }
             Ok(())
         }
@@ -556,6 +576,12 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
         "{}  {addr}/{}  affinity {}  canary weight {:.2}% (set by {})\n",
         s.name, s.protocol, s.affinity, s.weight_percent, s.weight_source
     ));
+    if let Some(c) = &s.cohorts {
+        out.push_str(&format!(
+            "  cohorts: {c}
+"
+        ));
+    }
     out.push_str(&format!(
         "  {:<8} {:>12} {:>10} {:>14} {:>10} {:>14}\n",
         "version", "new flows", "flows/s", "packets", "pkts/s", "reply packets"
@@ -603,8 +629,22 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
             Some(false) => "UNHEALTHY",
             None => "",
         };
+        let drain = b
+            .draining
+            .as_ref()
+            .map(|d| {
+                let open = d
+                    .open_connections
+                    .map(|n| format!("{n} open connections here"))
+                    .unwrap_or_else(|| "open connections not counted yet".into());
+                format!(
+                    "  DRAINING ({open}, ends in {})",
+                    humantime::format_duration(Duration::from_secs(d.ends_in_s as u64))
+                )
+            })
+            .unwrap_or_default();
         out.push_str(&format!(
-            "    {:<6} {:<39} new flows {:>10}  packets {:>12}  flows/s {:>8.1}  {health}\n",
+            "    {:<6} {:<39} new flows {:>10}  packets {:>12}  flows/s {:>8.1}  {health}{drain}\n",
             b.version.name(),
             b.addr.to_string(),
             b.new_flows,
@@ -618,12 +658,27 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
             "  rollout {}: step {}/{} of [{}], {:.1} s of {:.1} s observed, {:.1} s left\n",
             r.phase.to_uppercase(),
             r.step,
-            r.steps.len(),
+            r.planned_steps.unwrap_or(r.steps.len()),
             plan.join(" -> "),
             r.step_elapsed_s,
             r.step_interval_s,
             r.time_left_s
         ));
+        if let Some(why) = &r.why {
+            out.push_str(&format!("    why: {why}\n"));
+        }
+        if let Some(b) = &r.budget {
+            let left = match (b.cap, b.left) {
+                (Some(cap), Some(left)) => {
+                    format!("{left} of {cap} left before level {}", b.level + 1)
+                }
+                _ => "every level reached".to_string(),
+            };
+            out.push_str(&format!(
+                "    budget: level {}/{} reached, {} {} exposed, {left}\n",
+                b.level, b.levels, b.exposed, b.unit
+            ));
+        }
         let need = r
             .required_canary_connections
             .map(|n| format!(" (the step needs {n})"))
@@ -635,6 +690,38 @@ fn render_service(out: &mut String, s: &ServiceStatus) {
         out.push_str(&format!("    last analysis: {}\n", r.verdict));
         if let Some(x) = &r.external {
             out.push_str(&format!("    {x}\n"));
+        }
+        for m in &r.metrics {
+            let v = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.4}"));
+            out.push_str(&format!(
+                "    metric {:<16} canary {:>10} stable {:>10}  {} ({}{})  {}\n",
+                m.name,
+                v(m.canary),
+                v(m.stable),
+                m.limit,
+                m.direction,
+                if m.gate { "" } else { ", informs only" },
+                m.state.to_uppercase()
+            ));
+        }
+        for l in &r.latency {
+            let ms = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{x:.3} ms"));
+            out.push_str(&format!(
+                "    latency {:<10} p{} canary {} stable {}; above {}: canary {}/{}, stable {}/{}; {}\n",
+                l.source,
+                l.quantile * 100.0,
+                ms(l.canary_ms),
+                ms(l.stable_ms),
+                ms(l.threshold_ms),
+                l.canary_above,
+                l.canary_responses,
+                l.stable_above,
+                l.stable_responses,
+                l.state.to_uppercase()
+            ));
+        }
+        if let Some(f) = r.on_failure.as_deref().filter(|f| *f != "rollback") {
+            out.push_str(&format!("    on failure: {f}\n"));
         }
         if let Some(why) = &r.reason {
             out.push_str(&format!("    {why}\n"));

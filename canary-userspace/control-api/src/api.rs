@@ -76,14 +76,18 @@ pub enum RolloutVerb {
     Pause,
     Resume,
     Abort,
+    /// Ends a release: the canary pool becomes the stable pool, the canary
+    /// pool is emptied, the weight goes to 0 (`promote --finalize` too).
+    Finish,
 }
 
 impl RolloutVerb {
-    pub const ALL: [RolloutVerb; 4] = [
+    pub const ALL: [RolloutVerb; 5] = [
         RolloutVerb::Start,
         RolloutVerb::Pause,
         RolloutVerb::Resume,
         RolloutVerb::Abort,
+        RolloutVerb::Finish,
     ];
 
     /// The path segment, also the word in log lines ("rollout {verb}d by").
@@ -93,6 +97,7 @@ impl RolloutVerb {
             RolloutVerb::Pause => "pause",
             RolloutVerb::Resume => "resume",
             RolloutVerb::Abort => "abort",
+            RolloutVerb::Finish => "finish",
         }
     }
 }
@@ -108,7 +113,7 @@ impl FromStr for RolloutVerb {
     fn from_str(s: &str) -> Result<RolloutVerb> {
         match RolloutVerb::ALL.into_iter().find(|v| v.as_str() == s) {
             Some(v) => Ok(v),
-            None => bail!("unknown rollout action {s:?} (start, pause, resume, abort)"),
+            None => bail!("unknown rollout action {s:?} (start, pause, resume, abort, finish)"),
         }
     }
 }
@@ -158,6 +163,20 @@ pub struct BackendStatus {
     /// The last probe outcome that changed the verdict.
     #[serde(default)]
     pub health_detail: Option<String>,
+    /// A former stable backend after `rollout finish`: no new connections,
+    /// its open ones still forwarded and NATed until the drain ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<DrainStatus>,
+}
+
+/// A draining backend's state, in status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DrainStatus {
+    /// Flow-table entries naming the backend at the last sweep, on this host
+    /// (None before the first sweep).
+    pub open_connections: Option<u64>,
+    /// Seconds until the drain ends (extended while connections are open).
+    pub ends_in_s: f64,
 }
 
 /// Passive health signals of one version, since canaryd started (the
@@ -233,6 +252,84 @@ pub struct RolloutStatus {
     /// The external metric's last judgement (Prometheus), if configured.
     #[serde(default)]
     pub external: Option<String>,
+    /// Steps of the plan (an adaptive plan's `steps` are the weights
+    /// chosen so far).
+    #[serde(default)]
+    pub planned_steps: Option<usize>,
+    /// Adaptive plans: why the current step has its weight.
+    #[serde(default)]
+    pub why: Option<String>,
+    /// Adaptive plans: the risk budget.
+    #[serde(default)]
+    pub budget: Option<BudgetStatus>,
+    /// The plan's failure policy: "rollback" or "pause".
+    #[serde(default)]
+    pub on_failure: Option<String>,
+    /// `analysis.metrics` (and `analysis.prometheus`), judged at the last tick.
+    #[serde(default)]
+    pub metrics: Vec<MetricStatus>,
+    /// `analysis.latency`, one entry per source, in the current step.
+    #[serde(default)]
+    pub latency: Vec<LatencyStatus>,
+}
+
+/// One external metric of a rollout, as last judged.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricStatus {
+    pub name: String,
+    /// "lower is better" or "higher is better".
+    pub direction: String,
+    /// Can fail a step (false: shown only).
+    pub gate: bool,
+    pub canary: Option<f64>,
+    pub stable: Option<f64>,
+    /// The limits in words, e.g. "canary >= 0.9 x stable".
+    pub limit: String,
+    /// "ok", "failing", "waiting" (no fresh value) or "informs" (not a
+    /// gate, and out of its limit).
+    pub state: String,
+    pub detail: String,
+}
+
+/// The latency test of one source in the current step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LatencyStatus {
+    /// "handshake" (in-kernel SYN -> SYN-ACK) or "prometheus".
+    pub source: String,
+    pub quantile: f64,
+    /// The quantile per version, ms (Prometheus: `histogram_quantile`).
+    pub canary_ms: Option<f64>,
+    pub stable_ms: Option<f64>,
+    /// The threshold T of this step (None while calibrating).
+    pub threshold_ms: Option<f64>,
+    pub canary_above: u64,
+    pub canary_responses: u64,
+    pub stable_above: u64,
+    pub stable_responses: u64,
+    pub required_canary_responses: Option<u64>,
+    pub log_lr: Option<f64>,
+    pub log_lr_threshold: f64,
+    /// Alpha of each of the source's two checks in this step.
+    pub alpha: f64,
+    /// "waiting", "passed" or "failing".
+    pub state: String,
+    pub detail: String,
+}
+
+/// An adaptive rollout's risk budget.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BudgetStatus {
+    /// "judged canary connections".
+    pub unit: String,
+    /// Levels reached (judged steps passed) and planned.
+    pub level: u32,
+    pub levels: u32,
+    /// The next level's budget (None once every level is reached).
+    pub cap: Option<u64>,
+    /// Canary connections exposed since the start.
+    pub exposed: u64,
+    /// Left before the next level.
+    pub left: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -263,6 +360,10 @@ pub struct ServiceStatus {
     /// Rollbacks of this service so far (kept across restarts).
     #[serde(default)]
     pub rollbacks: u64,
+    /// The live cohort weights ("staff 100.00%, everyone 5.00%", or
+    /// "off (...)"); None when the plan has no cohorts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohorts: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -459,7 +560,8 @@ pub struct Explain {
     pub client_port: Option<u16>,
     pub version: Version,
     pub backend: IpAddr,
-    /// "flow-table", "override", or "hash".
+    /// "flow-table", "override", "cohort NAME" (a live cohort's weight,
+    /// "cohort everyone" for clients in none), or "hash".
     pub decided_by: String,
     /// A human sentence with the figures.
     pub reason: String,
@@ -468,6 +570,10 @@ pub struct Explain {
     pub bucket: u32,
     pub weight_bp: u32,
     pub override_cidr: Option<String>,
+    /// The client's cohort ("everyone" for none) when the service's plan
+    /// has cohorts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<String>,
 }
 
 /// What an event is about; on the wire the lowercase name.

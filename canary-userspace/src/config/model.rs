@@ -151,6 +151,11 @@ pub struct ServiceConfig {
     /// The step-wise rollout plan `canaryctl rollout start` runs.
     #[serde(default)]
     pub rollout: Option<RolloutConfig>,
+    /// Run time only (`rollout finish`): former stable backends that keep
+    /// their id and reverse NAT for their open connections but get no new
+    /// ones. Never in the file.
+    #[serde(skip)]
+    pub draining: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]

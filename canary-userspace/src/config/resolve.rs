@@ -151,6 +151,8 @@ impl RolloutConfig {
             max_p99_handshake_ms: a.max_p99_handshake_ms,
             alpha: a.false_alarm_rate,
             steps: self.steps.len() as u32,
+            // An adaptive rollout's engine sets its step's share.
+            alpha_step: None,
             power: a.power,
             min_canary_connections: a.min_canary_connections,
             min_failing_clients: a.min_failing_clients,
@@ -175,9 +177,13 @@ impl ServiceConfig {
     pub fn weight_bp(&self) -> u32 {
         self.weight().bp()
     }
-    /// Sets the canary weight (the file's unit is percent).
+    /// Sets the canary weight (the file's unit is percent). Cohorts go
+    /// off: whatever sets the weight alone (an operator, a rollback, a
+    /// finish) sends every client by it; a rollout step sets the cohorts'
+    /// weights after (`set_cohort_weights`).
     pub fn set_weight(&mut self, w: WeightBp) {
         self.canary_weight = w.percent();
+        self.set_cohort_weights(None);
     }
     pub fn seed(&self) -> u32 {
         self.seed.unwrap_or_else(|| default_seed(&self.name))

@@ -155,9 +155,9 @@ impl Config {
                         o.cidr.trunc()
                     );
                 }
-                if o.version == Version::Canary && s.canary.is_empty() {
-                    bail!("{field}.version: canary, but the canary pool is empty");
-                }
+                // A canary override with an empty canary pool is valid (a
+                // finished release): it is written as stable until a canary
+                // backend is added.
             }
             let mut prefixes = HashSet::new();
             for (j, o) in s.overrides.iter().enumerate() {
@@ -165,7 +165,9 @@ impl Config {
                     bail!("{at}.overrides[{j}].cidr: {} is listed twice", o.cidr);
                 }
             }
-            total_overrides += s.overrides.len();
+            // Cohort sources are entries of the same prefix map.
+            total_overrides +=
+                s.overrides.len() + s.cohorts().iter().map(|c| c.sources.len()).sum::<usize>();
             if let Some(h) = &s.health {
                 validate_health(h, s).with_context(|| format!("{at}.health"))?;
             }
@@ -182,7 +184,7 @@ impl Config {
             );
         }
         if total_overrides > MAX_OVERRIDES as usize {
-            bail!("services: {total_overrides} overrides in all, at most {MAX_OVERRIDES}");
+            bail!("services: {total_overrides} overrides and cohort sources in all, at most {MAX_OVERRIDES}");
         }
         let _ = WEIGHT_SCALE_BP;
         Ok(())
@@ -290,12 +292,14 @@ fn validate_rollout(r: &RolloutConfig, s: &ServiceConfig) -> Result<()> {
     }
     super::plan_cohorts::validate(r, s)?;
     super::plan_signals::validate(r)?;
+    if s.protocol == Protocol::Udp && r.analysis.latency.as_ref().is_some_and(|l| l.handshake) {
+        bail!("analysis.latency.handshake: a UDP service has no handshake to time; use analysis.latency.prometheus");
+    }
     if r.interval < Duration::from_millis(100) {
         bail!("interval: {:?} is below 100ms", r.interval);
     }
-    if s.canary.is_empty() {
-        bail!("the canary pool is empty: nothing to roll out");
-    }
+    // An empty canary pool is valid (a finished release keeps its plan);
+    // `rollout start` refuses it.
     let a = &r.analysis;
     if let Some(p) = a.max_error_ratio {
         if !(p > 0.0 && p < 1.0) {

@@ -484,10 +484,12 @@ mod tests {
                     new_flows_per_sec: 0.0,
                     healthy: Some(false),
                     health_detail: None,
+                    draining: None,
                 }],
                 signals: Default::default(),
                 rollout: None,
                 rollbacks: 2,
+                cohorts: None,
             }],
             datapath: [("forwarded".to_string(), 1020u64)].into(),
             flow_table: crate::control::api::FlowTableStatus {

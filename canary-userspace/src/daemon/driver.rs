@@ -116,6 +116,8 @@ impl Daemon {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
         let expired = if scan_due {
             self.last_expiry = Some(now);
+            // Drains past their end, once a second too (`finish.rs`).
+            self.expire_drains();
             self.expire_handshakes()
         } else {
             Vec::new()
@@ -186,10 +188,11 @@ impl Daemon {
             // the config's now (a reload does not change a rollout under way).
             let plan = r.frozen_plan(&plan);
             let not_before = *self.step_began.entry(name.clone()).or_insert(now);
-            let external = plan.analysis.prometheus.as_ref().map(|check| {
+            // The metrics and the latency test, as one judgement.
+            let external = {
                 let readings = self.readings.lock().unwrap_or_else(|p| p.into_inner());
-                judge(check, readings.get(&name), now, not_before)
-            });
+                judge(&mut r, &plan, readings.get(&name), &delta, now, not_before)
+            };
             let action = r.tick(&plan, &delta, dt, external.as_ref());
             self.state.rollouts.insert(name.clone(), r);
             changed = true;
@@ -245,7 +248,15 @@ impl Daemon {
         match action {
             Action::None => {}
             Action::SetWeight(bp, what) => {
-                if let Err(e) = self.set_weight(service, bp, ROLLOUT) {
+                // The step's cohort weights (the rollout is saved in the
+                // state before `act`) go in the same commit as the weight.
+                let cohorts = self
+                    .state
+                    .rollouts
+                    .get(service)
+                    .and_then(|r| r.cohort_weights());
+                let with = super::cohorts::step_note(cohorts.as_ref());
+                if let Err(e) = self.set_weights(service, bp, cohorts, ROLLOUT) {
                     // The engine moved on but the data plane did not: a
                     // rollout that cannot apply its steps stops, safely.
                     let why = format!("{what}: the weight could not be applied: {}", e.message);
@@ -256,7 +267,7 @@ impl Daemon {
                     return;
                 }
                 self.step_began.insert(service.to_string(), Instant::now());
-                let msg = format!("{what}: canary weight {bp}");
+                let msg = format!("{what}: canary weight {bp}{with}");
                 info!("service {service}: {msg}");
                 self.events.push(service, EventKind::Step, msg);
             }
@@ -265,6 +276,22 @@ impl Daemon {
                 self.events.push(service, EventKind::Promoted, why);
             }
             Action::Rollback(why) => self.rollback_now(service, why, reset),
+            Action::Paused(why) => {
+                // on_failure: pause: the weight stays where the step set it.
+                let weight = self
+                    .state
+                    .rollouts
+                    .get(service)
+                    .map(|r| r.weight().to_string());
+                let line = format!(
+                    "rollout PAUSED on failure (on_failure: pause), canary weight stays at {}: {why}; \
+                     `canaryctl rollout resume {service}` continues with a fresh window, \
+                     `canaryctl rollout abort {service}` rolls back",
+                    weight.unwrap_or_else(|| "?".into())
+                );
+                warn!("service {service}: {line}");
+                self.events.push(service, EventKind::Rollout, line);
+            }
         }
     }
 
@@ -294,7 +321,16 @@ impl Daemon {
                             "a rollout of {service} is already {} at step {}/{}",
                             r.phase.name(),
                             r.step + 1,
-                            r.steps.len()
+                            r.planned_steps()
+                        ),
+                    ));
+                }
+                if svc.canary.is_empty() {
+                    return Err(OpError::new(
+                        Refusal::Conflict,
+                        format!(
+                            "service {service}: the canary pool is empty: add one first \
+                             (canaryctl backends add {service} canary ADDR)"
                         ),
                     ));
                 }
@@ -310,10 +346,21 @@ impl Daemon {
                 if let Some(cur) = self.cumulative(service) {
                     self.tick_prev.insert(service.to_string(), cur);
                 }
-                let line = format!(
-                    "service {service}: rollout started by {who}: steps {:?} %, {:?} per step",
-                    plan.steps, plan.interval
-                );
+                let line = match &plan.adaptive {
+                    Some(ad) if plan.strategy == crate::config::Strategy::Adaptive => format!(
+                        "service {service}: rollout started by {who}: adaptive, budget {:?} {}, \
+                         {} judged steps then 100 %, {:?} per step, at most {:?}",
+                        ad.budget,
+                        "judged canary connections",
+                        ad.levels(),
+                        plan.interval,
+                        ad.max_duration
+                    ),
+                    _ => format!(
+                        "service {service}: rollout started by {who}: steps {:?} %, {:?} per step",
+                        plan.steps, plan.interval
+                    ),
+                };
                 info!("{line}");
                 self.events.push(service, EventKind::Rollout, line.clone());
                 self.act(service, action, false);
@@ -340,6 +387,14 @@ impl Daemon {
                     // The window resumes from now: paused traffic does not
                     // count, and external readings must be newer than this.
                     if let Some(cur) = self.cumulative(service) {
+                        // An adaptive plan's budget still counts what the
+                        // canary got while paused (its next tick checks it).
+                        let paused = self.tick_prev.get(service).map(|prev| cur.since(prev));
+                        if let (Some(d), Some(r), None) =
+                            (paused, self.state.rollouts.get_mut(service), &self.fleet)
+                        {
+                            r.note_exposure(&d);
+                        }
                         self.tick_prev.insert(service.to_string(), cur);
                     }
                     self.step_began.insert(service.to_string(), Instant::now());
@@ -357,10 +412,15 @@ impl Daemon {
                         format!("no rollout of {service} is running"),
                     )
                 })?;
-                let why = format!("aborted by {who} at step {}/{}", r.step + 1, r.steps.len());
+                let why = format!(
+                    "aborted by {who} at step {}/{}",
+                    r.step + 1,
+                    r.planned_steps()
+                );
                 self.roll_back_by_policy(service, why.clone());
                 format!("service {service}: rollout {why}; canary weight 0")
             }
+            RolloutVerb::Finish => return self.finish(service, who),
         };
         // Live either way; a state that could not be saved is said.
         Ok(std::iter::once(line).chain(self.unsaved_note()).collect())

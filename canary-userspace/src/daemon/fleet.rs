@@ -631,10 +631,15 @@ impl Daemon {
 
     /// Whether `local` is a rollback against etcd's document `etcd`: weight
     /// 0 where etcd (or the file, without a document) says more.
+    /// Live cohorts count: everyone at 0 with staff at 100 still exposes
+    /// the canary, so a rollback made while cut off is not undone.
     fn is_rollback(&self, service: &str, local: &ServiceDoc, etcd: Option<&ServiceDoc>) -> bool {
         let file = WeightBp::from_bp(self.file_weight_bp(service));
-        let etcd_weight = etcd.and_then(|d| d.weight()).unwrap_or(file);
-        local.weight().unwrap_or(file) == WeightBp::ZERO && etcd_weight != WeightBp::ZERO
+        let etcd_exposes = match etcd {
+            Some(d) => super::cohorts::exposes(Some(&d.overrides), file),
+            None => file != WeightBp::ZERO,
+        };
+        !super::cohorts::exposes(Some(&local.overrides), file) && etcd_exposes
     }
 
     /// This host's changes to publish: every service whose local run-time

@@ -8,9 +8,11 @@
 //! `driver` (rollout driver and rollback), `status` (status views),
 //! `state` (the state file), `events` (the event log).
 
+mod cohorts;
 mod driver;
 pub mod events;
 mod failing;
+mod finish;
 mod fleet;
 mod flows;
 mod ops;

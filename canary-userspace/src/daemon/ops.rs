@@ -127,11 +127,24 @@ impl Daemon {
             .retain(|name, _| known.contains(name.as_str()));
     }
 
-    /// Sets a service's canary weight on behalf of `who`.
+    /// Sets a service's canary weight on behalf of `who`; cohorts go off
+    /// (every client follows `weight`).
     pub fn set_weight(
         &mut self,
         service: &str,
         weight: WeightBp,
+        who: &str,
+    ) -> OpResult<Vec<String>> {
+        self.set_weights(service, weight, None, who)
+    }
+
+    /// Sets the canary weight and the cohorts' weights by name (`None`:
+    /// cohorts off) in one commit: a rollout step.
+    pub fn set_weights(
+        &mut self,
+        service: &str,
+        weight: WeightBp,
+        cohorts: Option<std::collections::BTreeMap<String, u32>>,
         who: &str,
     ) -> OpResult<Vec<String>> {
         let i = self.service_index(service)?;
@@ -144,6 +157,7 @@ impl Daemon {
         }
         let mut next = self.running.clone();
         next.services[i].set_weight(weight);
+        next.services[i].set_cohort_weights(cohorts.as_ref());
         let mut state = self.state.clone();
         let file_bp = self.file_weight_bp(service);
         state
@@ -154,6 +168,7 @@ impl Daemon {
             weight_bp: weight.bp(),
             source: who.to_string(),
             file_weight_bp: file_bp,
+            cohorts,
         });
         self.commit(next, state)?;
         // Whatever set the weight last is in force now.

@@ -24,6 +24,11 @@ pub struct WeightOverride {
     /// The file's weight when it was set: the override lapses once the file
     /// says something else.
     pub file_weight_bp: u32,
+    /// The cohorts' weights by name, set by a rollout step with the weight
+    /// (they lapse with it). None: cohorts off, as any other setter of the
+    /// weight leaves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohorts: Option<BTreeMap<String, u32>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +45,18 @@ pub struct ServiceOverrides {
     pub stable: Option<PoolOverride>,
     #[serde(default)]
     pub canary: Option<PoolOverride>,
+    /// Former stable backends of a finished release, still serving their
+    /// open connections (see `daemon/finish.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining: Option<Vec<Drain>>,
+}
+
+/// One draining backend: it ends at `until_ms` (Unix time), later while
+/// flow entries still name it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    pub addr: IpAddr,
+    pub until_ms: u64,
 }
 
 /// What `RuntimeState::effective` settled on.
@@ -84,6 +101,7 @@ impl Field {
             Field::Weight => {
                 if let Some(w) = &o.weight {
                     s.set_weight(WeightBp::from_bp(w.weight_bp));
+                    s.set_cohort_weights(w.cohorts.as_ref());
                 }
             }
             Field::Stable => {
@@ -151,10 +169,12 @@ impl RuntimeState {
             }
         }
         *self.rollbacks.entry(service.to_string()).or_default() += 1;
+        // Cohorts off: everyone, staff too, at 0.
         self.services.entry(service.to_string()).or_default().weight = Some(WeightOverride {
             weight_bp: 0,
             source: source.to_string(),
             file_weight_bp,
+            cohorts: None,
         });
     }
 
@@ -189,10 +209,14 @@ impl RuntimeState {
         let max = WeightBp::FULL.bp();
         for (name, o) in &self.services {
             if let Some(w) = &o.weight {
+                let cohorts = w.cohorts.iter().flatten();
                 for (field, bp) in [
-                    ("weight_bp", w.weight_bp),
-                    ("file_weight_bp", w.file_weight_bp),
-                ] {
+                    ("weight_bp".to_string(), w.weight_bp),
+                    ("file_weight_bp".to_string(), w.file_weight_bp),
+                ]
+                .into_iter()
+                .chain(cohorts.map(|(c, bp)| (format!("cohorts.{c}"), *bp)))
+                {
                     if bp > max {
                         return Err(format!(
                             "services.{name}.weight.{field}: {bp} is out of range (0 to {max})"
@@ -323,8 +347,10 @@ impl RuntimeState {
             }
             out = config;
         }
-        self.services
-            .retain(|_, o| o.weight.is_some() || o.stable.is_some() || o.canary.is_some());
+        dropped.extend(super::finish::settle_drains(&mut self.services, &mut out));
+        self.services.retain(|_, o| {
+            o.weight.is_some() || o.stable.is_some() || o.canary.is_some() || o.draining.is_some()
+        });
         Effective {
             config: out,
             dropped,
@@ -368,12 +394,14 @@ services:
                     weight_bp: 3000,
                     source: "canaryctl (uid 0)".into(),
                     file_weight_bp: 1000,
+                    cohorts: None,
                 }),
                 stable: Some(PoolOverride {
                     pool: vec!["198.18.1.2".parse().unwrap()],
                     file_pool: file.services[0].stable.clone(),
                 }),
                 canary: None,
+                draining: None,
             },
         );
         let eff = st.effective(&file, &[]).config;
@@ -412,9 +440,11 @@ services:
                     weight_bp: 0,
                     source: "canaryctl (uid 0)".into(),
                     file_weight_bp: 0,
+                    cohorts: None,
                 }),
                 stable: None,
                 canary: Some(canary_pool_override(&[], &zero)),
+                draining: None,
             },
         );
         let eff = st.effective(&file, &[]);
@@ -446,12 +476,14 @@ services:
                     weight_bp: 3000,
                     source: "rollout".into(),
                     file_weight_bp: 1000,
+                    cohorts: None,
                 }),
                 stable: Some(PoolOverride {
                     pool: vec!["198.18.1.2".parse().unwrap()],
                     file_pool: file.services[0].stable.clone(),
                 }),
                 canary: Some(canary_pool_override(&[], &file)),
+                draining: None,
             },
         );
         let eff = st.effective(&file, &[]);

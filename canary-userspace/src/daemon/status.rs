@@ -14,6 +14,9 @@ impl Daemon {
             (Phase::Promoted, _) => "promoted".to_string(),
             (Phase::Aborted, _) => "rolled back".to_string(),
             (_, _) if r.final_passed => "passed; waiting for the external metric".to_string(),
+            (_, _) if r.adaptive.as_ref().is_some_and(|a| a.measuring) => {
+                "measuring the connection rate at canary weight 0".to_string()
+            }
             (_, None) => "no data yet".to_string(),
             (_, Some(a)) => match &a.verdict {
                 crate::rollout::analysis::Verdict::Pass => "pass (waiting for the interval)".into(),
@@ -40,6 +43,26 @@ impl Daemon {
             reason: r.reason.clone(),
             history: r.history.clone(),
             external: r.external.clone(),
+            planned_steps: Some(r.planned_steps()),
+            why: r.why().map(str::to_string),
+            budget: r
+                .adaptive
+                .as_ref()
+                .map(|ad| crate::control::api::BudgetStatus {
+                    unit: "judged canary connections".to_string(),
+                    level: ad.level,
+                    levels: ad.levels() as u32,
+                    cap: ad.cap(),
+                    exposed: ad.exposed(),
+                    left: ad.cap().map(|c| c.saturating_sub(ad.exposed())),
+                }),
+            on_failure: r.on_failure.map(|f| f.name().to_string()),
+            metrics: r.metrics.clone(),
+            latency: r
+                .latency
+                .as_ref()
+                .map(|l| l.status.clone())
+                .unwrap_or_default(),
         })
     }
 
@@ -188,6 +211,7 @@ impl Daemon {
                                 .unwrap_or(true),
                         }),
                         health_detail: self.backend_health_detail(&s.name, b.addr),
+                        draining: b.draining.then(|| self.drain_status(&s.name, b.addr, b.id)),
                     }
                 })
                 .collect();
@@ -213,6 +237,7 @@ impl Daemon {
                 signals: self.signals(&s.name),
                 rollout: self.rollout_status(&s.name),
                 rollbacks: self.state.rollbacks.get(&s.name).copied().unwrap_or(0),
+                cohorts: cfg.cohorts_line(),
             });
         }
         let datapath = reason::NAMES

@@ -119,6 +119,18 @@ impl DataPlane {
                     members.push((v, *b, bid));
                 }
             }
+            // Draining backends (`rollout finish`): their id, BACKENDS and
+            // REVERSE_NAT entries stay for their open flows (no Maglev slot:
+            // the tables below take pool members only). Only one with an id:
+            // none else has flows.
+            for b in s.draining.iter() {
+                if s.stable.contains(b) || s.canary.contains(b) {
+                    continue;
+                }
+                if let Some(&bid) = ids.backends.get(&(sid, *b)) {
+                    members.push((Version::Stable, *b, bid));
+                }
+            }
             plan.push((s, sid, members));
         }
         let planned_sids: HashSet<u32> = plan.iter().map(|(_, sid, _)| *sid).collect();
@@ -146,8 +158,9 @@ impl DataPlane {
                     },
                 );
             }
-            for o in &s.overrides {
-                want_overrides.insert(override_key(*sid, o.cidr.addr(), o.cidr.prefix_len()));
+            // Plain overrides and cohort sources (one LPM map).
+            for (net, _) in s.lpm_entries() {
+                want_overrides.insert(override_key(*sid, net.addr(), net.prefix_len()));
             }
         }
 
@@ -240,9 +253,11 @@ impl DataPlane {
             }
             let mut state = self.maps.services.get(sid, 0).unwrap_or_default();
             for v in [Version::Stable, Version::Canary] {
+                // Pool members only: a draining backend never gets a slot,
+                // not even failing open.
                 let all: Vec<(IpAddr, u32)> = members
                     .iter()
-                    .filter(|(mv, _, _)| *mv == v)
+                    .filter(|(mv, b, _)| *mv == v && s.pool(v).contains(b))
                     .map(|(_, b, id)| (*b, *id))
                     .collect();
                 let healthy: Vec<(IpAddr, u32)> = all
@@ -286,13 +301,15 @@ impl DataPlane {
                 state.pool_size[vi as usize] = pool.len() as u32;
                 self.maglev_live.insert((*sid, vi), (generation, table));
             }
-            for o in &s.overrides {
-                let (bits, data) = override_key(*sid, o.cidr.addr(), o.cidr.prefix_len());
+            // Before the service entry: the cohort weights and the live
+            // bit switch together in its one write. (A canary override with
+            // no canary pool, a finished release, is written as stable until
+            // a canary is added: `lpm_entries`.)
+            for (net, version) in s.lpm_entries() {
+                let (bits, data) = override_key(*sid, net.addr(), net.prefix_len());
                 self.maps.overrides.insert(
                     &LpmKey::new(bits, data),
-                    OverrideValue {
-                        version: o.version.index(),
-                    },
+                    OverrideValue { version },
                     0,
                 )?;
             }
@@ -304,7 +321,7 @@ impl DataPlane {
             state.weight_bp = s.weight_bp();
             state.seed = s.seed();
             state.active = 1;
-            state.has_overrides = u32::from(!s.overrides.is_empty());
+            state.has_overrides = s.override_flags();
             // One write: weight, seed and the live generations switch together.
             self.maps.services.set(*sid, state, 0)?;
             match (old_weight, &old) {

@@ -1,9 +1,10 @@
 //! `canaryctl explain`: which version and backend a client gets now, and why,
 //! computed from the maps the kernel reads with the decision functions the
 //! kernel runs (`canary_common::split`), in the kernel's order: flow table,
-//! then source-prefix override, then hash bucket against the weight.
+//! then the one LPM lookup (a source-prefix override, or a cohort's source
+//! with its weight while cohorts are live), then the hash against the weight.
 
-use crate::config::{ServiceConfig, Version};
+use crate::config::{ServiceConfig, Version, EVERYONE};
 pub use crate::control::api::parse_client;
 use crate::control::api::Explain;
 use crate::dataplane::keys::{affinity_flag, flow_key, override_lookup_key};
@@ -12,8 +13,8 @@ use anyhow::{bail, Context, Result};
 use canary_common::addr::from_words;
 use canary_common::weight::WeightBp;
 use canary_common::{
-    backend_hash, bucket, choose_version, maglev_base, maglev_slot, split_hash, AFFINITY_FLOW,
-    BACKEND_NONE,
+    backend_hash, bucket, cohort_of, decide_version, maglev_base, maglev_slot, split_hash, By,
+    AFFINITY_FLOW, BACKEND_NONE, SVC_COHORTS_LIVE, SVC_PREFIXES,
 };
 use std::net::IpAddr;
 
@@ -61,6 +62,7 @@ pub fn explain(
         bucket: b,
         weight_bp: state.weight_bp,
         override_cidr: cidr,
+        cohort: None,
     };
 
     // 1. An open connection keeps its backend.
@@ -75,6 +77,11 @@ pub fn explain(
             let backend = backend_addr(f.backend_id)?;
             return Ok(Explain {
                 backend,
+                // For information only: the entry decided, not the cohort.
+                cohort: s
+                    .cohort_of(client)
+                    .and_then(|(k, _)| s.cohorts().get(k))
+                    .map(|c| c.name.clone()),
                 ..base(
                     version,
                     "flow-table",
@@ -88,13 +95,34 @@ pub fn explain(
         }
     }
 
-    // 2. Source-prefix override (the kernel's LPM lookup), else 3. the hash.
-    let (version, decided_by, reason, cidr) = match maps
-        .overrides
-        .get(&override_lookup_key(service_id, client), 0)
-    {
-        Ok(v) => {
-            let version = Version::from_index(v.version);
+    // 2. The kernel's one LPM lookup and `decide_version`: a plain
+    // override, a live cohort, or the hash against the weight.
+    let ov = if state.has_overrides & SVC_PREFIXES != 0 {
+        maps.overrides
+            .get(&override_lookup_key(service_id, client), 0)
+            .ok()
+            .map(|v| v.version)
+    } else {
+        None
+    };
+    let (v, by) = decide_version(h, &state, ov);
+    let version = Version::from_index(v);
+    let live = state.has_overrides & SVC_COHORTS_LIVE != 0;
+    // The cohort named from the running config (the one apply wrote).
+    let cohort = s.cohort_of(client);
+    let cohort_name = |k: usize| {
+        s.cohorts()
+            .get(k)
+            .map_or_else(|| format!("#{k}"), |c| c.name.clone())
+    };
+    let cmp = |w: u32| if b < w { "<" } else { ">=" };
+    let key = if affinity == AFFINITY_FLOW {
+        "connection"
+    } else {
+        "client address"
+    };
+    let (decided_by, reason, cidr, cohort_out) = match by {
+        By::Forced => {
             let cidr = s
                 .overrides
                 .iter()
@@ -106,27 +134,54 @@ pub fn explain(
                 cidr.as_deref().unwrap_or("(set at run time)"),
                 version.name()
             );
-            (version, "override", reason, cidr)
+            let named = cohort.map(|(k, _)| cohort_name(k));
+            ("override".to_string(), reason, cidr, named)
         }
-        Err(_) => {
-            let version = Version::from_index(choose_version(h, state.weight_bp));
-            let cmp = if version == Version::Canary {
-                "<"
-            } else {
-                ">="
-            };
-            let key = if affinity == AFFINITY_FLOW {
-                "connection"
-            } else {
-                "client address"
-            };
+        By::Cohort(k) => {
+            let w = ov.and_then(cohort_of).map_or(0, |(_, w)| w);
+            let name = cohort_name(k as usize);
+            let net = cohort.map_or_else(String::new, |(_, n)| format!(" ({n})"));
             let reason = format!(
-                "hash bucket of the {key} is {b} {cmp} weight {} ({}): {}",
-                state.weight_bp,
-                WeightBp::from_bp(state.weight_bp),
+                "client in cohort {name}{net}: hash bucket of the {key} is {b} {} cohort weight {w} ({}): {}",
+                cmp(w),
+                WeightBp::from_bp(w),
                 version.name()
             );
-            (version, "hash", reason, None)
+            (format!("cohort {name}"), reason, None, Some(name))
+        }
+        By::Hash => {
+            let w = state.weight_bp;
+            let figures = format!(
+                "hash bucket of the {key} is {b} {} weight {w} ({}): {}",
+                cmp(w),
+                WeightBp::from_bp(w),
+                version.name()
+            );
+            match (s.cohorts().is_empty(), live, cohort) {
+                // No cohorts in the plan: as before.
+                (true, _, _) => ("hash".to_string(), figures, None, None),
+                (false, true, _) => (
+                    format!("cohort {EVERYONE}"),
+                    format!("client in no cohort ({EVERYONE} follows the plan's weight): {figures}"),
+                    None,
+                    Some(EVERYONE.to_string()),
+                ),
+                (false, false, Some((k, n))) => (
+                    "hash".to_string(),
+                    format!(
+                        "client in cohort {} ({n}), but cohorts are off (rolled back or set by hand): {figures}",
+                        cohort_name(k)
+                    ),
+                    None,
+                    Some(cohort_name(k)),
+                ),
+                (false, false, None) => (
+                    "hash".to_string(),
+                    format!("client in no cohort, cohorts are off: {figures}"),
+                    None,
+                    Some(EVERYONE.to_string()),
+                ),
+            }
         }
     };
     let vi = version.index() as usize;
@@ -150,7 +205,8 @@ pub fn explain(
     let backend = backend_addr(id)?;
     Ok(Explain {
         backend,
-        ..base(version, decided_by, reason, cidr)
+        cohort: cohort_out,
+        ..base(version, &decided_by, reason, cidr)
     })
 }
 

@@ -366,11 +366,13 @@ impl DataPlane {
     }
 
     /// Writes `weight` straight into the service's map entry (one write,
-    /// nothing else of an apply): the last resort of a rollback.
+    /// nothing else of an apply): the last resort of a rollback. Cohorts go
+    /// off in the same write (their clients follow `weight`).
     pub fn force_weight(&mut self, service: &str, weight: WeightBp) -> Result<()> {
         let sid = self.service_id(service).context("service has no id")?;
         let mut entry = self.maps.services.get(&sid, 0)?;
         entry.weight_bp = weight.bp();
+        entry.has_overrides &= !canary_common::SVC_COHORTS_LIVE;
         self.maps.services.set(sid, entry, 0)?;
         Ok(())
     }

@@ -14,6 +14,9 @@ pub struct BackendReport {
     pub version: Version,
     pub id: u32,
     pub stats: BackendStats,
+    /// A former stable backend of a finished release (`rollout finish`):
+    /// counted while its open connections last, no new ones.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -56,8 +59,25 @@ pub fn snapshot(dp: &DataPlane) -> Result<Snapshot> {
                             version: v,
                             id: bid,
                             stats: dp.maps.backend_stats(bid)?,
+                            draining: false,
                         });
                     }
+                }
+            }
+            // Listed as stable: their flows and replies count there.
+            for addr in s
+                .draining
+                .iter()
+                .filter(|a| !s.stable.contains(a) && !s.canary.contains(a))
+            {
+                if let Some(&bid) = dp.ids().backends.get(&(id, *addr)) {
+                    backends.push(BackendReport {
+                        addr: *addr,
+                        version: Version::Stable,
+                        id: bid,
+                        stats: dp.maps.backend_stats(bid)?,
+                        draining: true,
+                    });
                 }
             }
             services.push(ServiceReport {

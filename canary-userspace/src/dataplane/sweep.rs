@@ -40,6 +40,9 @@ pub struct SweepTotals {
     /// When the last pass ended, and how long it took.
     pub last: Option<Instant>,
     pub last_duration: Duration,
+    /// Entries left after the last pass, per backend id: a draining
+    /// backend's drain is extended while any remain (`daemon/finish.rs`).
+    pub live_by_backend: std::collections::HashMap<u32, u64>,
 }
 
 impl SweepTotals {
@@ -148,6 +151,7 @@ fn run(dir: &Path, totals: &Mutex<SweepTotals>, every: &AtomicU64, stop: &Atomic
                 t.inserts_at_last_sweep = pass.inserts;
                 t.last = Some(Instant::now());
                 t.last_duration = began.elapsed();
+                t.live_by_backend = pass.live_by_backend;
             }
             Err(e) => {
                 if stop.load(Ordering::Relaxed) {
@@ -177,6 +181,7 @@ struct Pass {
     entries: u64,
     removed: u64,
     inserts: u64,
+    live_by_backend: std::collections::HashMap<u32, u64>,
 }
 
 fn counter(stats: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
@@ -199,6 +204,7 @@ fn sweep_once(dir: &Path, stop: &AtomicBool) -> Result<Pass> {
     let mut seen = 0u64;
     let mut removed = 0u64;
     let mut pending: Option<FlowKey> = None;
+    let mut live_by_backend = std::collections::HashMap::new();
     let mut remove = |del: &mut HashMap<MapData, FlowKey, FlowState>, key: &FlowKey| {
         let still = del
             .get(key, 0)
@@ -219,6 +225,8 @@ fn sweep_once(dir: &Path, stop: &AtomicBool) -> Result<Pass> {
         }
         if flow::expired(&state, key.proto, now_s, &timeouts) {
             pending = Some(key);
+        } else {
+            *live_by_backend.entry(state.backend_id).or_insert(0u64) += 1;
         }
     }
     if let Some(p) = pending.take() {
@@ -228,6 +236,7 @@ fn sweep_once(dir: &Path, stop: &AtomicBool) -> Result<Pass> {
         entries: seen.saturating_sub(removed),
         removed,
         inserts,
+        live_by_backend,
     })
 }
 

@@ -13,7 +13,9 @@
 //!   step, or promoted after the last) or fail (roll back). Until the sample
 //!   is there the step waits, showing its progress.
 
-use crate::config::{AnalysisConfig, OnRollback, RolloutConfig};
+use crate::config::OnFailure;
+use crate::config::{AnalysisConfig, OnRollback, RolloutConfig, Strategy, ADAPTIVE_WARMUP};
+use crate::rollout::adaptive::{alpha_share, grouped, pick, prob, AdaptiveRun, PickInput};
 use crate::rollout::analysis::{
     analyze_detailed, recent_guard, Analysis, Verdict, VersionCounts, WindowCounts,
 };
@@ -86,6 +88,27 @@ pub struct Rollout {
     pub analysis: Option<AnalysisConfig>,
     #[serde(default)]
     pub on_rollback: Option<OnRollback>,
+    /// An adaptive plan's state (None: fixed plan, or an older state file).
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveRun>,
+    /// The plan's cohorts as they were at the start: (name, weight in
+    /// percent per step). Their sources follow the config, as pools do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cohorts: Vec<(String, Vec<f64>)>,
+    /// The plan's failure policy as it was at the start (None in older
+    /// state files: rollback).
+    #[serde(default)]
+    pub on_failure: Option<OnFailure>,
+    /// Paused by a failed step (`on_failure: pause`): a resume starts the
+    /// step's window afresh.
+    #[serde(default)]
+    pub paused_on_failure: bool,
+    /// The latency tests of the current step (`analysis.latency`).
+    #[serde(default)]
+    pub latency: Option<crate::rollout::analysis::latency::LatencyState>,
+    /// The external metrics as last judged (for status).
+    #[serde(default)]
+    pub metrics: Vec<crate::control::api::MetricStatus>,
 }
 
 /// The engine's tick: canaryd calls `Daemon::tick` (and so every running
@@ -105,6 +128,9 @@ pub enum Action {
     Promoted(String),
     /// Canary weight 0 now.
     Rollback(String),
+    /// A step failed under `on_failure: pause`: the weight stays, the
+    /// rollout is paused.
+    Paused(String),
 }
 
 /// A plan step's weight (validated with the config, so in range).
@@ -135,9 +161,18 @@ fn sprt_crossed(a: &Analysis) -> bool {
 impl Rollout {
     /// A new rollout at its first step.
     pub fn start(plan: &RolloutConfig) -> (Rollout, Action) {
-        let r = Rollout {
+        let adaptive = match (plan.strategy, &plan.adaptive) {
+            (Strategy::Adaptive, Some(a)) => Some(AdaptiveRun::new(a.clone())),
+            _ => None,
+        };
+        let mut r = Rollout {
             phase: Phase::Running,
-            steps: plan.steps.clone(),
+            // Adaptive: the weights chosen so far, 0 during the warm-up.
+            steps: if adaptive.is_some() {
+                vec![0.0]
+            } else {
+                plan.steps.clone()
+            },
             interval_ms: plan.interval.as_millis() as u64,
             step: 0,
             step_elapsed_ms: 0,
@@ -151,7 +186,25 @@ impl Rollout {
             final_passed: false,
             analysis: Some(plan.analysis.clone()),
             on_rollback: Some(plan.on_rollback),
+            on_failure: Some(plan.on_failure),
+            paused_on_failure: false,
+            latency: None,
+            metrics: Vec::new(),
+            adaptive,
+            cohorts: plan
+                .cohorts
+                .iter()
+                .map(|c| (c.name.clone(), c.steps.clone()))
+                .collect(),
         };
+        if let Some(ad) = r.adaptive.as_mut() {
+            ad.why = format!(
+                "rollout: measuring the connection rate at canary weight 0 ({} s)",
+                ADAPTIVE_WARMUP.as_secs()
+            );
+            let why = ad.why.clone();
+            return (r, Action::SetWeight(WeightBp::ZERO, why));
+        }
         let action = Action::SetWeight(
             bp(plan.steps[0]),
             format!("rollout step 1/{} ({}%)", plan.steps.len(), plan.steps[0]),
@@ -171,6 +224,12 @@ impl Rollout {
                 .clone()
                 .unwrap_or_else(|| current.analysis.clone()),
             on_rollback: self.on_rollback.unwrap_or(current.on_rollback),
+            strategy: if self.adaptive.is_some() {
+                Strategy::Adaptive
+            } else {
+                Strategy::Fixed
+            },
+            adaptive: self.adaptive.as_ref().map(|a| a.plan.clone()),
             ..current.clone()
         }
     }
@@ -193,6 +252,24 @@ impl Rollout {
                 self.step
             ));
         }
+        if let Some(a) = &self.adaptive {
+            let l = a.levels();
+            if l == 0 || n > l + 1 {
+                return Err(format!(
+                    "steps: {n} chosen, the adaptive plan has {}",
+                    l + 1
+                ));
+            }
+            if self.steps.windows(2).any(|w| w[1] <= w[0]) {
+                return Err("steps: the chosen weights do not rise".to_string());
+            }
+            if a.measuring && self.steps != [0.0] {
+                return Err("adaptive.measuring: steps chosen during the warm-up".to_string());
+            }
+            if a.level as usize > l {
+                return Err(format!("adaptive.level: {} is beyond {l}", a.level));
+            }
+        }
         Ok(())
     }
 
@@ -200,8 +277,182 @@ impl Rollout {
         bp(self.steps[self.step])
     }
 
+    /// The cohorts' weights at this step, by name, in basis points (None:
+    /// a plan without cohorts; a cohort with no weight for the step, from a
+    /// hand-edited state file, gets 0).
+    pub fn cohort_weights(&self) -> Option<std::collections::BTreeMap<String, u32>> {
+        if self.cohorts.is_empty() {
+            return None;
+        }
+        Some(
+            self.cohorts
+                .iter()
+                .map(|(name, steps)| {
+                    let w = steps.get(self.step).map_or(WeightBp::ZERO, |p| bp(*p));
+                    (name.clone(), w.bp())
+                })
+                .collect(),
+        )
+    }
+
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms)
+    }
+
+    /// Steps of the plan: the fixed plan's, or an adaptive plan's levels
+    /// plus the 100 % step.
+    pub fn planned_steps(&self) -> usize {
+        match &self.adaptive {
+            Some(a) => a.levels() + 1,
+            None => self.steps.len(),
+        }
+    }
+
+    /// Is the current step the plan's last (it promotes on pass)?
+    fn is_last_step(&self) -> bool {
+        match &self.adaptive {
+            Some(_) => self.steps[self.step] >= 100.0,
+            None => self.step + 1 == self.steps.len(),
+        }
+    }
+
+    /// Why the current step has its weight (adaptive plans).
+    pub fn why(&self) -> Option<&str> {
+        self.adaptive.as_ref().map(|a| a.why.as_str())
+    }
+
+    /// Counts exposure while paused (canary traffic still flows then), so an
+    /// adaptive plan's budget sees it; fixed plans ignore it.
+    pub fn note_exposure(&mut self, delta: &WindowCounts) {
+        if let Some(a) = self.adaptive.as_mut() {
+            a.total.add(delta);
+        }
+    }
+
+    /// A new step's window, guard and verdict state.
+    fn begin_step(&mut self) {
+        self.step_elapsed_ms = 0;
+        self.window = WindowCounts::default();
+        self.last = None;
+        // The guard looks at this step's traffic only.
+        self.recent.clear();
+        self.guard_looks = 0;
+        self.final_passed = false;
+    }
+
+    /// Adaptive: picks step `self.step + 1`'s weight (1-based `j`) from the
+    /// window just ended, pushes it and says why; Rollback when no weight
+    /// fits the budget.
+    fn next_adaptive(&mut self, plan: &RolloutConfig) -> Action {
+        let elapsed = (self.step_elapsed_ms as f64 / 1000.0).max(1e-3);
+        let rate = (self.window.stable.attempts + self.window.canary.attempts) as f64 / elapsed;
+        let prev_bp = bp(*self.steps.last().unwrap_or(&0.0)).bp();
+        let ad = self.adaptive.as_ref().expect("adaptive");
+        let l = ad.levels();
+        let level = ad.level as usize;
+        let exposed = ad.exposed();
+        if level >= l {
+            // Every level reached: the 100 % step.
+            let a = self
+                .analysis
+                .clone()
+                .unwrap_or_else(|| plan.analysis.clone());
+            let who = match a.max_canary_vs_stable_ratio {
+                Some(r) => format!("a canary at {r}x stable"),
+                None => "a canary at twice the error ceiling".to_string(),
+            };
+            let why = format!(
+                "step {}/{}: 100% — level {l} reached with {} of {} connections: {who} would have \
+                 passed all {l} judged step(s) with probability ≤ {}",
+                l + 1,
+                l + 1,
+                grouped(exposed),
+                grouped(ad.plan.budget[l - 1]),
+                prob((1.0 - a.power).powi(l as i32))
+            );
+            return self.push_adaptive(WeightBp::FULL, rate, 0, why);
+        }
+        let limits = self.step_limits(plan, level + 1);
+        let input = PickInput {
+            plan: &ad.plan,
+            limits: &limits,
+            interval: self.interval(),
+            step: level + 1,
+            prev_bp,
+            rate,
+            stable: (ad.total.stable.failures, ad.total.stable.attempts),
+            exposed,
+        };
+        match pick(&input) {
+            Ok(p) => self.push_adaptive(p.weight, rate, p.need, p.why),
+            Err(why) => self.stop_at_budget(why),
+        }
+    }
+
+    fn push_adaptive(&mut self, w: WeightBp, rate: f64, need: u64, why: String) -> Action {
+        let a = self.adaptive.as_mut().expect("adaptive");
+        if a.measuring {
+            a.measuring = false;
+            self.steps.clear();
+        }
+        a.rate = rate;
+        a.need = need;
+        a.why = why.clone();
+        self.steps.push(w.percent());
+        self.step = self.steps.len() - 1;
+        self.begin_step();
+        Action::SetWeight(w, why)
+    }
+
+    /// The analysis limits of the 1-based step `j`: an adaptive plan's
+    /// front-loaded alpha share, or the even split of a fixed one.
+    fn step_limits(&self, plan: &RolloutConfig, j: usize) -> crate::rollout::analysis::Limits {
+        let frozen = self.frozen_plan(plan);
+        let mut limits = frozen.limits();
+        limits.steps = self.planned_steps() as u32;
+        if let Some(ad) = &self.adaptive {
+            let a = &frozen.analysis;
+            let last_tests = a.max_error_ratio.is_some();
+            limits.alpha_step = Some(alpha_share(
+                a.false_alarm_rate,
+                a.power,
+                ad.levels(),
+                last_tests,
+                j,
+            ));
+        }
+        limits
+    }
+
+    /// Adaptive, at a tick that decided nothing: the budget of the level
+    /// not yet reached, and `max_duration`.
+    fn adaptive_limits_hit(&self) -> Option<String> {
+        let a = self.adaptive.as_ref()?;
+        let here = format!(
+            "step {}/{} ({}%)",
+            self.step + 1,
+            self.planned_steps(),
+            self.steps[self.step]
+        );
+        if let Some(cap) = a.cap() {
+            if a.exposed() >= cap {
+                return Some(format!(
+                    "{here} rolled back: the budget of level {} ({} canary connections) was spent \
+                     before it was reached ({} exposed)",
+                    a.level + 1,
+                    grouped(cap),
+                    grouped(a.exposed())
+                ));
+            }
+        }
+        let max = a.plan.max_duration.as_millis() as u64;
+        if a.elapsed_ms > max {
+            return Some(format!(
+                "{here} rolled back: the rollout ran past adaptive.max_duration ({:?})",
+                a.plan.max_duration
+            ));
+        }
+        None
     }
 
     /// Looks the recent-window guard may take in one step: four times the
@@ -244,8 +495,14 @@ impl Rollout {
         }
         self.window.add(delta);
         self.step_elapsed_ms += dt.as_millis() as u64;
-        let mut limits = self.frozen_plan(plan).limits();
-        limits.steps = self.steps.len() as u32;
+        if let Some(a) = self.adaptive.as_mut() {
+            a.total.add(delta);
+            a.elapsed_ms += dt.as_millis() as u64;
+            if a.measuring {
+                return self.warm_up(plan, external);
+            }
+        }
+        let mut limits = self.step_limits(plan, self.step + 1);
         if self.steps[self.step] >= 100.0 {
             // A 100 % step has no stable traffic to compare with by design,
             // only the stragglers of the previous step: enough of them
@@ -276,7 +533,7 @@ impl Rollout {
             }
         }
         self.last = Some(a);
-        let n = self.steps.len();
+        let n = self.planned_steps();
         let here = format!("step {}/{} ({}%)", self.step + 1, n, self.steps[self.step]);
         if let Some(why) = guard.filter(|_| held.is_none()) {
             let why = format!("{here} failed: {why}");
@@ -320,28 +577,37 @@ impl Rollout {
             true if external_ok => {
                 let c = &self.window.canary;
                 let s = &self.window.stable;
-                self.history.push(format!(
+                let mut line = format!(
                     "{here} passed after {:.1} s: canary {}/{} failed, stable {}/{} failed",
                     self.step_elapsed_ms as f64 / 1000.0,
                     c.failures,
                     c.attempts,
                     s.failures,
                     s.attempts
-                ));
-                if self.step + 1 == n {
+                );
+                let last = self.is_last_step();
+                if let Some(a) = self.adaptive.as_mut().filter(|_| !last) {
+                    a.level += 1;
+                    a.reached_at.push(a.exposed());
+                    line.push_str(&format!(
+                        "; level {} reached: {} of {} exposed",
+                        a.level,
+                        grouped(a.exposed()),
+                        grouped(a.plan.budget[a.level as usize - 1])
+                    ));
+                }
+                self.history.push(line);
+                if last {
                     self.phase = Phase::Promoted;
-                    let why = format!("all {n} steps passed; canary at {}%", self.steps[n - 1]);
+                    let why = format!("all {n} steps passed; canary at {}%", self.steps[self.step]);
                     self.reason = Some(why.clone());
                     return Action::Promoted(why);
                 }
+                if self.adaptive.is_some() {
+                    return self.next_adaptive(plan);
+                }
                 self.step += 1;
-                self.step_elapsed_ms = 0;
-                self.window = WindowCounts::default();
-                self.last = None;
-                // The guard looks at this step's traffic only.
-                self.recent.clear();
-                self.guard_looks = 0;
-                self.final_passed = false;
+                self.begin_step();
                 Action::SetWeight(
                     self.weight(),
                     format!(
@@ -351,13 +617,60 @@ impl Rollout {
                     ),
                 )
             }
-            _ => Action::None,
+            _ => match self.adaptive_limits_hit() {
+                Some(why) => self.stop_at_budget(why),
+                None => Action::None,
+            },
         }
+    }
+
+    /// The warm-up at weight 0 before an adaptive plan's first step: at
+    /// least `ADAPTIVE_WARMUP`, 100 judged connections and a stable error
+    /// rate known to ±10 % (or below the sizing floor; at most one
+    /// interval), then step 1 is sized on the rate and error rate seen. An external metric's failure still fails.
+    fn warm_up(&mut self, plan: &RolloutConfig, external: Option<&Judgement>) -> Action {
+        if let Some(Judgement::Fail(why)) = external {
+            self.external = Some(why.clone());
+            return self.fail(format!("warm-up failed: {why}"));
+        }
+        let seen = self.window.stable.attempts + self.window.canary.attempts;
+        // p̂0 sizes every step: wait for 100 stable failures (±10 %), unless
+        // its upper bound is below the sizing floor anyway; at most an interval.
+        let (x, n) = (
+            self.window.stable.failures as f64,
+            self.window.stable.attempts.max(1) as f64,
+        );
+        let p0_known = x >= 100.0
+            || (x + 2.0 * (x + 1.0).sqrt()) / n < crate::rollout::analysis::P0_FLOOR
+            || self.step_elapsed_ms >= self.interval_ms;
+        if self.step_elapsed_ms >= ADAPTIVE_WARMUP.as_millis() as u64 && seen >= 100 && p0_known {
+            return self.next_adaptive(plan);
+        }
+        match self.adaptive_limits_hit() {
+            Some(why) => self.stop_at_budget(why),
+            None => Action::None,
+        }
+    }
+
+    /// An adaptive plan's risk budget or longest duration is spent, or no
+    /// weight fits what is left: always a rollback, whatever `on_failure`
+    /// says, since pausing would keep exposing clients past the budget.
+    fn stop_at_budget(&mut self, why: String) -> Action {
+        self.abort(why.clone());
+        Action::Rollback(why)
     }
 
     /// A step failed (`why` names the step and the signal): what the plan's
     /// failure policy does with it.
     fn fail(&mut self, why: String) -> Action {
+        if self.on_failure == Some(OnFailure::Pause) {
+            // The weight stays; `resume` continues with a fresh window.
+            self.phase = Phase::Paused;
+            self.paused_on_failure = true;
+            self.history.push(format!("paused: {why}"));
+            self.reason = Some(why.clone());
+            return Action::Paused(why);
+        }
         self.abort(why.clone());
         Action::Rollback(why)
     }
@@ -383,6 +696,19 @@ impl Rollout {
         if self.phase == Phase::Paused {
             self.phase = Phase::Running;
             self.final_passed = false;
+            if std::mem::take(&mut self.paused_on_failure) {
+                // A failed step is judged again on new data only: its old
+                // counts would fail it again at once.
+                self.begin_step();
+                self.latency = None;
+                self.external = None;
+                self.reason = None;
+                self.history.push(format!(
+                    "step {}/{} resumed with a fresh window",
+                    self.step + 1,
+                    self.planned_steps()
+                ));
+            }
             return true;
         }
         false
@@ -505,7 +831,7 @@ mod tests {
             match r.tick_(&p, &counts((900, 0), (400, 0)), sec) {
                 Action::SetWeight(w, _) => weights.push(w.bp()),
                 Action::Promoted(_) => break,
-                Action::Rollback(why) => panic!("{why}"),
+                Action::Rollback(why) | Action::Paused(why) => panic!("{why}"),
                 Action::None => {}
             }
         }
@@ -541,6 +867,49 @@ mod tests {
             "{last:?}"
         );
         assert_eq!(r.step, 1);
+    }
+
+    /// `on_failure: pause`: a failed step keeps its weight and pauses;
+    /// `resume` judges the step again on new data only (the old counts
+    /// would fail it at once), and a healthy canary then walks on.
+    #[test]
+    fn on_failure_pause_keeps_the_weight_and_resume_starts_a_fresh_window() {
+        let mut p = plan();
+        p.on_failure = OnFailure::Pause;
+        let (mut r, _) = Rollout::start(&p);
+        let a = r.tick_(&p, &counts((1000, 1), (100, 60)), TICK);
+        let Action::Paused(why) = a else {
+            panic!("{a:?}")
+        };
+        assert!(why.contains("step 1/3 (10%) failed"), "{why}");
+        assert_eq!(r.phase, Phase::Paused);
+        assert_eq!(r.weight().bp(), 1000, "the weight stays");
+        assert_eq!(r.reason.as_deref(), Some(why.as_str()));
+        assert!(r.history.last().unwrap().starts_with("paused: "));
+        // Paused: nothing happens, whatever the traffic.
+        assert_eq!(
+            r.tick_(&p, &counts((1000, 1), (100, 60)), TICK),
+            Action::None
+        );
+        assert!(r.resume());
+        assert_eq!(r.phase, Phase::Running);
+        assert_eq!(r.window, WindowCounts::default(), "a fresh window");
+        assert_eq!((r.step, r.step_elapsed_ms, r.reason.clone()), (0, 0, None));
+        // Healthy data after the resume: no instant failure, the step passes.
+        let sec = Duration::from_secs(1);
+        assert_eq!(r.tick_(&p, &counts((900, 0), (400, 0)), sec), Action::None);
+        assert!(matches!(
+            r.tick_(&p, &counts((900, 0), (400, 0)), sec),
+            Action::SetWeight(w, _) if w.bp() == 5000
+        ));
+        // The default stays rollback, and an older state file (no
+        // on_failure kept) rolls back too.
+        let (mut d, _) = Rollout::start(&plan());
+        d.on_failure = None;
+        assert!(matches!(
+            d.tick_(&plan(), &counts((1000, 1), (100, 60)), TICK),
+            Action::Rollback(_)
+        ));
     }
 
     #[test]
@@ -681,5 +1050,144 @@ mod tests {
         r.recent.clear();
         assert_eq!(back, r);
         assert_eq!(back.window.canary.attempts, 30);
+    }
+    fn adaptive() -> RolloutConfig {
+        RolloutConfig {
+            steps: Vec::new(),
+            interval: Duration::from_secs(30),
+            analysis: AnalysisConfig {
+                max_canary_vs_stable_ratio: Some(2.0),
+                min_failing_clients: 3,
+                ..Default::default()
+            },
+            strategy: Strategy::Adaptive,
+            adaptive: Some(crate::config::AdaptiveConfig {
+                budget: vec![3000, 7000, 40000],
+                budget_unit: Default::default(),
+                min_step: 1.0,
+                max_step: 50.0,
+                max_duration: Duration::from_secs(900),
+            }),
+            ..plan()
+        }
+    }
+
+    /// One 250 ms tick at `rate` conn/s split at `w`, 1 % failing on both.
+    fn at(w: WeightBp, rate: f64) -> WindowCounts {
+        let n = rate / 4.0;
+        let c = (n * w.bp() as f64 / 1e4).round() as u64;
+        let s = n as u64 - c;
+        counts((s, s / 100), (c, c / 100))
+    }
+
+    #[test]
+    fn adaptive_warms_up_sizes_each_step_and_promotes_within_budget() {
+        let p = adaptive();
+        let (mut r, a) = Rollout::start(&p);
+        assert_eq!(
+            a,
+            Action::SetWeight(
+                WeightBp::ZERO,
+                "rollout: measuring the connection rate at canary weight 0 (5 s)".into()
+            )
+        );
+        assert_eq!(r.check(), Ok(()));
+        assert_eq!(r.planned_steps(), 4);
+        let mut w = WeightBp::ZERO;
+        let mut whys = vec![];
+        for i in 0..2000 {
+            match r.tick_(&p, &at(w, 2000.0), TICK) {
+                Action::SetWeight(nw, why) => {
+                    if whys.is_empty() {
+                        assert_eq!(i, 19, "the warm-up lasts 5 s");
+                    }
+                    w = nw;
+                    whys.push(why);
+                }
+                Action::Promoted(_) => break,
+                other => assert_eq!(other, Action::None),
+            }
+            assert_eq!(r.check(), Ok(()));
+        }
+        assert_eq!(r.phase, Phase::Promoted, "{:?}", r.history);
+        assert_eq!(r.steps.len(), 4, "{:?}", r.steps);
+        assert!(
+            r.steps[0] > 1.0 && r.steps[0] < r.steps[1] && r.steps[1] < 50.0,
+            "{:?}",
+            r.steps
+        );
+        assert_eq!(&r.steps[2..], &[50.0, 100.0]);
+        assert!(
+            whys[0].starts_with("step 1/4: ") && whys[0].contains("at 2,000 conn/s"),
+            "{whys:?}"
+        );
+        assert!(whys[2].contains("raised to 50%"), "{whys:?}");
+        assert!(
+            whys[3].starts_with("step 4/4: 100% — level 3 reached"),
+            "{whys:?}"
+        );
+        let ad = r.adaptive.as_ref().unwrap();
+        assert_eq!(ad.reached_at.len(), 3);
+        for (j, x) in ad.reached_at.iter().enumerate() {
+            assert!(
+                *x <= p.adaptive.as_ref().unwrap().budget[j],
+                "{:?}",
+                ad.reached_at
+            );
+        }
+        assert!(r.history[0].contains("level 1 reached"), "{:?}", r.history);
+    }
+
+    #[test]
+    fn adaptive_rolls_back_when_a_levels_budget_is_spent() {
+        let p = adaptive();
+        let (mut r, _) = Rollout::start(&p);
+        let mut w = WeightBp::ZERO;
+        for _ in 0..20 {
+            if let Action::SetWeight(nw, _) = r.tick_(&p, &at(w, 2000.0), TICK) {
+                w = nw;
+            }
+        }
+        assert!(w.bp() > 0);
+        // A surge of canary connections (no failures) before the interval.
+        let a = r.tick_(&p, &counts((0, 0), (3000, 0)), TICK);
+        let Action::Rollback(why) = a else {
+            panic!("{a:?}")
+        };
+        assert!(
+            why.contains("the budget of level 1 (3,000 canary connections) was spent"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn adaptive_state_round_trips_and_old_state_loads_without_it() {
+        let p = adaptive();
+        let (mut r, _) = Rollout::start(&p);
+        for _ in 0..25 {
+            r.tick_(&p, &at(r.weight(), 2000.0), TICK);
+        }
+        assert!(!r.adaptive.as_ref().unwrap().measuring);
+        let saved = serde_json::to_string(&r).unwrap();
+        let mut back: Rollout = serde_json::from_str(&saved).unwrap();
+        r.recent.clear();
+        back.recent.clear();
+        assert_eq!(back, r);
+        assert_eq!(back.frozen_plan(&plan()).adaptive, p.adaptive);
+        assert_eq!(back.frozen_plan(&plan()).strategy, Strategy::Adaptive);
+        // A fixed rollout saved before adaptive plans existed.
+        let (f, _) = Rollout::start(&plan());
+        let mut old = serde_json::to_value(&f).unwrap();
+        old.as_object_mut().unwrap().remove("adaptive");
+        let back: Rollout = serde_json::from_value(old).unwrap();
+        assert_eq!(back.adaptive, None);
+        assert_eq!(back.planned_steps(), 3);
+        // A corrupted adaptive state is named.
+        let mut bad = r.clone();
+        bad.steps.push(1.0);
+        assert_eq!(
+            bad.check(),
+            Err("steps: the chosen weights do not rise".into())
+        );
     }
 }

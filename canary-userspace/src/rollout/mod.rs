@@ -4,9 +4,12 @@
 //! (`health`). Nothing here touches a map: the daemon carries out the
 //! engine's actions through the data plane.
 
+pub mod adaptive;
 pub mod analysis;
 pub mod engine;
 pub mod external;
 pub mod health;
+#[cfg(test)]
+mod sim;
 
 pub use engine::{Action, Phase, Rollout, TICK};

@@ -5,7 +5,11 @@
 //! - `--http-port P`: an HTTP/1.1 endpoint: `GET /metrics` answers the
 //!   application's counters in the Prometheus text format
 //!   (`app_requests_total`, `app_errors_total`: one request per service
-//!   connection), any other GET `200` and the name (the health check);
+//!   connection; `app_visits_total` and `app_checkouts_total`, a shop's
+//!   conversion: every connection is a visit, every 5th checks out; the
+//!   histogram `app_request_duration_seconds`: the time from accepting a
+//!   connection to its banner sent), any other GET `200` and the name (the
+//!   health check);
 //! - `--fault-file F`: read for every new connection, it switches faults on
 //!   at run time: `rst` (every connection on both ports is reset),
 //!   `rst-service` (service connections are reset, the health endpoint
@@ -13,7 +17,11 @@
 //!   `http500` (the health endpoint answers 500), `silent` (connections are
 //!   accepted but never answered), `errors` (connections are served as
 //!   usual but counted as application errors: a fault only the
-//!   application's own metrics show), anything else: healthy;
+//!   application's own metrics show), `slow` (every response, the banner
+//!   and each echo, is sent 30 ms late; the kernel's handshake is as fast
+//!   as ever), `low-conversion` (one visit in 20 checks out instead of one
+//!   in 5: a business regression nothing else shows), anything else:
+//!   healthy;
 //! - `--rst-fraction X`: reset this fraction of service connections at
 //!   random (a baseline error rate, the same on every backend).
 //!
@@ -40,13 +48,69 @@ enum Fault {
     Http500,
     Silent,
     Errors,
+    Slow,
+    LowConversion,
 }
+
+/// What `slow` adds to every response.
+const SLOW: Duration = Duration::from_millis(30);
+
+/// `app_request_duration_seconds` bucket bounds (seconds).
+const BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 /// The application's own counters, exposed on `/metrics`.
 #[derive(Default)]
 struct AppStats {
     requests: AtomicUsize,
     errors: AtomicUsize,
+    visits: AtomicUsize,
+    checkouts: AtomicUsize,
+    /// Per bucket of BOUNDS (not cumulative), then the rest; and the sum.
+    latency: Mutex<([u64; BOUNDS.len() + 1], f64)>,
+}
+
+impl AppStats {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let i = BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BOUNDS.len());
+        let mut l = self.latency.lock().unwrap();
+        l.0[i] += 1;
+        l.1 += secs;
+    }
+
+    /// The Prometheus text of every counter.
+    fn text(&self) -> String {
+        let mut t = format!(
+            "# TYPE app_requests_total counter\napp_requests_total {}\n\
+             # TYPE app_errors_total counter\napp_errors_total {}\n\
+             # TYPE app_visits_total counter\napp_visits_total {}\n\
+             # TYPE app_checkouts_total counter\napp_checkouts_total {}\n\
+             # TYPE app_request_duration_seconds histogram\n",
+            self.requests.load(Ordering::SeqCst),
+            self.errors.load(Ordering::SeqCst),
+            self.visits.load(Ordering::SeqCst),
+            self.checkouts.load(Ordering::SeqCst),
+        );
+        let (counts, sum) = *self.latency.lock().unwrap();
+        let mut cum = 0;
+        for (b, c) in BOUNDS.iter().zip(counts.iter()) {
+            cum += c;
+            t.push_str(&format!(
+                "app_request_duration_seconds_bucket{{le=\"{b}\"}} {cum}\n"
+            ));
+        }
+        cum += counts[BOUNDS.len()];
+        t.push_str(&format!(
+            "app_request_duration_seconds_bucket{{le=\"+Inf\"}} {cum}\n\
+             app_request_duration_seconds_sum {sum}\napp_request_duration_seconds_count {cum}\n"
+        ));
+        t
+    }
 }
 
 fn fault(file: &Option<PathBuf>) -> Fault {
@@ -57,6 +121,8 @@ fn fault(file: &Option<PathBuf>) -> Fault {
         "http500" => Fault::Http500,
         "silent" => Fault::Silent,
         "errors" => Fault::Errors,
+        "slow" => Fault::Slow,
+        "low-conversion" => Fault::LowConversion,
         _ => Fault::None,
     }
 }
@@ -115,13 +181,7 @@ fn http_health(l: TcpListener, name: String, faults: Option<PathBuf>, stats: Arc
             }
             let metrics = head.starts_with(b"GET /metrics ");
             let (code, text, body) = if metrics {
-                let body = format!(
-                    "# TYPE app_requests_total counter\napp_requests_total {}\n\
-                     # TYPE app_errors_total counter\napp_errors_total {}\n",
-                    stats.requests.load(Ordering::SeqCst),
-                    stats.errors.load(Ordering::SeqCst)
-                );
-                (200, "OK", body)
+                (200, "OK", stats.text())
             } else if f == Fault::Http500 {
                 (500, "Internal Server Error", name.clone())
             } else {
@@ -185,8 +245,22 @@ fn main() {
     let open = Arc::new(AtomicUsize::new(0));
     for stream in tcp.incoming() {
         let Ok(mut stream) = stream else { continue };
+        let accepted = Instant::now();
         stats.requests.fetch_add(1, Ordering::SeqCst);
-        match fault(&faults) {
+        let f = fault(&faults);
+        // Every connection is a visit; every 5th checks out (every 20th
+        // under `low-conversion`): exact ratios, no noise to judge.
+        let visit = stats.visits.fetch_add(1, Ordering::SeqCst) + 1;
+        let every = if f == Fault::LowConversion { 20 } else { 5 };
+        if visit % every == 0 {
+            stats.checkouts.fetch_add(1, Ordering::SeqCst);
+        }
+        let delay = if f == Fault::Slow {
+            SLOW
+        } else {
+            Duration::ZERO
+        };
+        match f {
             Fault::Errors => {
                 stats.errors.fetch_add(1, Ordering::SeqCst);
             }
@@ -208,7 +282,7 @@ fn main() {
             continue; // dropped: closes the connection
         }
         open.fetch_add(1, Ordering::SeqCst);
-        let (name, open) = (name.clone(), open.clone());
+        let (name, open, stats) = (name.clone(), open.clone(), stats.clone());
         if push_ms > 0 {
             std::thread::spawn(move || {
                 serve_pushing(stream, &name, Duration::from_millis(push_ms));
@@ -217,10 +291,13 @@ fn main() {
             continue;
         }
         std::thread::spawn(move || {
+            std::thread::sleep(delay);
             let _ = stream.write_all(format!("{name}\n").as_bytes());
+            stats.observe(accepted.elapsed());
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut line = String::new();
             while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                std::thread::sleep(delay);
                 if stream.write_all(line.as_bytes()).is_err() {
                     break;
                 }

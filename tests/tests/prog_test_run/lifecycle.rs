@@ -9,6 +9,7 @@ use canary_common::flow::{
     FLOW_RST, FLOW_RST_COUNTED,
 };
 use canary_common::{FlowState, DEFAULT_TIMEOUTS};
+use canary_tests::config::{LAB_CANARY_V4, LAB_STABLE_V4};
 
 /// A client's frame (on interface 0): redirected toward its backend, with
 /// `counts`.
@@ -461,6 +462,138 @@ fn replies_need_no_flow_entry_unless_to_this_host() {
             true,
             &[(reason::PASS_REPLY_NO_FLOW, 1)],
             "IPv6 probe reply to this host",
+        );
+    });
+}
+
+/// `rollout finish`'s apply (stable = the old canary, canary emptied, the
+/// old stable pool draining) keeps every open connection: a former canary
+/// connection keeps its entry's backend (its id is per address), and a
+/// draining backend's reply is still NATed back to the VIP; new
+/// connections go to the new stable pool only, a canary override too.
+/// Once the drain is gone its replies are no longer ours.
+#[test]
+fn a_finished_release_keeps_open_connections_on_their_backends() {
+    run_lab(&config(100.0), None, |lab| {
+        let vip = v4(VIP4);
+        let (b1, b3) = (v4(LAB_STABLE_V4[0]), v4(LAB_CANARY_V4));
+        let (id1, id3) = (lab.backend_id("web", b1), lab.backend_id("web", b3));
+        // At weight 100 a connection goes to the canary b3.
+        let c = open(lab, "198.18.16.20", 41000);
+        assert_eq!((c.backend, lab.flow(&c.key).unwrap().version), (b3, 1));
+        // An older connection on the stable b1, planted (weight 100 sends
+        // no new one there).
+        let old_key = flow_key(v4("198.18.16.21"), 41001, vip, 80, PROTO_TCP);
+        let mut e = lab.flow(&c.key).unwrap();
+        e.backend_id = id1;
+        e.version = VERSION_STABLE as u16;
+        e.flags = FLOW_REPLIED;
+        lab.set_flow(&old_key, e);
+
+        // The finish's config.
+        let mut next = lab.config.clone();
+        let web = next.services.iter_mut().find(|s| s.name == "web").unwrap();
+        web.draining = web.stable.clone();
+        web.stable = vec![b3];
+        web.canary.clear();
+        web.set_weight(canary_common::weight::WeightBp::ZERO);
+        lab.apply_config(next.clone());
+
+        assert_eq!(lab.backend_id("web", b3), id3, "b3 keeps its id");
+        assert_eq!(
+            lab.backend_id("web", b1),
+            id1,
+            "a draining backend keeps its id"
+        );
+        let state = lab.dp().maps().services.get(&lab.sid("web"), 0).unwrap();
+        assert_eq!(
+            state.pool_size,
+            [1, 0],
+            "draining backends get no Maglev slot"
+        );
+        assert_eq!(state.weight_bp, 0);
+
+        // The former canary connection: a flow hit, same backend.
+        c.client_redirected(
+            lab,
+            Tcp::Ack,
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)],
+            "ACK of a former canary connection",
+        );
+        let kept = lab.flow(&c.key).unwrap();
+        assert_eq!((kept.backend_id, kept.version), (id3, 1), "entry unchanged");
+        let to_client = Rewrite {
+            src: Some(vip),
+            ttl_dec: true,
+            macs: Some((mac_nbr(0), mac_lb(0))),
+            ..Rewrite::default()
+        };
+        let reply = c.backend_sends(Tcp::Ack);
+        let r = expect(
+            lab,
+            &reply,
+            c.side as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1)],
+            "b3's reply",
+        );
+        assert_rewritten(&r.out, &reply, to_client, "b3's reply");
+
+        // The draining b1: its client still reaches it, its reply is NATed.
+        let old_syn_side = backend_side(b1);
+        from_client(
+            lab,
+            &tcp(0, v4("198.18.16.21"), 41001, vip, 80, Tcp::Ack),
+            &[(reason::FWD_REDIRECT, 1), (reason::FLOW_HIT, 1)],
+            "ACK to a draining backend",
+        );
+        let reply1 = tcp(old_syn_side, b1, 80, v4("198.18.16.21"), 41001, Tcp::Ack);
+        let r = expect(
+            lab,
+            &reply1,
+            old_syn_side as usize,
+            XDP_REDIRECT,
+            false,
+            &[(reason::FWD_REDIRECT, 1)],
+            "a draining backend's reply",
+        );
+        assert_rewritten(&r.out, &reply1, to_client, "a draining backend's reply");
+
+        // New connections: the new stable pool, an override forcing canary
+        // too (the canary pool is empty: written as stable).
+        for (client, port, extra) in [
+            ("198.18.16.22", 41002, None),
+            ("198.18.24.5", 41003, Some((reason::OVERRIDE_HIT, 1))),
+        ] {
+            let key = flow_key(v4(client), port, vip, 80, PROTO_TCP);
+            let mut counts = vec![(reason::FWD_REDIRECT, 1)];
+            counts.extend(extra);
+            let (_, backend, version) = forward_expect(
+                lab,
+                "web",
+                &tcp(0, v4(client), port, vip, 80, Tcp::Syn),
+                &key,
+                true,
+                XDP_REDIRECT,
+                &counts,
+                &format!("new SYN from {client}"),
+            );
+            assert_eq!((backend, version), (b3, VERSION_STABLE), "{client}");
+        }
+
+        // The drain ends: b1's replies are no longer NATed.
+        let web = next.services.iter_mut().find(|s| s.name == "web").unwrap();
+        web.draining.clear();
+        lab.apply_config(next);
+        expect(
+            lab,
+            &reply1,
+            old_syn_side as usize,
+            XDP_PASS,
+            true,
+            &[(reason::PASS_NOT_VIP, 1)],
+            "b1's reply after the drain",
         );
     });
 }

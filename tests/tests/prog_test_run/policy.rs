@@ -1,5 +1,5 @@
 //! What is not ours passes untouched; source-prefix overrides beat the
-//! weight.
+//! weight; a live cohort decides with its own weight.
 
 use super::*;
 
@@ -160,6 +160,199 @@ fn source_prefix_overrides_beat_the_weight() {
                 "plain",
             );
             assert_eq!(v, plain_want, "{outside} at weight {weight}");
+        }
+    });
+}
+
+// Cohorts ---------------------------------------------------------------------
+
+/// `web` and `web6` with a staff cohort (198.18.27.0/24, 2001:db8:27::/48)
+/// at 100 % from step 1, a /32 (/128) override forcing stable inside it,
+/// everyone at `weight`; `staff` is the cohort's live weight in basis
+/// points, None for cohorts off (what a rollback leaves).
+fn cohort_config(weight: f64, staff: Option<u32>) -> canary_userspace::config::Config {
+    let plan = |svc: Service, net: &str| {
+        svc.rollout_with_cohorts(
+            &[5.0, 100.0],
+            "1s",
+            &[("staff", &[net], &[100.0, 100.0])],
+            "",
+        )
+    };
+    let mut c = LbConfig::lab()
+        .service(plan(
+            Service::tcp("web", VIP4, 80)
+                .affinity("source-ip")
+                .weight(weight)
+                .lab_pools()
+                .force("198.18.27.7/32", "stable"),
+            "198.18.27.0/24",
+        ))
+        .service(plan(
+            Service::tcp("web6", VIP6, 80)
+                .affinity("source-ip")
+                .weight(weight)
+                .lab_pools()
+                .force("2001:db8:27::7/128", "stable"),
+            "2001:db8:27::/48",
+        ))
+        .config();
+    let live = staff.map(|bp| std::collections::BTreeMap::from([("staff".to_string(), bp)]));
+    for s in &mut c.services {
+        s.set_cohort_weights(live.as_ref());
+    }
+    c
+}
+
+#[test]
+fn a_live_cohort_decides_with_its_own_weight() {
+    run_lab(&config(0.0), None, |lab| {
+        // (service, VIP, staff clients, the /32 override inside the cohort,
+        // a neighbour outside it)
+        let cases = [
+            (
+                "web",
+                v4(VIP4),
+                ["198.18.27.5", "198.18.27.99", "198.18.27.200"].map(v4),
+                v4("198.18.27.7"),
+                v4("198.18.28.5"),
+            ),
+            (
+                "web6",
+                v6(VIP6),
+                ["2001:db8:27::5", "2001:db8:27:1::99", "2001:db8:27:ffff::1"].map(v6),
+                v6("2001:db8:27::7"),
+                v6("2001:db8:28::5"),
+            ),
+        ];
+        // Everyone at 0, staff live at 100 %.
+        lab.apply_config(cohort_config(0.0, Some(10_000)));
+        for (service, vip, staff, pinned, outside) in cases {
+            let state = lab.dp().maps().services.get(&lab.sid(service), 0).unwrap();
+            assert_eq!(
+                state.has_overrides,
+                canary_common::SVC_PREFIXES | canary_common::SVC_COHORTS_LIVE
+            );
+            for client in staff {
+                let key = flow_key(client, 40000, vip, 80, PROTO_TCP);
+                let pkt = tcp(0, client, 40000, vip, 80, Tcp::Syn);
+                let (r, b, v) = forward_expect(
+                    lab,
+                    service,
+                    &pkt,
+                    &key,
+                    true,
+                    XDP_REDIRECT,
+                    &[(reason::COHORT_HIT, 1), (reason::FWD_REDIRECT, 1)],
+                    "staff at 100 %",
+                );
+                assert_eq!(
+                    v, VERSION_CANARY,
+                    "{client}: staff see the canary at weight 0"
+                );
+                assert!(lab.service(service).canary.contains(&b));
+                assert_rewritten(&r.out, &pkt, to_backend(b), "cohort");
+            }
+            // The longest prefix wins: the /32 override inside the cohort.
+            let key = flow_key(pinned, 40000, vip, 80, PROTO_TCP);
+            let pkt = tcp(0, pinned, 40000, vip, 80, Tcp::Syn);
+            let (_, _, v) = forward_expect(
+                lab,
+                service,
+                &pkt,
+                &key,
+                true,
+                XDP_REDIRECT,
+                &[(reason::OVERRIDE_HIT, 1), (reason::FWD_REDIRECT, 1)],
+                "override inside the cohort",
+            );
+            assert_eq!(v, VERSION_STABLE, "{pinned}: the override forces stable");
+            // A neighbour outside the cohort follows everyone's 0 %.
+            let key = flow_key(outside, 40000, vip, 80, PROTO_TCP);
+            let pkt = tcp(0, outside, 40000, vip, 80, Tcp::Syn);
+            let (_, _, v) = forward_expect(
+                lab,
+                service,
+                &pkt,
+                &key,
+                true,
+                XDP_REDIRECT,
+                &[(reason::FWD_REDIRECT, 1)],
+                "neighbour",
+            );
+            assert_eq!(v, VERSION_STABLE, "{outside}: everyone at 0 %");
+        }
+
+        // Cohorts off (a rollback): the same entries, the live bit clear;
+        // new staff connections follow the weight (0): stable.
+        lab.apply_config(cohort_config(0.0, None));
+        for (service, vip, staff, _, _) in cases {
+            let state = lab.dp().maps().services.get(&lab.sid(service), 0).unwrap();
+            assert_eq!(state.has_overrides, canary_common::SVC_PREFIXES);
+            for client in staff {
+                let key = flow_key(client, 40001, vip, 80, PROTO_TCP);
+                let pkt = tcp(0, client, 40001, vip, 80, Tcp::Syn);
+                let (_, _, v) = forward_expect(
+                    lab,
+                    service,
+                    &pkt,
+                    &key,
+                    true,
+                    XDP_REDIRECT,
+                    &[(reason::FWD_REDIRECT, 1)],
+                    "staff, cohorts off",
+                );
+                assert_eq!(v, VERSION_STABLE, "{client}: cohorts off, weight 0");
+                // Their earlier connection keeps its canary backend.
+                let key = flow_key(client, 40000, vip, 80, PROTO_TCP);
+                let ack = tcp(0, client, 40000, vip, 80, Tcp::Ack);
+                let (_, b, v) = forward_expect(
+                    lab,
+                    service,
+                    &ack,
+                    &key,
+                    false,
+                    XDP_REDIRECT,
+                    &[(reason::FLOW_HIT, 1), (reason::FWD_REDIRECT, 1)],
+                    "open staff connection",
+                );
+                assert_eq!(v, VERSION_CANARY, "{client}: an open connection stays");
+                assert!(lab.service(service).canary.contains(&b));
+            }
+        }
+
+        // Cohorts live at 0 %: staff at 0 while everyone is at 100 %: the
+        // cohort's own weight decides, not the service's.
+        lab.apply_config(cohort_config(100.0, Some(0)));
+        for (service, vip, staff, _, outside) in cases {
+            for client in staff {
+                let key = flow_key(client, 40002, vip, 80, PROTO_TCP);
+                let pkt = tcp(0, client, 40002, vip, 80, Tcp::Syn);
+                let (_, _, v) = forward_expect(
+                    lab,
+                    service,
+                    &pkt,
+                    &key,
+                    true,
+                    XDP_REDIRECT,
+                    &[(reason::COHORT_HIT, 1), (reason::FWD_REDIRECT, 1)],
+                    "staff live at 0 %",
+                );
+                assert_eq!(v, VERSION_STABLE, "{client}: the cohort's 0 % decides");
+            }
+            let key = flow_key(outside, 40002, vip, 80, PROTO_TCP);
+            let pkt = tcp(0, outside, 40002, vip, 80, Tcp::Syn);
+            let (_, _, v) = forward_expect(
+                lab,
+                service,
+                &pkt,
+                &key,
+                true,
+                XDP_REDIRECT,
+                &[(reason::FWD_REDIRECT, 1)],
+                "neighbour at 100 %",
+            );
+            assert_eq!(v, VERSION_CANARY, "{outside}: everyone at 100 %");
         }
     });
 }

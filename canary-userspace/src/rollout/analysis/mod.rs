@@ -91,6 +91,7 @@
 //! sizes are capped at [`MAX_REQUIRED_SAMPLE`].
 
 mod counts;
+pub mod latency;
 mod sample;
 mod special;
 #[cfg(test)]
@@ -101,7 +102,7 @@ pub use crate::control::api::{Analysis, Verdict};
 pub use counts::{histogram_quantile, VersionCounts, WindowCounts};
 pub use sample::{required_sample, required_sample_vs_stable};
 pub use special::{binomial_sf, inverse_normal_cdf, ln_gamma};
-pub use verdict::{analyze, analyze_detailed, recent_guard, Limits, CHECKS_PER_LIMIT};
+pub use verdict::{analyze, analyze_detailed, recent_guard, step_need, Limits, CHECKS_PER_LIMIT};
 
 /// Floor on the stable error rate used for sizing a step (not for testing).
 pub const P0_FLOOR: f64 = 0.005;

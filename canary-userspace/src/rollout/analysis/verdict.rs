@@ -21,6 +21,9 @@ pub struct Limits {
     pub alpha: f64,
     /// Steps in the plan; `alpha` is split evenly over them.
     pub steps: u32,
+    /// This step's share of `alpha`, when not an even split over `steps`
+    /// (an adaptive plan front-loads it, see `rollout/adaptive.rs`).
+    pub alpha_step: Option<f64>,
     /// Probability of failing a canary at exactly the ratio limit.
     pub power: f64,
     /// No step passes with fewer canary connections than this.
@@ -38,6 +41,7 @@ impl Default for Limits {
             max_p99_handshake_ms: None,
             alpha: 0.01,
             steps: 6,
+            alpha_step: None,
             power: 0.9,
             min_canary_connections: 100,
             min_failing_clients: 0,
@@ -108,6 +112,47 @@ fn bernoulli_llr(x: u64, y: u64, p0: f64, p1: f64) -> f64 {
     llr
 }
 
+/// A step's alpha split over its `checks` statistical checks.
+fn alpha_per_check(limits: &Limits, checks: u32) -> f64 {
+    let alpha_step = limits
+        .alpha_step
+        .unwrap_or(limits.alpha / f64::from(limits.steps.max(1)));
+    alpha_step / f64::from(checks.max(1))
+}
+
+/// The canary connections a window of `nc` canary and `ns` stable
+/// connections (`xs` stable failures) needs before its final tests, the
+/// stable rate taken `se` standard errors below its estimate (the step
+/// uses 1; the adaptive planner 2, so the need met at the interval rarely
+/// exceeds the plan).
+pub fn step_need(limits: &Limits, nc: u64, ns: u64, xs: u64, se: f64) -> u64 {
+    let min_stable = limits.min_canary_connections.max(1);
+    let ratio = limits
+        .max_canary_vs_stable_ratio
+        .filter(|r| *r > 1.0 && ns >= min_stable);
+    let ceiling = limits.max_error_ratio.filter(|p| *p > 0.0 && *p < 1.0);
+    let checks = CHECKS_PER_LIMIT * (ratio.is_some() as u32 + ceiling.is_some() as u32);
+    let alpha_check = alpha_per_check(limits, checks);
+    let mut need = limits.min_canary_connections.max(1);
+    if let Some(r) = ratio {
+        let p_hat = xs.min(ns) as f64 / ns as f64;
+        let p_stable = p_hat - se * (p_hat * (1.0 - p_hat) / ns as f64).sqrt();
+        let k = ns as f64 / nc.max(1) as f64;
+        need = need.max(required_sample_vs_stable(
+            p_stable,
+            r,
+            alpha_check,
+            limits.power,
+            k,
+        ));
+    }
+    if let Some(pmax) = ceiling {
+        // Sized to tell a canary at twice the ceiling from one at the ceiling.
+        need = need.max(required_sample(pmax, 2.0, alpha_check, limits.power));
+    }
+    need
+}
+
 /// Runs every check of the module docs on one window.
 pub fn analyze_detailed(window: &WindowCounts, limits: &Limits) -> Analysis {
     let c = &window.canary;
@@ -150,8 +195,7 @@ pub fn analyze_detailed(window: &WindowCounts, limits: &Limits) -> Analysis {
         None => None,
     };
     let checks = CHECKS_PER_LIMIT * (ratio.is_some() as u32 + ceiling.is_some() as u32);
-    let alpha_step = limits.alpha / f64::from(limits.steps.max(1));
-    let alpha_check = alpha_step / f64::from(checks.max(1));
+    let alpha_check = alpha_per_check(limits, checks);
     let threshold = (1.0 / alpha_check).ln();
 
     let mut a = Analysis {
@@ -219,29 +263,13 @@ pub fn analyze_detailed(window: &WindowCounts, limits: &Limits) -> Analysis {
         }
     }
 
-    // The sample the step needs.
-    let mut need = limits.min_canary_connections.max(1);
-    if let Some(r) = ratio {
-        // Sized from one standard error below the observed stable rate: the
-        // step stops at the first look where the canary count reaches the
-        // need, and a need that follows every upward wobble of the stable
-        // estimate would stop early exactly when the contrast looks smallest
-        // (measured: power 0.83 instead of 0.9 at the ratio limit).
-        let p_hat = xs as f64 / ns as f64;
-        let p_stable = p_hat - (p_hat * (1.0 - p_hat) / ns as f64).sqrt();
-        let k = ns as f64 / nc.max(1) as f64;
-        need = need.max(required_sample_vs_stable(
-            p_stable,
-            r,
-            alpha_check,
-            limits.power,
-            k,
-        ));
-    }
-    if let Some(pmax) = ceiling {
-        // Sized to tell a canary at twice the ceiling from one at the ceiling.
-        need = need.max(required_sample(pmax, 2.0, alpha_check, limits.power));
-    }
+    // The sample the step needs. Sized from one standard error below the
+    // observed stable rate: the step stops at the first look where the
+    // canary count reaches the need, and a need that follows every upward
+    // wobble of the stable estimate would stop early exactly when the
+    // contrast looks smallest (measured: power 0.83 instead of 0.9 at the
+    // ratio limit).
+    let need = step_need(limits, nc, ns, xs, 1.0);
     a.required_canary_connections = need;
     if nc < need {
         a.verdict = Verdict::NeedMore { have: nc, need };
