@@ -142,6 +142,22 @@ impl Default for AnalysisConfig {
 }
 
 impl RolloutConfig {
+    /// The rollout features (`fleet::PLAN_FEATURES`) this plan needs every
+    /// host of a fleet to run.
+    pub fn features(&self) -> Vec<&'static str> {
+        let a = &self.analysis;
+        [
+            ("adaptive", self.strategy == super::Strategy::Adaptive),
+            ("cohorts", !self.cohorts.is_empty()),
+            ("latency", a.latency.is_some()),
+            ("metrics", !a.metrics.is_empty()),
+            ("on_failure", self.on_failure == super::OnFailure::Pause),
+        ]
+        .into_iter()
+        .filter_map(|(f, used)| used.then_some(f))
+        .collect()
+    }
+
     /// The statistics' limits for this plan.
     pub fn limits(&self) -> crate::rollout::analysis::Limits {
         let a = &self.analysis;

@@ -325,6 +325,7 @@ impl Daemon {
                         ),
                     ));
                 }
+                self.fleet_features_guard(&plan.features(), "this rollout plan")?;
                 if svc.canary.is_empty() {
                     return Err(OpError::new(
                         Refusal::Conflict,

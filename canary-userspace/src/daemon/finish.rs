@@ -169,6 +169,7 @@ impl Daemon {
             ));
         }
         self.fleet_guard("finishing a release")?;
+        self.fleet_features_guard(&["finish"], "finishing a release")?;
         let file = self
             .file
             .services

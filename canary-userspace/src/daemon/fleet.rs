@@ -207,6 +207,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// Refuses `what` while a live host of the fleet runs a canaryd without
+    /// one of the rollout features `needed` (a rolling upgrade half done).
+    pub(super) fn fleet_features_guard(&self, needed: &[&str], what: &str) -> OpResult<()> {
+        let Some(f) = &self.fleet else {
+            return Ok(());
+        };
+        for r in f.live_reports() {
+            if let Some(missing) = needed
+                .iter()
+                .find(|n| !r.plan_features.iter().any(|have| have == *n))
+            {
+                return Err(OpError::new(
+                    Refusal::Conflict,
+                    format!(
+                        "refused: host {} runs a canaryd without {missing} (an older version); \
+                         {what} needs every host upgraded first",
+                        r.host
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// This service's slice of the local run-time state, as a document.
     fn local_slice(&self, service: &str) -> ServiceDoc {
         ServiceDoc {
@@ -862,6 +886,7 @@ impl Daemon {
             at_ms: fleet::unix_ms(),
             leader: f.leading,
             lists_failing: true,
+            plan_features: fleet::PLAN_FEATURES.iter().map(|f| f.to_string()).collect(),
             ..Default::default()
         };
         for s in &self.running.services {

@@ -255,7 +255,24 @@ pub struct HostReport {
     /// count added as before.
     #[serde(default)]
     pub lists_failing: bool,
+    /// The rollout features this canaryd runs (`PLAN_FEATURES`). An older
+    /// canaryd ignores what it does not know in the fleet's documents and,
+    /// as leader, would run an adaptive plan's chosen weights as fixed
+    /// steps or drop cohorts and drains: a plan needing a feature is not
+    /// started while a live host lacks it.
+    #[serde(default)]
+    pub plan_features: Vec<String>,
 }
+
+/// What `plan_features` lists in this version.
+pub const PLAN_FEATURES: [&str; 6] = [
+    "adaptive",
+    "cohorts",
+    "finish",
+    "latency",
+    "metrics",
+    "on_failure",
+];
 
 /// A client as the failure count sees it: family and address (IPv6: its
 /// /64, as the data plane's judging budget keys it).
@@ -493,5 +510,34 @@ mod tests {
             ..Default::default()
         };
         assert!(!a.progress_only(&c));
+    }
+}
+
+#[cfg(test)]
+mod feature_tests {
+    use super::PLAN_FEATURES;
+    use crate::config::Config;
+
+    /// Every feature a plan can need is one this version reports, and a
+    /// plain fixed plan needs none (an older fleet runs it as before).
+    #[test]
+    fn a_plan_needs_only_features_this_version_reports() {
+        let base = "interface: lb-client\nservices:\n  - name: shop\n    vip: 198.18.100.1\n    port: 80\n    protocol: tcp\n    affinity: source-ip\n    canary_weight: 0\n    stable: [198.18.1.2]\n    canary: [198.18.3.2]\n    rollout:\n      interval: 30s\n";
+        let plan = |extra: &str| {
+            let c = Config::parse(&format!("{base}{extra}")).unwrap();
+            c.services[0].rollout.clone().unwrap().features()
+        };
+        assert!(plan("      steps: [10, 100]\n").is_empty());
+        let all = plan(
+            "      steps: [10, 100]\n      on_failure: pause\n      cohorts:\n        - {name: staff, sources: [198.18.20.0/24], steps: [100, 100]}\n      analysis:\n        latency: {max_slower_ms: 10, handshake: true}\n        metrics:\n          - {name: m, url: 'http://127.0.0.1:9090', query: 'x{v=\"$version\"}', absolute_limit: 1}\n",
+        );
+        assert_eq!(all, ["cohorts", "latency", "metrics", "on_failure"]);
+        let adaptive = plan(
+            "      strategy: adaptive\n      adaptive: {budget: [3000, 7000, 40000]}\n      analysis: {max_canary_vs_stable_ratio: 2}\n",
+        );
+        assert_eq!(adaptive, ["adaptive"]);
+        for f in all.iter().chain(&adaptive) {
+            assert!(PLAN_FEATURES.contains(f), "{f}");
+        }
     }
 }
