@@ -156,6 +156,12 @@ fn a_a_latency_rollouts_rarely_roll_back() -> Result<()> {
             for l in &r.latency {
                 println!("run 0, step {}: {}", r.step, l.detail);
             }
+            // The test is live: both sources had canary responses to
+            // judge in step 1 (not a rollout that ended before any look).
+            anyhow::ensure!(
+                r.latency.len() == 2 && r.latency.iter().all(|l| l.canary_responses > 0),
+                "run 0 ended before its latency tests saw canary responses: {r:#?}"
+            );
         }
         let (s, _) = wait_rollout_end(&topo, Duration::from_secs(60))?;
         let r = s.rollout.as_ref().unwrap();

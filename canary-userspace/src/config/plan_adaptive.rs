@@ -104,6 +104,11 @@ pub(super) fn validate(r: &super::RolloutConfig) -> anyhow::Result<()> {
             );
         }
     }
+    if r.on_failure == super::OnFailure::Pause {
+        // A paused step keeps its weight: clients would go on reaching the
+        // canary past the budget, which is the one thing it promises.
+        bail!("on_failure: pause is not allowed with strategy: adaptive (the risk budget must stop the canary)");
+    }
     if ad.budget_unit == BudgetUnit::Clients {
         bail!("adaptive.budget_unit: clients are not counted yet; use connections");
     }
@@ -216,6 +221,8 @@ mod tests {
         );
         assert!(err(|p| p.adaptive.as_mut().unwrap().budget = vec![])
             .starts_with("adaptive.budget: 0 levels"));
+        assert!(err(|p| p.on_failure = crate::config::OnFailure::Pause)
+            .starts_with("on_failure: pause is not allowed with strategy: adaptive"));
         assert_eq!(
             err(|p| p.adaptive.as_mut().unwrap().budget_unit = BudgetUnit::Clients),
             "adaptive.budget_unit: clients are not counted yet; use connections"

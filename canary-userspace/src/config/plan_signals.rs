@@ -245,6 +245,11 @@ pub(super) fn validate(r: &super::RolloutConfig) -> anyhow::Result<()> {
         if !names.insert(m.name.as_str()) {
             anyhow::bail!("{f}.name: {:?} is used twice", m.name);
         }
+        if m.name == "prometheus" && a.prometheus.is_some() {
+            anyhow::bail!(
+                "{f}.name: \"prometheus\" is the name analysis.prometheus is shown under; choose another"
+            );
+        }
         if !m.query.contains("$version") {
             anyhow::bail!("{f}.query: must contain $version (replaced by stable or canary)");
         }
@@ -429,6 +434,15 @@ services:
         assert_eq!(m[0].check.absolute_limit, Some(0.05));
         assert_eq!(m[0].check.relative_limit, Some(2.0));
         assert_eq!(m[0].check.direction, super::Direction::Lower);
+    }
+
+    #[test]
+    fn a_metric_may_not_take_the_older_checks_name() {
+        let e = err("      analysis:\n        prometheus: {url: 'http://127.0.0.1:9090', query: 'x{v=\"$version\"}', max_value: 1}\n        metrics:\n          - {name: prometheus, query: 'y{v=\"$version\"}', absolute_limit: 1}\n");
+        assert!(
+            e.contains("analysis.metrics[0].name: \"prometheus\" is the name"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -387,16 +387,24 @@ impl Daemon {
                 if verb == RolloutVerb::Resume {
                     // The window resumes from now: paused traffic does not
                     // count, and external readings must be newer than this.
-                    if let Some(cur) = self.cumulative(service) {
-                        // An adaptive plan's budget still counts what the
-                        // canary got while paused (its next tick checks it).
-                        let paused = self.tick_prev.get(service).map(|prev| cur.since(prev));
-                        if let (Some(d), Some(r), None) =
-                            (paused, self.state.rollouts.get_mut(service), &self.fleet)
-                        {
-                            r.note_exposure(&d);
+                    // An adaptive plan's budget still counts what the
+                    // canary got while paused (its next tick checks it).
+                    let paused = if self.fleet.is_some() {
+                        // The fleet's window is summed from every host's
+                        // counters against the leader's baselines.
+                        self.fleet_resume_window(service)
+                    } else {
+                        let cur = self.cumulative(service);
+                        let paused = cur
+                            .zip(self.tick_prev.get(service))
+                            .map(|(cur, prev)| cur.since(prev));
+                        if let Some(cur) = cur {
+                            self.tick_prev.insert(service.to_string(), cur);
                         }
-                        self.tick_prev.insert(service.to_string(), cur);
+                        paused
+                    };
+                    if let (Some(d), Some(r)) = (paused, self.state.rollouts.get_mut(service)) {
+                        r.note_exposure(&d);
                     }
                     self.step_began.insert(service.to_string(), Instant::now());
                 }

@@ -129,6 +129,11 @@ pub(super) enum DrainFate {
     End,
 }
 
+/// A draining backend's key in the hosts' reports.
+pub(super) fn drain_key(service: &str, addr: IpAddr) -> String {
+    format!("{service}/{addr}")
+}
+
 /// The rule: a drain past its end is extended while the last sweep found
 /// live entries naming the backend, or when no sweep has counted yet.
 pub(super) fn drain_fate(open: Option<u64>) -> DrainFate {
@@ -144,6 +149,31 @@ fn addr_list(list: &[IpAddr]) -> String {
 }
 
 impl Daemon {
+    /// This host's open connections to each draining backend, for its
+    /// fleet report (None before the first sweep).
+    pub(super) fn draining_open_here(&self) -> Option<std::collections::BTreeMap<String, u64>> {
+        let totals = self
+            .sweeper
+            .as_ref()
+            .map(|s| s.totals())
+            .filter(|t| t.sweeps > 0)?;
+        let mut out = std::collections::BTreeMap::new();
+        for (name, o) in &self.state.services {
+            let sid = self.dp.service_id(name);
+            for d in o.draining.iter().flatten() {
+                let n = sid
+                    .and_then(|sid| self.dp.ids().backends.get(&(sid, d.addr)))
+                    .map_or(0, |bid| {
+                        totals.live_by_backend.get(bid).copied().unwrap_or(0)
+                    });
+                if n > 0 {
+                    out.insert(drain_key(name, d.addr), n);
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// `rollout finish` / `promote --finalize`.
     pub(super) fn finish(&mut self, service: &str, who: &str) -> OpResult<Vec<String>> {
         let i = self.service_index(service)?;
@@ -286,10 +316,16 @@ impl Daemon {
                     return false;
                 }
                 // A backend without an id has no flow entries.
-                let open = totals.as_ref().map(|t| {
+                let here = totals.as_ref().map(|t| {
                     sid.and_then(|sid| self.dp.ids().backends.get(&(sid, d.addr)))
                         .map_or(0, |bid| t.live_by_backend.get(bid).copied().unwrap_or(0))
                 });
+                // In a fleet, ECMP spread the connections: every live
+                // host's count, none known (an older host, no sweep yet)
+                // keeps the drain.
+                let open = here
+                    .zip(self.fleet_draining_open(&drain_key(name, d.addr)))
+                    .map(|(a, b)| a + b);
                 match drain_fate(open) {
                     DrainFate::Extend => {
                         d.until_ms = now + period;

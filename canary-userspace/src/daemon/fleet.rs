@@ -231,6 +231,20 @@ impl Daemon {
         Ok(())
     }
 
+    /// The other live hosts' open connections to a draining backend
+    /// (`finish::drain_key`): Some(0) outside a fleet, None while a live
+    /// host has not counted (an older canaryd, or no sweep yet).
+    pub(super) fn fleet_draining_open(&self, key: &str) -> Option<u64> {
+        let Some(f) = &self.fleet else {
+            return Some(0);
+        };
+        let mut sum = 0;
+        for r in f.live_reports() {
+            sum += r.draining_open.as_ref()?.get(key).copied().unwrap_or(0);
+        }
+        Some(sum)
+    }
+
     /// This service's slice of the local run-time state, as a document.
     fn local_slice(&self, service: &str) -> ServiceDoc {
         ServiceDoc {
@@ -875,6 +889,33 @@ impl Daemon {
         }
     }
 
+    /// A paused rollout resumes in a fleet: the counters every host added
+    /// since the leader's last look (the paused time), and the baselines
+    /// dropped, so the resumed step's window starts afresh at the next look.
+    pub(super) fn fleet_resume_window(&mut self, service: &str) -> Option<WindowCounts> {
+        let own = self.cumulative(service);
+        let f = self.fleet.as_deref_mut()?;
+        let mut current: Vec<(String, u64, WindowCounts)> = Vec::new();
+        if let Some(own) = own {
+            current.push((f.host.clone(), f.session, own));
+        }
+        for r in f.live_reports() {
+            if let Some(c) = r.counters.get(service) {
+                current.push((r.host.clone(), r.session, *c));
+            }
+        }
+        let mut sum = WindowCounts::default();
+        for (host, session, cur) in current {
+            if let Some((s, base)) = f.baselines.get(&(service.to_string(), host)) {
+                if *s == session {
+                    sum.add(&cur.since(base));
+                }
+            }
+        }
+        f.baselines.retain(|(svc, _), _| svc != service);
+        Some(sum)
+    }
+
     /// This host's report.
     pub fn fleet_report(&self) -> HostReport {
         let Some(f) = self.fleet.as_deref() else {
@@ -887,6 +928,7 @@ impl Daemon {
             leader: f.leading,
             lists_failing: true,
             plan_features: fleet::PLAN_FEATURES.iter().map(|f| f.to_string()).collect(),
+            draining_open: self.draining_open_here(),
             ..Default::default()
         };
         for s in &self.running.services {

@@ -56,9 +56,24 @@ impl Daemon {
             tx,
             self.probe_epoch,
         ));
+        // A rollout under way is judged by the analysis it started with
+        // (a reload changes only the next one): its metrics are polled
+        // from that, or a renamed metric would hold its step for ever.
+        let mut polled = self.running.clone();
+        for svc in &mut polled.services {
+            let frozen = self
+                .state
+                .rollouts
+                .get(&svc.name)
+                .filter(|r| r.active())
+                .and_then(|r| r.analysis.clone());
+            if let (Some(a), Some(plan)) = (frozen, svc.rollout.as_mut()) {
+                plan.analysis = a;
+            }
+        }
         self.pollers = None;
         self.pollers = Some(crate::rollout::external::spawn(
-            &self.running,
+            &polled,
             self.readings.clone(),
         ));
     }

@@ -385,12 +385,16 @@ impl DataPlane {
         let Some(sid) = self.service_id(service) else {
             return;
         };
-        // Flow entries name their backend, not their service: every
-        // BACKENDS entry of the service (drained ones too).
+        // Flow entries name their backend, not their service: the BACKENDS
+        // entries of the service that are of `version` now. After a
+        // `rollout finish` the former canary backends are stable while
+        // their older connections' entries still say canary: a later
+        // rollback's reset must leave those alone.
         let backends: HashSet<u32> = self
             .maps
             .backends_of(sid)
             .into_iter()
+            .filter(|(_, b)| (b.version & 1) == version)
             .map(|(id, _)| id)
             .collect();
         let dir = self.pin_dir.clone();

@@ -262,6 +262,12 @@ pub struct HostReport {
     /// started while a live host lacks it.
     #[serde(default)]
     pub plan_features: Vec<String>,
+    /// Open connections on this host to each draining backend
+    /// (`"service/address"`; absent: none), after its first flow-table
+    /// sweep; None before it, or from an older canaryd. The leader ends a
+    /// drain only when every live host counts none.
+    #[serde(default)]
+    pub draining_open: Option<BTreeMap<String, u64>>,
 }
 
 /// What `plan_features` lists in this version.

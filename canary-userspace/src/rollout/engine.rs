@@ -269,6 +269,14 @@ impl Rollout {
             if a.level as usize > l {
                 return Err(format!("adaptive.level: {} is beyond {l}", a.level));
             }
+            // Each passed judged step is a level reached: the step index.
+            if !a.measuring && a.level as usize != self.step {
+                return Err(format!(
+                    "adaptive.level: {} does not match step {}",
+                    a.level,
+                    self.step + 1
+                ));
+            }
         }
         Ok(())
     }
@@ -593,7 +601,13 @@ impl Rollout {
                         "; level {} reached: {} of {} exposed",
                         a.level,
                         grouped(a.exposed()),
-                        grouped(a.plan.budget[a.level as usize - 1])
+                        grouped(
+                            a.plan
+                                .budget
+                                .get(a.level as usize - 1)
+                                .copied()
+                                .unwrap_or(0)
+                        )
                     ));
                 }
                 self.history.push(line);
