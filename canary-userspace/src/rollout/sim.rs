@@ -14,50 +14,7 @@ use crate::rollout::analysis::{VersionCounts, WindowCounts};
 use canary_common::weight::WeightBp;
 use std::time::Duration;
 
-/// xorshift64* (as in analysis/tests.rs), plus normal and Poisson draws.
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        // splitmix64 of the seed: nearby seeds give unrelated streams.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// In (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-    /// Knuth's product method below 30, the normal approximation above
-    /// (per-tick counts of hundreds: the shape error is immaterial here).
-    fn poisson(&mut self, lambda: f64) -> u64 {
-        if lambda <= 0.0 {
-            return 0;
-        }
-        if lambda >= 30.0 {
-            return (lambda + lambda.sqrt() * self.normal()).round().max(0.0) as u64;
-        }
-        let limit = (-lambda).exp();
-        let (mut k, mut p) = (0, self.uniform());
-        while p > limit {
-            k += 1;
-            p *= self.uniform();
-        }
-        k
-    }
-}
+use super::test_rng::Rng;
 
 /// Outcomes of one version's connections in order: failure positions drawn
 /// as geometric gaps (cost per failure, not per connection).
@@ -84,7 +41,7 @@ impl Outcomes {
         if self.p <= 0.0 {
             return u64::MAX / 2;
         }
-        (self.rng.uniform().ln() / (1.0 - self.p).ln()).floor() as u64
+        (self.rng.uniform_pos().ln() / (1.0 - self.p).ln()).floor() as u64
     }
     /// Failures among the next `n` connections.
     fn take(&mut self, n: u64) -> u64 {

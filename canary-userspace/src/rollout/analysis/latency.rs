@@ -609,22 +609,7 @@ impl LatencyState {
 mod tests {
     use super::*;
 
-    /// xorshift64*: a seeded generator for the simulations.
-    struct Rng(u64);
-    impl Rng {
-        fn uniform(&mut self) -> f64 {
-            let mut x = self.0;
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            self.0 = x;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-        }
-        /// Exponential with mean 1.
-        fn exp(&mut self) -> f64 {
-            -(1.0 - self.uniform()).ln()
-        }
-    }
+    use crate::rollout::test_rng::Rng;
 
     /// Prometheus-like bounds: 0.25 ms steps up to 20 ms, then coarser.
     fn bounds() -> Vec<f64> {

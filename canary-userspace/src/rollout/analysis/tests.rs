@@ -2,24 +2,7 @@
 
 use super::*;
 
-/// xorshift64*: a tiny seeded generator, enough for simulations.
-struct Rng(u64);
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn count_failures(&mut self, n: u64, p: f64) -> u64 {
-        (0..n).filter(|_| self.uniform() < p).count() as u64
-    }
-}
+use crate::rollout::test_rng::Rng;
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * b.abs().max(f64::MIN_POSITIVE)
