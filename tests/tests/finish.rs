@@ -241,6 +241,38 @@ fn finish_makes_the_canary_stable_keeps_connections_and_survives_a_restart() -> 
     let bad = broken(&mut conns, "next canary");
     assert!(bad.is_empty(), "broken after the next canary: {bad:?}");
 
+    // The next canary rolled back with `on_rollback: reset` forgets its own
+    // connections only: the former canary's (on b3, stable now, their
+    // entries still saying canary) go on.
+    let reset_yaml = yaml.replace(
+        "      interval: 2s\n",
+        "      interval: 2s\n      on_rollback: reset\n",
+    );
+    assert_ne!(reset_yaml, yaml);
+    d.reload(&reset_yaml)?.map_err(anyhow::Error::msg)?;
+    topo.ctl(&["rollout", "start", "shop"])?;
+    topo.ctl(&["rollout", "abort", "shop"])?;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !d
+        .log()
+        .contains("open canary connections reset (on_rollback: reset)")
+    {
+        anyhow::ensure!(std::time::Instant::now() < until, "no reset: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // None of the 40 is the next canary's: the reset found nothing to
+    // forget. (They would all echo even if forgotten: b3 is the only stable
+    // backend, so a re-split lands them on it again; the count tells.)
+    assert!(
+        d.log()
+            .contains("service shop: 0 open canary connections reset (on_rollback: reset)"),
+        "the former canary's connections were reset: {}",
+        d.log()
+    );
+    let bad = broken(&mut conns, "a reset rollback of the next canary");
+    assert!(bad.is_empty(), "broken by the next canary's reset: {bad:?}");
+    topo.ctl(&["set-weight", "shop", "10"])?;
+
     // `promote --finalize` is the same call: that release finished too, b3
     // joins the drains (the earlier ones stay).
     let out = topo.ctl(&["promote", "--finalize", "shop"])?;
