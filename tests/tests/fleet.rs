@@ -1027,3 +1027,67 @@ fn on_rollback_reset_resets_canary_connections_on_every_host() -> Result<()> {
     drop(daemons);
     Ok(())
 }
+
+/// A rolling upgrade half done: a host whose report lists no rollout
+/// features (an older canaryd, as etcd sees it) keeps a plan that needs one
+/// (`on_failure: pause`) from starting, with a line naming the host; once
+/// the host is gone the plan starts.
+#[test]
+fn a_plan_needing_a_feature_waits_for_every_host() -> Result<()> {
+    let _s = serial();
+    let f = Fleet::new(
+        "      steps: [10, 100]\n      interval: 600s\n      on_failure: pause\n",
+        "3s",
+    )?;
+    let older =
+        |at_ms: u128| format!(r#"{{"host":"lb-old","session":7,"at_ms":{at_ms},"leader":false}}"#);
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    // Written as a host's report would be (without its lease: deleted below).
+    f.topo
+        .etcd
+        .etcdctl(&["put", "/canary/lab/hosts/lb-old", &older(now_ms())])?;
+    let mut refused = None;
+    let end = Instant::now() + Duration::from_secs(5);
+    while refused.is_none() && Instant::now() < end {
+        let out = f.topo.ctl_output(0, &["rollout", "start", "shop"])?;
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).to_string());
+        } else {
+            // The report had not arrived yet: undo and look again.
+            f.topo.ctl(0, &["rollout", "abort", "shop"])?;
+            f.topo
+                .etcd
+                .etcdctl(&["put", "/canary/lab/hosts/lb-old", &older(now_ms())])?;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let err = refused.context("the plan started beside an older host")?;
+    println!("{}", err.trim_end());
+    assert!(
+        err.contains("host lb-old runs a canaryd without on_failure"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(f.shop(0)?.rollout.is_none_or(|r| r.phase != "running"));
+    f.topo.etcd.etcdctl(&["del", "/canary/lab/hosts/lb-old"])?;
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = f.topo.ctl_output(0, &["rollout", "start", "shop"])?;
+        if out.status.success() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < end,
+            "still refused with lb-old gone: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    f.topo.ctl(0, &["rollout", "abort", "shop"])?;
+    Ok(())
+}
