@@ -163,25 +163,14 @@ mod tests {
     use crate::config::{AnalysisConfig, RolloutConfig};
 
     fn plan() -> RolloutConfig {
-        RolloutConfig {
-            steps: Vec::new(),
-            interval: Duration::from_secs(30),
-            analysis: AnalysisConfig {
+        RolloutConfig::adaptive_for_test(
+            vec![3000, 7000, 40000],
+            Duration::from_secs(30),
+            AnalysisConfig {
                 max_canary_vs_stable_ratio: Some(2.0),
                 ..Default::default()
             },
-            on_rollback: Default::default(),
-            on_failure: Default::default(),
-            strategy: Strategy::Adaptive,
-            adaptive: Some(AdaptiveConfig {
-                budget: vec![3000, 7000, 40000],
-                budget_unit: BudgetUnit::Connections,
-                min_step: 1.0,
-                max_step: 50.0,
-                max_duration: Duration::from_secs(900),
-            }),
-            cohorts: Vec::new(),
-        }
+        )
     }
 
     fn err(f: impl FnOnce(&mut RolloutConfig)) -> String {

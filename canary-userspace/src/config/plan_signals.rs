@@ -164,6 +164,9 @@ pub struct ResolvedMetric {
     /// The judgement's label: "external metric" for the older
     /// `analysis.prometheus:`, else "metric NAME".
     pub label: String,
+    /// The config's name of its absolute limit, for messages: `max_value`
+    /// for the older `analysis.prometheus:`, else `absolute_limit`.
+    pub absolute_name: &'static str,
 }
 
 /// Every metric of a plan, `analysis.prometheus:` first (as one metric:
@@ -184,6 +187,7 @@ pub fn resolved_metrics(a: &AnalysisConfig) -> Vec<ResolvedMetric> {
             },
             url: p.url.clone(),
             label: "external metric".into(),
+            absolute_name: "max_value",
         });
     }
     let shared = a
@@ -203,6 +207,7 @@ pub fn resolved_metrics(a: &AnalysisConfig) -> Vec<ResolvedMetric> {
             check: m.clone(),
             url: m.url.clone().unwrap_or_else(|| shared.clone()),
             label: format!("metric {}", m.name),
+            absolute_name: "absolute_limit",
         });
     }
     out

@@ -176,6 +176,47 @@ impl RolloutConfig {
     }
 }
 
+/// Plans for unit tests and simulations: the rest of the fields at their
+/// defaults (no cohorts, rollback on failure, keep open connections).
+#[cfg(test)]
+impl RolloutConfig {
+    pub fn fixed_for_test(
+        steps: Vec<f64>,
+        interval: std::time::Duration,
+        analysis: AnalysisConfig,
+    ) -> RolloutConfig {
+        RolloutConfig {
+            steps,
+            interval,
+            analysis,
+            on_rollback: Default::default(),
+            on_failure: Default::default(),
+            strategy: super::Strategy::Fixed,
+            adaptive: None,
+            cohorts: Vec::new(),
+        }
+    }
+
+    /// Adaptive, with `budget` and steps of 1 to 50 points within 15 min.
+    pub fn adaptive_for_test(
+        budget: Vec<u64>,
+        interval: std::time::Duration,
+        analysis: AnalysisConfig,
+    ) -> RolloutConfig {
+        RolloutConfig {
+            strategy: super::Strategy::Adaptive,
+            adaptive: Some(super::AdaptiveConfig {
+                budget,
+                budget_unit: super::BudgetUnit::Connections,
+                min_step: 1.0,
+                max_step: 50.0,
+                max_duration: std::time::Duration::from_secs(15 * 60),
+            }),
+            ..RolloutConfig::fixed_for_test(Vec::new(), interval, analysis)
+        }
+    }
+}
+
 /// Default seed: FNV-1a of the service name, so every host derives the same.
 pub fn default_seed(name: &str) -> u32 {
     name.bytes().fold(0x811c_9dc5u32, |h, b| {

@@ -780,20 +780,15 @@ mod tests {
     }
 
     fn plan() -> RolloutConfig {
-        RolloutConfig {
-            steps: vec![10.0, 50.0, 100.0],
-            interval: Duration::from_secs(2),
-            analysis: AnalysisConfig {
+        RolloutConfig::fixed_for_test(
+            vec![10.0, 50.0, 100.0],
+            Duration::from_secs(2),
+            AnalysisConfig {
                 max_error_ratio: Some(0.05),
                 min_canary_connections: 50,
                 ..Default::default()
             },
-            on_rollback: OnRollback::Keep,
-            on_failure: Default::default(),
-            strategy: Default::default(),
-            adaptive: None,
-            cohorts: Vec::new(),
-        }
+        )
     }
 
     #[test]
@@ -1066,24 +1061,15 @@ mod tests {
         assert_eq!(back.window.canary.attempts, 30);
     }
     fn adaptive() -> RolloutConfig {
-        RolloutConfig {
-            steps: Vec::new(),
-            interval: Duration::from_secs(30),
-            analysis: AnalysisConfig {
+        RolloutConfig::adaptive_for_test(
+            vec![3000, 7000, 40000],
+            Duration::from_secs(30),
+            AnalysisConfig {
                 max_canary_vs_stable_ratio: Some(2.0),
                 min_failing_clients: 3,
                 ..Default::default()
             },
-            strategy: Strategy::Adaptive,
-            adaptive: Some(crate::config::AdaptiveConfig {
-                budget: vec![3000, 7000, 40000],
-                budget_unit: Default::default(),
-                min_step: 1.0,
-                max_step: 50.0,
-                max_duration: Duration::from_secs(900),
-            }),
-            ..plan()
-        }
+        )
     }
 
     /// One 250 ms tick at `rate` conn/s split at `w`, 1 % failing on both.

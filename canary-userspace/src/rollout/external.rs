@@ -66,14 +66,19 @@ struct ApiData {
     result: serde_json::Value,
 }
 
-/// The value of an instant query: a scalar, or the first sample of a vector.
-/// `None` for an empty vector or NaN (no data yet, 0/0).
-pub fn parse_response(body: &[u8]) -> Result<Option<f64>> {
+/// A successful answer's data; a failed one's error.
+fn api_data(body: &[u8]) -> Result<ApiData> {
     let r: ApiResponse = serde_json::from_slice(body).context("not a Prometheus API answer")?;
     if r.status != "success" {
         bail!("Prometheus: {}", r.error.unwrap_or(r.status));
     }
-    let data = r.data.context("Prometheus answer without data")?;
+    r.data.context("Prometheus answer without data")
+}
+
+/// The value of an instant query: a scalar, or the first sample of a vector.
+/// `None` for an empty vector or NaN (no data yet, 0/0).
+pub fn parse_response(body: &[u8]) -> Result<Option<f64>> {
+    let data = api_data(body)?;
     // [unix time, "value"]
     let sample = match data.result_type.as_str() {
         "scalar" => Some(data.result),
@@ -106,11 +111,7 @@ pub async fn query(base: &str, promql: &str, timeout: Duration) -> Result<Option
 /// A histogram's cumulative bucket counts: an instant vector by `le` (in
 /// seconds, `+Inf` too). None for an empty result.
 pub fn parse_buckets(body: &[u8]) -> Result<Option<Hist>> {
-    let r: ApiResponse = serde_json::from_slice(body).context("not a Prometheus API answer")?;
-    if r.status != "success" {
-        bail!("Prometheus: {}", r.error.unwrap_or(r.status));
-    }
-    let data = r.data.context("Prometheus answer without data")?;
+    let data = api_data(body)?;
     if data.result_type != "vector" {
         bail!(
             "bucket query gives a {}; an instant vector by le is needed",
@@ -171,17 +172,11 @@ async fn query_raw(base: &str, promql: &str, timeout: Duration) -> Result<Vec<u8
 
 fn limit_text(m: &ResolvedMetric) -> String {
     let c = &m.check;
-    let (op, abs_name) = match c.direction {
-        Direction::Lower => (
-            "<=",
-            if m.label == "external metric" {
-                "max_value"
-            } else {
-                "absolute_limit"
-            },
-        ),
-        Direction::Higher => (">=", "absolute_limit"),
+    let op = match c.direction {
+        Direction::Lower => "<=",
+        Direction::Higher => ">=",
     };
+    let abs_name = m.absolute_name;
     let mut parts = Vec::new();
     if let Some(a) = c.absolute_limit {
         parts.push(format!("canary {op} {a} ({abs_name})"));
@@ -223,11 +218,7 @@ pub fn judge_metric(
                 .unwrap_or_else(|| "no canary value (empty result)".into())
         ));
     };
-    let abs_name = if label == "external metric" {
-        "max_value"
-    } else {
-        "absolute_limit"
-    };
+    let abs_name = m.absolute_name;
     let q = &c.query;
     match c.direction {
         Direction::Lower => {
@@ -523,6 +514,7 @@ mod tests {
             },
             url: "http://127.0.0.1:9090".into(),
             label: "metric m".into(),
+            absolute_name: "absolute_limit",
         }
     }
 
@@ -530,6 +522,7 @@ mod tests {
     fn legacy() -> ResolvedMetric {
         let mut m = metric(Direction::Lower, Some(0.05), Some(2.0), true);
         m.label = "external metric".into();
+        m.absolute_name = "max_value";
         m
     }
 
@@ -674,26 +667,21 @@ mod tests {
     /// not a gate only shows, a gate without a value holds the step.
     #[test]
     fn gates_fail_and_informing_metrics_only_show() {
-        use crate::config::{AnalysisConfig, OnRollback};
+        use crate::config::AnalysisConfig;
         let now = Instant::now();
         let mut gate = metric(Direction::Higher, None, Some(0.9), true).check;
         gate.name = "conversion".into();
         let mut info = metric(Direction::Lower, Some(0.01), None, false).check;
         info.name = "errors".into();
         info.url = Some("http://127.0.0.1:9090".into());
-        let plan = RolloutConfig {
-            steps: vec![10.0, 100.0],
-            interval: Duration::from_secs(1),
-            analysis: AnalysisConfig {
+        let plan = RolloutConfig::fixed_for_test(
+            vec![10.0, 100.0],
+            Duration::from_secs(1),
+            AnalysisConfig {
                 metrics: vec![gate, info],
                 ..Default::default()
             },
-            on_rollback: OnRollback::Keep,
-            on_failure: Default::default(),
-            strategy: Default::default(),
-            adaptive: None,
-            cohorts: Vec::new(),
-        };
+        );
         let (mut r, _) = Rollout::start(&plan);
         let reading = |s, c| Reading {
             at: now,
@@ -738,12 +726,12 @@ mod tests {
     /// are far slower, and is off at 100 %.
     #[test]
     fn the_latency_test_holds_then_fails_a_slow_canary() {
-        use crate::config::{AnalysisConfig, LatencyCheck, OnRollback};
+        use crate::config::{AnalysisConfig, LatencyCheck};
         let now = Instant::now();
-        let plan = RolloutConfig {
-            steps: vec![20.0, 100.0],
-            interval: Duration::from_secs(1),
-            analysis: AnalysisConfig {
+        let plan = RolloutConfig::fixed_for_test(
+            vec![20.0, 100.0],
+            Duration::from_secs(1),
+            AnalysisConfig {
                 latency: Some(LatencyCheck {
                     quantile: 0.9,
                     max_slower_ratio: None,
@@ -756,12 +744,7 @@ mod tests {
                 }),
                 ..Default::default()
             },
-            on_rollback: OnRollback::Keep,
-            on_failure: Default::default(),
-            strategy: Default::default(),
-            adaptive: None,
-            cohorts: Vec::new(),
-        };
+        );
         let (mut r, _) = Rollout::start(&plan);
         // Handshakes of 16-32 µs (bucket 4), or 32-65 ms (bucket 15).
         let window = |stable: u64, canary: u64, slow: bool| {

@@ -9,7 +9,7 @@
 //! paired comparison of the two plans on the same failures.
 
 use super::engine::{Action, Rollout, TICK};
-use crate::config::{AdaptiveConfig, AnalysisConfig, BudgetUnit, RolloutConfig, Strategy};
+use crate::config::{AnalysisConfig, RolloutConfig};
 use crate::rollout::analysis::{VersionCounts, WindowCounts};
 use canary_common::weight::WeightBp;
 use std::time::Duration;
@@ -109,31 +109,15 @@ fn analysis() -> AnalysisConfig {
 }
 
 pub fn fixed_plan() -> RolloutConfig {
-    RolloutConfig {
-        steps: vec![5.0, 10.0, 15.0, 20.0, 50.0, 100.0],
-        interval: Duration::from_secs(30),
-        analysis: analysis(),
-        on_rollback: Default::default(),
-        on_failure: Default::default(),
-        strategy: Strategy::Fixed,
-        adaptive: None,
-        cohorts: Vec::new(),
-    }
+    RolloutConfig::fixed_for_test(
+        vec![5.0, 10.0, 15.0, 20.0, 50.0, 100.0],
+        Duration::from_secs(30),
+        analysis(),
+    )
 }
 
 pub fn adaptive_plan(budget: Vec<u64>) -> RolloutConfig {
-    RolloutConfig {
-        steps: Vec::new(),
-        strategy: Strategy::Adaptive,
-        adaptive: Some(AdaptiveConfig {
-            budget,
-            budget_unit: BudgetUnit::Connections,
-            min_step: 1.0,
-            max_step: 50.0,
-            max_duration: Duration::from_secs(15 * 60),
-        }),
-        ..fixed_plan()
-    }
+    RolloutConfig::adaptive_for_test(budget, Duration::from_secs(30), analysis())
 }
 
 fn counts(attempts: u64, failures: u64) -> VersionCounts {
