@@ -57,12 +57,7 @@ pub(super) fn validate(r: &super::RolloutConfig, s: &ServiceConfig) -> Result<()
     let mut sources = 0usize;
     for (k, c) in r.cohorts.iter().enumerate() {
         let at = format!("cohorts[{k}]");
-        let valid_name = !c.name.is_empty()
-            && c.name.len() <= 32
-            && c.name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
-        if !valid_name {
+        if !super::validate::plain_name(&c.name, 32, &[]) {
             bail!(
                 "{at}.name: {:?} must be 1 to 32 letters, digits, '-' or '_'",
                 c.name

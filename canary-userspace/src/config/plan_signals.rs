@@ -236,12 +236,7 @@ pub(super) fn validate(r: &super::RolloutConfig) -> anyhow::Result<()> {
     let mut names = std::collections::HashSet::new();
     for (i, m) in a.metrics.iter().enumerate() {
         let f = format!("analysis.metrics[{i}]");
-        let ok_name = !m.name.is_empty()
-            && m.name.len() <= 63
-            && m.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !ok_name {
+        if !super::validate::plain_name(&m.name, 63, &['.']) {
             anyhow::bail!(
                 "{f}.name: {:?} must be 1-63 letters, digits, '_', '-' or '.'",
                 m.name

@@ -71,12 +71,7 @@ impl Config {
         let mut total_overrides = 0usize;
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
-            let valid_name = !s.name.is_empty()
-                && s.name.len() <= 64
-                && s.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid_name {
+            if !plain_name(&s.name, 64, &[]) {
                 bail!(
                     "{at}.name: {:?} must be 1 to 64 letters, digits, '-' or '_'",
                     s.name
@@ -265,6 +260,16 @@ fn validate_health(h: &HealthConfig, s: &ServiceConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A name that goes into keys and messages as it is: 1 to `max` ASCII
+/// letters, digits, '-' or '_', or one of `also`.
+pub(super) fn plain_name(name: &str, max: usize, also: &[char]) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || also.contains(&c))
 }
 
 fn validate_fixed_steps(r: &RolloutConfig) -> Result<()> {

@@ -324,6 +324,16 @@ impl Rollout {
         }
     }
 
+    /// The current step in messages: `step 2/4 (5.34%)`.
+    fn here(&self) -> String {
+        format!(
+            "step {}/{} ({}%)",
+            self.step + 1,
+            self.planned_steps(),
+            self.steps[self.step]
+        )
+    }
+
     /// Why the current step has its weight (adaptive plans).
     pub fn why(&self) -> Option<&str> {
         self.adaptive.as_ref().map(|a| a.why.as_str())
@@ -436,12 +446,7 @@ impl Rollout {
     /// not yet reached, and `max_duration`.
     fn adaptive_limits_hit(&self) -> Option<String> {
         let a = self.adaptive.as_ref()?;
-        let here = format!(
-            "step {}/{} ({}%)",
-            self.step + 1,
-            self.planned_steps(),
-            self.steps[self.step]
-        );
+        let here = self.here();
         if let Some(cap) = a.cap() {
             if a.exposed() >= cap {
                 return Some(format!(
@@ -542,7 +547,7 @@ impl Rollout {
         }
         self.last = Some(a);
         let n = self.planned_steps();
-        let here = format!("step {}/{} ({}%)", self.step + 1, n, self.steps[self.step]);
+        let here = self.here();
         if let Some(why) = guard.filter(|_| held.is_none()) {
             let why = format!("{here} failed: {why}");
             return self.fail(why);
@@ -631,10 +636,7 @@ impl Rollout {
                     ),
                 )
             }
-            _ => match self.adaptive_limits_hit() {
-                Some(why) => self.stop_at_budget(why),
-                None => Action::None,
-            },
+            _ => self.within_adaptive_limits(),
         }
     }
 
@@ -660,6 +662,12 @@ impl Rollout {
         if self.step_elapsed_ms >= ADAPTIVE_WARMUP.as_millis() as u64 && seen >= 100 && p0_known {
             return self.next_adaptive(plan);
         }
+        self.within_adaptive_limits()
+    }
+
+    /// A tick that decided nothing: an adaptive plan past its budget or
+    /// its longest duration rolls back.
+    fn within_adaptive_limits(&mut self) -> Action {
         match self.adaptive_limits_hit() {
             Some(why) => self.stop_at_budget(why),
             None => Action::None,
