@@ -152,26 +152,30 @@ impl Daemon {
     /// This host's open connections to each draining backend, for its
     /// fleet report (None before the first sweep).
     pub(super) fn draining_open_here(&self) -> Option<std::collections::BTreeMap<String, u64>> {
-        let totals = self
-            .sweeper
-            .as_ref()
-            .map(|s| s.totals())
-            .filter(|t| t.sweeps > 0)?;
         let mut out = std::collections::BTreeMap::new();
         for (name, o) in &self.state.services {
-            let sid = self.dp.service_id(name);
             for d in o.draining.iter().flatten() {
-                let n = sid
-                    .and_then(|sid| self.dp.ids().backends.get(&(sid, d.addr)))
-                    .map_or(0, |bid| {
-                        totals.live_by_backend.get(bid).copied().unwrap_or(0)
-                    });
+                let n = self.open_here(name, d.addr)?;
                 if n > 0 {
                     out.insert(drain_key(name, d.addr), n);
                 }
             }
         }
         Some(out)
+    }
+
+    /// Flow entries naming `addr` of `service` after this host's last
+    /// sweep (a backend without an id has none); None before the first.
+    fn open_here(&self, service: &str, addr: IpAddr) -> Option<u64> {
+        let sweeper = self.sweeper.as_ref()?;
+        let id = self
+            .dp
+            .service_id(service)
+            .and_then(|sid| self.dp.ids().backends.get(&(sid, addr)).copied());
+        match id {
+            Some(id) => sweeper.live_on(id),
+            None => sweeper.has_swept().then_some(0),
+        }
     }
 
     /// `rollout finish` / `promote --finalize`.
@@ -289,18 +293,12 @@ impl Daemon {
         if !due || !self.runs_rollouts() || self.fleet_guard("ending a drain").is_err() {
             return;
         }
-        let totals = self
-            .sweeper
-            .as_ref()
-            .map(|s| s.totals())
-            .filter(|t| t.sweeps > 0);
         let mut state = self.state.clone();
         let mut ended = false;
         for (name, o) in state.services.iter_mut() {
             let Some(list) = o.draining.as_mut() else {
                 continue;
             };
-            let sid = self.dp.service_id(name);
             let svc = self.running.services.iter().find(|s| &s.name == name);
             let protocol = svc.map_or(Protocol::Tcp, |s| s.protocol);
             // Back in a pool (`backends add`): no longer draining.
@@ -315,11 +313,7 @@ impl Daemon {
                     ended = true;
                     return false;
                 }
-                // A backend without an id has no flow entries.
-                let here = totals.as_ref().map(|t| {
-                    sid.and_then(|sid| self.dp.ids().backends.get(&(sid, d.addr)))
-                        .map_or(0, |bid| t.live_by_backend.get(bid).copied().unwrap_or(0))
-                });
+                let here = self.open_here(name, d.addr);
                 // In a fleet, ECMP spread the connections: every live
                 // host's count, none known (an older host, no sweep yet)
                 // keeps the drain.
@@ -387,12 +381,7 @@ impl Daemon {
             .and_then(|l| l.iter().find(|d| d.addr == addr))
             .map(|d| d.until_ms)
             .unwrap_or(0);
-        let open = self
-            .sweeper
-            .as_ref()
-            .map(|s| s.totals())
-            .filter(|t| t.sweeps > 0)
-            .map(|t| t.live_by_backend.get(&id).copied().unwrap_or(0));
+        let open = self.sweeper.as_ref().and_then(|s| s.live_on(id));
         crate::control::api::DrainStatus {
             open_connections: open,
             ends_in_s: until.saturating_sub(crate::fleet::unix_ms()) as f64 / 1000.0,

@@ -117,6 +117,18 @@ impl Sweeper {
             .clone()
     }
 
+    /// Has a pass completed (is anything counted yet)?
+    pub fn has_swept(&self) -> bool {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner()).sweeps > 0
+    }
+
+    /// Entries naming backend `id` after the last pass; None before the
+    /// first (nothing counted yet). Reads without copying the totals.
+    pub fn live_on(&self, id: u32) -> Option<u64> {
+        let t = self.totals.lock().unwrap_or_else(|p| p.into_inner());
+        (t.sweeps > 0).then(|| t.live_by_backend.get(&id).copied().unwrap_or(0))
+    }
+
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
