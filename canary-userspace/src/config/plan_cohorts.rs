@@ -10,9 +10,7 @@
 use super::{ServiceConfig, Strategy, Version};
 use anyhow::{bail, Context, Result};
 use canary_common::weight::WeightBp;
-use canary_common::{
-    cohort_value, forced_value, MAX_COHORTS, MAX_OVERRIDES, SVC_COHORTS_LIVE, SVC_PREFIXES,
-};
+use canary_common::{cohort_value, forced_value, MAX_COHORTS, SVC_COHORTS_LIVE, SVC_PREFIXES};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -54,7 +52,6 @@ pub(super) fn validate(r: &super::RolloutConfig, s: &ServiceConfig) -> Result<()
         owner.insert(o.cidr, format!("overrides[{j}]"));
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut sources = 0usize;
     for (k, c) in r.cohorts.iter().enumerate() {
         let at = format!("cohorts[{k}]");
         if !super::validate::plain_name(&c.name, 32, &[]) {
@@ -90,7 +87,6 @@ pub(super) fn validate(r: &super::RolloutConfig, s: &ServiceConfig) -> Result<()
                 bail!("{field}: {net} is already {other} (a prefix decides one way)");
             }
         }
-        sources += c.sources.len();
         if c.steps.len() != r.steps.len() {
             bail!(
                 "{at}.steps: {} weights, but the plan has {} steps (one weight per step)",
@@ -128,10 +124,6 @@ pub(super) fn validate(r: &super::RolloutConfig, s: &ServiceConfig) -> Result<()
                 WeightBp::from_bp(c.live_bp.unwrap_or(0))
             );
         }
-    }
-    let entries = s.overrides.len() + sources;
-    if entries > MAX_OVERRIDES as usize {
-        bail!("cohorts: {entries} source prefixes with the overrides, at most {MAX_OVERRIDES}");
     }
     Ok(())
 }
