@@ -11,9 +11,10 @@ pub struct ApplyReport {
     pub lines: Vec<String>,
 }
 
-/// One service as `apply` will write it: its config, its id, and its
-/// backends as (pool, address, backend id).
-type PlannedService<'a> = (&'a ServiceConfig, u32, Vec<(Version, IpAddr, u32)>);
+/// One service as `apply` will write it: its config, its id, its backends
+/// as (pool, address, backend id), and how many of those lead the list as
+/// pool members (the draining ones follow: no Maglev slot).
+type PlannedService<'a> = (&'a ServiceConfig, u32, Vec<(Version, IpAddr, u32)>, usize);
 
 /// Everything `apply` decided before its first write.
 struct Plan<'a> {
@@ -119,6 +120,7 @@ impl DataPlane {
                     members.push((v, *b, bid));
                 }
             }
+            let pooled = members.len();
             // Draining backends (`rollout finish`): their id, BACKENDS and
             // REVERSE_NAT entries stay for their open flows (no Maglev slot:
             // the tables below take pool members only). Only one with an id:
@@ -131,15 +133,15 @@ impl DataPlane {
                     members.push((Version::Stable, *b, bid));
                 }
             }
-            plan.push((s, sid, members));
+            plan.push((s, sid, members, pooled));
         }
-        let planned_sids: HashSet<u32> = plan.iter().map(|(_, sid, _)| *sid).collect();
+        let planned_sids: HashSet<u32> = plan.iter().map(|(_, sid, _, _)| *sid).collect();
 
         // The desired contents of the keyed maps.
         let mut want_vips: HashMap<VipKey, VipInfo> = HashMap::new();
         let mut want_rev: HashMap<BackendAddrKey, ReverseNat> = HashMap::new();
         let mut want_overrides = HashSet::new();
-        for (s, sid, members) in &plan {
+        for (s, sid, members, _) in &plan {
             let info = VipInfo {
                 service_id: *sid,
                 affinity: affinity_flag(s.affinity),
@@ -231,7 +233,7 @@ impl DataPlane {
 
         // 3. Every configured service: backends, reverse NAT, Maglev tables,
         //    overrides, the service entry, and its VIP last.
-        for (s, sid, members) in &plan {
+        for (s, sid, members, pooled) in &plan {
             let old = prev_service(&s.name);
             for (v, b, bid) in members {
                 self.maps.backends.set(
@@ -255,9 +257,9 @@ impl DataPlane {
             for v in [Version::Stable, Version::Canary] {
                 // Pool members only: a draining backend never gets a slot,
                 // not even failing open.
-                let all: Vec<(IpAddr, u32)> = members
+                let all: Vec<(IpAddr, u32)> = members[..*pooled]
                     .iter()
-                    .filter(|(mv, b, _)| *mv == v && s.pool(v).contains(b))
+                    .filter(|(mv, _, _)| *mv == v)
                     .map(|(_, b, id)| (*b, *id))
                     .collect();
                 let healthy: Vec<(IpAddr, u32)> = all
@@ -456,7 +458,7 @@ impl DataPlane {
             config.services.iter().map(|s| s.name.clone()).collect();
         let keep_backends: HashSet<(u32, IpAddr)> = plan
             .iter()
-            .flat_map(|(_, sid, m)| m.iter().map(move |(_, b, _)| (*sid, *b)))
+            .flat_map(|(_, sid, m, _)| m.iter().map(move |(_, b, _)| (*sid, *b)))
             .collect();
         ids.retain(&keep_services, &keep_backends);
         self.ids = ids;
