@@ -74,6 +74,32 @@ pub fn wait_rollout_end(topo: &Topology, limit: Duration) -> Result<(ServiceStat
     }
 }
 
+/// `runs` rollouts of shop one after the other, each from weight 0 to its
+/// end (`during(run)` is called once each has started); the runs that
+/// rolled back, each printed with its reason. A/A tests count these.
+pub fn rollouts_rolled_back(
+    topo: &Topology,
+    runs: usize,
+    mut during: impl FnMut(usize) -> Result<()>,
+) -> Result<Vec<usize>> {
+    let mut rolled_back = Vec::new();
+    for run in 0..runs {
+        topo.ctl(&["set-weight", "shop", "0"])?;
+        topo.ctl(&["rollout", "start", "shop"])?;
+        during(run)?;
+        let (s, _) = wait_rollout_end(topo, Duration::from_secs(60))?;
+        let r = s.rollout.as_ref().context("no rollout in status")?;
+        if r.phase == "aborted" {
+            println!(
+                "run {run}: rolled back: {}",
+                r.reason.as_deref().unwrap_or("?")
+            );
+            rolled_back.push(run);
+        }
+    }
+    Ok(rolled_back)
+}
+
 pub const HEALTH_PORT: u16 = 8080;
 
 /// One service, `shop`, with an HTTP-probed pool and the given rollout

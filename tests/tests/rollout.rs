@@ -5,8 +5,8 @@
 
 use anyhow::Result;
 use canary_tests::rollout::{
-    blackhole_canary_port, config, time_to_weight_zero, topology, vip, wait_rollout_end, weight_bp,
-    HEALTH_PORT,
+    blackhole_canary_port, config, rollouts_rolled_back, time_to_weight_zero, topology, vip,
+    wait_rollout_end, weight_bp, HEALTH_PORT,
 };
 use canary_tests::{Load, LoadBounds};
 use canary_userspace::dataplane::maps::Maps;
@@ -140,21 +140,8 @@ fn a_a_rollouts_rarely_roll_back() -> Result<()> {
             ..LoadBounds::default()
         },
     );
-    let mut rolled_back = Vec::new();
     let started = Instant::now();
-    for run in 0..30 {
-        topo.ctl(&["set-weight", "shop", "0"])?;
-        topo.ctl(&["rollout", "start", "shop"])?;
-        let (s, _) = wait_rollout_end(&topo, Duration::from_secs(60))?;
-        let r = s.rollout.as_ref().unwrap();
-        if r.phase == "aborted" {
-            println!(
-                "run {run}: rolled back: {}",
-                r.reason.as_deref().unwrap_or("?")
-            );
-            rolled_back.push(run);
-        }
-    }
+    let rolled_back = rollouts_rolled_back(&topo, 30, |_| Ok(()))?;
     let (ok, failed) = load.stop();
     println!(
         "30 A/A rollouts in {:.1} s: {} rolled back; {ok} client connections ok, {failed} reset ({:.1}%)",

@@ -6,7 +6,7 @@
 use anyhow::{ensure, Result};
 use canary_tests::prometheus::Prometheus;
 use canary_tests::rollout::{
-    config, time_to_weight_zero, topology, vip, wait_rollout_end, weight_bp,
+    config, rollouts_rolled_back, time_to_weight_zero, topology, vip, wait_rollout_end, weight_bp,
 };
 use canary_tests::{Load, LoadBounds, Topology};
 use canary_userspace::control::api::RolloutStatus;
@@ -142,10 +142,7 @@ fn a_a_latency_rollouts_rarely_roll_back() -> Result<()> {
         },
     );
     let started = Instant::now();
-    let mut rolled_back = Vec::new();
-    for run in 0..20 {
-        topo.ctl(&["set-weight", "shop", "0"])?;
-        topo.ctl(&["rollout", "start", "shop"])?;
+    let rolled_back = rollouts_rolled_back(&topo, 20, |run| {
         if run == 0 {
             // What the latency tests show while step 1 runs.
             let r = wait_for(&topo, Duration::from_secs(30), "latency data", |r| {
@@ -163,16 +160,8 @@ fn a_a_latency_rollouts_rarely_roll_back() -> Result<()> {
                 "run 0 ended before its latency tests saw canary responses: {r:#?}"
             );
         }
-        let (s, _) = wait_rollout_end(&topo, Duration::from_secs(60))?;
-        let r = s.rollout.as_ref().unwrap();
-        if r.phase == "aborted" {
-            println!(
-                "run {run}: rolled back: {}",
-                r.reason.as_deref().unwrap_or("?")
-            );
-            rolled_back.push(run);
-        }
-    }
+        Ok(())
+    })?;
     let (ok, failed) = load.stop();
     // A promoted rollout passed step 1's two latency tests: a step waits
     // for them (they hold it until their final tests pass).
