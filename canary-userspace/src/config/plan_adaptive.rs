@@ -65,6 +65,21 @@ pub const ADAPTIVE_WARMUP: Duration = Duration::from_secs(5);
 /// Most confidence levels (judged steps) of an adaptive plan.
 pub const ADAPTIVE_MAX_LEVELS: usize = 8;
 
+#[cfg(test)]
+impl AdaptiveConfig {
+    /// For unit tests and simulations: `budget` in connections, steps of 1
+    /// to 50 points, within 15 min.
+    pub fn for_test(budget: Vec<u64>) -> AdaptiveConfig {
+        AdaptiveConfig {
+            budget,
+            budget_unit: BudgetUnit::Connections,
+            min_step: 1.0,
+            max_step: 50.0,
+            max_duration: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
 impl AdaptiveConfig {
     /// Judged steps before the 100 % one.
     pub fn levels(&self) -> usize {

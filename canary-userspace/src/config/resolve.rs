@@ -197,7 +197,7 @@ impl RolloutConfig {
         }
     }
 
-    /// Adaptive, with `budget` and steps of 1 to 50 points within 15 min.
+    /// Adaptive, with `AdaptiveConfig::for_test(budget)`.
     pub fn adaptive_for_test(
         budget: Vec<u64>,
         interval: std::time::Duration,
@@ -205,13 +205,7 @@ impl RolloutConfig {
     ) -> RolloutConfig {
         RolloutConfig {
             strategy: super::Strategy::Adaptive,
-            adaptive: Some(super::AdaptiveConfig {
-                budget,
-                budget_unit: super::BudgetUnit::Connections,
-                min_step: 1.0,
-                max_step: 50.0,
-                max_duration: std::time::Duration::from_secs(15 * 60),
-            }),
+            adaptive: Some(super::AdaptiveConfig::for_test(budget)),
             ..RolloutConfig::fixed_for_test(Vec::new(), interval, analysis)
         }
     }

@@ -297,16 +297,9 @@ pub fn pick(i: &PickInput) -> Result<Pick, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BudgetUnit;
 
     fn plan() -> AdaptiveConfig {
-        AdaptiveConfig {
-            budget: vec![3000, 7000, 40000],
-            budget_unit: BudgetUnit::Connections,
-            min_step: 1.0,
-            max_step: 50.0,
-            max_duration: Duration::from_secs(900),
-        }
+        AdaptiveConfig::for_test(vec![3000, 7000, 40000])
     }
 
     fn limits(j: usize) -> Limits {

@@ -52,6 +52,7 @@
 
 use super::counts::VersionCounts;
 use super::special::binomial_sf;
+use super::verdict::bernoulli_llr;
 use super::{required_sample_vs_stable, P0_FLOOR};
 use crate::config::LatencyCheck;
 use crate::control::api::LatencyStatus;
@@ -398,13 +399,9 @@ impl SourceTest {
         let threshold = (1.0 / s.alpha).ln();
         let theta0 = nc as f64 / (nc + ns) as f64;
         let theta1 = t.ratio * nc as f64 / (t.ratio * nc as f64 + ns as f64);
-        let mut llr = 0.0;
-        if xc > 0 {
-            llr += xc as f64 * (theta1 / theta0).ln();
-        }
-        if xs > 0 {
-            llr += xs as f64 * ((1.0 - theta1) / (1.0 - theta0)).ln();
-        }
+        // Each exceedance is the canary's with probability theta: the
+        // error test's Bernoulli likelihood ratio.
+        let llr = bernoulli_llr(xc, xs, theta0, theta1);
         self.llr = llr;
         if llr >= threshold {
             return Look::Fail(format!(

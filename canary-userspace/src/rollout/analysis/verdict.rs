@@ -101,7 +101,7 @@ pub fn analyze(window: &WindowCounts, limits: &Limits) -> Verdict {
 
 /// Log likelihood ratio of `x` successes and `y` failures of a Bernoulli
 /// trial under `p1` against `p0`.
-fn bernoulli_llr(x: u64, y: u64, p0: f64, p1: f64) -> f64 {
+pub(super) fn bernoulli_llr(x: u64, y: u64, p0: f64, p1: f64) -> f64 {
     let mut llr = 0.0;
     if x > 0 {
         llr += x as f64 * (p1 / p0).ln();
