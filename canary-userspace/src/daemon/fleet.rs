@@ -673,10 +673,8 @@ impl Daemon {
     /// the canary, so a rollback made while cut off is not undone.
     fn is_rollback(&self, service: &str, local: &ServiceDoc, etcd: Option<&ServiceDoc>) -> bool {
         let file = WeightBp::from_bp(self.file_weight_bp(service));
-        let etcd_exposes = match etcd {
-            Some(d) => super::cohorts::exposes(Some(&d.overrides), file),
-            None => file != WeightBp::ZERO,
-        };
+        // Without a document, the file's weight (`exposes` of no overrides).
+        let etcd_exposes = super::cohorts::exposes(etcd.map(|d| &d.overrides), file);
         !super::cohorts::exposes(Some(&local.overrides), file) && etcd_exposes
     }
 
