@@ -77,6 +77,23 @@ fn non_vip_traffic_passes_untouched() {
     });
 }
 
+/// A new connection's SYN from `client` (source port `sport`) to `vip:80`,
+/// redirected with `reasons` and its flow insert: the run, its backend
+/// and version.
+fn new_syn(
+    lab: &Lab,
+    service: &str,
+    client: IpAddr,
+    sport: u16,
+    vip: IpAddr,
+    reasons: &[(u32, u64)],
+    what: &str,
+) -> (Run, IpAddr, u32) {
+    let key = flow_key(client, sport, vip, 80, PROTO_TCP);
+    let pkt = tcp(0, client, sport, vip, 80, Tcp::Syn);
+    forward_expect(lab, service, &pkt, &key, true, XDP_REDIRECT, reasons, what)
+}
+
 fn v6_octets(s: &str) -> [u8; 16] {
     s.parse::<std::net::Ipv6Addr>().unwrap().octets()
 }
@@ -147,15 +164,12 @@ fn source_prefix_overrides_beat_the_weight() {
                 .contains(&b));
             assert_rewritten(&r.out, &pkt, to_backend(b), "override");
             // A neighbour outside the prefix follows the weight.
-            let key = flow_key(outside, 40000, vip, 80, PROTO_TCP);
-            let pkt = tcp(0, outside, 40000, vip, 80, Tcp::Syn);
-            let (_, _, v) = forward_expect(
+            let (_, _, v) = new_syn(
                 lab,
                 service,
-                &pkt,
-                &key,
-                true,
-                XDP_REDIRECT,
+                outside,
+                40000,
+                vip,
                 &[(reason::FWD_REDIRECT, 1)],
                 "plain",
             );
@@ -254,29 +268,23 @@ fn a_live_cohort_decides_with_its_own_weight() {
                 assert_rewritten(&r.out, &pkt, to_backend(b), "cohort");
             }
             // The longest prefix wins: the /32 override inside the cohort.
-            let key = flow_key(pinned, 40000, vip, 80, PROTO_TCP);
-            let pkt = tcp(0, pinned, 40000, vip, 80, Tcp::Syn);
-            let (_, _, v) = forward_expect(
+            let (_, _, v) = new_syn(
                 lab,
                 service,
-                &pkt,
-                &key,
-                true,
-                XDP_REDIRECT,
+                pinned,
+                40000,
+                vip,
                 &[(reason::OVERRIDE_HIT, 1), (reason::FWD_REDIRECT, 1)],
                 "override inside the cohort",
             );
             assert_eq!(v, VERSION_STABLE, "{pinned}: the override forces stable");
             // A neighbour outside the cohort follows everyone's 0 %.
-            let key = flow_key(outside, 40000, vip, 80, PROTO_TCP);
-            let pkt = tcp(0, outside, 40000, vip, 80, Tcp::Syn);
-            let (_, _, v) = forward_expect(
+            let (_, _, v) = new_syn(
                 lab,
                 service,
-                &pkt,
-                &key,
-                true,
-                XDP_REDIRECT,
+                outside,
+                40000,
+                vip,
                 &[(reason::FWD_REDIRECT, 1)],
                 "neighbour",
             );
@@ -290,15 +298,12 @@ fn a_live_cohort_decides_with_its_own_weight() {
             let state = lab.dp().maps().services.get(&lab.sid(service), 0).unwrap();
             assert_eq!(state.has_overrides, canary_common::SVC_PREFIXES);
             for client in staff {
-                let key = flow_key(client, 40001, vip, 80, PROTO_TCP);
-                let pkt = tcp(0, client, 40001, vip, 80, Tcp::Syn);
-                let (_, _, v) = forward_expect(
+                let (_, _, v) = new_syn(
                     lab,
                     service,
-                    &pkt,
-                    &key,
-                    true,
-                    XDP_REDIRECT,
+                    client,
+                    40001,
+                    vip,
                     &[(reason::FWD_REDIRECT, 1)],
                     "staff, cohorts off",
                 );
@@ -326,29 +331,23 @@ fn a_live_cohort_decides_with_its_own_weight() {
         lab.apply_config(cohort_config(100.0, Some(0)));
         for (service, vip, staff, _, outside) in cases {
             for client in staff {
-                let key = flow_key(client, 40002, vip, 80, PROTO_TCP);
-                let pkt = tcp(0, client, 40002, vip, 80, Tcp::Syn);
-                let (_, _, v) = forward_expect(
+                let (_, _, v) = new_syn(
                     lab,
                     service,
-                    &pkt,
-                    &key,
-                    true,
-                    XDP_REDIRECT,
+                    client,
+                    40002,
+                    vip,
                     &[(reason::COHORT_HIT, 1), (reason::FWD_REDIRECT, 1)],
                     "staff live at 0 %",
                 );
                 assert_eq!(v, VERSION_STABLE, "{client}: the cohort's 0 % decides");
             }
-            let key = flow_key(outside, 40002, vip, 80, PROTO_TCP);
-            let pkt = tcp(0, outside, 40002, vip, 80, Tcp::Syn);
-            let (_, _, v) = forward_expect(
+            let (_, _, v) = new_syn(
                 lab,
                 service,
-                &pkt,
-                &key,
-                true,
-                XDP_REDIRECT,
+                outside,
+                40002,
+                vip,
                 &[(reason::FWD_REDIRECT, 1)],
                 "neighbour at 100 %",
             );
