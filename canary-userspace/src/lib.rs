@@ -12,6 +12,7 @@
 //! - [`fleet`]: several hosts as one: the documents kept in etcd and the
 //!   link that reads, watches and writes them (the daemon decides).
 //! - [`config`]: the YAML model, its validation and the resolution of defaults.
+//! - [`logging`]: the log's forms (terminal, journald, JSON).
 //!
 //! `canaryctl` is not here: it is its own package (`canaryctl/`) over the
 //! `canary-control` crate (`control-api/`), so it links no aya.
@@ -21,4 +22,5 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod fleet;
+pub mod logging;
 pub mod rollout;

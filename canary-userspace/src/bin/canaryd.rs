@@ -11,6 +11,7 @@
 use anyhow::{Context, Result};
 use canary_userspace::control;
 use canary_userspace::daemon::{lock, read_config, Daemon};
+use canary_userspace::logging::{self, LogFormat};
 use clap::Parser;
 use log::{error, info};
 use std::io::Write;
@@ -21,7 +22,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "canary's XDP canary-splitter daemon")]
+#[command(
+    name = "canaryd",
+    version,
+    about = "canary's XDP canary-splitter daemon"
+)]
 struct Args {
     /// YAML config file. Without it, the built-in demo config is used.
     #[arg(long, short)]
@@ -44,6 +49,14 @@ struct Args {
     /// Seconds between counter log lines (0: never).
     #[arg(long, default_value_t = 10)]
     stats_interval: u64,
+    /// The log's form on stderr: `human`, `journal` (priority prefixes for
+    /// journald), `json` (one object per line), or `auto` (`journal` under
+    /// systemd, `human` otherwise). The level filter is RUST_LOG (default info).
+    #[arg(long, value_enum, env = "CANARY_LOG_FORMAT", default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+    /// Write the man page canaryd.8 into DIR and exit (the package build).
+    #[arg(long, hide = true, value_name = "DIR")]
+    man_page: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +72,15 @@ fn say(line: &str) {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    if let Some(dir) = &args.man_page {
+        if let Err(e) = write_man_page(dir) {
+            eprintln!("canaryd: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    logging::init(args.log_format);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -70,6 +90,20 @@ fn main() {
         eprintln!("canaryd: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// canaryd.8 from the clap definitions above (section 8: a daemon).
+fn write_man_page(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("canaryd.8");
+    let mut buf = Vec::new();
+    clap_mangen::Man::new(Args::command())
+        .section("8")
+        .render(&mut buf)?;
+    std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+    println!("{}", path.display());
+    Ok(())
 }
 
 async fn run(args: Args) -> Result<()> {
