@@ -532,7 +532,20 @@ fn an_unfound_peer_namespace_is_searched_with_a_backoff_and_status_stays_quick()
         assert!(line.contains(&format!("next search in {wait} s")), "{line}");
         assert!(line.contains("namespaces in"), "{line}");
     }
-    assert!(slowest < Duration::from_millis(200), "{slowest:?}");
+    // A status held up by a search would be slow at each search (3 here,
+    // and every answer during one); the machine running the suite on two
+    // shared cores also delays a lone call now and then (261 ms seen once
+    // in 360). So: at most 1 % of the answers over 200 ms, none over 1 s.
+    let slow = times
+        .iter()
+        .filter(|t| **t >= Duration::from_millis(200))
+        .count();
+    assert!(
+        slow * 100 <= times.len(),
+        "{slow} of {} answers took 200 ms or more",
+        times.len()
+    );
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     // Said once; the status tells when the next search is.
     let unseen = "cnry-vh is a veth, but canaryd cannot inspect its peer";
     assert_eq!(log.matches(unseen).count(), 1, "{log}");
