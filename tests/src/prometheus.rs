@@ -46,24 +46,48 @@ impl Prometheus {
         Ok(String::from_utf8_lossy(&out.stdout).to_string())
     }
 
-    /// `targets`: (host:port, version label) scraped at `/metrics`.
+    /// `targets`: (host:port, version label) scraped at `/metrics`, job `app`.
     pub fn start(
         ns: &Netns,
         id: &str,
         listen: &str,
         targets: &[(String, &str)],
     ) -> Result<Prometheus> {
-        let dir = std::env::temp_dir().join(format!("{id}-prometheus"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
-        let mut yaml = String::from(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: app\n    static_configs:\n",
-        );
+        let mut jobs = String::from("  - job_name: app\n    static_configs:\n");
         for (target, version) in targets {
-            yaml.push_str(&format!(
+            jobs.push_str(&format!(
                 "      - targets: ['{target}']\n        labels: {{version: {version}}}\n"
             ));
         }
+        Prometheus::spawn(ns, id, listen, &jobs)
+    }
+
+    /// `targets` scraped at `/metrics` as job `job`, with no labels of the
+    /// test's own (canaryd's metrics carry their own `version` label, which
+    /// a target label of that name would rename to `exported_version`).
+    pub fn scraping(
+        ns: &Netns,
+        id: &str,
+        listen: &str,
+        job: &str,
+        targets: &[&str],
+    ) -> Result<Prometheus> {
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let jobs = format!(
+            "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        );
+        Prometheus::spawn(ns, id, listen, &jobs)
+    }
+
+    /// Prometheus with `scrape_configs` (YAML list items), every second.
+    fn spawn(ns: &Netns, id: &str, listen: &str, scrape_configs: &str) -> Result<Prometheus> {
+        let dir = std::env::temp_dir().join(format!("{id}-prometheus"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let yaml = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n  evaluation_interval: 1s\nscrape_configs:\n{scrape_configs}"
+        );
         let config = dir.join("prometheus.yml");
         std::fs::write(&config, yaml)?;
         let log = std::fs::File::create(dir.join("log"))?;
@@ -101,6 +125,26 @@ impl Prometheus {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// An instant query's result vector, or Prometheus' error (a query that
+    /// does not parse answers 400 with `status: error`).
+    pub fn vector(&self, ns: &Netns, promql: &str) -> Result<Vec<serde_json::Value>> {
+        let out = ns.exec(&[
+            "curl",
+            "-sS",
+            "--get",
+            "--data-urlencode",
+            &format!("query={promql}"),
+            &format!("{}/api/v1/query", self.url),
+        ])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("answer: {}", String::from_utf8_lossy(&out.stdout)))?;
+        if v["status"] != "success" {
+            bail!("{}: {}", v["errorType"], v["error"]);
+        }
+        anyhow::ensure!(v["data"]["resultType"] == "vector", "not a vector: {v}");
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
     }
 
     pub fn log(&self) -> String {

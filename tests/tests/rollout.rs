@@ -6,7 +6,7 @@
 use anyhow::Result;
 use canary_tests::rollout::{
     blackhole_canary_port, config, rollouts_rolled_back, time_to_weight_zero, topology, vip,
-    wait_rollout_end, weight_bp, HEALTH_PORT,
+    wait_rollout_end, weight_bp,
 };
 use canary_tests::{Load, LoadBounds};
 use canary_userspace::dataplane::maps::Maps;
@@ -164,17 +164,7 @@ fn a_a_rollouts_rarely_roll_back() -> Result<()> {
 #[test]
 fn an_application_error_ratio_from_prometheus_rolls_back() -> Result<()> {
     let topo = topology(0.0)?;
-    let targets: Vec<(String, &str)> = vec![
-        (format!("198.18.1.2:{HEALTH_PORT}"), "stable"),
-        (format!("198.18.2.2:{HEALTH_PORT}"), "stable"),
-        (format!("198.18.3.2:{HEALTH_PORT}"), "canary"),
-    ];
-    let prom = canary_tests::prometheus::Prometheus::start(
-        &topo.lb,
-        &topo.id,
-        "127.0.0.1:9090",
-        &targets,
-    )?;
+    let prom = canary_tests::prometheus::Prometheus::lab(&topo)?;
     let _d = topo.spawn_canaryd(Some(&config(&format!(
         "      steps: [20, 50, 100]
       interval: 30s

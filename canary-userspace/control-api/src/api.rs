@@ -203,6 +203,11 @@ pub struct VersionSignals {
     pub not_judged: u64,
     pub handshake_p50_ms: Option<f64>,
     pub handshake_p99_ms: Option<f64>,
+    /// The data plane's SYN -> SYN-ACK histogram since canaryd started
+    /// (judged SYNs): bucket `i` counts `[2^i, 2^(i+1))` µs, the last one
+    /// everything from `2^(len-1)` µs up. Empty from a peer without it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handshake_us_log2: Vec<u64>,
     /// The same over the last `recent_window_s` seconds (up to 10).
     #[serde(default)]
     pub recent_window_s: f64,

@@ -149,7 +149,7 @@ pub fn encode_status(status: &Status) -> Result<String> {
     let phase = gauges(
         &mut r,
         "rollout_phase",
-        "1 for the rollout's phase (running, paused, promoted, aborted)",
+        "1 for the rollout's phase (running, paused, promoted, aborted; none without a rollout), 0 for the others",
     );
     let rollbacks = counters(
         &mut r,
@@ -197,13 +197,13 @@ pub fn encode_status(status: &Status) -> Result<String> {
         }
         step.get_or_create(&svc())
             .set(s.rollout.as_ref().map(|r| r.step as f64).unwrap_or(0.0));
-        if let Some(ro) = &s.rollout {
-            for ph in ["running", "paused", "promoted", "aborted"] {
-                let l = vec![("service", s.name.clone()), ("phase", ph.to_string())];
-                phase
-                    .get_or_create(&l)
-                    .set(if ro.phase == ph { 1.0 } else { 0.0 });
-            }
+        // Every phase, "none" too, so a panel shows "no rollout" as well.
+        let current = s.rollout.as_ref().map_or("none", |r| r.phase.as_str());
+        for ph in PHASES {
+            let l = vec![("service", s.name.clone()), ("phase", ph.to_string())];
+            phase
+                .get_or_create(&l)
+                .set(if current == ph { 1.0 } else { 0.0 });
         }
         rollbacks.get_or_create(&svc()).inc_by(s.rollbacks);
         for b in &s.backends {
@@ -239,7 +239,62 @@ pub fn encode_status(status: &Status) -> Result<String> {
     }
     let mut out = String::new();
     encode(&mut out, &r).context("encoding metrics")?;
-    Ok(out)
+    // The histogram goes before the encoder's closing `# EOF`.
+    let body = out
+        .strip_suffix("# EOF\n")
+        .context("the encoder's exposition ends with # EOF")?;
+    Ok(format!("{body}{}# EOF\n", handshake_histogram(status)))
+}
+
+/// `canary_rollout_phase`'s phases: a rollout's, or "none" without one.
+pub const PHASES: [&str; 5] = ["none", "running", "paused", "promoted", "aborted"];
+
+/// `canary_version_handshake_seconds`: the data plane's SYN -> SYN-ACK
+/// histogram (judged SYNs, since canaryd started) per service and version,
+/// an OpenMetrics histogram whose buckets are the kernel's: bucket `i`
+/// counts `[2^i, 2^(i+1))` µs, so its `le` is `2^(i+1)` µs in seconds and
+/// the last (open-ended) bucket is `+Inf`, which is the total. There is no
+/// `_sum`: the kernel keeps none, and one made up from the buckets could be
+/// off by up to 2x, so a mean is not offered (quantiles need only the
+/// buckets). Without a sum OpenMetrics allows no `_count` either (the
+/// `+Inf` bucket is the count). Written by hand because prometheus-client's
+/// histogram always writes both. Empty when no service has a histogram.
+fn handshake_histogram(status: &Status) -> String {
+    use std::fmt::Write;
+    const NAME: &str = "canary_version_handshake_seconds";
+    let mut out = String::new();
+    for s in &status.services {
+        for (version, v) in [("stable", &s.signals.stable), ("canary", &s.signals.canary)] {
+            let Some((_, finite)) = v.handshake_us_log2.split_last() else {
+                continue;
+            };
+            let labels = format!(
+                "service=\"{}\",version=\"{version}\"",
+                escape_label(&s.name)
+            );
+            let mut cumulative = 0u64;
+            for (i, n) in finite.iter().enumerate() {
+                cumulative += n;
+                let le = (1u64 << (i + 1)) as f64 / 1e6;
+                let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+            }
+            let total: u64 = v.handshake_us_log2.iter().sum();
+            let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"+Inf\"}} {total}");
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!(
+        "# HELP {NAME} SYN -> SYN-ACK time of judged connections since canaryd started, the data plane's log2 buckets (the +Inf bucket is the count; no _sum: the kernel keeps none)\n# TYPE {NAME} histogram\n# UNIT {NAME} seconds\n{out}"
+    )
+}
+
+/// A label value as the exposition format writes it.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The flow table's figures (host-wide, no labels).
@@ -597,6 +652,130 @@ mod tests {
         ] {
             assert_eq!(sample(series), v, "{series}");
         }
+    }
+
+    /// The value of `series` (its full name and labels as written) in an
+    /// exposition.
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (s, v) = l.rsplit_once(' ').unwrap();
+            (s == series).then(|| v.parse().unwrap())
+        })
+    }
+
+    /// The kernel's log2 buckets become cumulative `le` buckets in seconds
+    /// (bucket i's upper bound 2^(i+1) µs), the open-ended last bucket
+    /// `+Inf`; no `_sum` or `_count`; one family header; still `# EOF` last.
+    #[test]
+    fn handshake_histogram_has_the_kernels_buckets() {
+        let mut st = status();
+        let mut h = vec![0u64; 32];
+        h[0] = 3; // under 2 µs
+        h[9] = 5; // 512-1024 µs
+        h[14] = 1; // 16.384-32.768 ms
+        h[31] = 2; // 2^31 µs and more
+        st.services[0].signals.canary.handshake_us_log2 = h;
+        st.services[0].signals.stable.handshake_us_log2 = vec![0; 32];
+        let text = encode_status(&st).unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1);
+        let name = "canary_version_handshake_seconds";
+        assert_eq!(text.matches(&format!("# TYPE {name} histogram")).count(), 1);
+        assert!(!text.contains(&format!("{name}_sum")), "{text}");
+        assert!(!text.contains(&format!("{name}_count")), "{text}");
+        let bucket = |version: &str, le: &str| {
+            value(
+                &text,
+                &format!("{name}_bucket{{service=\"shop\",version=\"{version}\",le=\"{le}\"}}"),
+            )
+            .unwrap_or_else(|| panic!("no {version} bucket le={le} in\n{text}"))
+        };
+        assert_eq!(bucket("canary", "0.000002"), 3.0);
+        assert_eq!(bucket("canary", "0.000004"), 3.0);
+        assert_eq!(bucket("canary", "0.000512"), 3.0);
+        assert_eq!(bucket("canary", "0.001024"), 8.0);
+        assert_eq!(bucket("canary", "0.016384"), 8.0);
+        assert_eq!(bucket("canary", "0.032768"), 9.0);
+        assert_eq!(bucket("canary", "2147.483648"), 9.0);
+        assert_eq!(bucket("canary", "+Inf"), 11.0);
+        assert_eq!(bucket("stable", "+Inf"), 0.0);
+        // 31 finite bounds and +Inf per version.
+        let lines = |v: &str| {
+            text.lines()
+                .filter(|l| {
+                    l.starts_with(&format!("{name}_bucket{{service=\"shop\",version=\"{v}\""))
+                })
+                .count()
+        };
+        assert_eq!((lines("stable"), lines("canary")), (32, 32));
+        // Cumulative: never decreasing in `le` order.
+        let counts: Vec<f64> = text
+            .lines()
+            .filter(|l| l.contains("version=\"canary\",le="))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+            .collect();
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+        // A status without histograms (an older peer's) has no family.
+        let text = encode_status(&status()).unwrap();
+        assert!(!text.contains(name), "{text}");
+    }
+
+    /// A label value with a quote, a backslash or a newline is escaped.
+    #[test]
+    fn histogram_labels_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    /// The phase series: "none" is 1 without a rollout, the rollout's
+    /// phase is 1 with one, every other phase 0.
+    #[test]
+    fn rollout_phase_shows_no_rollout_too() {
+        let phases = |st: &Status| -> Vec<(String, f64)> {
+            let text = encode_status(st).unwrap();
+            PHASES
+                .iter()
+                .map(|ph| {
+                    let series = format!("canary_rollout_phase{{service=\"shop\",phase=\"{ph}\"}}");
+                    (
+                        ph.to_string(),
+                        value(&text, &series).unwrap_or_else(|| panic!("no {series}")),
+                    )
+                })
+                .collect()
+        };
+        let one = |ph: &str| -> Vec<(String, f64)> {
+            PHASES
+                .iter()
+                .map(|p| (p.to_string(), if *p == ph { 1.0 } else { 0.0 }))
+                .collect()
+        };
+        let mut st = status();
+        assert_eq!(phases(&st), one("none"));
+        assert_eq!(
+            value(
+                &encode_status(&st).unwrap(),
+                "canary_rollout_step{service=\"shop\"}"
+            ),
+            Some(0.0)
+        );
+        st.services[0].rollout = Some(
+            serde_json::from_value(serde_json::json!({
+                "phase": "paused", "step": 2, "steps": [20.0, 50.0, 100.0],
+                "step_elapsed_s": 1.0, "step_interval_s": 60.0, "time_left_s": 59.0,
+                "canary_connections": 0, "canary_failures": 0,
+                "stable_connections": 0, "stable_failures": 0,
+                "verdict": "no data yet", "history": []
+            }))
+            .unwrap(),
+        );
+        assert_eq!(phases(&st), one("paused"));
+        assert_eq!(
+            value(
+                &encode_status(&st).unwrap(),
+                "canary_rollout_step{service=\"shop\"}"
+            ),
+            Some(2.0)
+        );
     }
 
     /// No connections in the last interval: the share is absent, not 0.

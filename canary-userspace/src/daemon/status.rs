@@ -89,6 +89,7 @@ impl Daemon {
                     .map(|us| us / 1000.0),
                 handshake_p99_ms: histogram_quantile(&hs.handshake_us_log2, 0.99)
                     .map(|us| us / 1000.0),
+                handshake_us_log2: hs.handshake_us_log2.to_vec(),
                 ..Default::default()
             }
         };
