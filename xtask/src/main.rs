@@ -1,11 +1,14 @@
 //! `cargo xtask`: every developer and CI entry point of canary.
 //!
-//! - `setup`: install what is missing (Debian packages, bpf-linker).
+//! - `setup`: install what is missing (Debian packages, bpf-linker, cargo-deb).
 //! - `build-ebpf`: build the XDP program for `bpfel-unknown-none`.
 //! - `build [--release]`: the eBPF object, then the workspace binaries.
 //! - `build-previous`: canaryd of the previous map layout, from git (the
 //!   upgrade test starts it first).
-//! - `test [-- ARGS]`: setup, build, build-previous, and the whole test suite (root).
+//! - `package`: setup, the eBPF object, release binaries, man pages and
+//!   completions, and the Debian package (cargo-deb) in target/debian/.
+//! - `test [-- ARGS]`: setup, build, build-previous, package, and the whole
+//!   test suite (root).
 //! - `demo [--fleet] [-- ARGS]`: setup, build, and run the demo, or its
 //!   fleet act (root).
 //! - `bench [-- ARGS]`: setup, release build, and run the benchmark (root).
@@ -14,6 +17,7 @@ mod bench;
 mod cmd;
 mod ebpf;
 mod ebpf_object;
+mod package;
 mod previous;
 mod setup;
 
@@ -43,8 +47,8 @@ enum Task {
     ///
     /// Debian packages (iproute2, nftables, ethtool, bpftool; and rustc-web,
     /// cargo-web, libstd-rust-web-dev-bpf, llvm-22-dev unless rustup has a
-    /// nightly with rust-src) and bpf-linker. Only what is missing is
-    /// installed; installing needs root.
+    /// nightly with rust-src), bpf-linker and cargo-deb. Only what is missing
+    /// is installed; installing needs root.
     Setup {
         /// Print what would be installed, install nothing.
         #[arg(long)]
@@ -68,6 +72,14 @@ enum Task {
     /// target/previous-layout/target (cached). `cargo xtask test` runs it and
     /// passes the binary to the tests in CANARY_PREVIOUS_CANARYD.
     BuildPrevious,
+    /// Build the Debian package (cargo-deb): target/debian/canary_VERSION-1_ARCH.deb
+    ///
+    /// Setup, the eBPF object, a release build of canaryd and canaryctl, their
+    /// man pages and shell completions (target/release/package/), then
+    /// `cargo deb -p canary-userspace --no-build`. Contents and the systemd
+    /// unit: canary-userspace/Cargo.toml ([package.metadata.deb]) and
+    /// canary-userspace/packaging/.
+    Package,
     /// Set up, build, and run the whole test suite (needs root)
     ///
     /// Root because the integration tests create network namespaces and load
@@ -113,6 +125,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => ebpf::build(&root).map(|_| ExitCode::SUCCESS),
         Task::Build { release } => build(&root, release).map(|()| ExitCode::SUCCESS),
         Task::BuildPrevious => previous::build(&root).map(|_| ExitCode::SUCCESS),
+        Task::Package => package::run(&root).map(|_| ExitCode::SUCCESS),
         Task::Test { args } => test(&root, &args),
         Task::Demo { fleet, args } => demo(&root, fleet, &args),
         Task::Bench { args } => bench::run(&root, &args),
@@ -273,9 +286,12 @@ fn test(root: &Path, extra: &[String]) -> Result<ExitCode> {
             // Only the upgrade test needs it: without it that test fails
             // with the reason, the others still run.
             phases.run("build-previous", || previous::build(root).map(|_| ()));
+            // Likewise only the package test needs the .deb.
+            phases.run("package", || package::run(root).map(|_| ()));
             phases.run("test", || {
                 cargo(root)
                     .env(previous::ENV, previous::canaryd_path(root))
+                    .env(package::ENV, package::deb_path(root))
                     .args(cargo_test_args(extra))
                     .run()
             })

@@ -20,7 +20,8 @@ use crate::cmd::{probe, Cmd, TOOLCHAIN_ENV};
 /// service), `etcd-server` and `etcd-client` (the fleet tests' etcd
 /// cluster and `etcdctl`, the members run by the tests in namespaces, never
 /// as a service), `protobuf-compiler` (`protoc`, which the etcd client
-/// crate's gRPC code generation runs at build time).
+/// crate's gRPC code generation runs at build time), `tmux` (the live-view
+/// test runs `canaryctl status --watch` in a tmux pane and captures it).
 pub const ALWAYS_DEBS: &[&str] = &[
     "iproute2",
     "nftables",
@@ -32,6 +33,7 @@ pub const ALWAYS_DEBS: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "tmux",
 ];
 
 /// Debian packages for the Debian eBPF toolchain: rustc 1.96 and cargo at
@@ -47,6 +49,10 @@ pub const DEBIAN_EBPF_DEBS: &[&str] = &[
 /// The bpf-linker release built on the Debian path (it supports LLVM 22).
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// The cargo-deb release `cargo xtask package` is made with (its
+/// `systemd-units` options and `--no-build` as used there).
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// How the eBPF crate gets built on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +182,12 @@ pub fn find_bpf_linker() -> Option<PathBuf> {
     find_tool("bpf-linker", &["--version"])
 }
 
+/// cargo-deb is present iff `cargo-deb --version` runs (PATH or
+/// ~/.cargo/bin, where cargo looks for the `cargo deb` subcommand too).
+pub fn find_cargo_deb() -> Option<PathBuf> {
+    find_tool("cargo-deb", &["--version"])
+}
+
 pub fn find_rustup() -> Option<PathBuf> {
     find_tool("rustup", &["--version"])
 }
@@ -186,11 +198,12 @@ pub struct Plan {
     pub toolchain: EbpfToolchain,
     pub debs: Vec<&'static str>,
     pub bpf_linker: bool,
+    pub cargo_deb: bool,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.debs.is_empty() && !self.bpf_linker
+        self.debs.is_empty() && !self.bpf_linker && !self.cargo_deb
     }
 }
 
@@ -214,6 +227,7 @@ pub fn plan() -> Plan {
         toolchain,
         debs,
         bpf_linker: find_bpf_linker().is_none(),
+        cargo_deb: find_cargo_deb().is_none(),
     }
 }
 
@@ -247,6 +261,9 @@ pub fn run(dry_run: bool) -> Result<()> {
         if plan.bpf_linker {
             println!("setup: would build {}", bpf_linker_line(plan.toolchain));
         }
+        if plan.cargo_deb {
+            println!("setup: would build {}", cargo_deb_line());
+        }
         return Ok(());
     }
 
@@ -254,6 +271,9 @@ pub fn run(dry_run: bool) -> Result<()> {
         let mut missing: Vec<String> = plan.debs.iter().map(|s| s.to_string()).collect();
         if plan.bpf_linker {
             missing.push("bpf-linker".into());
+        }
+        if plan.cargo_deb {
+            missing.push("cargo-deb".into());
         }
         bail!(
             "setup must install {} and needs root for that: run it as root \
@@ -292,7 +312,30 @@ pub fn run(dry_run: bool) -> Result<()> {
             );
         }
     }
+
+    if plan.cargo_deb {
+        println!("setup: building {}", cargo_deb_line());
+        install_cargo_deb()?;
+        if find_cargo_deb().is_none() {
+            bail!(
+                "cargo-deb was installed but `cargo-deb --version` does not run \
+                 (looked in PATH and {})",
+                cargo_bin_dirs()
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
     Ok(())
+}
+
+fn cargo_deb_line() -> String {
+    format!(
+        "cargo-deb {CARGO_DEB_VERSION} from crates.io, the Debian packaging tool of \
+         `cargo xtask package` (about a minute)"
+    )
 }
 
 fn apt_get(args: &[&str]) -> Result<()> {
@@ -303,9 +346,10 @@ fn apt_get(args: &[&str]) -> Result<()> {
         .run()
 }
 
-fn install_bpf_linker(toolchain: EbpfToolchain) -> Result<()> {
-    // Build with the cargo that runs xtask (rustup's stable); a target dir,
-    // target or flags meant for the workspace must not leak into the install.
+/// `cargo install` with the cargo that runs xtask (rustup's stable); a
+/// target dir, target or flags meant for the workspace must not leak into
+/// the install.
+fn cargo_install_cmd() -> Cmd {
     let cargo = PathBuf::from(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     let mut leaky: Vec<&str> = TOOLCHAIN_ENV.to_vec();
     leaky.retain(|k| !matches!(*k, "RUSTUP_TOOLCHAIN" | "RUSTC" | "CARGO"));
@@ -316,6 +360,24 @@ fn install_bpf_linker(toolchain: EbpfToolchain) -> Result<()> {
     if cargo.is_absolute() && sibling.is_file() {
         cmd = cmd.env("RUSTC", &sibling);
     }
+    cmd
+}
+
+fn install_cargo_deb() -> Result<()> {
+    cargo_install_cmd()
+        .args([
+            "install",
+            "cargo-deb",
+            "--version",
+            CARGO_DEB_VERSION,
+            "--locked",
+        ])
+        .stdin_null()
+        .run()
+}
+
+fn install_bpf_linker(toolchain: EbpfToolchain) -> Result<()> {
+    let cmd = cargo_install_cmd();
     let cmd = match toolchain {
         EbpfToolchain::Debian => {
             let path = prepend_path(&[PathBuf::from(LLVM_PREFIX).join("bin")]);
@@ -396,6 +458,8 @@ mod tests {
         for fleet in ["etcd-server", "etcd-client", "protobuf-compiler"] {
             assert!(ALWAYS_DEBS.contains(&fleet), "{fleet}");
         }
+        // The live-view test drives canaryctl in tmux.
+        assert!(ALWAYS_DEBS.contains(&"tmux"));
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //!
 //! Lines on stdout are for supervisors and tests (`canaryd ready`,
 //! `canaryd applied config`, `canaryd reload rejected: ...`); the log goes to
-//! stderr.
+//! stderr. Under systemd (`Type=notify`, NOTIFY_SOCKET set) it also sends
+//! READY=1 once the data plane is attached, RELOADING=1 ... READY=1 around a
+//! SIGHUP reload and STOPPING=1 at exit. `--check` validates a config and
+//! exits.
 
 use anyhow::{Context, Result};
 use canary_userspace::control;
@@ -54,6 +57,11 @@ struct Args {
     /// systemd, `human` otherwise). The level filter is RUST_LOG (default info).
     #[arg(long, value_enum, env = "CANARY_LOG_FORMAT", default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
+    /// Read and validate the config (the file of --config, or the built-in
+    /// one), print a summary and exit: 0 if it is valid, 1 with the reason
+    /// if not. Touches no interface, pin, socket or state file.
+    #[arg(long)]
+    check: bool,
     /// Write the man page canaryd.8 into DIR and exit (the package build).
     #[arg(long, hide = true, value_name = "DIR")]
     man_page: Option<PathBuf>,
@@ -77,6 +85,16 @@ fn main() {
         if let Err(e) = write_man_page(dir) {
             eprintln!("canaryd: {e:#}");
             std::process::exit(1);
+        }
+        return;
+    }
+    if args.check {
+        match check_config(args.config.as_deref()) {
+            Ok(summary) => say(&summary),
+            Err(e) => {
+                eprintln!("canaryd: {e:#}");
+                std::process::exit(1);
+            }
         }
         return;
     }
@@ -104,6 +122,33 @@ fn write_man_page(dir: &std::path::Path) -> Result<()> {
     std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
     println!("{}", path.display());
     Ok(())
+}
+
+/// `--check`: the config parsed and validated as a start would (including
+/// no backend at one of this host's addresses), nothing else.
+fn check_config(path: Option<&std::path::Path>) -> Result<String> {
+    let file = read_config(path)?;
+    let source = match path {
+        Some(p) => p.display().to_string(),
+        None => "the built-in config".to_string(),
+    };
+    let host = canary_userspace::dataplane::host_addresses()?;
+    file.check_backends_not_on_host(&host)
+        .with_context(|| format!("config {source}"))?;
+    Ok(format!(
+        "canaryd: {source} is valid: {} service(s) on {}",
+        file.services.len(),
+        file.interface
+    ))
+}
+
+/// Tells the service manager (systemd `Type=notify`) about a state change.
+/// Nothing happens when NOTIFY_SOCKET is unset (not under systemd); a
+/// failed send is logged, never fatal.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        log::warn!("sd_notify: {e}");
+    }
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -178,6 +223,20 @@ async fn run(args: Args) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     say("canaryd applied config");
     say("canaryd ready");
+    // Daemon::start has attached the XDP program (or taken over the
+    // pinned one) by now: the unit's dependants may rely on forwarding.
+    let status = {
+        let d = lock(&daemon);
+        format!(
+            "forwarding on {} ({} services)",
+            d.running().interface,
+            d.running().services.len()
+        )
+    };
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
 
     let mut logger = match logger {
         // SAFETY: the logger owns its ring-buffer fd and keeps it open for as
@@ -198,16 +257,31 @@ async fn run(args: Args) -> Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
+                // systemd (Type=notify): reloading from now until READY=1.
+                match sd_notify::NotifyState::monotonic_usec_now() {
+                    Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+                    Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+                }
                 // Its own task: reading the file must not hold up this loop.
                 let d = daemon.clone();
                 tokio::spawn(async move {
-                    match canary_userspace::daemon::reload(&d, "SIGHUP").await {
-                        Ok(_) => say("canaryd applied config"),
+                    let status = match canary_userspace::daemon::reload(&d, "SIGHUP").await {
+                        Ok(_) => {
+                            say("canaryd applied config");
+                            "reloaded the config".to_string()
+                        }
                         Err(e) => {
                             error!("reload rejected, running config unchanged: {}", e.message);
                             say(&format!("canaryd reload rejected: {}", e.message));
+                            format!("reload rejected, running config unchanged: {}", e.message)
                         }
-                    }
+                    };
+                    // Ready again either way: a rejected file leaves the
+                    // running config in force.
+                    notify(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&status),
+                    ]);
                 });
             }
             _ = term.recv() => break,
@@ -249,6 +323,14 @@ async fn run(args: Args) -> Result<()> {
             }
         }
     }
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status(if teardown {
+            "stopping: removing the data plane"
+        } else {
+            "stopping: the data plane keeps forwarding"
+        }),
+    ]);
     let _ = std::fs::remove_file(&socket);
     if let Some(link) = &fleet {
         // Leadership and this host's report go now, not at lease expiry.
