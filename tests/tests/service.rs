@@ -482,6 +482,35 @@ fn runs_under_the_units_capability_bounding_set() -> Result<()> {
         "service: under {caps:?}: attached (prog {prog}), forwarded, restarted and took over \
          (prog {prog2}) with the connection open"
     );
+
+    // A removed link pin is pinned again under the same set (from the fd
+    // canaryd holds: opening a link by id would need CAP_SYS_ADMIN), so the
+    // next restart still takes the data plane over.
+    let link_pin = topo.pin_dir().join("links/lb-client");
+    std::fs::remove_file(&link_pin)?;
+    let end = Instant::now() + Duration::from_secs(5);
+    while !(link_pin.exists() && d.log().contains("pinned again")) {
+        ensure!(
+            Instant::now() < end,
+            "the link pin was not restored under {caps:?}; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ensure!(d.wait_exit(Duration::from_secs(10))?.success());
+    while notify.next(Duration::from_millis(100))?.is_some() {}
+    conn.ping("after the restored pin's canaryd stopped")?;
+    let mut d = start(2, &wrapper)?;
+    ensure!(
+        d.log().contains("took over the XDP link on lb-client"),
+        "no take-over after the pin was restored; log:\n{}",
+        d.log()
+    );
+    conn.ping("after the restart over the restored pin")?;
+    println!(
+        "service: a removed link pin was pinned again under {caps:?}; the next restart took over"
+    );
     d.signal(nix::sys::signal::Signal::SIGTERM)?;
     ensure!(d.wait_exit(Duration::from_secs(10))?.success());
     while notify.next(Duration::from_millis(100))?.is_some() {}

@@ -66,6 +66,7 @@ impl DataPlane {
                         .with_context(|| format!("pinning {}", pin.display()))?,
                 )
             };
+            self.pin_watch.hold_link(iface, &fd_link, &pin);
             self.links.insert(iface.clone(), fd_link);
         }
         // Interfaces dropped from the config, including links an earlier
@@ -94,6 +95,7 @@ impl DataPlane {
         ));
         for iface in stale {
             let _ = std::fs::remove_file(self.link_pin(&iface));
+            self.pin_watch.release_link(&iface);
             self.links.remove(&iface);
             report.lines.push(format!("detached from {iface}"));
         }

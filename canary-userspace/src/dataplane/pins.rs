@@ -113,6 +113,13 @@ pub(super) struct PinWatch {
     restored_total: u64,
     /// Torn down: its pins are removed on purpose.
     stopped: bool,
+    /// A second fd of each of our XDP links (with the link's id), opened
+    /// from its pin when it was attached or taken over, to pin the link
+    /// again if its pin is removed. Opening a link by id instead needs
+    /// CAP_SYS_ADMIN, which the packaged unit does not grant; opening a pin
+    /// needs none. Released with the link (detach, teardown), or the link
+    /// would stay attached through this fd.
+    link_fds: BTreeMap<String, (u32, OwnedFd)>,
 }
 
 impl PinWatch {
@@ -160,6 +167,30 @@ impl PinWatch {
     /// The data plane is being removed: its pins go on purpose.
     pub(super) fn stop(&mut self) {
         self.stopped = true;
+        self.link_fds.clear();
+    }
+
+    /// Holds a second fd of the XDP link on `iface`, pinned at `pin` just
+    /// now, to pin it again should the pin go. Not fatal: without it a
+    /// lost pin is restored by the link's id (CAP_SYS_ADMIN).
+    pub(super) fn hold_link(&mut self, iface: &str, link: &FdLink, pin: &Path) {
+        let held = link_ident(link).and_then(|(id, _)| {
+            let fd = obj_get(pin).with_context(|| format!("opening {}", pin.display()))?;
+            Ok((id, fd))
+        });
+        match held {
+            Ok(h) => {
+                self.link_fds.insert(iface.to_string(), h);
+            }
+            Err(e) => warn!(
+                "{iface}: {e:#}: a removed link pin could be restored only with CAP_SYS_ADMIN"
+            ),
+        }
+    }
+
+    /// The link on `iface` is being detached: its second fd goes too.
+    pub(super) fn release_link(&mut self, iface: &str) {
+        self.link_fds.remove(iface);
     }
 }
 
@@ -227,7 +258,7 @@ impl DataPlane {
                 (Err(e), _) => Found::Unrestorable(format!("reading our link's id: {e:#}")),
                 (_, Err(why)) => Found::Unrestorable(why.clone()),
                 (Ok(ours), Ok(())) => match probe(&path) {
-                    Probe::Missing => match pin_link(ours.0, &path) {
+                    Probe::Missing => match self.pin_watch.repin_link(iface, ours.0, &path) {
                         Ok(()) => Found::Restored,
                         Err(e) => Found::Unrestorable(format!("{e:#}")),
                     },
@@ -308,6 +339,18 @@ fn pinned_link_ident(path: &Path) -> Result<(u32, u32)> {
     // `link` drops here: closing our fd of a pinned link leaves it attached.
 }
 
+impl PinWatch {
+    /// Pins our link on `iface` (id `id`) at `path` again: from the fd held
+    /// since it was attached, else opened by its id.
+    fn repin_link(&self, iface: &str, id: u32, path: &Path) -> Result<()> {
+        match self.link_fds.get(iface) {
+            Some((held, fd)) if *held == id => obj_pin(fd.as_fd(), path)
+                .with_context(|| format!("pinning it at {}", path.display())),
+            _ => pin_link(id, path),
+        }
+    }
+}
+
 /// Pins the link with id `id` at `path`. Not aya's `FdLink::pin`: it
 /// consumes the link, and when the pin fails the link is dropped, which
 /// detaches the program from the interface. A second fd of the same link
@@ -319,6 +362,7 @@ fn pin_link(id: u32, path: &Path) -> Result<()> {
 
 /// `bpf(2)` commands (include/uapi/linux/bpf.h).
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 /// `union bpf_attr` for `BPF_OBJ_PIN`.
@@ -365,6 +409,23 @@ fn link_fd_by_id(id: u32) -> std::io::Result<OwnedFd> {
         open_flags: 0,
     };
     let fd = bpf(BPF_LINK_GET_FD_BY_ID, &attr)?;
+    // SAFETY: a new fd the kernel just returned, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A new fd of the object pinned at `path` (`BPF_OBJ_GET`: the pin's file
+/// permissions decide, no capability).
+fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let attr = ObjPinAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, &attr)?;
     // SAFETY: a new fd the kernel just returned, owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
