@@ -13,6 +13,7 @@
 //!   link that reads, watches and writes them (the daemon decides).
 //! - [`config`]: the YAML model, its validation and the resolution of defaults.
 //! - [`logging`]: the log's forms (terminal, journald, JSON).
+//! - [`service`]: canaryd as a system service: readiness for systemd, `--check`.
 //!
 //! `canaryctl` is not here: it is its own package (`canaryctl/`) over the
 //! `canary-control` crate (`control-api/`), so it links no aya.
@@ -24,3 +25,4 @@ pub mod dataplane;
 pub mod fleet;
 pub mod logging;
 pub mod rollout;
+pub mod service;

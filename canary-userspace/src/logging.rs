@@ -8,6 +8,10 @@
 
 use log::Level;
 use std::io::Write;
+use std::sync::OnceLock;
+
+/// The form `init` chose (`auto` resolved).
+static CHOSEN: OnceLock<LogFormat> = OnceLock::new();
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -24,11 +28,13 @@ pub fn init(format: LogFormat) {
         LogFormat::Auto => LogFormat::Human,
         f => f,
     };
+    let _ = CHOSEN.set(format);
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     match format {
         LogFormat::Journal => {
             b.format(|buf, r| {
-                writeln!(buf, "<{}>{}: {}", priority(r.level()), r.target(), r.args())
+                let line = journal_lines(priority(r.level()), r.target(), &r.args().to_string());
+                writeln!(buf, "{line}")
             });
         }
         LogFormat::Json => {
@@ -45,6 +51,29 @@ pub fn init(format: LogFormat) {
         LogFormat::Auto | LogFormat::Human => {}
     }
     b.init();
+}
+
+/// The error that ends canaryd, as the last line of its log: `canaryd:
+/// MESSAGE` on a terminal (and before the log is set up), an error record
+/// in the journal and JSON forms.
+pub fn fatal(message: &str) {
+    match CHOSEN.get() {
+        Some(LogFormat::Journal | LogFormat::Json) => log::error!(target: "canaryd", "{message}"),
+        _ => eprintln!("canaryd: {message}"),
+    }
+}
+
+/// A journal record: every line of the message with the priority prefix
+/// (journald reads each line as an entry of its own).
+fn journal_lines(priority: u8, target: &str, message: &str) -> String {
+    let mut out = String::new();
+    for (i, line) in message.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&format!("<{priority}>{target}: {line}"));
+    }
+    out
 }
 
 /// syslog priority of a level (sd-daemon(3)'s prefixes): error 3, warn 4,
@@ -105,6 +134,15 @@ mod tests {
         assert_eq!(v["priority"], 4);
         assert_eq!(v["message"], "a \"quoted\"\nline");
         assert!(!line.contains('\n'), "one record per line: {line}");
+    }
+
+    #[test]
+    fn every_journal_line_carries_the_priority() {
+        assert_eq!(journal_lines(3, "canaryd", "one"), "<3>canaryd: one");
+        assert_eq!(
+            journal_lines(4, "canaryd", "one\ntwo"),
+            "<4>canaryd: one\n<4>canaryd: two"
+        );
     }
 
     #[test]

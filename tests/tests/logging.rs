@@ -2,7 +2,8 @@
 //! `--log-format json` every stderr line is one JSON object with its level,
 //! syslog priority, module and message, and an operator's change is among
 //! them; with `--log-format journal` every line carries the `<N>` priority
-//! prefix journald reads (a warning `<4>`, an info line `<6>`).
+//! prefix journald reads (a warning `<4>`, an info line `<6>`), the error
+//! that ends a start included (`<3>`).
 
 use anyhow::{ensure, Context, Result};
 use canary_tests::daemon::Daemon;
@@ -77,6 +78,29 @@ fn json_and_journal_logs_carry_every_line_with_its_level() -> Result<()> {
             .iter()
             .any(|l| l.starts_with("<3>") && l.contains("reload rejected")),
         "the rejected reload is not an error-priority line:\n{log}"
+    );
+
+    // The error that ends a start is the journal's error line too (the
+    // format from the environment, as a unit's Environment= would set it;
+    // this binary's only test, so no other test sees the variable).
+    std::env::set_var("CANARY_LOG_FORMAT", "journal");
+    let missing = config().replace("interface: lb-client", "interface: nosuch0");
+    ensure!(
+        missing != config(),
+        "the lab config has no `interface: lb-client`"
+    );
+    let ended = Daemon::run_to_exit(&topo, &missing, std::time::Duration::from_secs(20));
+    std::env::remove_var("CANARY_LOG_FORMAT");
+    let (status, err) = ended?;
+    ensure!(!status.success(), "started on a missing interface: {err}");
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    ensure!(
+        last.starts_with("<3>canaryd: ") && last.contains("nosuch0"),
+        "the fatal error is not an error-priority journal line: {last:?}\n{err}"
     );
     Ok(())
 }

@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use canary_userspace::control;
 use canary_userspace::daemon::{lock, read_config, Daemon};
 use canary_userspace::logging::{self, LogFormat};
+use canary_userspace::service::{self, notify, NotifyState};
 use clap::Parser;
 use log::{error, info};
 use std::io::Write;
@@ -89,7 +90,7 @@ fn main() {
         return;
     }
     if args.check {
-        match check_config(args.config.as_deref()) {
+        match service::check_config(args.config.as_deref()) {
             Ok(summary) => say(&summary),
             Err(e) => {
                 eprintln!("canaryd: {e:#}");
@@ -104,8 +105,8 @@ fn main() {
         .build()
         .expect("tokio runtime");
     if let Err(e) = rt.block_on(run(args)) {
-        // One line on stderr (the log goes there too: not repeated).
-        eprintln!("canaryd: {e:#}");
+        // One line, in the log's form (journald files it as an error).
+        logging::fatal(&format!("{e:#}"));
         std::process::exit(1);
     }
 }
@@ -122,33 +123,6 @@ fn write_man_page(dir: &std::path::Path) -> Result<()> {
     std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
     println!("{}", path.display());
     Ok(())
-}
-
-/// `--check`: the config parsed and validated as a start would (including
-/// no backend at one of this host's addresses), nothing else.
-fn check_config(path: Option<&std::path::Path>) -> Result<String> {
-    let file = read_config(path)?;
-    let source = match path {
-        Some(p) => p.display().to_string(),
-        None => "the built-in config".to_string(),
-    };
-    let host = canary_userspace::dataplane::host_addresses()?;
-    file.check_backends_not_on_host(&host)
-        .with_context(|| format!("config {source}"))?;
-    Ok(format!(
-        "canaryd: {source} is valid: {} service(s) on {}",
-        file.services.len(),
-        file.interface
-    ))
-}
-
-/// Tells the service manager (systemd `Type=notify`) about a state change.
-/// Nothing happens when NOTIFY_SOCKET is unset (not under systemd); a
-/// failed send is logged, never fatal.
-fn notify(states: &[sd_notify::NotifyState]) {
-    if let Err(e) = sd_notify::notify(states) {
-        log::warn!("sd_notify: {e}");
-    }
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -233,10 +207,7 @@ async fn run(args: Args) -> Result<()> {
             d.running().services.len()
         )
     };
-    notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&status),
-    ]);
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
 
     let mut logger = match logger {
         // SAFETY: the logger owns its ring-buffer fd and keeps it open for as
@@ -258,10 +229,7 @@ async fn run(args: Args) -> Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 // systemd (Type=notify): reloading from now until READY=1.
-                match sd_notify::NotifyState::monotonic_usec_now() {
-                    Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
-                    Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
-                }
+                service::notify_reloading();
                 // Its own task: reading the file must not hold up this loop.
                 let d = daemon.clone();
                 tokio::spawn(async move {
@@ -279,8 +247,8 @@ async fn run(args: Args) -> Result<()> {
                     // Ready again either way: a rejected file leaves the
                     // running config in force.
                     notify(&[
-                        sd_notify::NotifyState::Ready,
-                        sd_notify::NotifyState::Status(&status),
+                        NotifyState::Ready,
+                        NotifyState::Status(&status),
                     ]);
                 });
             }
@@ -324,8 +292,8 @@ async fn run(args: Args) -> Result<()> {
         }
     }
     notify(&[
-        sd_notify::NotifyState::Stopping,
-        sd_notify::NotifyState::Status(if teardown {
+        NotifyState::Stopping,
+        NotifyState::Status(if teardown {
             "stopping: removing the data plane"
         } else {
             "stopping: the data plane keeps forwarding"

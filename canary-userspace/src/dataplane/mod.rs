@@ -114,6 +114,29 @@ fn addresses_of(all: &BTreeMap<String, InterfaceState>) -> Vec<IpAddr> {
     out
 }
 
+/// The config's interfaces as a start would find them here (`canaryd
+/// --check`): an error for one that is missing or a loopback one (a start
+/// refuses it); a line for one that is down or has no address (a start
+/// attaches anyway, with a warning).
+pub fn check_config_interfaces(config: &Config) -> Result<Vec<String>> {
+    let host = InterfaceState::read_all()?;
+    let mut warnings = Vec::new();
+    for iface in config.interfaces() {
+        let field = config.interface_field(&iface);
+        let state = InterfaceState::find(&host, &iface).with_context(|| field.clone())?;
+        match state.problem() {
+            None => {}
+            Some(p @ InterfaceProblem::Loopback) => bail!("{field}: {iface} {}", p.says()),
+            Some(p) => warnings.push(format!(
+                "{field}: {iface} {}; a start attaches anyway (it carries the service once it \
+                 is up and addressed)",
+                p.says()
+            )),
+        }
+    }
+    Ok(warnings)
+}
+
 /// Every address of every interface in this network namespace, with the
 /// interface it is on (an address on two interfaces is listed twice).
 pub fn host_addresses() -> Result<Vec<(IpAddr, String)>> {
