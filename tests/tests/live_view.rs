@@ -368,6 +368,11 @@ fn live_view_in_tmux_follows_the_traffic() -> Result<()> {
         !s.contains("canaryd not answering") && s.contains("RUNNING  step 1/3 at 10%")
     })?;
     assert!(back.contains("weight  10.00%"), "{back}");
+    // The restarted canaryd's events reach the view (its numbers start
+    // above the first one's, which the view had already passed).
+    topo.ctl(&["reload"])?;
+    tmux.wait_screen(Duration::from_secs(5), |s| s.contains("config reloaded by"))
+        .context("the restarted canaryd's reload event is not on screen")?;
 
     // q: the command exits 0 with the terminal out of raw mode.
     tmux.send("q")?;

@@ -68,11 +68,11 @@ pub fn render_fleet_host(h: &FleetHost) -> String {
     out
 }
 
-/// The fleet's lines: who leads, whether this host reaches etcd, how many
-/// hosts apply each service's weight, one row per host.
-pub fn render_fleet(f: &FleetStatus) -> String {
-    let mut out = format!(
-        "fleet {}: this host {}, leader {}, etcd {}\n",
+/// "fleet NAME: this host H, leader L, etcd connected": the head of the
+/// fleet's lines here and of the live view's fleet line.
+pub fn fleet_header(f: &FleetStatus) -> String {
+    format!(
+        "fleet {}: this host {}, leader {}, etcd {}",
         f.cluster,
         f.host,
         f.leader.as_deref().unwrap_or("none"),
@@ -81,7 +81,13 @@ pub fn render_fleet(f: &FleetStatus) -> String {
         } else {
             "NOT connected"
         }
-    );
+    )
+}
+
+/// The fleet's lines: who leads, whether this host reaches etcd, how many
+/// hosts apply each service's weight, one row per host.
+pub fn render_fleet(f: &FleetStatus) -> String {
+    let mut out = format!("{}\n", fleet_header(f));
     if let (Some(since), Some(for_ms)) = (f.cut_off_since_ms, f.cut_off_for_ms) {
         let since = std::time::UNIX_EPOCH + Duration::from_millis(since);
         out.push_str(&format!(

@@ -22,7 +22,9 @@ use anyhow::Result;
 use canary_control::api::{Event, Status};
 use canary_control::client::Client;
 use ratatui::crossterm::event as term;
+use std::future::Future;
 use std::io::IsTerminal;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -80,14 +82,20 @@ async fn lines(client: &Client, service: Option<&str>, json: bool) -> Result<()>
     let mut m = Model::new(service);
     let start = Instant::now();
     let mut tick = ticker();
+    // One handler for the whole run, watched during the poll too: a Ctrl-C
+    // while canaryd is slow to answer ends canaryctl at once.
+    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = int.recv() => return Ok(()),
         }
         let t = start.elapsed().as_secs_f64();
         let time = now();
-        let answer = client.status().await;
+        let answer = tokio::select! {
+            a = client.status() => a,
+            _ = int.recv() => return Ok(()),
+        };
         m.apply_status(t, &time, answer)?;
         if let Some(e) = &m.error {
             if json {
@@ -122,13 +130,18 @@ async fn lines(client: &Client, service: Option<&str>, json: bool) -> Result<()>
 /// (JSON: one object per line).
 async fn host_lines(client: &Client, name: &str, json: bool) -> Result<()> {
     let mut tick = ticker();
+    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = int.recv() => return Ok(()),
         }
         let time = now();
-        let h = match client.status().await {
+        let answer = tokio::select! {
+            a = client.status() => a,
+            _ = int.recv() => return Ok(()),
+        };
+        let h = match answer {
             Ok(status) => render::fleet_host(&status, name),
             Err(e) => {
                 let e = format!("canaryd not answering: {e:#}").replace('\n', " ");
@@ -222,39 +235,25 @@ async fn live(client: &Client, service: Option<&str>) -> Result<()> {
     let mut m = Model::new(service);
     let start = Instant::now();
     let mut tick = ticker();
-    // An interval's first tick is at once: that is the first poll's.
-    tick.tick().await;
     terminal.draw(|f| ui::draw(f, &m))?;
-    // The first tick is now: poll, then wait for the next tick; keys and
-    // signals are handled all the while.
-    let mut polling = true;
+    // The poll under way, with when it was asked; keys and signals are
+    // handled all the while, and the next tick waits for it.
+    type Answer<'a> = Pin<Box<dyn Future<Output = (Result<Status>, Vec<Event>)> + 'a>>;
+    let mut inflight: Option<(f64, String, Answer)> = None;
     loop {
-        if polling {
-            let t = start.elapsed().as_secs_f64();
-            let time = now();
-            let fut = poll(client, m.events_after);
-            tokio::pin!(fut);
-            let (status, events) = loop {
-                tokio::select! {
-                    r = &mut fut => break r,
-                    Some(ev) = keys.rx.recv() => {
-                        if handle(&mut m, &ev) {
-                            return Ok(());
-                        }
-                        terminal.draw(|f| ui::draw(f, &m))?;
-                    }
-                    _ = term_sig.recv() => return Ok(()),
-                    _ = hup_sig.recv() => return Ok(()),
-                    _ = int_sig.recv() => return Ok(()),
-                }
-            };
-            m.apply_status(t, &time, status)?;
-            m.apply_events(events);
-            terminal.draw(|f| ui::draw(f, &m))?;
-            polling = false;
-        }
         tokio::select! {
-            _ = tick.tick() => polling = true,
+            _ = tick.tick(), if inflight.is_none() => {
+                let t = start.elapsed().as_secs_f64();
+                inflight = Some((t, now(), Box::pin(poll(client, m.events_after))));
+            }
+            (status, events) = async { inflight.as_mut().expect("guarded").2.as_mut().await },
+                if inflight.is_some() =>
+            {
+                let (t, time, _) = inflight.take().expect("guarded");
+                m.apply_status(t, &time, status)?;
+                m.apply_events(events);
+                terminal.draw(|f| ui::draw(f, &m))?;
+            }
             Some(ev) = keys.rx.recv() => {
                 if handle(&mut m, &ev) {
                     return Ok(());

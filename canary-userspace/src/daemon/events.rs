@@ -3,6 +3,9 @@
 //! and reloads, numbered so a client can follow it
 //! (`GET /v1/events?after=N&wait_ms=M`, `canaryctl events --follow`). Kept in
 //! memory (the last 1000); what must survive a restart is in the state file.
+//! The numbers of a canaryd start above every number an earlier start gave
+//! (the first is the start time in ms x 1000), so a client that follows
+//! with `after=N` across a restart (a package upgrade) sees the new events.
 
 pub use crate::control::api::{Event, EventKind};
 use std::collections::VecDeque;
@@ -16,9 +19,25 @@ const KEEP: usize = 1000;
 pub struct Events {
     log: Mutex<VecDeque<Event>>,
     notify: Notify,
+    /// The first event's number (0 means 1).
+    first_seq: u64,
 }
 
 impl Events {
+    /// A log whose numbers start above any an earlier canaryd gave: at the
+    /// start time in ms x 1000 (an earlier start would need a thousand
+    /// events a millisecond, all its life, to reach it; 2^53, where JSON
+    /// readers lose precision, is a quarter-million years away).
+    pub fn starting_now() -> Events {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Events {
+            first_seq: ms.saturating_mul(1000).max(1),
+            ..Events::default()
+        }
+    }
+
     pub fn push(&self, service: &str, kind: EventKind, message: impl Into<String>) {
         self.push_event(service, kind, message.into(), None, None);
     }
@@ -48,7 +67,7 @@ impl Events {
         weight: Option<(f64, f64)>,
     ) {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = log.back().map(|e| e.seq + 1).unwrap_or(1);
+        let seq = log.back().map_or(self.first_seq.max(1), |e| e.seq + 1);
         log.push_back(Event {
             seq,
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -106,5 +125,20 @@ mod tests {
         assert_eq!(got[0].kind, EventKind::Rollback);
         // Nothing new: returns empty after the wait.
         assert!(ev.wait_after(2, Duration::from_millis(20)).await.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_log_numbers_above_the_previous_one() {
+        let first = Events::starting_now();
+        for i in 0..5000 {
+            first.push("shop", EventKind::Weight, format!("change {i}"));
+        }
+        let last_of_first = first.after(0).last().unwrap().seq;
+        std::thread::sleep(Duration::from_millis(10));
+        let second = Events::starting_now();
+        second.push("shop", EventKind::Reload, "after the restart");
+        // A follower still at the first log's last number sees it.
+        let seen = second.after(last_of_first);
+        assert_eq!(seen.len(), 1, "{last_of_first} vs {:?}", second.after(0));
     }
 }

@@ -281,7 +281,7 @@ impl Daemon {
             state_path,
             prev: None,
             last: None,
-            events: Arc::new(Events::default()),
+            events: Arc::new(Events::starting_now()),
             health: HashMap::new(),
             probes: None,
             probe_tx: None,

@@ -332,15 +332,8 @@ pub fn json_line(time: &str, s: &ServiceStatus, sample: &Sample) -> serde_json::
 /// The fleet in one line, with `service`'s agreement when it has one.
 pub fn fleet_line(f: &FleetStatus, service: Option<&str>) -> String {
     let mut out = format!(
-        "fleet {}: this host {}, leader {}, etcd {}, {} hosts reporting",
-        f.cluster,
-        f.host,
-        f.leader.as_deref().unwrap_or("none"),
-        if f.connected {
-            "connected"
-        } else {
-            "NOT connected"
-        },
+        "{}, {} hosts reporting",
+        crate::render::fleet_header(f),
         f.hosts.len()
     );
     if !f.silent.is_empty() {
