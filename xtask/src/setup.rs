@@ -298,35 +298,43 @@ pub fn run(dry_run: bool) -> Result<()> {
     }
 
     if plan.bpf_linker {
-        println!("setup: building {}", bpf_linker_line(plan.toolchain));
-        install_bpf_linker(plan.toolchain)?;
-        if find_bpf_linker().is_none() {
-            bail!(
-                "bpf-linker was installed but `bpf-linker --version` does not run \
-                 (looked in PATH and {})",
-                cargo_bin_dirs()
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        install_tool(
+            "bpf-linker",
+            &bpf_linker_line(plan.toolchain),
+            || install_bpf_linker(plan.toolchain),
+            find_bpf_linker,
+        )?;
     }
-
     if plan.cargo_deb {
-        println!("setup: building {}", cargo_deb_line());
-        install_cargo_deb()?;
-        if find_cargo_deb().is_none() {
-            bail!(
-                "cargo-deb was installed but `cargo-deb --version` does not run \
-                 (looked in PATH and {})",
-                cargo_bin_dirs()
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
+        install_tool(
+            "cargo-deb",
+            &cargo_deb_line(),
+            install_cargo_deb,
+            find_cargo_deb,
+        )?;
+    }
+    Ok(())
+}
+
+/// Builds a tool with `cargo install` (`install`), saying so (`line`), then
+/// checks that `find` sees it run.
+fn install_tool(
+    name: &str,
+    line: &str,
+    install: impl FnOnce() -> Result<()>,
+    find: impl Fn() -> Option<PathBuf>,
+) -> Result<()> {
+    println!("setup: building {line}");
+    install()?;
+    if find().is_none() {
+        bail!(
+            "{name} was installed but `{name} --version` does not run (looked in PATH and {})",
+            cargo_bin_dirs()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(())
 }
