@@ -77,25 +77,42 @@ async fn poll(client: &Client, after: u64) -> (Result<Status>, Vec<Event>) {
     (status, events)
 }
 
+/// One status a second, for the line modes: a Ctrl-C, also during a slow
+/// poll, ends them (one handler for the whole run).
+struct Polls {
+    tick: tokio::time::Interval,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Polls {
+    fn new() -> Result<Polls> {
+        Ok(Polls {
+            tick: ticker(),
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next answer and when it was asked; None after a Ctrl-C.
+    async fn next(&mut self, client: &Client) -> Option<(String, Result<Status>)> {
+        tokio::select! {
+            _ = self.tick.tick() => {}
+            _ = self.int.recv() => return None,
+        }
+        let time = now();
+        tokio::select! {
+            a = client.status() => Some((time, a)),
+            _ = self.int.recv() => None,
+        }
+    }
+}
+
 /// Plain lines (or JSON objects), one per service per poll.
 async fn lines(client: &Client, service: Option<&str>, json: bool) -> Result<()> {
     let mut m = Model::new(service);
     let start = Instant::now();
-    let mut tick = ticker();
-    // One handler for the whole run, watched during the poll too: a Ctrl-C
-    // while canaryd is slow to answer ends canaryctl at once.
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = int.recv() => return Ok(()),
-        }
+    let mut polls = Polls::new()?;
+    while let Some((time, answer)) = polls.next(client).await {
         let t = start.elapsed().as_secs_f64();
-        let time = now();
-        let answer = tokio::select! {
-            a = client.status() => a,
-            _ = int.recv() => return Ok(()),
-        };
         m.apply_status(t, &time, answer)?;
         if let Some(e) = &m.error {
             if json {
@@ -124,23 +141,14 @@ async fn lines(client: &Client, service: Option<&str>, json: bool) -> Result<()>
             }
         }
     }
+    Ok(())
 }
 
 /// `--host NAME`: the host's own view every second, under a timestamp
 /// (JSON: one object per line).
 async fn host_lines(client: &Client, name: &str, json: bool) -> Result<()> {
-    let mut tick = ticker();
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = int.recv() => return Ok(()),
-        }
-        let time = now();
-        let answer = tokio::select! {
-            a = client.status() => a,
-            _ = int.recv() => return Ok(()),
-        };
+    let mut polls = Polls::new()?;
+    while let Some((time, answer)) = polls.next(client).await {
         let h = match answer {
             Ok(status) => render::fleet_host(&status, name),
             Err(e) => {
@@ -169,6 +177,7 @@ async fn host_lines(client: &Client, name: &str, json: bool) -> Result<()> {
             (Err(e), false) => outln!("{time} {e:#}"),
         }
     }
+    Ok(())
 }
 
 /// Restores the terminal when the live view ends, however it ends (a
