@@ -475,11 +475,11 @@ fn default_config_parses_and_so_does_every_commented_key() -> Result<()> {
     let canaryd = u.path("/usr/sbin/canaryd");
     let conf = u.path("/etc/canary/canary.yaml");
     // --check looks at this host's interfaces, as a start would: a
-    // namespace of our own with the example's eth0 and eth1 (dummies, up,
+    // namespace of our own with the example's eth0 and eth1 (a veth pair, up,
     // addressed in 198.18.0.0/15).
     let ns = Netns::recreate(&format!("cnry-{}-pkgcheck", std::process::id()))?;
     ns.ip_batch(
-        "link add eth0 type dummy\nlink add eth1 type dummy\n\
+        "link add eth0 type veth peer name eth1\n\
          addr add 198.18.250.1/24 dev eth0\naddr add 198.18.251.1/24 dev eth1\n\
          link set eth0 up\nlink set eth1 up\n",
     )?;
