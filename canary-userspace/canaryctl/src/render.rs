@@ -4,8 +4,8 @@
 
 use anyhow::{bail, Result};
 use canary_control::api::{
-    FleetHost, FleetStatus, FlowTableStatus, InterfaceStatus, PinsStatus, ServiceStatus, Status,
-    VersionStatus,
+    FleetHost, FleetStatus, FlowTableStatus, InterfaceStatus, PinsStatus, RolloutStatus,
+    ServiceStatus, Status, VersionStatus,
 };
 use std::net::IpAddr;
 use std::time::Duration;
@@ -21,9 +21,30 @@ pub fn select(mut status: Status, service: Option<&str>) -> Result<Status> {
     Ok(status)
 }
 
+/// "9.8%", or "-" without a figure (a share, 0 to 1).
 pub fn share(x: Option<f64>) -> String {
     x.map(|s| format!("{:.1}%", s * 100.0))
         .unwrap_or_else(|| "-".into())
+}
+
+/// "0.00%", or "-" without judged connections (an error ratio, 0 to 1).
+pub fn error_ratio(x: Option<f64>) -> String {
+    x.map(|v| format!("{:.2}%", v * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The service's VIP and port: `198.18.100.1:80`, `[2001:db8::1]:80`.
+pub fn vip_port(s: &ServiceStatus) -> String {
+    match s.vip {
+        IpAddr::V6(v6) => format!("[{v6}]:{}", s.port),
+        IpAddr::V4(v4) => format!("{v4}:{}", s.port),
+    }
+}
+
+/// The steps the rollout's plan has (an adaptive plan's may be more than
+/// it has chosen so far).
+pub fn step_count(r: &RolloutStatus) -> usize {
+    r.planned_steps.unwrap_or(r.steps.len())
 }
 
 /// One host of the fleet, by name.
@@ -226,10 +247,7 @@ pub fn render_flow_table(ft: &FlowTableStatus) -> String {
 }
 
 pub fn render_service(out: &mut String, s: &ServiceStatus) {
-    let addr = match s.vip {
-        IpAddr::V6(v6) => format!("[{v6}]:{}", s.port),
-        IpAddr::V4(v4) => format!("{v4}:{}", s.port),
-    };
+    let addr = vip_port(s);
     out.push_str(&format!(
         "{}  {addr}/{}  affinity {}  canary weight {:.2}% (set by {})\n",
         s.name, s.protocol, s.affinity, s.weight_percent, s.weight_source
@@ -267,9 +285,7 @@ pub fn render_service(out: &mut String, s: &ServiceStatus) {
             v.recent_window_s,
             v.recent_connections_per_sec,
             v.recent_failures_per_sec,
-            v.recent_error_ratio
-                .map(|r| format!("{:.2}%", r * 100.0))
-                .unwrap_or_else(|| "-".into()),
+            error_ratio(v.recent_error_ratio),
             ms(v.recent_handshake_p50_ms),
             ms(v.recent_handshake_p99_ms),
             v.judged,
@@ -316,7 +332,7 @@ pub fn render_service(out: &mut String, s: &ServiceStatus) {
             "  rollout {}: step {}/{} of [{}], {:.1} s of {:.1} s observed, {:.1} s left\n",
             r.phase.to_uppercase(),
             r.step,
-            r.planned_steps.unwrap_or(r.steps.len()),
+            step_count(r),
             plan.join(" -> "),
             r.step_elapsed_s,
             r.step_interval_s,

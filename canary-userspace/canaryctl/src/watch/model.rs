@@ -9,6 +9,8 @@ use canary_control::api::{
 };
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::render::{error_ratio, share, step_count};
+
 /// Polls kept per service (one a second: the last minute).
 pub const HISTORY: usize = 60;
 
@@ -227,27 +229,9 @@ impl Model {
     }
 }
 
-/// "9.8%", or "-" without a figure (a share, 0 to 1).
-pub fn percent(x: Option<f64>) -> String {
-    x.map(|v| format!("{:.1}%", v * 100.0))
-        .unwrap_or_else(|| "-".into())
-}
-
-/// "0.00%", or "-" (an error ratio, 0 to 1).
-pub fn ratio(x: Option<f64>) -> String {
-    x.map(|v| format!("{:.2}%", v * 100.0))
-        .unwrap_or_else(|| "-".into())
-}
-
 /// The weight of the rollout's current step, in percent.
 pub fn step_weight(r: &RolloutStatus) -> Option<f64> {
     r.step.checked_sub(1).and_then(|i| r.steps.get(i)).copied()
-}
-
-/// The steps the rollout's plan has (an adaptive plan's may be more than
-/// it has chosen so far).
-pub fn step_count(r: &RolloutStatus) -> usize {
-    r.planned_steps.unwrap_or(r.steps.len())
 }
 
 /// "running step 2/6 12/30 s", and " sample 45/120" when the step needs a
@@ -280,11 +264,11 @@ pub fn plain_line(time: &str, s: &ServiceStatus, sample: &Sample) -> String {
         "{time} {} weight {:.2}% share {} stable {:.1}/s err {} canary {:.1}/s err {} rollout {rollout}",
         s.name,
         s.weight_percent,
-        percent(s.observed_canary_share),
+        share(s.observed_canary_share),
         sample.stable.per_sec,
-        ratio(sample.stable.error_ratio),
+        error_ratio(sample.stable.error_ratio),
         sample.canary.per_sec,
-        ratio(sample.canary.error_ratio),
+        error_ratio(sample.canary.error_ratio),
     )
 }
 

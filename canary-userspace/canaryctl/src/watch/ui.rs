@@ -8,9 +8,9 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, LineGauge, Paragraph, Sparkline, Wrap};
 use ratatui::Frame;
-use std::net::IpAddr;
 
 use super::model::{self, Model, Sample, ServiceHistory};
+use crate::render;
 use canary_control::api::{RolloutStatus, ServiceStatus};
 
 /// What a key asks for.
@@ -60,13 +60,6 @@ fn unit(x: f64) -> f64 {
         x.clamp(0.0, 1.0)
     } else {
         0.0
-    }
-}
-
-fn addr(s: &ServiceStatus) -> String {
-    match s.vip {
-        IpAddr::V6(v6) => format!("[{v6}]:{}", s.port),
-        IpAddr::V4(v4) => format!("{v4}:{}", s.port),
     }
 }
 
@@ -180,9 +173,9 @@ fn draw_list(f: &mut Frame, area: Rect, m: &Model) {
                 "{} {:<16} {:<24} weight {:>7} share {:>6}  stable {:>9} canary {:>9}  {}",
                 if i == m.selected { ">" } else { " " },
                 s.name,
-                addr(s),
+                render::vip_port(s),
                 format!("{:.2}%", s.weight_percent),
-                model::percent(s.observed_canary_share),
+                render::share(s.observed_canary_share),
                 rate(last.map(|l| l.stable.per_sec)),
                 rate(last.map(|l| l.canary.per_sec)),
                 s.rollout
@@ -191,7 +184,7 @@ fn draw_list(f: &mut Frame, area: Rect, m: &Model) {
                         "rollout {} step {}/{}",
                         r.phase,
                         r.step,
-                        model::step_count(r)
+                        render::step_count(r)
                     ))
                     .unwrap_or_default()
             );
@@ -219,7 +212,7 @@ fn draw_service(
     let title = format!(
         " {}  {}/{}  affinity {}  weight set by {}{} ",
         s.name,
-        addr(s),
+        render::vip_port(s),
         s.protocol,
         s.affinity,
         s.weight_source,
@@ -257,10 +250,10 @@ fn draw_service(
 fn draw_gauges(f: &mut Frame, area: Rect, s: &ServiceStatus) {
     let [w, o] = Layout::vertical([Constraint::Length(1), Constraint::Length(1)]).areas(area);
     let weight = format!("weight {:>7}", format!("{:.2}%", s.weight_percent));
-    let share = format!("share  {:>7}", model::percent(s.observed_canary_share));
+    let share = format!("share  {:>7}", render::share(s.observed_canary_share));
     let total = format!(
         " (last second; {} since configured)",
-        model::percent(s.observed_canary_share_total)
+        render::share(s.observed_canary_share_total)
     );
     let width = weight.len().max(share.len() + total.len()) + 1;
     f.render_widget(
@@ -322,7 +315,7 @@ fn draw_versions(f: &mut Frame, area: Rect, history: Option<&ServiceHistory>) {
                 "{:>12} {:>9.1}/s  err {:>6}  p99 {}",
                 format!("new {}", p.new_flows),
                 p.per_sec,
-                model::ratio(p.error_ratio),
+                render::error_ratio(p.error_ratio),
                 p.p99_ms
                     .map(|ms| format!("{ms:.2} ms"))
                     .unwrap_or_else(|| "-".into())
@@ -382,7 +375,7 @@ fn draw_rollout(f: &mut Frame, area: Rect, r: &RolloutStatus) {
     let [phase, time, sample, verdict, reason] =
         Layout::vertical([Constraint::Length(1); 5]).areas(inner);
     let plan: Vec<String> = r.steps.iter().map(|p| format!("{p}%")).collect();
-    let more = if model::step_count(r) > r.steps.len() {
+    let more = if render::step_count(r) > r.steps.len() {
         " -> ..."
     } else {
         ""
@@ -398,7 +391,7 @@ fn draw_rollout(f: &mut Frame, area: Rect, r: &RolloutStatus) {
             Span::raw(format!(
                 "  step {}/{}{}  plan {}{more}",
                 r.step,
-                model::step_count(r),
+                render::step_count(r),
                 model::step_weight(r)
                     .map(|w| format!(" at {w}%"))
                     .unwrap_or_default(),
