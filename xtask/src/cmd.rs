@@ -128,6 +128,26 @@ impl Cmd {
             .with_context(|| format!("could not start {shown}"))
     }
 
+    /// Runs the command with stdin closed and returns what it wrote to
+    /// stdout; fails unless it exits with status 0, with its stderr.
+    pub fn stdout(mut self) -> Result<Vec<u8>> {
+        self.announce();
+        let shown = self.display();
+        let out = self
+            .inner
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("could not start {shown}"))?;
+        if !out.status.success() {
+            bail!(
+                "{shown} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out.stdout)
+    }
+
     /// Runs the command and fails unless it exits with status 0.
     pub fn run(self) -> Result<()> {
         let shown = self.display();

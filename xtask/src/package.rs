@@ -10,7 +10,6 @@
 //! package's path to the tests in [`ENV`].
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -53,27 +52,6 @@ pub fn deb_path(root: &Path) -> PathBuf {
     ))
 }
 
-/// Runs `program args...`, printed first like every xtask command, and
-/// returns its stdout; fails with its stderr.
-fn stdout_of(program: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    println!("xtask: running `{} {}`", program.display(), args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not start {}", program.display()))?;
-    if !out.status.success() {
-        bail!(
-            "`{} {}` failed ({}): {}",
-            program.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
-}
-
 /// Man pages and completions from the freshly built release binaries into
 /// [`generated_dir`] (emptied first: no page of a removed command lingers).
 pub fn generate_assets(root: &Path) -> Result<()> {
@@ -89,8 +67,8 @@ pub fn generate_assets(root: &Path) -> Result<()> {
     std::fs::create_dir_all(&man)?;
     std::fs::create_dir_all(&completions)?;
     let man_s = man.to_str().context("target dir is not UTF-8")?;
-    stdout_of(&canaryd, &["--man-page", man_s])?;
-    stdout_of(&canaryctl, &["man-pages", man_s])?;
+    Cmd::new(&canaryd).args(["--man-page", man_s]).stdout()?;
+    Cmd::new(&canaryctl).args(["man-pages", man_s]).stdout()?;
     let mut pages: Vec<PathBuf> = std::fs::read_dir(&man)?
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()?;
@@ -111,7 +89,7 @@ pub fn generate_assets(root: &Path) -> Result<()> {
         ("zsh", "_canaryctl"),
         ("fish", "canaryctl.fish"),
     ] {
-        let script = stdout_of(&canaryctl, &["completions", shell])?;
+        let script = Cmd::new(&canaryctl).args(["completions", shell]).stdout()?;
         if script.is_empty() {
             bail!("`canaryctl completions {shell}` printed nothing");
         }

@@ -598,13 +598,7 @@ mod tests {
         let text = encode_status(&status()).unwrap();
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
         let sample = |series: &str| -> f64 {
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                .find_map(|l| {
-                    let (s, v) = l.rsplit_once(' ').unwrap();
-                    (s == series).then(|| v.parse().unwrap())
-                })
-                .unwrap_or_else(|| panic!("missing {series} in\n{text}"))
+            value(&text, series).unwrap_or_else(|| panic!("missing {series} in\n{text}"))
         };
         assert_eq!(sample("canary_weight_percent{service=\"shop\"}"), 12.5);
         assert_eq!(
