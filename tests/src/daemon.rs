@@ -117,6 +117,22 @@ fn place(cmd: &mut Command, host: &impl Host) {
         .arg(host.state_dir());
 }
 
+/// How `Daemon::launch` starts canaryd, beyond its place in the host.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Another canaryd binary than the one built (an unpacked package's).
+    pub bin: Option<&'a Path>,
+    /// A command canaryd runs under, program first (`setpriv ...`).
+    pub wrapper: &'a [String],
+    /// More arguments for canaryd.
+    pub extra: &'a [&'a str],
+    /// More environment (`NOTIFY_SOCKET`).
+    pub env: &'a [(&'a str, &'a std::ffi::OsStr)],
+    /// Return once started, without waiting for `canaryd ready` (a start
+    /// that may fail, readiness read elsewhere).
+    pub no_wait: bool,
+}
+
 pub struct Daemon {
     child: Option<Child>,
     lines: Receiver<String>,
@@ -142,7 +158,14 @@ pub fn stop_child(child: &mut Child) -> Option<std::process::ExitStatus> {
 impl Daemon {
     /// `extra` args go to canaryd (e.g. `--on-exit teardown`).
     pub fn spawn(host: &impl Host, config_yaml: Option<&str>, extra: &[&str]) -> Result<Daemon> {
-        Self::spawn_bin(host, &bin_path("canaryd")?, config_yaml, extra)
+        Self::launch(
+            host,
+            config_yaml,
+            Launch {
+                extra,
+                ..Launch::default()
+            },
+        )
     }
 
     /// `spawn` with another canaryd binary (the upgrade test's previous
@@ -153,6 +176,19 @@ impl Daemon {
         config_yaml: Option<&str>,
         extra: &[&str],
     ) -> Result<Daemon> {
+        Self::launch(
+            host,
+            config_yaml,
+            Launch {
+                bin: Some(bin),
+                extra,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// canaryd placed in `host` as `spawn` does, started as `how` says.
+    pub fn launch(host: &impl Host, config_yaml: Option<&str>, how: Launch) -> Result<Daemon> {
         // Per-spawn file names: a restarted daemon's files must not be the
         // ones its predecessor's Drop removes.
         static SPAWNS: AtomicU32 = AtomicU32::new(0);
@@ -170,11 +206,25 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(&log_path)?;
-        let mut cmd = host.netns().command(bin.to_str().unwrap());
+        let bin = match how.bin {
+            Some(b) => b.to_path_buf(),
+            None => bin_path("canaryd")?,
+        };
+        let mut cmd = match how.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = host.netns().command(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => host.netns().command(bin.to_str().context("canaryd path")?),
+        };
         place(&mut cmd, host);
-        cmd.args(extra);
+        cmd.args(how.extra);
         if let Some(p) = &config_path {
             cmd.arg("--config").arg(p);
+        }
+        for (k, v) in how.env {
+            cmd.env(k, v);
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -197,8 +247,10 @@ impl Daemon {
             config_path,
             log_path,
         };
-        d.wait_for(|l| l == "canaryd ready", Duration::from_secs(20))
-            .with_context(|| format!("canaryd did not become ready; its log:\n{}", d.log()))?;
+        if !how.no_wait {
+            d.wait_for(|l| l == "canaryd ready", Duration::from_secs(20))
+                .with_context(|| format!("canaryd did not become ready; its log:\n{}", d.log()))?;
+        }
         Ok(d)
     }
 
@@ -288,6 +340,28 @@ impl Daemon {
             Some(reason) => Err(reason.to_string()),
             None => Ok(()),
         })
+    }
+
+    /// Sends `sig` to canaryd.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)?;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for canaryd to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().context("canaryd is not running")?;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("canaryd did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM and wait; the exit status.

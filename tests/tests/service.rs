@@ -21,12 +21,12 @@
 //! (the second test also needs CANARY_DEB).
 
 use anyhow::{bail, ensure, Context, Result};
-use canary_tests::daemon::stop_child;
+use canary_tests::daemon::{Daemon, Launch};
 use canary_tests::{bin_path, client_v4, tcp_connect, Conn, LbConfig, Service, Topology, VIP_V4};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -101,96 +101,21 @@ fn value<'a>(msg: &'a [String], key: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
-/// canaryd in the topology's LB namespace, placed like the harness's
-/// (instance, socket, state dir of the topology), optionally behind a
-/// wrapper (setpriv ...), with NOTIFY_SOCKET; stopped by pid on drop.
-struct Canaryd {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Canaryd {
-    fn spawn(
-        topo: &Topology,
-        bin: &Path,
-        config: &Path,
-        wrapper: &[String],
-        notify: &Notify,
-        n: u32,
-    ) -> Result<Canaryd> {
-        let log = std::env::temp_dir().join(format!("{}-service-{n}.log", topo.id));
-        let err = std::fs::File::create(&log)?;
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut c = topo.lb.command(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => topo.lb.command(bin.to_str().context("bin path")?),
-        };
-        cmd.args(["--instance", &topo.id, "--stats-interval", "0"])
-            .arg("--control-socket")
-            .arg(topo.socket())
-            .arg("--state-dir")
-            .arg(topo.state_dir())
-            .arg("--config")
-            .arg(config)
-            .args(["--on-exit", "keep"])
-            .env("NOTIFY_SOCKET", &notify.path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(err));
-        let child = cmd.spawn().context("starting canaryd")?;
-        Ok(Canaryd {
-            child: Some(child),
-            log,
-        })
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)?;
-        Ok(())
-    }
-
-    /// Waits up to `timeout` for the exit; its status.
-    fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().context("not running")?;
-        loop {
-            if let Some(st) = child.try_wait()? {
-                self.child = None;
-                return Ok(st);
-            }
-            if Instant::now() > deadline {
-                bail!("canaryd did not exit within {timeout:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Canaryd {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            stop_child(c);
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "--- canaryd log ({}) ---\n{}",
-                self.log.display(),
-                self.log()
-            );
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
+/// canaryd in the topology's LB namespace (the harness's placement),
+/// `bin` under `wrapper`, with NOTIFY_SOCKET and `--on-exit keep`; its
+/// readiness is read from `notify`, not waited for.
+fn launch(topo: &Topology, bin: &Path, wrapper: &[String], notify: &Notify) -> Result<Daemon> {
+    Daemon::launch(
+        topo,
+        Some(&config(0.0)),
+        Launch {
+            bin: Some(bin),
+            wrapper,
+            extra: &["--on-exit", "keep"],
+            env: &[("NOTIFY_SOCKET", notify.path.as_os_str())],
+            no_wait: true,
+        },
+    )
 }
 
 /// The XDP program id on the LB's client-facing interface, if any.
@@ -220,15 +145,14 @@ fn connect(topo: &Topology, i: u32) -> Result<Conn> {
 fn readiness_reload_and_stop_are_notified() -> Result<()> {
     let mut topo = Topology::new(3)?;
     topo.start_servers(80)?;
-    let conf = std::env::temp_dir().join(format!("{}-service.yaml", topo.id));
-    std::fs::write(&conf, config(0.0))?;
     let notify = Notify::bind(&topo.id)?;
     ensure!(
         xdp_prog(&topo)?.is_none(),
         "lb-client has XDP before canaryd"
     );
     let started = Instant::now();
-    let mut d = Canaryd::spawn(&topo, &bin_path("canaryd")?, &conf, &[], &notify, 0)?;
+    let mut d = launch(&topo, &bin_path("canaryd")?, &[], &notify)?;
+    let conf = d.config_path.clone().context("a config file")?;
 
     // READY=1 is the first message, and the data plane is up when it comes.
     let ready = notify.expect("READY=1 after the start", Duration::from_secs(20))?;
@@ -299,7 +223,6 @@ fn readiness_reload_and_stop_are_notified() -> Result<()> {
     let mut after = connect(&topo, 2)?;
     after.ping("new, with no canaryd")?;
     println!("service: STOPPING=1, exit 0; an open and a new connection forwarded without canaryd");
-    let _ = std::fs::remove_file(&conf);
     Ok(())
 }
 
@@ -417,21 +340,19 @@ fn runs_under_the_units_capability_bounding_set() -> Result<()> {
         want |= 1 << cap_bit(c)?;
     }
     let bin = pkg.0.join("usr/sbin/canaryd");
-    let conf = std::env::temp_dir().join(format!("{}-service.yaml", topo.id));
-    std::fs::write(&conf, config(0.0))?;
     let notify = Notify::bind(&topo.id)?;
     let wrapper = setpriv(&caps);
     println!("service: the unit's CapabilityBoundingSet: {caps:?} (mask {want:#x})");
 
-    let start = |n: u32, wrapper: &[String]| -> Result<Canaryd> {
-        let d = Canaryd::spawn(&topo, &bin, &conf, wrapper, &notify, n)?;
+    let start = |n: u32, wrapper: &[String]| -> Result<Daemon> {
+        let d = launch(&topo, &bin, wrapper, &notify)?;
         let ready = notify.expect("READY=1", Duration::from_secs(20));
         match ready {
             Ok(m) if has(&m, "READY=1") => Ok(d),
             other => bail!("start {n}: {other:?}; log:\n{}", d.log()),
         }
     };
-    let check_caps = |d: &Canaryd| -> Result<()> {
+    let check_caps = |d: &Daemon| -> Result<()> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))?;
         ensure!(
             status.starts_with("Name:\tcanaryd"),
@@ -517,9 +438,9 @@ fn runs_under_the_units_capability_bounding_set() -> Result<()> {
 
     // Each capability of the set is needed: without it the restart fails,
     // and the kept data plane forwards on.
-    for (n, drop) in caps.iter().enumerate() {
+    for drop in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != drop).cloned().collect();
-        let mut d = Canaryd::spawn(&topo, &bin, &conf, &setpriv(&fewer), &notify, 10 + n as u32)?;
+        let mut d = launch(&topo, &bin, &setpriv(&fewer), &notify)?;
         let st = d.wait_exit(Duration::from_secs(20))?;
         let msg = notify.next(Duration::from_millis(100))?;
         ensure!(
@@ -534,6 +455,5 @@ fn runs_under_the_units_capability_bounding_set() -> Result<()> {
             why.chars().take(160).collect::<String>()
         );
     }
-    let _ = std::fs::remove_file(&conf);
     Ok(())
 }
