@@ -178,27 +178,34 @@ pub fn canary_input_rule(topo: &Topology, family: &str, table: &str, rule: &[&st
 /// first service of `yaml` (source-IP affinity) sends to the canary at
 /// weight `bp`, and its index.
 pub fn canary_client(yaml: &str, bp: u32) -> Result<(u32, std::net::Ipv4Addr)> {
-    use canary_common::{choose_version, split_hash, FlowKey, FAMILY_V4, PROTO_TCP};
     let cfg = canary_userspace::config::Config::parse(yaml)?;
     let s = &cfg.services[0];
+    let flag = canary_userspace::dataplane::affinity_flag(s.affinity);
     for i in 4000..4096 {
         let std::net::IpAddr::V4(a) = crate::client_v4(i) else {
             unreachable!()
         };
-        let key = FlowKey::new(
-            [u32::from_ne_bytes(a.octets()), 0, 0, 0],
-            [u32::from_ne_bytes(VIP_V4.octets()), 0, 0, 0],
-            40000u16.to_be(),
-            80u16.to_be(),
-            PROTO_TCP,
-            FAMILY_V4,
-        );
-        let flag = canary_userspace::dataplane::affinity_flag(s.affinity);
-        if choose_version(split_hash(&key, flag, s.seed()), bp) == 1 {
+        if splits_to_canary(a, flag, s.seed(), bp) {
             return Ok((i, a));
         }
     }
     bail!("no client address of 96 hashes to the canary at {bp} bp")
+}
+
+/// Whether the shared split decision (what the kernel runs) sends a TCP
+/// connection from `client` port 40000 to the lab's VIP:80 to the canary,
+/// at weight `bp` with affinity `flag` and the service's `seed`.
+pub fn splits_to_canary(client: std::net::Ipv4Addr, flag: u32, seed: u32, bp: u32) -> bool {
+    use canary_common::{choose_version, split_hash, FlowKey, FAMILY_V4, PROTO_TCP};
+    let key = FlowKey::new(
+        [u32::from_ne_bytes(client.octets()), 0, 0, 0],
+        [u32::from_ne_bytes(VIP_V4.octets()), 0, 0, 0],
+        40000u16.to_be(),
+        80u16.to_be(),
+        PROTO_TCP,
+        FAMILY_V4,
+    );
+    choose_version(split_hash(&key, flag, seed), bp) == 1
 }
 
 /// The notes of a rollout's last analysis, on one line ("" without one).

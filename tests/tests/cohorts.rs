@@ -6,10 +6,9 @@
 //! Needs root. Run: `cargo test -p canary-tests --test cohorts -- --nocapture`.
 
 use anyhow::{Context, Result};
-use canary_common::{choose_version, split_hash, FlowKey, FAMILY_V4, PROTO_TCP};
 use canary_tests::config::cohorts_yaml;
-use canary_tests::rollout::{shop, topology, vip};
-use canary_tests::{client_v4, Conn, LbConfig, Topology, VIP_V4};
+use canary_tests::rollout::{shop, splits_to_canary, topology, vip};
+use canary_tests::{client_v4, Conn, LbConfig, Topology};
 use canary_userspace::control::api::Explain;
 use canary_userspace::dataplane::maps::Maps;
 use std::net::IpAddr;
@@ -46,26 +45,6 @@ fn open(topo: &Topology, ids: impl Iterator<Item = u32>) -> Result<Vec<Conn>> {
             .map(|&i| canary_tests::tcp_connect(client_v4(i), vip(), CONNECT))
             .collect()
     })
-}
-
-/// Does the shared decision (what the kernel runs) send `client` to the
-/// canary at `weight_bp` with the service's seed?
-fn predicted_canary(seed: u32, client: IpAddr, weight_bp: u32) -> bool {
-    let IpAddr::V4(a) = client else {
-        unreachable!()
-    };
-    let key = FlowKey::new(
-        [u32::from_ne_bytes(a.octets()), 0, 0, 0],
-        [u32::from_ne_bytes(VIP_V4.octets()), 0, 0, 0],
-        40000u16.to_be(),
-        80u16.to_be(),
-        PROTO_TCP,
-        FAMILY_V4,
-    );
-    choose_version(
-        split_hash(&key, canary_common::AFFINITY_SOURCE_IP, seed),
-        weight_bp,
-    ) == 1
 }
 
 #[test]
@@ -109,7 +88,10 @@ fn staff_see_the_canary_from_step_1_and_explain_names_the_cohort() -> Result<()>
     let others = open(&topo, 0..OTHERS_N)?;
     let mut n_canary = 0u32;
     for (i, c) in others.iter().enumerate() {
-        let want = predicted_canary(seed, client_v4(i as u32), 500);
+        let IpAddr::V4(client) = client_v4(i as u32) else {
+            unreachable!()
+        };
+        let want = splits_to_canary(client, canary_common::AFFINITY_SOURCE_IP, seed, 500);
         let got = c.backend == "b3";
         assert_eq!(got, want, "{} went to {}", client_v4(i as u32), c.backend);
         n_canary += u32::from(got);
