@@ -183,19 +183,10 @@ impl DataPlane {
         host: &BTreeMap<String, InterfaceState>,
     ) -> Result<()> {
         let starting = self.applied.is_none();
-        for iface in config.interfaces() {
-            let state = InterfaceState::find(host, &iface)?;
-            let Some(problem) = state.problem() else {
-                continue;
-            };
+        for (iface, problem, said) in interface_problems(config, host)? {
             if problem != InterfaceProblem::Loopback && !unattached.contains(&iface) {
                 continue;
             }
-            let said = format!(
-                "{}: {iface} {}",
-                config.interface_field(&iface),
-                problem.says()
-            );
             if problem == InterfaceProblem::Loopback || !starting {
                 bail!("{said}");
             }
@@ -206,6 +197,28 @@ impl DataPlane {
         }
         Ok(())
     }
+}
+
+/// The config's interfaces that break a rule in `host` (`read_all`), each
+/// with its problem and the line that says so (`interface: lo is a
+/// loopback interface`); an error for one that is not there at all. The
+/// start's check and `canaryd --check` both read it.
+pub fn interface_problems(
+    config: &Config,
+    host: &BTreeMap<String, InterfaceState>,
+) -> Result<Vec<(String, InterfaceProblem, String)>> {
+    let mut out = Vec::new();
+    for iface in config.interfaces() {
+        if let Some(problem) = InterfaceState::find(host, &iface)?.problem() {
+            let said = format!(
+                "{}: {iface} {}",
+                config.interface_field(&iface),
+                problem.says()
+            );
+            out.push((iface, problem, said));
+        }
+    }
+    Ok(out)
 }
 
 /// What `plan` needs to know of an interface before attaching to it.

@@ -119,20 +119,14 @@ fn addresses_of(all: &BTreeMap<String, InterfaceState>) -> Vec<IpAddr> {
 /// refuses it); a line for one that is down or has no address (a start
 /// attaches anyway, with a warning).
 pub fn check_config_interfaces(config: &Config) -> Result<Vec<String>> {
-    let host = InterfaceState::read_all()?;
     let mut warnings = Vec::new();
-    for iface in config.interfaces() {
-        let field = config.interface_field(&iface);
-        let state = InterfaceState::find(&host, &iface).with_context(|| field.clone())?;
-        match state.problem() {
-            None => {}
-            Some(p @ InterfaceProblem::Loopback) => bail!("{field}: {iface} {}", p.says()),
-            Some(p) => warnings.push(format!(
-                "{field}: {iface} {}; a start attaches anyway (it carries the service once it \
-                 is up and addressed)",
-                p.says()
-            )),
+    for (_, problem, said) in attach::interface_problems(config, &InterfaceState::read_all()?)? {
+        if problem == InterfaceProblem::Loopback {
+            bail!("{said}");
         }
+        warnings.push(format!(
+            "{said}; a start attaches anyway (it carries the service once it is up and addressed)"
+        ));
     }
     Ok(warnings)
 }
