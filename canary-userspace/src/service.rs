@@ -36,10 +36,7 @@ pub fn check_config(path: Option<&Path>) -> Result<String> {
         Some(p) => p.display().to_string(),
         None => "the built-in config".to_string(),
     };
-    let warnings = crate::dataplane::check_config_interfaces(&file)
-        .with_context(|| format!("config {source}"))?;
-    let host = crate::dataplane::host_addresses()?;
-    file.check_backends_not_on_host(&host)
+    let warnings = crate::dataplane::check_config_on_host(&file)
         .with_context(|| format!("config {source}"))?;
     let mut out = format!(
         "canaryd: {source} is valid: {} service(s) on {}",

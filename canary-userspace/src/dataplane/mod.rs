@@ -114,13 +114,15 @@ fn addresses_of(all: &BTreeMap<String, InterfaceState>) -> Vec<IpAddr> {
     out
 }
 
-/// The config's interfaces as a start would find them here (`canaryd
-/// --check`): an error for one that is missing or a loopback one (a start
-/// refuses it); a line for one that is down or has no address (a start
-/// attaches anyway, with a warning).
-pub fn check_config_interfaces(config: &Config) -> Result<Vec<String>> {
+/// The config against this host as a start would find it (`canaryd
+/// --check`), from one read of the interfaces: an error for an interface
+/// that is missing or a loopback one, or a backend at one of the host's
+/// addresses (a start refuses them); a line for an interface that is down
+/// or has no address (a start attaches anyway, with a warning).
+pub fn check_config_on_host(config: &Config) -> Result<Vec<String>> {
+    let host = InterfaceState::read_all()?;
     let mut warnings = Vec::new();
-    for (_, problem, said) in attach::interface_problems(config, &InterfaceState::read_all()?)? {
+    for (_, problem, said) in attach::interface_problems(config, &host)? {
         if problem == InterfaceProblem::Loopback {
             bail!("{said}");
         }
@@ -128,16 +130,21 @@ pub fn check_config_interfaces(config: &Config) -> Result<Vec<String>> {
             "{said}; a start attaches anyway (it carries the service once it is up and addressed)"
         ));
     }
+    config.check_backends_not_on_host(&addresses_by_interface(host))?;
     Ok(warnings)
 }
 
 /// Every address of every interface in this network namespace, with the
 /// interface it is on (an address on two interfaces is listed twice).
 pub fn host_addresses() -> Result<Vec<(IpAddr, String)>> {
-    Ok(InterfaceState::read_all()?
-        .into_iter()
+    Ok(addresses_by_interface(InterfaceState::read_all()?))
+}
+
+/// `all`'s addresses with the interface each is on.
+fn addresses_by_interface(all: BTreeMap<String, InterfaceState>) -> Vec<(IpAddr, String)> {
+    all.into_iter()
         .flat_map(|(name, s)| s.addresses.into_iter().map(move |a| (a, name.clone())))
-        .collect())
+        .collect()
 }
 
 /// The IP address of an interface address entry (None for a link-layer
