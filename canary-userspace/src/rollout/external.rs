@@ -519,6 +519,16 @@ mod tests {
     }
 
     /// The older `prometheus:` check as `resolved_metrics` reads it.
+    /// A reading taken at `at`, without error.
+    fn reading(at: Instant, stable: Option<f64>, canary: Option<f64>) -> Reading {
+        Reading {
+            at,
+            stable,
+            canary,
+            error: None,
+        }
+    }
+
     fn legacy() -> ResolvedMetric {
         let mut m = metric(Direction::Lower, Some(0.05), Some(2.0), true);
         m.label = "external metric".into();
@@ -568,12 +578,7 @@ mod tests {
     #[test]
     fn judges_against_the_limits_and_freshness() {
         let now = Instant::now();
-        let r = |stable, canary| Reading {
-            at: now,
-            stable,
-            canary,
-            error: None,
-        };
+        let r = |stable, canary| reading(now, stable, canary);
         let c = legacy();
         let judge =
             |c: &ResolvedMetric, r: Option<&Reading>, at: Instant| judge_metric(c, r, at, now);
@@ -618,12 +623,7 @@ mod tests {
     #[test]
     fn higher_is_better_metrics_fail_below_their_limits() {
         let now = Instant::now();
-        let r = |stable, canary| Reading {
-            at: now,
-            stable,
-            canary,
-            error: None,
-        };
+        let r = |stable, canary| reading(now, stable, canary);
         let j = |m: &ResolvedMetric, s, c| judge_metric(m, Some(&r(s, c)), now, now);
         // Relative: canary >= 0.9 x stable.
         let rel = metric(Direction::Higher, None, Some(0.9), true);
@@ -683,12 +683,7 @@ mod tests {
             },
         );
         let (mut r, _) = Rollout::start(&plan);
-        let reading = |s, c| Reading {
-            at: now,
-            stable: Some(s),
-            canary: Some(c),
-            error: None,
-        };
+        let reading = |s, c| reading(now, Some(s), Some(c));
         let mut sr = ServiceReadings::default();
         let d = WindowCounts::default();
         // No readings yet: the gate holds the step.
